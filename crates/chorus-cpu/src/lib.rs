@@ -1,0 +1,2 @@
+//! CPU backend of chorus (work in progress: kernels first).
+mod kernels;

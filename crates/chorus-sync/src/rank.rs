@@ -1,0 +1,45 @@
+//! Every runtime lock's rank, in one list (model: wgpu-core `lock/rank.rs`).
+//!
+//! A thread may acquire a lock only if its rank is strictly greater than the rank of every lock
+//! the thread already holds. Debug builds check this and panic naming both locks. The order below
+//! is the order in which nested acquisition happens in the runtime:
+//!
+//! - the stream pool's exhaustion lock is only held to wait for a free slot, never nested;
+//! - the thread-cache registry is held while shutdown flushes caches into the allocator;
+//! - the allocator calls into the event pool and then the backend (event record, query);
+//! - the completion queue is taken by backend callbacks and the completion thread, alone;
+//! - backend-internal locks come last: they never call back into the runtime.
+
+/// A lock's place in the global order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LockRank {
+    /// Position in the order: nested acquisition must strictly increase it.
+    pub rank: u16,
+    /// Name shown in a violation message.
+    pub name: &'static str,
+}
+
+const fn r(rank: u16, name: &'static str) -> LockRank {
+    LockRank { rank, name }
+}
+
+/// Exclusive stream-slot pool: waiting for a slot when all are taken.
+pub const STREAM_SLOT_WAIT: LockRank = r(10, "StreamSlots::wait");
+/// Registry of per-thread block caches (shutdown walks it).
+pub const THREAD_CACHE_REGISTRY: LockRank = r(20, "ThreadCaches::registry");
+/// The caching allocator's pools.
+pub const ALLOCATOR: LockRank = r(30, "Allocator::pools");
+/// The event pool's free list.
+pub const EVENT_POOL: LockRank = r(40, "EventPool::free");
+/// Queue of completion handlers waiting for the completion thread.
+pub const COMPLETION_QUEUE: LockRank = r(50, "Completion::queue");
+/// Error slot of a stream (sticky device error).
+pub const STREAM_ERROR: LockRank = r(55, "Stream::error");
+/// A backend's event state (CPU backend: recorded target and timestamp).
+pub const BACKEND_EVENT: LockRank = r(60, "backend event");
+/// A backend's stream queue (CPU backend: the worker's command queue).
+pub const BACKEND_STREAM: LockRank = r(70, "backend stream queue");
+/// Test-only ranks for checking the checker.
+pub const TEST_LOW: LockRank = r(1000, "test low");
+/// Test-only ranks for checking the checker.
+pub const TEST_HIGH: LockRank = r(1001, "test high");
