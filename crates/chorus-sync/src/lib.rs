@@ -28,7 +28,7 @@ mod imp {
     pub use std::sync::{Arc, Weak};
     /// Atomics (std, or loom's under `chorus_loom`).
     pub mod atomic {
-        pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+        pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
     }
     /// Threads (std, or loom's under `chorus_loom`).
     pub mod thread {
@@ -73,7 +73,7 @@ mod imp {
     pub use loom::sync::{Arc, Weak};
     /// Atomics (loom's).
     pub mod atomic {
-        pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+        pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
     }
     /// Threads (loom's).
     pub mod thread {

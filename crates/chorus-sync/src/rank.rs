@@ -39,6 +39,12 @@ pub const STREAM_ERROR: LockRank = r(55, "Stream::error");
 pub const BACKEND_EVENT: LockRank = r(60, "backend event");
 /// A backend's stream queue (CPU backend: the worker's command queue).
 pub const BACKEND_STREAM: LockRank = r(70, "backend stream queue");
+/// A backend stream's sticky error slot.
+pub const BACKEND_STREAM_ERROR: LockRank = r(75, "backend stream error");
+/// A backend stream's completion wait (host threads waiting for the worker's progress).
+pub const BACKEND_STREAM_DONE: LockRank = r(80, "backend stream done");
+/// A backend's one-shot reply slot (read-back data).
+pub const BACKEND_REPLY: LockRank = r(85, "backend reply");
 /// Test-only ranks for checking the checker.
 pub const TEST_LOW: LockRank = r(1000, "test low");
 /// Test-only ranks for checking the checker.

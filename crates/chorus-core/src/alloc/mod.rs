@@ -1,0 +1,367 @@
+//! The caching allocator: one per device, shared by every stream and thread.
+//!
+//! # Protocol
+//! `alloc(bytes, stream)`:
+//! 1. (runtime) the calling thread's cache of small blocks, no shared lock;
+//! 2. under the pool lock: poll completed fences and deferred frees, then best fit among free
+//!    blocks the stream may use (`pool` module docs); blocks of other streams that would fit but
+//!    are not yet known safe get a fence recorded on their stream, for next time;
+//! 3. a new segment, within the memory limit;
+//! 4. on failure: release cached segments that are safe, retry; then synchronize the device
+//!    (lock released), mark every free complete, retry once more; then fail with
+//!    [`Error::OutOfMemory`] stating requested, allocated, cached and limit.
+//!
+//! `free(block, users)`: a block used by its owner stream alone goes back to the free index at
+//! once, tagged with that stream (reusable by it immediately, by others after a fence). A block
+//! other streams used too gets an event recorded *now* on each of them and waits as a deferred
+//! free until they complete. The tensor layer tracks `users` automatically.
+//!
+//! # Fields
+//! `pools` under the `ALLOCATOR` lock; counters are atomics read without the lock.
+
+pub(crate) mod pool;
+pub(crate) mod thread_cache;
+
+use crate::error::{BackendError, DeviceId, Error, Result};
+use crate::kernel::DevicePtr;
+use chorus_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use chorus_sync::{rank, RankedMutex};
+use pool::{classify, Deferred, Fit, Kind, Pools};
+
+pub use pool::Block;
+
+/// Sequence number of a deferred free that must never complete (a fence failed).
+const NEVER: u64 = u64::MAX;
+
+/// What the allocator needs from its device: segments and fences (events) on streams.
+pub(crate) trait MemoryDevice {
+    type Segment: Send + Sync;
+    type Fence: Send + Sync;
+    fn alloc_segment(&self, bytes: usize) -> Result<(Self::Segment, DevicePtr), BackendError>;
+    /// # Safety
+    /// No enqueued or running work uses the segment.
+    unsafe fn free_segment(&self, seg: Self::Segment);
+    /// Records a fence at the current end of `stream`; `None` if the stream is broken.
+    fn record_fence(&self, stream: u32) -> Option<Self::Fence>;
+    fn fence_done(&self, fence: &Self::Fence) -> bool;
+    fn drop_fence(&self, fence: Self::Fence);
+    /// Waits for all streams (called with no lock held).
+    fn synchronize_all(&self);
+}
+
+/// Memory statistics of one device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryStats {
+    /// Bytes held by live tensors.
+    pub allocated_bytes: usize,
+    /// Bytes reserved from the device (segments).
+    pub reserved_bytes: usize,
+    /// Peak of `allocated_bytes` since creation or the last [`reset_peak`](crate::Device::reset_peak_memory).
+    pub peak_allocated_bytes: usize,
+    /// Peak of `reserved_bytes`, likewise.
+    pub peak_reserved_bytes: usize,
+    /// Live segments.
+    pub segments: usize,
+    /// Allocations served.
+    pub allocations: u64,
+    /// Frees.
+    pub frees: u64,
+    /// Allocations served from cached memory (a thread cache or a free block) without a new segment.
+    pub cache_hits: u64,
+    /// Of those, allocations served by the calling thread's cache.
+    pub thread_cache_hits: u64,
+    /// Frees of blocks used by several streams, deferred until events completed.
+    pub deferred_frees: u64,
+    /// Fences recorded to let one stream reuse another's freed blocks.
+    pub fences: u64,
+    /// Times an allocation synchronized the device to retry after running out.
+    pub oom_retries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    allocated: AtomicUsize,
+    reserved: AtomicUsize,
+    peak_allocated: AtomicUsize,
+    peak_reserved: AtomicUsize,
+    segments: AtomicUsize,
+    allocations: AtomicU64,
+    frees: AtomicU64,
+    cache_hits: AtomicU64,
+    thread_cache_hits: AtomicU64,
+    deferred_frees: AtomicU64,
+    fences: AtomicU64,
+    oom_retries: AtomicU64,
+}
+
+/// The caching allocator of one device.
+#[derive(Debug)]
+pub(crate) struct Allocator<S, F> {
+    device: DeviceId,
+    pools: RankedMutex<Pools<S, F>>,
+    limit: Option<usize>,
+    closed: AtomicBool,
+    c: Counters,
+}
+
+impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
+    pub(crate) fn new(device: DeviceId, streams: usize, limit: Option<usize>) -> Self {
+        Self {
+            device,
+            pools: RankedMutex::new(rank::ALLOCATOR, Pools::new(streams)),
+            limit,
+            closed: AtomicBool::new(false),
+            c: Counters::default(),
+        }
+    }
+
+    /// Allocates at least `bytes` for `stream` (steps 2-4 of the protocol).
+    pub(crate) fn alloc<D>(&self, dev: &D, bytes: usize, stream: u32) -> Result<Block>
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        let (kind, size) = classify(bytes).ok_or(Error::SizeOverflow { what: "allocation" })?;
+        let mut synced = false;
+        loop {
+            if self.closed.load(Relaxed) {
+                return Err(Error::DeviceClosed { device: self.device });
+            }
+            let mut p = self.pools.lock();
+            self.poll(&mut p, dev);
+            match p.best_fit(kind, size, stream) {
+                Fit::Found(b) => {
+                    self.c.cache_hits.fetch_add(1, Relaxed);
+                    return Ok(self.handed_out(b));
+                }
+                Fit::None { fence_wanted } => {
+                    for s in fence_wanted {
+                        self.request_fence(&mut p, dev, s);
+                    }
+                }
+            }
+            if let Some(b) = self.grow(&mut p, dev, kind, size, stream)? {
+                return Ok(self.handed_out(b));
+            }
+            self.release_cached(&mut p, dev);
+            if let Some(b) = self.grow(&mut p, dev, kind, size, stream)? {
+                return Ok(self.handed_out(b));
+            }
+            if synced {
+                let reserved = p.reserved;
+                drop(p);
+                let allocated = self.c.allocated.load(Relaxed);
+                return Err(Error::OutOfMemory {
+                    device: self.device,
+                    requested: bytes,
+                    allocated,
+                    cached: reserved.saturating_sub(allocated),
+                    limit: self.limit,
+                });
+            }
+            let upto = p.free_seq.clone();
+            drop(p);
+            self.c.oom_retries.fetch_add(1, Relaxed);
+            dev.synchronize_all();
+            self.pools.lock().all_complete(&upto);
+            synced = true;
+        }
+    }
+
+    /// Counts a block served by a thread cache.
+    pub(crate) fn thread_cache_hit(&self, b: Block) -> Block {
+        self.c.cache_hits.fetch_add(1, Relaxed);
+        self.c.thread_cache_hits.fetch_add(1, Relaxed);
+        self.handed_out(b)
+    }
+
+    fn handed_out(&self, b: Block) -> Block {
+        self.c.allocations.fetch_add(1, Relaxed);
+        let now = self.c.allocated.fetch_add(b.size, Relaxed) + b.size;
+        self.c.peak_allocated.fetch_max(now, Relaxed);
+        b
+    }
+
+    /// Counts a block the user gave back (before it goes to a thread cache or the pools).
+    pub(crate) fn count_free(&self, b: &Block) {
+        self.c.frees.fetch_add(1, Relaxed);
+        self.c.allocated.fetch_sub(b.size, Relaxed);
+    }
+
+    /// Returns a counted block to the pools. `others`: streams besides `b.stream` that used it.
+    pub(crate) fn release<D>(&self, dev: &D, b: Block, others: &[u32])
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        let mut p = self.pools.lock();
+        let owner = b.stream;
+        p.free_seq[owner as usize] += 1;
+        let seq = p.free_seq[owner as usize];
+        let others: Vec<u32> = others.iter().copied().filter(|&s| s != owner).collect();
+        if others.is_empty() {
+            p.release(b.seg, b.offset, owner, seq);
+        } else {
+            // A stream whose fence cannot be recorded is broken: the block then never becomes
+            // free again before teardown, which is safe.
+            let events = others.iter().filter_map(|&s| dev.record_fence(s)).collect::<Vec<_>>();
+            let seq = if events.len() == others.len() { seq } else { NEVER };
+            p.defer(b.seg, b.offset);
+            p.deferred.push(Deferred { seg: b.seg, offset: b.offset, owner, seq, events });
+            self.c.deferred_frees.fetch_add(1, Relaxed);
+        }
+        if self.closed.load(Relaxed) {
+            self.release_cached(&mut p, dev);
+        }
+    }
+
+    /// Frees released cached segments that are safe; returns how many.
+    fn release_cached<D>(&self, p: &mut Pools<S, F>, dev: &D) -> usize
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        self.poll(p, dev);
+        let segs = p.take_releasable();
+        let n = segs.len();
+        for s in segs {
+            // SAFETY: `take_releasable` returns only segments without used or deferred blocks
+            // whose free blocks' last uses are covered by completed fences.
+            unsafe { dev.free_segment(s) };
+        }
+        self.sync_reserved(p);
+        n
+    }
+
+    /// Synchronizes the device and releases every cached segment (`empty_cache`).
+    pub(crate) fn empty_cache<D>(&self, dev: &D)
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        let upto = self.pools.lock().free_seq.clone();
+        dev.synchronize_all();
+        let mut p = self.pools.lock();
+        p.all_complete(&upto);
+        self.release_cached(&mut p, dev);
+    }
+
+    /// Marks the allocator closed (no new allocations) and releases what is safe.
+    pub(crate) fn close<D>(&self, dev: &D)
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        self.closed.store(true, Relaxed);
+        self.empty_cache(dev);
+    }
+
+    /// Final teardown: frees every segment. The device must be idle.
+    pub(crate) fn teardown<D>(&self, dev: &D)
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        let mut p = self.pools.lock();
+        for q in std::mem::take(&mut p.fences) {
+            q.into_iter().for_each(|(_, f)| dev.drop_fence(f));
+        }
+        for d in std::mem::take(&mut p.deferred) {
+            d.events.into_iter().for_each(|f| dev.drop_fence(f));
+        }
+        for s in p.take_all() {
+            // SAFETY: the caller guarantees the device is idle.
+            unsafe { dev.free_segment(s) };
+        }
+        self.sync_reserved(&p);
+    }
+
+    fn grow<D>(&self, p: &mut Pools<S, F>, dev: &D, kind: Kind, size: usize, stream: u32) -> Result<Option<Block>>
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        let mut seg_size = Pools::<S, F>::segment_size(kind, size);
+        if let Some(limit) = self.limit {
+            if p.reserved + seg_size > limit {
+                if p.reserved + size > limit {
+                    return Ok(None);
+                }
+                seg_size = size;
+            }
+        }
+        match dev.alloc_segment(seg_size) {
+            Ok((raw, base)) => {
+                let b = p.add_segment(raw, base, seg_size, kind, size, stream);
+                self.sync_reserved(p);
+                Ok(Some(b))
+            }
+            Err(BackendError::OutOfMemory { .. }) => Ok(None),
+            Err(e) => Err(Error::Device { device: self.device, stream: stream as usize, source: e }),
+        }
+    }
+
+    fn request_fence<D>(&self, p: &mut Pools<S, F>, dev: &D, s: u32)
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        let i = s as usize;
+        let covered = p.fences[i].back().map_or(p.completed[i], |(c, _)| *c);
+        if covered < p.free_seq[i] {
+            if let Some(f) = dev.record_fence(s) {
+                let upto = p.free_seq[i];
+                p.fences[i].push_back((upto, f));
+                self.c.fences.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Raises `completed` for streams whose fences are done; frees deferred blocks whose
+    /// events are done.
+    fn poll<D>(&self, p: &mut Pools<S, F>, dev: &D)
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        for i in 0..p.fences.len() {
+            while p.fences[i].front().is_some_and(|(_, f)| dev.fence_done(f)) {
+                let (upto, f) = p.fences[i].pop_front().expect("front checked");
+                p.completed[i] = p.completed[i].max(upto);
+                dev.drop_fence(f);
+            }
+        }
+        let mut i = 0;
+        while i < p.deferred.len() {
+            let d = &p.deferred[i];
+            if d.seq != NEVER && d.events.iter().all(|f| dev.fence_done(f)) {
+                let d = p.deferred.swap_remove(i);
+                d.events.into_iter().for_each(|f| dev.drop_fence(f));
+                p.release(d.seg, d.offset, d.owner, d.seq);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn sync_reserved(&self, p: &Pools<S, F>) {
+        self.c.reserved.store(p.reserved, Relaxed);
+        self.c.segments.store(p.segments(), Relaxed);
+        self.c.peak_reserved.fetch_max(p.reserved, Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> MemoryStats {
+        let c = &self.c;
+        MemoryStats {
+            allocated_bytes: c.allocated.load(Relaxed),
+            reserved_bytes: c.reserved.load(Relaxed),
+            peak_allocated_bytes: c.peak_allocated.load(Relaxed),
+            peak_reserved_bytes: c.peak_reserved.load(Relaxed),
+            segments: c.segments.load(Relaxed),
+            allocations: c.allocations.load(Relaxed),
+            frees: c.frees.load(Relaxed),
+            cache_hits: c.cache_hits.load(Relaxed),
+            thread_cache_hits: c.thread_cache_hits.load(Relaxed),
+            deferred_frees: c.deferred_frees.load(Relaxed),
+            fences: c.fences.load(Relaxed),
+            oom_retries: c.oom_retries.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn reset_peak(&self) {
+        self.c.peak_allocated.store(self.c.allocated.load(Relaxed), Relaxed);
+        self.c.peak_reserved.store(self.c.reserved.load(Relaxed), Relaxed);
+    }
+}

@@ -1,0 +1,110 @@
+//! Per-thread caches of small blocks: the allocator's fast path without a shared lock.
+//!
+//! # State
+//! A cache is owned by one thread and can be closed by any thread (its owner at thread exit,
+//! or the device at shutdown, in either order):
+//! - `IDLE`: nobody is inside; the owner may enter (`IDLE -> BUSY`), anyone may close
+//!   (`IDLE -> CLOSED`).
+//! - `BUSY`: the owner is pushing or popping (a few instructions, no blocking, no user code);
+//!   a closer spins until it is `IDLE` again.
+//! - `CLOSED`: final. The closer took the blocks; the owner bypasses the cache from now on.
+//!
+//! # Fields
+//! `blocks` is touched only by the thread that moved the state to `BUSY` (the owner) or to
+//! `CLOSED` (the closer), and the state's acquire/release pairs order those accesses, so
+//! exactly one thread ever takes each cached block out.
+//!
+//! # Safety
+//! `with_blocks` is the only access to the `UnsafeCell`, and only in the `BUSY` state that the
+//! owner set, or right after the successful `IDLE -> CLOSED` swap.
+
+use super::pool::Block;
+use chorus_sync::atomic::{AtomicU8, Ordering};
+use chorus_sync::cell::UnsafeCell;
+
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// A cached block: free, owned by `block.stream`, reusable by that stream at once.
+pub(crate) type Cached = Block;
+
+/// One thread's cache for one device.
+#[derive(Debug)]
+pub(crate) struct ThreadCache {
+    state: AtomicU8,
+    blocks: UnsafeCell<Vec<Cached>>,
+    capacity: usize,
+}
+
+// SAFETY: `blocks` is only accessed by the single thread that won the state transition to
+// BUSY or CLOSED (module docs), so sharing the cache between threads is sound; Block is plain data.
+unsafe impl Sync for ThreadCache {}
+// SAFETY: as above; the cache holds only plain data.
+unsafe impl Send for ThreadCache {}
+
+/// Outcome of an owner operation.
+#[must_use]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Put {
+    Cached,
+    /// Closed or full: the caller frees the block itself.
+    Rejected(Cached),
+}
+
+impl ThreadCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self { state: AtomicU8::new(IDLE), blocks: UnsafeCell::new(Vec::new()), capacity }
+    }
+
+    /// Owner only: runs `f` on the blocks if the cache is open.
+    fn with_blocks<R>(&self, f: impl FnOnce(&mut Vec<Cached>) -> R) -> Option<R> {
+        if self.state.compare_exchange(IDLE, BUSY, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            // CLOSED (the owner is the only one who sets BUSY, so it cannot be BUSY here).
+            return None;
+        }
+        // SAFETY: we moved the state IDLE -> BUSY; no closer can take CLOSED until we store
+        // IDLE below, and no other thread is the owner.
+        let r = self.blocks.with_mut(|b| f(unsafe { &mut *b }));
+        self.state.store(IDLE, Ordering::Release);
+        Some(r)
+    }
+
+    /// Owner only: takes a cached block of exactly `size` bytes owned by `stream`.
+    pub(crate) fn take(&self, size: usize, stream: u32) -> Option<Cached> {
+        self.with_blocks(|b| {
+            let i = b.iter().rposition(|c| c.size == size && c.stream == stream)?;
+            Some(b.swap_remove(i))
+        })
+        .flatten()
+    }
+
+    /// Owner only: caches a block if there is room.
+    pub(crate) fn put(&self, block: Cached) -> Put {
+        let cap = self.capacity;
+        self.with_blocks(|b| {
+            let held: usize = b.iter().map(|c| c.size).sum();
+            if held + block.size <= cap {
+                b.push(block);
+                true
+            } else {
+                false
+            }
+        })
+        .filter(|&cached| cached)
+        .map_or(Put::Rejected(block), |_| Put::Cached)
+    }
+
+    /// Any thread: closes the cache and returns its blocks, or `None` if it was closed already.
+    pub(crate) fn close(&self) -> Option<Vec<Cached>> {
+        loop {
+            match self.state.compare_exchange(IDLE, CLOSED, Ordering::Acquire, Ordering::Relaxed) {
+                // SAFETY: we won IDLE -> CLOSED; the owner will never enter again and no other
+                // closer can win, so we are the only thread touching `blocks` from now on.
+                Ok(_) => return Some(self.blocks.with_mut(|b| std::mem::take(unsafe { &mut *b }))),
+                Err(CLOSED) => return None,
+                Err(_) => chorus_sync::thread::yield_now(),
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Errors of the runtime and the op front-end.
+
+use crate::dtype::DType;
+use std::time::Duration;
+
+/// Identity of one device instance: backend name, hardware ordinal and a process-unique
+/// instance number (two `Device::cpu()` calls make two devices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceId {
+    /// Backend name (`cpu`, `cuda`, `wgpu`).
+    pub backend: &'static str,
+    /// Hardware ordinal (`cuda:1` has ordinal 1).
+    pub ordinal: u32,
+    /// Process-unique instance number, never reused.
+    pub instance: u64,
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}#{}", self.backend, self.ordinal, self.instance)
+    }
+}
+
+/// A failure reported by a backend (driver call, OS allocation, worker).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The backend could not allocate device memory.
+    #[error("device allocation of {bytes} bytes failed")]
+    OutOfMemory {
+        /// Size of the failed allocation.
+        bytes: usize,
+    },
+    /// A backend call failed.
+    #[error("{api} failed: {message}")]
+    Call {
+        /// The failing call (`cuMemAlloc`, `spawn worker`, ...).
+        api: &'static str,
+        /// What the backend said.
+        message: String,
+    },
+    /// Work that was already enqueued failed; the stream reports it at its next call.
+    #[error("kernel `{kernel}` failed: {message}")]
+    Kernel {
+        /// Kernel name.
+        kernel: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Everything that can go wrong in chorus-core. Errors carry the data needed to act on them.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two operands' shapes do not fit the op.
+    #[error("{op}: shapes {lhs:?} and {rhs:?} are incompatible ({reason})")]
+    ShapeMismatch {
+        /// The op.
+        op: &'static str,
+        /// Shape of the first operand.
+        lhs: Vec<usize>,
+        /// Shape of the second operand.
+        rhs: Vec<usize>,
+        /// Which rule failed.
+        reason: &'static str,
+    },
+    /// A shape argument is invalid for the op (reshape to a different size, empty dims, ...).
+    #[error("{op}: invalid shape {shape:?} ({reason})")]
+    InvalidShape {
+        /// The op.
+        op: &'static str,
+        /// The offending shape.
+        shape: Vec<usize>,
+        /// Why.
+        reason: String,
+    },
+    /// A dimension index is out of range.
+    #[error("{op}: dimension {dim} is out of range for a tensor of rank {rank}")]
+    InvalidDim {
+        /// The op.
+        op: &'static str,
+        /// The dimension asked for (negative counts from the end).
+        dim: isize,
+        /// Rank of the tensor.
+        rank: usize,
+    },
+    /// An operand has the wrong element type.
+    #[error("{op}: expected dtype {expected}, got {got}")]
+    DTypeMismatch {
+        /// The op.
+        op: &'static str,
+        /// The dtype the op needs.
+        expected: DType,
+        /// The dtype it got.
+        got: DType,
+    },
+    /// The op does not support this element type on this backend.
+    #[error("{op}: dtype {dtype} is not supported")]
+    UnsupportedDType {
+        /// The op.
+        op: &'static str,
+        /// The dtype.
+        dtype: DType,
+    },
+    /// A slice's length does not match the shape it should fill.
+    #[error("{op}: {len} values do not fill shape {shape:?}")]
+    LengthMismatch {
+        /// The op.
+        op: &'static str,
+        /// Number of values given.
+        len: usize,
+        /// The shape.
+        shape: Vec<usize>,
+    },
+    /// Operands live on different devices.
+    #[error("{op}: operands live on different devices ({lhs} and {rhs})")]
+    DeviceMismatch {
+        /// The op.
+        op: &'static str,
+        /// Device of the first operand.
+        lhs: DeviceId,
+        /// Device of the second operand.
+        rhs: DeviceId,
+    },
+    /// A size computation overflowed `usize`.
+    #[error("{what}: size overflows usize")]
+    SizeOverflow {
+        /// What was being computed.
+        what: &'static str,
+    },
+    /// Allocation failed after reclaiming deferred frees, releasing cached segments and
+    /// synchronizing the device.
+    #[error(
+        "out of memory on {device}: requested {requested} bytes with {allocated} allocated, \
+         {cached} cached, limit {}",
+        limit.map_or_else(|| "none".to_string(), |l| l.to_string())
+    )]
+    OutOfMemory {
+        /// The device.
+        device: DeviceId,
+        /// Bytes asked for.
+        requested: usize,
+        /// Bytes held by live tensors.
+        allocated: usize,
+        /// Bytes reserved from the device but not in use.
+        cached: usize,
+        /// The configured limit, if any.
+        limit: Option<usize>,
+    },
+    /// The device was shut down (its last `Device` handle dropped).
+    #[error("device {device} is shut down")]
+    DeviceClosed {
+        /// The device.
+        device: DeviceId,
+    },
+    /// Every pooled stream is bound to a thread (exclusive policy).
+    #[error("all {slots} pooled streams of {device} are taken (waited {waited:?})")]
+    StreamsExhausted {
+        /// The device.
+        device: DeviceId,
+        /// Number of pooled streams.
+        slots: usize,
+        /// How long the thread waited before giving up.
+        waited: Duration,
+    },
+    /// The stream index does not exist on this device.
+    #[error("stream {stream} does not exist on {device} ({streams} streams)")]
+    NoSuchStream {
+        /// The device.
+        device: DeviceId,
+        /// The index asked for.
+        stream: usize,
+        /// Number of streams.
+        streams: usize,
+    },
+    /// A host wait ran out of time.
+    #[error("{what} on {device} did not complete within {timeout:?}")]
+    Timeout {
+        /// The device.
+        device: DeviceId,
+        /// What was waited for (`event 17`, `stream 3`).
+        what: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// A timing query on events that were not both recorded with timing enabled.
+    #[error("elapsed time needs two recorded timing events ({reason})")]
+    NotTiming {
+        /// Why the query failed.
+        reason: &'static str,
+    },
+    /// A backend failure, with the stream it belongs to.
+    #[error("device error on {device}, stream {stream}: {source}")]
+    Device {
+        /// The device.
+        device: DeviceId,
+        /// The stream.
+        stream: usize,
+        /// What the backend said.
+        #[source]
+        source: BackendError,
+    },
+    /// A configuration value (builder or environment variable) is invalid.
+    #[error("invalid configuration {key}={value:?}: {reason}")]
+    Config {
+        /// Setting or environment variable name.
+        key: &'static str,
+        /// The rejected value.
+        value: String,
+        /// What would be valid.
+        reason: &'static str,
+    },
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

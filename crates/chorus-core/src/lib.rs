@@ -1,0 +1,40 @@
+//! chorus-core: the backend-agnostic runtime of chorus.
+//!
+//! - [`Backend`]: the low-level contract every backend implements (and how its concepts map
+//!   onto CPU worker threads, CUDA streams and wgpu command buffers).
+//! - [`Device`], [`Stream`], [`Event`]: handles over the runtime that is written once for every
+//!   backend: a stream pool with per-thread binding, an event pool, a stream-ordered caching
+//!   allocator with per-thread caches, completion handlers and shutdown.
+//! - [`Tensor`]: the op front-end (checks, broadcasting) that turns ops into [`Kernel`]s.
+//!
+//! Users normally depend on the facade crate `chorus`, which adds the device constructors.
+
+mod alloc;
+mod backend;
+mod completion;
+mod config;
+mod device;
+pub mod dtype;
+mod error;
+mod event;
+mod event_pool;
+pub mod kernel;
+mod runtime;
+mod shape;
+mod stream;
+mod tensor;
+
+#[cfg(all(test, chorus_loom))]
+mod tests;
+
+pub use alloc::{Block, MemoryStats};
+pub use backend::{Backend, BackendResult, HostCallback};
+pub use config::{Config, ConfigBuilder, Exhaustion, StreamPolicy};
+pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{BackendError, DeviceId, Error, Result};
+pub use event::Event;
+pub use kernel::{DevicePtr, Kernel};
+pub use runtime::HandlerStats;
+pub use stream::{Stream, StreamGuard};
+pub use tensor::Tensor;

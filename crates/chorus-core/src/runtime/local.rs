@@ -1,0 +1,147 @@
+//! Thread-local state of the runtime: per device, the thread's bound stream, its scoped
+//! stream overrides and its cache of small blocks.
+//!
+//! # State
+//! An entry is created the first time a thread uses a device. Its stream is bound on first use
+//! (`current_stream`) and kept for the thread's life. When the thread exits, the entry's
+//! destructor calls `RuntimeObj::thread_exit` (if the device still exists): the cache is closed
+//! and its blocks go back to the allocator, and an exclusive stream slot is given back once the
+//! work the thread enqueued on it has completed.
+//!
+//! Overrides (`StreamGuard`) form a stack per thread; the newest override for a device wins.
+//! Each carries a token so that dropping guards out of order removes the right one.
+//!
+//! A call made while the thread-local state is being destroyed (from another thread-local
+//! destructor) uses the default stream 0 and no cache.
+
+use super::RuntimeObj;
+use crate::alloc::thread_cache::ThreadCache;
+use crate::error::Result;
+use chorus_sync::{Arc, Weak};
+use std::cell::{Cell, RefCell};
+
+struct Entry {
+    instance: u64,
+    rt: Weak<dyn RuntimeObj>,
+    stream: Option<usize>,
+    exclusive: bool,
+    cache: Option<Arc<ThreadCache>>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.upgrade() {
+            rt.thread_exit(self.stream.take(), self.exclusive, self.cache.take());
+        }
+    }
+}
+
+#[derive(Default)]
+struct Local {
+    entries: Vec<Entry>,
+    overrides: Vec<(u64, usize, u64)>,
+}
+
+std::thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+    static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
+}
+
+fn entry<'a>(l: &'a mut Local, instance: u64, rt: &Weak<dyn RuntimeObj>) -> &'a mut Entry {
+    match l.entries.iter().position(|e| e.instance == instance) {
+        Some(i) => &mut l.entries[i],
+        None => {
+            // Drop entries of devices that are gone before growing.
+            l.entries.retain(|e| e.rt.strong_count() > 0);
+            l.entries.push(Entry { instance, rt: rt.clone(), stream: None, exclusive: false, cache: None });
+            l.entries.last_mut().expect("just pushed")
+        }
+    }
+}
+
+/// The thread's current stream on device `instance`, binding one with `bind` on first use.
+pub(crate) fn current_stream(
+    instance: u64,
+    rt: &Weak<dyn RuntimeObj>,
+    bind: impl FnOnce() -> Result<(usize, bool)>,
+) -> Result<usize> {
+    LOCAL
+        .try_with(|l| {
+            let mut l = l.borrow_mut();
+            if let Some(&(_, s, _)) = l.overrides.iter().rev().find(|o| o.0 == instance) {
+                return Ok(s);
+            }
+            let e = entry(&mut l, instance, rt);
+            if let Some(s) = e.stream {
+                return Ok(s);
+            }
+            let (s, exclusive) = bind()?;
+            e.stream = Some(s);
+            e.exclusive = exclusive;
+            Ok(s)
+        })
+        .unwrap_or(Ok(0))
+}
+
+/// The thread's current stream on device `instance` if it has one (no binding).
+pub(crate) fn bound_stream(instance: u64) -> Option<usize> {
+    LOCAL
+        .try_with(|l| {
+            let l = l.borrow();
+            if let Some(&(_, s, _)) = l.overrides.iter().rev().find(|o| o.0 == instance) {
+                return Some(s);
+            }
+            l.entries.iter().find(|e| e.instance == instance).and_then(|e| e.stream)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Runs `f` on the thread's cache for device `instance`, made by `make` on first use.
+pub(crate) fn with_cache<R>(
+    instance: u64,
+    rt: &Weak<dyn RuntimeObj>,
+    f: impl FnOnce(&ThreadCache) -> R,
+    make: impl FnOnce() -> Arc<ThreadCache>,
+) -> Option<R> {
+    LOCAL
+        .try_with(|l| {
+            let mut l = l.borrow_mut();
+            let e = entry(&mut l, instance, rt);
+            let c = e.cache.get_or_insert_with(make);
+            f(c)
+        })
+        .ok()
+}
+
+/// Removes the thread's cache for device `instance` (to flush it).
+pub(crate) fn take_cache(instance: u64) -> Option<Arc<ThreadCache>> {
+    LOCAL
+        .try_with(|l| {
+            let mut l = l.borrow_mut();
+            l.entries.iter_mut().find(|e| e.instance == instance).and_then(|e| e.cache.take())
+        })
+        .ok()
+        .flatten()
+}
+
+/// Makes `stream` the thread's current stream on device `instance`; returns the override's token.
+pub(crate) fn push_override(instance: u64, stream: usize) -> u64 {
+    let token = NEXT_TOKEN.with(|t| {
+        let v = t.get();
+        t.set(v + 1);
+        v
+    });
+    let _ = LOCAL.try_with(|l| l.borrow_mut().overrides.push((instance, stream, token)));
+    token
+}
+
+/// Removes the override with `token`.
+pub(crate) fn pop_override(token: u64) {
+    let _ = LOCAL.try_with(|l| {
+        let mut l = l.borrow_mut();
+        if let Some(i) = l.overrides.iter().rposition(|o| o.2 == token) {
+            l.overrides.remove(i);
+        }
+    });
+}

@@ -1,0 +1,46 @@
+//! The allocator's view of a runtime: segments from the backend, fences from the event pool.
+
+use super::Runtime;
+use crate::alloc::MemoryDevice;
+use crate::backend::Backend;
+use crate::error::BackendError;
+use crate::kernel::DevicePtr;
+
+impl<B: Backend> MemoryDevice for Runtime<B> {
+    type Segment = B::Segment;
+    type Fence = B::Event;
+
+    fn alloc_segment(&self, bytes: usize) -> Result<(B::Segment, DevicePtr), BackendError> {
+        self.backend.alloc_segment(bytes)
+    }
+
+    unsafe fn free_segment(&self, seg: B::Segment) {
+        // SAFETY: forwarded from the caller (the allocator's fence protocol).
+        unsafe { self.backend.free_segment(seg) }
+    }
+
+    fn record_fence(&self, stream: u32) -> Option<B::Event> {
+        let s = self.streams.get(stream as usize)?;
+        let (ev, _id) = self.events.acquire(false, || self.backend.create_event(false)).ok()?;
+        match self.backend.record(&ev, s) {
+            Ok(()) => Some(ev),
+            Err(_) => {
+                self.drop_fence(ev);
+                None
+            }
+        }
+    }
+
+    fn fence_done(&self, fence: &B::Event) -> bool {
+        // An event the device cannot answer for is treated as never done: its block is kept.
+        self.backend.query(fence).unwrap_or(false)
+    }
+
+    fn drop_fence(&self, fence: B::Event) {
+        self.events.release(fence, false, |e| self.backend.reset_event(e));
+    }
+
+    fn synchronize_all(&self) {
+        self.wait_all(None);
+    }
+}

@@ -1,0 +1,434 @@
+//! The device runtime, written once for every backend: stream pool and thread binding, event
+//! pool, caching allocator, completion thread and shutdown.
+//!
+//! [`Runtime<B>`] is generic over the [`Backend`]; handles (`Device`, `Stream`, `Event`,
+//! `Tensor`) hold it as `Arc<dyn RuntimeObj>`, the one place where the backend type is erased,
+//! so that the op front-end, modules and batching are written once and are not generic.
+//!
+//! # State
+//! `open` → `closed` (set once by [`RuntimeObj::shutdown`], when the last `Device` handle
+//! drops or on an explicit `Device::shutdown`). Shutdown waits (bounded by the configured
+//! timeout) for every stream's in-flight work, lets the completion thread run the handlers that
+//! work produced and exit, takes back every thread's cached blocks, and releases cached memory.
+//! After it, every call that would enqueue work or allocate returns `Error::DeviceClosed`;
+//! frees and thread exits keep working. The `Runtime` itself is dropped when the last handle
+//! of any kind (tensors included) is gone: it then waits for the streams once more, frees
+//! every segment and joins its threads (never its own thread).
+//!
+//! # Fields
+//! - `streams`, `backend`, `config`, `id`: immutable after construction.
+//! - `slots`: the exclusive pool (`crate::stream::slots`); `rr`: the shared policy's counter.
+//! - `alloc`: its own lock (`ALLOCATOR`); `events`: `EVENT_POOL`; `completion`: `COMPLETION_QUEUE`.
+//! - `caches`: registry of thread caches (`THREAD_CACHE_REGISTRY`), walked by shutdown.
+//!
+//! # Reference cycles
+//! Work handed to the backend (host callbacks) never captures the `Runtime`: a backend thread
+//! must never drop the last reference, or the runtime would join that very thread.
+
+mod events;
+pub(crate) mod local;
+mod memory;
+
+use crate::alloc::thread_cache::ThreadCache;
+use crate::alloc::{Allocator, Block, MemoryStats};
+use crate::backend::Backend;
+use crate::completion::{Completion, Handler};
+use crate::config::{Config, Exhaustion, StreamPolicy};
+use crate::error::{BackendError, DeviceId, Error, Result};
+use crate::event_pool::EventPool;
+use crate::kernel::{DevicePtr, Kernel};
+use crate::stream::slots::{StreamSlots, Wait};
+use chorus_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use chorus_sync::{rank, thread, Arc, Mutex, RankedMutex, Weak};
+use std::time::{Duration, Instant};
+
+pub(crate) use events::EventObj;
+
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+/// Counters of completion handlers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlerStats {
+    /// Handlers that ran to completion.
+    pub ran: u64,
+    /// Handlers that panicked (the panic was contained).
+    pub panicked: u64,
+    /// Message of the last panic.
+    pub last_panic: Option<String>,
+}
+
+/// The backend-erased interface of a runtime (see the module docs).
+pub(crate) trait RuntimeObj: Send + Sync + 'static {
+    fn id(&self) -> DeviceId;
+    fn config(&self) -> &Config;
+    fn describe(&self) -> String;
+    fn total_memory(&self) -> Option<usize>;
+    fn is_closed(&self) -> bool;
+    fn check_open(&self) -> Result<()>;
+    fn num_streams(&self) -> usize;
+    /// The calling thread's current stream on this device (binding it on first use).
+    fn current_stream(&self) -> Result<usize>;
+    fn flush(&self, s: usize) -> Result<()>;
+    fn synchronize_stream(&self, s: usize, timeout: Option<Duration>) -> Result<()>;
+    fn synchronize(&self, timeout: Option<Duration>) -> Result<()>;
+    fn on_complete(&self, s: usize, f: Handler) -> Result<()>;
+    fn new_event(&self, timing: bool) -> Result<Box<dyn EventObj>>;
+    fn alloc(&self, bytes: usize, s: usize) -> Result<Block>;
+    /// Gives a block back; `users` are the streams that used it (the owner among them or not).
+    fn free(&self, block: Block, users: &[u32]);
+    fn memory_stats(&self) -> MemoryStats;
+    fn reset_peak(&self);
+    fn empty_cache(&self);
+    fn handler_stats(&self) -> HandlerStats;
+    /// # Safety
+    /// As `Backend::launch`.
+    unsafe fn launch(&self, s: usize, k: Kernel) -> Result<()>;
+    /// # Safety
+    /// As `Backend::write`.
+    unsafe fn write(&self, s: usize, dst: DevicePtr, data: Vec<u8>) -> Result<()>;
+    /// # Safety
+    /// As `Backend::read`.
+    unsafe fn read(&self, s: usize, src: DevicePtr, len: usize) -> Result<Vec<u8>>;
+    /// Makes later work on `consumer` wait for all work enqueued on `producer` so far.
+    fn order_after(&self, producer: usize, consumer: usize) -> Result<()>;
+    fn shutdown(&self);
+    /// A thread that used this device exits (called from its thread-local destructor).
+    fn thread_exit(&self, stream: Option<usize>, exclusive: bool, cache: Option<Arc<ThreadCache>>);
+}
+
+/// The runtime of one device over backend `B`.
+pub(crate) struct Runtime<B: Backend> {
+    id: DeviceId,
+    backend: B,
+    config: Config,
+    me: Weak<Runtime<B>>,
+    streams: Vec<B::Stream>,
+    slots: Arc<StreamSlots>,
+    rr: AtomicUsize,
+    events: EventPool<B::Event>,
+    alloc: Allocator<B::Segment, B::Event>,
+    caches: RankedMutex<Vec<Weak<ThreadCache>>>,
+    completion: Arc<Completion>,
+    completion_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl<B: Backend> std::fmt::Debug for Runtime<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("id", &self.id).field("closed", &self.is_closed()).finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Runtime<B> {
+    /// Creates the runtime: streams, completion thread.
+    pub(crate) fn new(backend: B, config: Config) -> Result<Arc<Self>> {
+        let id = DeviceId {
+            backend: backend.name(),
+            ordinal: backend.ordinal(),
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+        };
+        let dev_err = |stream, source| Error::Device { device: id, stream, source };
+        let streams = (0..config.streams)
+            .map(|i| backend.create_stream(i).map_err(|e| dev_err(i, e)))
+            .collect::<Result<Vec<_>>>()?;
+        let completion = Completion::new();
+        let handle = completion
+            .spawn(format!("chorus-{id}-completion"))
+            .map_err(|e| dev_err(0, BackendError::Call { api: "spawn completion thread", message: e.to_string() }))?;
+        Ok(Arc::new_cyclic(|me| Runtime {
+            id,
+            slots: Arc::new(StreamSlots::new(1, config.streams - 1)),
+            rr: AtomicUsize::new(0),
+            events: EventPool::new(),
+            alloc: Allocator::new(id, config.streams, config.memory_limit),
+            caches: RankedMutex::new(rank::THREAD_CACHE_REGISTRY, Vec::new()),
+            completion,
+            completion_thread: Mutex::new(Some(handle)),
+            closed: AtomicBool::new(false),
+            me: me.clone(),
+            streams,
+            backend,
+            config,
+        }))
+    }
+
+    fn stream(&self, s: usize) -> Result<&B::Stream> {
+        self.streams.get(s).ok_or(Error::NoSuchStream { device: self.id, stream: s, streams: self.streams.len() })
+    }
+
+    fn dev_err(&self, stream: usize) -> impl FnOnce(BackendError) -> Error + '_ {
+        move |source| Error::Device { device: self.id, stream, source }
+    }
+
+    /// Binds a pooled stream to the calling thread by policy.
+    fn bind(&self) -> Result<(usize, bool)> {
+        let pooled = self.streams.len() - 1;
+        match self.config.policy {
+            StreamPolicy::Shared => Ok((1 + self.rr.fetch_add(1, Ordering::Relaxed) % pooled, false)),
+            StreamPolicy::Exclusive => {
+                let wait = match self.config.exhaustion {
+                    Exhaustion::Error => Wait::No,
+                    Exhaustion::Wait(d) => Wait::For(d),
+                    Exhaustion::WaitForever => Wait::Forever,
+                };
+                self.slots
+                    .acquire(wait)
+                    .map(|s| (s, true))
+                    .map_err(|waited| Error::StreamsExhausted { device: self.id, slots: pooled, waited })
+            }
+        }
+    }
+
+    /// Waits for every stream, at most `timeout` in all; returns the streams still busy.
+    fn wait_all(&self, timeout: Option<Duration>) -> Vec<usize> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut busy = Vec::new();
+        for (i, s) in self.streams.iter().enumerate() {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            // A stream with a sticky error has still run (or dropped) its work: not busy.
+            if let Ok(false) = self.backend.synchronize(s, left) {
+                busy.push(i);
+            }
+        }
+        busy
+    }
+
+    fn flush_thread_caches(&self) {
+        let caches = std::mem::take(&mut *self.caches.lock());
+        for c in caches.iter().filter_map(Weak::upgrade) {
+            if let Some(blocks) = c.close() {
+                self.give_back(blocks);
+            }
+        }
+    }
+
+    fn give_back(&self, blocks: Vec<Block>) {
+        for b in blocks {
+            self.alloc.release(self, b, &[]);
+        }
+    }
+}
+
+impl<B: Backend> RuntimeObj for Runtime<B> {
+    fn id(&self) -> DeviceId {
+        self.id
+    }
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn describe(&self) -> String {
+        self.backend.describe()
+    }
+    fn total_memory(&self) -> Option<usize> {
+        self.backend.total_memory()
+    }
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::DeviceClosed { device: self.id })
+        } else {
+            Ok(())
+        }
+    }
+    fn num_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    fn current_stream(&self) -> Result<usize> {
+        self.check_open()?;
+        let me: Weak<dyn RuntimeObj> = self.me.clone();
+        local::current_stream(self.id.instance, &me, || self.bind())
+    }
+
+    fn flush(&self, s: usize) -> Result<()> {
+        self.check_open()?;
+        self.backend.flush(self.stream(s)?).map_err(self.dev_err(s))
+    }
+
+    fn synchronize_stream(&self, s: usize, timeout: Option<Duration>) -> Result<()> {
+        match self.backend.synchronize(self.stream(s)?, timeout).map_err(self.dev_err(s))? {
+            true => Ok(()),
+            false => Err(Error::Timeout {
+                device: self.id,
+                what: format!("stream {s}"),
+                timeout: timeout.unwrap_or_default(),
+            }),
+        }
+    }
+
+    fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        for s in 0..self.streams.len() {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            self.synchronize_stream(s, left).map_err(|e| match e {
+                Error::Timeout { device, what, .. } => Error::Timeout { device, what, timeout: timeout.unwrap_or_default() },
+                e => e,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn on_complete(&self, s: usize, f: Handler) -> Result<()> {
+        self.check_open()?;
+        let completion = Arc::clone(&self.completion);
+        let cb = Box::new(move || completion.push(f));
+        self.backend.host_callback(self.stream(s)?, cb).map_err(self.dev_err(s))
+    }
+
+    fn new_event(&self, timing: bool) -> Result<Box<dyn EventObj>> {
+        self.check_open()?;
+        let rt = self.me.upgrade().ok_or(Error::DeviceClosed { device: self.id })?;
+        events::lease(rt, timing)
+    }
+
+    fn alloc(&self, bytes: usize, s: usize) -> Result<Block> {
+        self.check_open()?;
+        let (kind, size) = crate::alloc::pool::classify(bytes).ok_or(Error::SizeOverflow { what: "allocation" })?;
+        if kind == crate::alloc::pool::Kind::Small && self.config.thread_cache_bytes > 0 {
+            if let Some(b) = self.with_thread_cache(|c| c.take(size, s as u32)).flatten() {
+                return Ok(self.alloc.thread_cache_hit(b));
+            }
+        }
+        self.alloc.alloc(self, bytes, s as u32)
+    }
+
+    fn free(&self, block: Block, users: &[u32]) {
+        self.alloc.count_free(&block);
+        let single = users.iter().all(|&u| u == block.stream);
+        if single && block.size <= crate::alloc::pool::SMALL_MAX && self.config.thread_cache_bytes > 0 && !self.is_closed() {
+            // Only a thread whose current stream is the block's owner caches it, so that the
+            // fast path in `alloc` hands it back to the same stream.
+            let owner = block.stream as usize;
+            if local::bound_stream(self.id.instance) == Some(owner) {
+                match self.with_thread_cache(|c| c.put(block)) {
+                    Some(crate::alloc::thread_cache::Put::Cached) => return,
+                    Some(crate::alloc::thread_cache::Put::Rejected(_)) | None => {}
+                }
+            }
+        }
+        self.alloc.release(self, block, users);
+    }
+
+    fn memory_stats(&self) -> MemoryStats {
+        self.alloc.stats()
+    }
+    fn reset_peak(&self) {
+        self.alloc.reset_peak();
+    }
+    fn empty_cache(&self) {
+        if let Some(blocks) = local::take_cache(self.id.instance).and_then(|c| c.close()) {
+            self.give_back(blocks);
+        }
+        self.alloc.empty_cache(self);
+    }
+    fn handler_stats(&self) -> HandlerStats {
+        let (ran, panicked, last_panic) = self.completion.counts();
+        HandlerStats { ran, panicked, last_panic }
+    }
+
+    unsafe fn launch(&self, s: usize, k: Kernel) -> Result<()> {
+        self.check_open()?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.backend.launch(self.stream(s)?, k) }.map_err(self.dev_err(s))
+    }
+    unsafe fn write(&self, s: usize, dst: DevicePtr, data: Vec<u8>) -> Result<()> {
+        self.check_open()?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.backend.write(self.stream(s)?, dst, data) }.map_err(self.dev_err(s))
+    }
+    unsafe fn read(&self, s: usize, src: DevicePtr, len: usize) -> Result<Vec<u8>> {
+        self.check_open()?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.backend.read(self.stream(s)?, src, len) }.map_err(self.dev_err(s))
+    }
+
+    fn order_after(&self, producer: usize, consumer: usize) -> Result<()> {
+        self.check_open()?;
+        let (p, c) = (self.stream(producer)?, self.stream(consumer)?);
+        let (ev, _) = self.events.acquire(false, || self.backend.create_event(false)).map_err(self.dev_err(producer))?;
+        // The wait captures the record as it is now (backend contract), so the event can go
+        // back to the pool at once.
+        let res = self
+            .backend
+            .record(&ev, p)
+            .map_err(self.dev_err(producer))
+            .and_then(|()| self.backend.wait(c, &ev).map_err(self.dev_err(consumer)));
+        self.events.release(ev, false, |e| self.backend.reset_event(e));
+        res
+    }
+
+    fn shutdown(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let busy = self.wait_all(Some(self.config.shutdown_timeout));
+        if !busy.is_empty() {
+            eprintln!(
+                "chorus: shutdown of {}: streams {busy:?} still had work after {:?}; it completes in the background",
+                self.id, self.config.shutdown_timeout
+            );
+        }
+        self.completion.close();
+        let handle = self.completion_thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(h) = handle {
+            if h.thread().id() == thread::current().id() {
+                // Shutdown from a completion handler: the thread exits by itself after it.
+                drop(h);
+            } else {
+                let _ = h.join();
+            }
+        }
+        self.flush_thread_caches();
+        self.alloc.close(self);
+    }
+
+    fn thread_exit(&self, stream: Option<usize>, exclusive: bool, cache: Option<Arc<ThreadCache>>) {
+        if let Some(blocks) = cache.and_then(|c| c.close()) {
+            self.give_back(blocks);
+        }
+        if let (Some(s), true) = (stream, exclusive) {
+            // The slot goes back once the work this thread enqueued on it has completed.
+            let slots = Arc::clone(&self.slots);
+            let give = Box::new(move || slots.release(s));
+            if self.backend.host_callback(&self.streams[s], give).is_err() {
+                // Broken stream: its work has stopped; hand the slot back now.
+                self.slots.release(s);
+            }
+        }
+    }
+}
+
+impl<B: Backend> Drop for Runtime<B> {
+    fn drop(&mut self) {
+        self.shutdown();
+        let busy = self.wait_all(Some(self.config.shutdown_timeout));
+        if busy.is_empty() {
+            self.alloc.teardown(self);
+        } else {
+            // Freeing memory that running work still touches would be a use-after-free on the
+            // device; keeping it is the lesser evil, and it is said out loud.
+            eprintln!("chorus: {}: streams {busy:?} never finished; their memory is not released", self.id);
+        }
+        for e in self.events.drain() {
+            drop(e);
+        }
+    }
+}
+
+impl<B: Backend> Runtime<B> {
+    /// Runs `f` on the calling thread's cache for this device, creating and registering it on
+    /// first use; `None` if the thread is exiting or the cache is closed.
+    fn with_thread_cache<R>(&self, f: impl FnOnce(&ThreadCache) -> R) -> Option<R> {
+        let me: Weak<dyn RuntimeObj> = self.me.clone();
+        local::with_cache(self.id.instance, &me, f, || {
+            let c = Arc::new(ThreadCache::new(self.config.thread_cache_bytes));
+            let mut reg = self.caches.lock();
+            reg.retain(|w| w.strong_count() > 0);
+            reg.push(Arc::downgrade(&c));
+            c
+        })
+    }
+}

@@ -1,0 +1,224 @@
+//! Tensors: (storage, shape, strides, offset, dtype) on one device, and their constructors.
+//!
+//! Every op is issued on the calling thread's current stream of the tensor's device and returns
+//! at once; only reading values back ([`Tensor::to_vec`]) waits. Shape and dtype errors are
+//! found before anything is enqueued. Tensors are immutable: an op never changes its inputs, so
+//! a tensor (model weights, say) can be shared by any number of threads without a lock.
+
+mod ops;
+pub(crate) mod storage;
+
+use crate::device::Device;
+use crate::dtype::{DType, Element};
+use crate::error::{DeviceId, Error, Result};
+use crate::kernel::{Kernel, Scalar, View};
+use crate::runtime::RuntimeObj;
+use crate::shape::{contiguous_strides, numel};
+use chorus_sync::Arc;
+use storage::Storage;
+
+/// An n-dimensional array on a device. Cloning is cheap (the storage is shared).
+///
+/// # Examples
+/// ```
+/// use chorus_core::Tensor;
+/// # let device = chorus_cpu::device()?;
+/// let a = Tensor::from_slice(&device, &[1.0_f32, 2.0, 3.0, 4.0], &[2, 2])?;
+/// let b = a.matmul(&a)?; // returns before the product is computed
+/// assert_eq!(b.to_vec::<f32>()?, vec![7.0, 10.0, 15.0, 22.0]);
+/// # Ok::<(), chorus_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    offset: usize,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tensor")
+            .field("device", &self.device_id())
+            .field("shape", &self.shape)
+            .field("strides", &self.strides)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+/// An output being made: its block is allocated on stream `s`, its kernel not yet enqueued.
+pub(crate) struct Out {
+    pub(crate) tensor: Tensor,
+}
+
+impl Tensor {
+    /// Allocates an uninitialized contiguous tensor on stream `s` (the caller enqueues its write).
+    pub(crate) fn empty_on(rt: &Arc<dyn RuntimeObj>, s: usize, shape: &[usize], dtype: DType, op: &'static str) -> Result<Out> {
+        let n = numel(op, shape)?;
+        let bytes = n.checked_mul(dtype.size()).ok_or(Error::SizeOverflow { what: op })?;
+        let block = rt.alloc(bytes, s)?;
+        let storage = Arc::new(Storage::new(Arc::clone(rt), block));
+        Ok(Out {
+            tensor: Tensor { storage, shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0, dtype },
+        })
+    }
+
+    /// Runs `kernel` writing `out` on stream `s`. On failure the output is dropped (its block
+    /// goes back to the allocator) and the error returned.
+    pub(crate) fn launch(rt: &Arc<dyn RuntimeObj>, s: usize, kernel: Kernel, out: Out) -> Result<Tensor> {
+        // SAFETY: every op builds `kernel` from (a) `out`'s fresh block, sized by `empty_on` for
+        // its contiguous shape and written by nothing else, and (b) inputs that are live
+        // tensors of this device whose views lie inside their storages (checked at view
+        // creation) and that were ordered on `s` by `Storage::use_on`. The `Arc`s of inputs and
+        // output are held until after the enqueue, and a storage's block is only reused after
+        // its users' work has completed (allocator protocol), so the memory stays valid until
+        // the stream has run the kernel.
+        unsafe { rt.launch(s, kernel)? };
+        Ok(out.tensor)
+    }
+
+    /// A tensor holding `data` with `shape`.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] if `data.len()` is not the product of `shape`; allocation errors.
+    pub fn from_slice<T: Element>(device: &Device, data: &[T], shape: &[usize]) -> Result<Tensor> {
+        let rt = device.rt();
+        let n = numel("from_slice", shape)?;
+        if n != data.len() {
+            return Err(Error::LengthMismatch { op: "from_slice", len: data.len(), shape: shape.to_vec() });
+        }
+        let s = rt.current_stream()?;
+        let out = Tensor::empty_on(rt, s, shape, T::DTYPE, "from_slice")?;
+        // SAFETY: the destination is the fresh block of `out`, exactly `n * size` bytes long,
+        // written only by this copy and kept alive by `out`.
+        unsafe { rt.write(s, out.tensor.storage.ptr(), T::to_bytes(data))? };
+        Ok(out.tensor)
+    }
+
+    /// A tensor of `shape` filled with `value`.
+    ///
+    /// # Errors
+    /// Allocation errors.
+    pub fn full(device: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
+        Self::fill(device, shape, Scalar::F32(value), DType::F32)
+    }
+
+    /// A tensor of zeros.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedDType`] for f16/bf16 on a backend without them; allocation errors.
+    pub fn zeros(device: &Device, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let value = match dtype {
+            DType::F32 => Scalar::F32(0.0),
+            DType::I64 => Scalar::I64(0),
+            other => return Err(Error::UnsupportedDType { op: "zeros", dtype: other }),
+        };
+        Self::fill(device, shape, value, dtype)
+    }
+
+    fn fill(device: &Device, shape: &[usize], value: Scalar, dtype: DType) -> Result<Tensor> {
+        let rt = device.rt();
+        let s = rt.current_stream()?;
+        let out = Tensor::empty_on(rt, s, shape, dtype, "fill")?;
+        let k = Kernel::Fill { out: out.tensor.storage.ptr(), len: out.tensor.len(), value };
+        Tensor::launch(rt, s, k, out)
+    }
+
+    /// Standard normal f32 numbers from the counter-based generator keyed by `seed`: element
+    /// `i` depends only on `(seed, i)`, so the same seed gives the same tensor on every thread,
+    /// stream and backend.
+    ///
+    /// # Errors
+    /// Allocation errors.
+    pub fn randn(device: &Device, shape: &[usize], seed: u64) -> Result<Tensor> {
+        let rt = device.rt();
+        let s = rt.current_stream()?;
+        let out = Tensor::empty_on(rt, s, shape, DType::F32, "randn")?;
+        let k = Kernel::Randn { out: out.tensor.storage.ptr(), len: out.tensor.len(), seed };
+        Tensor::launch(rt, s, k, out)
+    }
+
+    /// Shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Strides in elements.
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Whether the tensor has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The device the tensor lives on.
+    pub fn device_id(&self) -> DeviceId {
+        self.storage.rt().id()
+    }
+    /// Whether the elements are row-major contiguous.
+    pub fn is_contiguous(&self) -> bool {
+        self.view().is_contiguous()
+    }
+
+    pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {
+        self.storage.rt()
+    }
+
+    /// The strided view of this tensor, for a kernel.
+    pub(crate) fn view(&self) -> View {
+        View {
+            ptr: self.storage.ptr().add(self.offset * self.dtype.size()),
+            shape: self.shape.clone(),
+            strides: self.strides.clone(),
+        }
+    }
+
+    /// A view sharing the storage (shape/strides checked by the caller to stay inside it).
+    pub(crate) fn restride(&self, shape: Vec<usize>, strides: Vec<usize>) -> Tensor {
+        Tensor { storage: Arc::clone(&self.storage), shape, strides, offset: self.offset, dtype: self.dtype }
+    }
+
+    /// Copies the elements to the host, waiting for the work that produces them.
+    ///
+    /// # Errors
+    /// [`Error::DTypeMismatch`] if `T` is not the tensor's dtype; a device error.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::DTypeMismatch { op: "to_vec", expected: self.dtype, got: T::DTYPE });
+        }
+        let rt = self.rt();
+        let s = rt.current_stream()?;
+        let t = self.contiguous_on(s)?;
+        t.storage.use_on(s)?;
+        let bytes = t.len() * t.dtype.size();
+        // SAFETY: `t` is contiguous, so its `bytes` bytes from the view's first element lie
+        // inside its storage, which `t` keeps alive during this blocking read; `use_on`
+        // ordered `s` after the write.
+        let raw = unsafe { rt.read(s, t.view().ptr, bytes)? };
+        Ok(T::from_bytes(&raw))
+    }
+
+    /// The single value of a one-element tensor.
+    ///
+    /// # Errors
+    /// [`Error::InvalidShape`] if the tensor has more or fewer than one element; as [`Tensor::to_vec`].
+    pub fn item<T: Element>(&self) -> Result<T> {
+        if self.len() != 1 {
+            return Err(Error::InvalidShape { op: "item", shape: self.shape.clone(), reason: "needs exactly one element".into() });
+        }
+        Ok(self.to_vec::<T>()?[0])
+    }
+}

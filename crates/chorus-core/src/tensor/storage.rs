@@ -1,0 +1,88 @@
+//! Tensor storage: one allocator block, the streams that used it, and cross-stream ordering.
+//!
+//! # Protocol
+//! A storage is written once, by the op that creates it, on its *writer* stream (the stream the
+//! block was allocated for). Before any op uses it on stream `s`, [`Storage::use_on`]:
+//! - if `s` is not yet in `users`: when `s` is not the writer, makes `s` wait (device-side) for
+//!   the writer's work so far, which includes the write; then adds `s` to `users`;
+//! - else does nothing (`s` already waited, or is the writer).
+//!
+//! When the last reference drops, the block goes back to the allocator with `users`, which
+//! records events on every user other than the owner so that no other stream reuses the memory
+//! before those uses have finished. Users are therefore tracked automatically: no
+//! `record_stream` call is ever needed.
+//!
+//! # Fields
+//! `users` is a bitset of stream indices; a bit is set (Release) only after the wait for that
+//! stream has been enqueued, and read with Acquire, so a thread that sees the bit enqueues its
+//! work after the wait. The `Arc` around the storage orders every `use_on` before the drop.
+
+use crate::alloc::Block;
+use crate::error::Result;
+use crate::kernel::DevicePtr;
+use crate::runtime::RuntimeObj;
+use chorus_sync::atomic::{AtomicU64, Ordering};
+use chorus_sync::Arc;
+
+pub(crate) struct Storage {
+    rt: Arc<dyn RuntimeObj>,
+    block: Block,
+    users: Box<[AtomicU64]>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("device", &self.rt.id()).field("block", &self.block).finish()
+    }
+}
+
+impl Storage {
+    /// Wraps a block freshly allocated for (and about to be written on) `block.stream()`.
+    pub(crate) fn new(rt: Arc<dyn RuntimeObj>, block: Block) -> Self {
+        let words = rt.num_streams().div_ceil(64);
+        let users: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        let s = block.stream();
+        users[s / 64].store(1 << (s % 64), Ordering::Relaxed);
+        Self { rt, block, users }
+    }
+
+    pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {
+        &self.rt
+    }
+
+    pub(crate) fn ptr(&self) -> DevicePtr {
+        self.block.ptr()
+    }
+
+    pub(crate) fn writer(&self) -> usize {
+        self.block.stream()
+    }
+
+    /// Orders stream `s` after the write and records `s` as a user (module docs).
+    pub(crate) fn use_on(&self, s: usize) -> Result<()> {
+        let (w, bit) = (s / 64, 1u64 << (s % 64));
+        if self.users[w].load(Ordering::Acquire) & bit != 0 {
+            return Ok(());
+        }
+        if s != self.writer() {
+            self.rt.order_after(self.writer(), s)?;
+        }
+        self.users[w].fetch_or(bit, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        let mut users = Vec::new();
+        for (w, word) in self.users.iter().enumerate() {
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                users.push((w * 64 + b) as u32);
+                bits &= bits - 1;
+            }
+        }
+        self.rt.free(self.block, &users);
+    }
+}

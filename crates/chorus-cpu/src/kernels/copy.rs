@@ -1,0 +1,144 @@
+//! The `Copy` kernel: strided gather of any view into a contiguous buffer. Elements are moved as
+//! opaque 2-, 4- or 8-byte words, so every dtype of a given size shares one path.
+
+use super::strided::{row_major_strides, Layout};
+use super::{host, slice_mut};
+use chorus_core::dtype::DType;
+use chorus_core::kernel::{DevicePtr, View};
+
+/// `out[k] = src[k-th element in row-major order]` for every element of `src`.
+///
+/// # Safety
+/// `src` is readable (aligned for `dtype`) at every offset its shape and strides reach; `out` is
+/// valid and aligned for `src.len()` writes of `dtype`, overlaps no input and is not otherwise
+/// accessed during the call.
+pub(super) unsafe fn copy(src: &View, out: DevicePtr, dtype: DType) {
+    assert_eq!(
+        src.shape.len(),
+        src.strides.len(),
+        "copy: shape and strides differ in rank"
+    );
+    let len = src.len();
+    if len == 0 {
+        return;
+    }
+    if src.is_contiguous() {
+        // SAFETY: a contiguous view's `len` elements are `len * size` readable bytes at `src.ptr`;
+        // `out` holds as many writable bytes and does not overlap them (caller's contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(host::<u8>(src.ptr), host::<u8>(out), len * dtype.size())
+        };
+        return;
+    }
+    // SAFETY: caller's contract, with the element type replaced by a same-size word (the
+    // alignment of u16/u32/u64 is that of f16/bf16, f32 and i64).
+    unsafe {
+        match dtype.size() {
+            2 => gather::<u16>(src, out, len),
+            4 => gather::<u32>(src, out, len),
+            8 => gather::<u64>(src, out, len),
+            size => panic!("copy: no {size}-byte element type on the CPU backend ({dtype})"),
+        }
+    }
+}
+
+/// Strided gather of the `len` elements of `src` into `out`.
+///
+/// # Safety
+/// As [`copy`], with `T` of the size and alignment of the element type and `len == src.len()`.
+unsafe fn gather<T: Copy>(src: &View, out: DevicePtr, len: usize) {
+    let dense = row_major_strides(&src.shape);
+    let layout = Layout::coalesce(&src.shape, [&src.strides, &dense]);
+    let [s, _] = layout.row_strides();
+    let base = host::<T>(src.ptr).cast_const();
+    // SAFETY: caller's contract: `out` holds `len` writable, unaliased `T`.
+    let out = unsafe { slice_mut::<T>(out, len) };
+    // The output is an operand with row-major strides, so its row stride is 1 and segments may
+    // come in any order.
+    layout.for_each_segment(|[off, o], n| {
+        let row = &mut out[o..o + n];
+        // SAFETY: `off + j * s` for `j < n` is the offset of an element of the view, readable by
+        // the caller's contract.
+        unsafe {
+            let p = base.add(off);
+            match s {
+                1 => std::ptr::copy_nonoverlapping(p, row.as_mut_ptr(), n),
+                0 => row.fill(*p),
+                _ => {
+                    for (j, o) in row.iter_mut().enumerate() {
+                        *o = *p.add(j * s);
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::execute;
+    use super::super::test_util::{offset, ptr_mut, unravel, view, Rng};
+    use super::*;
+    use chorus_core::kernel::Kernel;
+
+    /// Naive gather: element by element through the multi-index.
+    fn naive<T: Copy>(data: &[T], start: usize, shape: &[usize], strides: &[usize]) -> Vec<T> {
+        let len = shape.iter().product();
+        (0..len)
+            .map(|i| data[start + offset(&unravel(i, shape), strides)])
+            .collect()
+    }
+
+    fn check<T: Copy + PartialEq + std::fmt::Debug + Default>(
+        data: &[T],
+        dtype: DType,
+        start: usize,
+        shape: &[usize],
+        strides: &[usize],
+    ) {
+        let expect = naive(data, start, shape, strides);
+        let mut out = vec![T::default(); expect.len()];
+        let src = view(data, start, shape, strides);
+        // SAFETY: the view stays inside `data` (checked by `naive`), `out` has `src.len()` slots.
+        unsafe {
+            execute(&Kernel::Copy {
+                src,
+                out: ptr_mut(&mut out),
+                dtype,
+            })
+        };
+        assert_eq!(out, expect, "shape {shape:?} strides {strides:?}");
+    }
+
+    #[test]
+    fn copies_views_of_every_kind() {
+        let mut rng = Rng::new(1);
+        let f = rng.f32s(400);
+        let i = rng.i64s(400);
+        let h: Vec<u16> = (0..400).map(|x| x as u16 * 3).collect();
+        let cases: &[(usize, &[usize], &[usize])] = &[
+            (0, &[], &[]),                       // 0-d
+            (5, &[], &[]),                       // 0-d at an offset
+            (0, &[2, 3, 4], &[12, 4, 1]),        // contiguous
+            (0, &[4, 3], &[1, 4]),               // transposed
+            (3, &[2, 3, 4], &[1, 2, 6]),         // fully reversed strides
+            (0, &[3, 1, 5], &[0, 9, 1]),         // broadcast leading, size-1 middle
+            (1, &[3, 4, 5], &[20, 0, 1]),        // broadcast middle
+            (2, &[3, 4, 5], &[20, 5, 0]),        // broadcast trailing
+            (0, &[1, 1, 1], &[7, 3, 2]),         // all size 1
+            (0, &[2, 0, 3], &[3, 3, 1]),         // empty
+            (7, &[3, 2, 2, 3], &[50, 3, 20, 7]), // arbitrary strides
+            (0, &[6], &[0]),                     // scalar broadcast
+        ];
+        for &(start, shape, strides) in cases {
+            check(&f, DType::F32, start, shape, strides);
+            check(&i, DType::I64, start, shape, strides);
+            check(&h, DType::BF16, start, shape, strides);
+        }
+        // Larger than a tile: transposed and strided views walked tile by tile.
+        let big = Rng::new(2).f32s(3 * 130 * 70 * 2);
+        check(&big, DType::F32, 0, &[3, 70, 130], &[1, 390, 3]);
+        check(&big, DType::F32, 1, &[70, 130, 3], &[390 * 2, 3 * 2, 2]);
+        check(&big, DType::F32, 0, &[130, 140], &[1, 130]);
+    }
+}

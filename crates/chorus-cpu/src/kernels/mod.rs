@@ -1,0 +1,169 @@
+//! The CPU backend's compute kernels: [`execute`] runs one [`Kernel`] descriptor synchronously
+//! on host memory, on the calling thread (a stream worker), and never spawns threads.
+//!
+//! Every kernel is deterministic: the same descriptor over the same input bytes gives the same
+//! output bytes on every run (matmul uses `gemm` without parallelism, reductions accumulate in a
+//! fixed order).
+
+mod copy;
+mod elementwise;
+mod matmul;
+mod randn;
+mod reduce;
+mod strided;
+#[cfg(test)]
+mod test_util;
+
+use chorus_core::kernel::{DevicePtr, Kernel, Scalar};
+
+/// Executes `kernel` synchronously on the calling thread.
+///
+/// # Safety
+/// Every DevicePtr in `kernel` is a host address (`ptr.0 as usize as *mut u8`) valid, for the
+/// kernel's extents, for reads (inputs) / writes (outputs) of the element type, aligned to the
+/// element type; outputs do not overlap inputs or each other; nobody else writes the inputs or
+/// accesses the outputs during the call.
+///
+/// # Panics
+/// On a kernel, dtype, op or scalar variant this backend does not implement (f16/bf16
+/// arithmetic, variants added to the `#[non_exhaustive]` enums later: the front-end rejects those
+/// before launch), and on a malformed descriptor (rank mismatch between shape and strides,
+/// unsorted or out-of-range reduce dims).
+pub(crate) unsafe fn execute(kernel: &Kernel) {
+    match kernel {
+        // SAFETY: forwarded contract: `out` is valid for `len` writes of the scalar's type.
+        Kernel::Fill { out, len, value } => unsafe { fill(*out, *len, *value) },
+        // SAFETY: forwarded contract: `out` is valid for `len` f32 writes.
+        Kernel::Randn { out, len, seed } => unsafe { randn::randn(*out, *len, *seed) },
+        // SAFETY: forwarded contract: `src` readable over its extents, `out` writable for
+        // `src.len()` elements of `dtype`, no overlap.
+        Kernel::Copy { src, out, dtype } => unsafe { copy::copy(src, *out, *dtype) },
+        Kernel::Matmul {
+            lhs,
+            rhs,
+            out,
+            batch,
+            m,
+            n,
+            k,
+        } => {
+            let dims = matmul::Dims {
+                batch: *batch,
+                m: *m,
+                n: *n,
+                k: *k,
+            };
+            // SAFETY: forwarded contract: operands readable and `out` writable for
+            // `batch * m * n` f32 over the descriptor's extents, no overlap.
+            unsafe { matmul::matmul(lhs, rhs, *out, dims) }
+        }
+        Kernel::Binary {
+            op,
+            lhs,
+            rhs,
+            out,
+            dtype,
+        } => {
+            // SAFETY: forwarded contract: views readable, `out` writable for `lhs.len()`
+            // elements of `dtype`, no overlap with the inputs.
+            unsafe { elementwise::binary(*op, lhs, rhs, *out, *dtype) }
+        }
+        Kernel::Reduce {
+            op,
+            src,
+            shape,
+            dims,
+            out,
+            dtype,
+        } => {
+            // SAFETY: forwarded contract: `src` readable for the product of `shape`, `out`
+            // writable for the product of the kept dims, both of `dtype`, no overlap.
+            unsafe { reduce::reduce(*op, *src, shape, dims, *out, *dtype) }
+        }
+        other => panic!("the CPU backend has no `{}` kernel", other.name()),
+    }
+}
+
+/// `out[i] = value` for `i < len`.
+///
+/// # Safety
+/// `out` is valid and aligned for `len` writes of the scalar's type, and not otherwise accessed.
+unsafe fn fill(out: DevicePtr, len: usize, value: Scalar) {
+    match value {
+        // SAFETY: caller's contract: `out` holds `len` writable f32.
+        Scalar::F32(v) => unsafe { slice_mut::<f32>(out, len) }.fill(v),
+        // SAFETY: caller's contract: `out` holds `len` writable i64.
+        Scalar::I64(v) => unsafe { slice_mut::<i64>(out, len) }.fill(v),
+        other => panic!("the CPU backend cannot fill with {other:?}"),
+    }
+}
+
+/// The host pointer behind a CPU device address.
+fn host<T>(ptr: DevicePtr) -> *mut T {
+    ptr.0 as usize as *mut T
+}
+
+/// The `len` elements at `ptr` as a shared slice (empty, touching nothing, when `len == 0`).
+///
+/// # Safety
+/// When `len > 0`, `ptr` is valid and aligned for `len` reads of `T` and nobody writes them
+/// during `'a`.
+unsafe fn slice<'a, T>(ptr: DevicePtr, len: usize) -> &'a [T] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: caller's contract; `len > 0` so the pointer is a real, non-null allocation.
+    unsafe { std::slice::from_raw_parts(host::<T>(ptr), len) }
+}
+
+/// The `len` elements at `ptr` as an exclusive slice (empty, touching nothing, when `len == 0`).
+///
+/// # Safety
+/// When `len > 0`, `ptr` is valid and aligned for `len` writes of `T` and nobody else accesses
+/// them during `'a`.
+unsafe fn slice_mut<'a, T>(ptr: DevicePtr, len: usize) -> &'a mut [T] {
+    if len == 0 {
+        return &mut [];
+    }
+    // SAFETY: caller's contract; `len > 0` so the pointer is a real, non-null allocation.
+    unsafe { std::slice::from_raw_parts_mut(host::<T>(ptr), len) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::ptr_mut;
+    use super::*;
+
+    #[test]
+    fn fill_f32_and_i64() {
+        let mut a = vec![0.0f32; 7];
+        let mut b = vec![0i64; 5];
+        // SAFETY: the outputs are live Vecs of exactly `len` elements.
+        unsafe {
+            execute(&Kernel::Fill {
+                out: ptr_mut(&mut a),
+                len: 7,
+                value: Scalar::F32(2.5),
+            });
+            execute(&Kernel::Fill {
+                out: ptr_mut(&mut b),
+                len: 5,
+                value: Scalar::I64(-3),
+            });
+        }
+        assert_eq!(a, vec![2.5; 7]);
+        assert_eq!(b, vec![-3; 5]);
+    }
+
+    #[test]
+    fn fill_empty_touches_nothing() {
+        // SAFETY: `len == 0`: the (null) pointer is never dereferenced.
+        unsafe {
+            execute(&Kernel::Fill {
+                out: DevicePtr(0),
+                len: 0,
+                value: Scalar::F32(1.0),
+            })
+        };
+    }
+}

@@ -1,0 +1,38 @@
+//! Aligned host memory segments.
+
+use chorus_core::{BackendError, DevicePtr};
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+/// Alignment of every segment (cache lines and the widest SIMD loads).
+pub(crate) const ALIGN: usize = 256;
+
+/// A host allocation owned by the runtime's allocator.
+#[derive(Debug)]
+pub struct Segment {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: a Segment is a uniquely owned heap allocation with no thread affinity; access to its
+// bytes is synchronized by the runtime's stream-ordering protocol, not by this handle.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` gives no access to the bytes.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    pub(crate) fn alloc(bytes: usize) -> Result<(Segment, DevicePtr), BackendError> {
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|_| BackendError::OutOfMemory { bytes })?;
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc(layout) };
+        let ptr = NonNull::new(raw).ok_or(BackendError::OutOfMemory { bytes })?;
+        Ok((Segment { ptr, layout }, DevicePtr(raw as usize as u64)))
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from `alloc` with exactly this layout and is freed only here.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}

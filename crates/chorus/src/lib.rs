@@ -1,0 +1,37 @@
+//! chorus: thread-safe parallel inference on one device.
+//!
+//! Many application threads run tensor work on the same device at the same time, each on its
+//! own stream, sharing one stream-ordered caching allocator, with results bit-identical to the
+//! same work run alone.
+//!
+//! # Examples
+//! ```
+//! use chorus::{Device, Tensor};
+//! let device = Device::cpu()?;
+//! let handles: Vec<_> = (0..4)
+//!     .map(|t| {
+//!         let device = device.clone();
+//!         std::thread::spawn(move || -> chorus::Result<f32> {
+//!             let a = Tensor::randn(&device, &[32, 32], t)?;
+//!             a.matmul(&a)?.sum_all()?.item::<f32>()
+//!         })
+//!     })
+//!     .collect();
+//! for h in handles {
+//!     assert!(h.join().unwrap()?.is_finite());
+//! }
+//! # Ok::<(), chorus::Error>(())
+//! ```
+//!
+//! # Settings
+//! [`Device::cpu`] reads `CHORUS_STREAMS`, `CHORUS_STREAM_POLICY`, `CHORUS_STREAM_WAIT_MS`,
+//! `CHORUS_MEMORY_LIMIT` and `CHORUS_THREAD_CACHE` (see [`Config`]); [`Device::builder`] sets
+//! them in code.
+
+mod device;
+
+pub use chorus_core::{
+    kernel, Backend, BackendError, Config, ConfigBuilder, DType, DeviceId, Element, Error, Event, Exhaustion,
+    HandlerStats, MemoryStats, Result, Stream, StreamGuard, StreamPolicy, Tensor,
+};
+pub use device::{BackendKind, Device, DeviceBuilder};
