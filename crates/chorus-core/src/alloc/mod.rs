@@ -210,6 +210,14 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
             self.c.deferred_frees.fetch_add(1, Relaxed);
         }
         if self.closed.load(Relaxed) {
+            // After shutdown the streams are idle (shutdown waited for them and refuses new
+            // work), so this wait is immediate; it makes the block's last uses complete and
+            // lets its segment go back to the device now rather than at teardown.
+            let upto = p.free_seq.clone();
+            drop(p);
+            dev.synchronize_all();
+            let mut p = self.pools.lock();
+            p.all_complete(&upto);
             self.release_cached(&mut p, dev);
         }
     }

@@ -97,6 +97,20 @@ impl Tensor {
         Ok(out.tensor)
     }
 
+    /// A tensor whose contents are unspecified (whatever the reused memory held; never
+    /// uninitialized host memory). Allocation only: nothing is enqueued.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedDType`] for f16/bf16 on a backend without them; allocation errors.
+    pub fn empty(device: &Device, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        if !matches!(dtype, DType::F32 | DType::I64) {
+            return Err(Error::UnsupportedDType { op: "empty", dtype });
+        }
+        let rt = device.rt();
+        let s = rt.current_stream()?;
+        Ok(Tensor::empty_on(rt, s, shape, dtype, "empty")?.tensor)
+    }
+
     /// A tensor of `shape` filled with `value`.
     ///
     /// # Errors
@@ -167,6 +181,10 @@ impl Tensor {
     /// The device the tensor lives on.
     pub fn device_id(&self) -> DeviceId {
         self.storage.rt().id()
+    }
+    /// Device address of the first element (for debugging and tests; never dereference it).
+    pub fn data_ptr(&self) -> u64 {
+        self.view().ptr.0
     }
     /// Whether the elements are row-major contiguous.
     pub fn is_contiguous(&self) -> bool {

@@ -1,0 +1,55 @@
+//! The `--device` option shared by the subcommands, and building the device it names.
+
+use anyhow::Context as _;
+use chorus::{BackendKind, Device};
+
+/// A `--device` value: the name given and the backend it selects.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceChoice {
+    /// The name as given on the command line, lowercased (`cpu`, `auto`, ...).
+    pub(crate) name: String,
+    /// The backend it selects.
+    pub(crate) kind: BackendKind,
+}
+
+/// clap value parser of `--device`: a compiled-in backend or `auto`.
+pub(crate) fn parse(name: &str) -> Result<DeviceChoice, String> {
+    match BackendKind::parse(name) {
+        Ok(kind) => Ok(DeviceChoice {
+            name: name.trim().to_ascii_lowercase(),
+            kind,
+        }),
+        Err(_) => Err(format!(
+            "unknown device `{name}`; this build knows: {}, auto",
+            backend_names().join(", ")
+        )),
+    }
+}
+
+/// The lowercase name of a backend (`cpu`).
+pub(crate) fn backend_name(kind: BackendKind) -> String {
+    // `BackendKind` is non-exhaustive and has no name method; its Debug form is the variant.
+    format!("{kind:?}").to_ascii_lowercase()
+}
+
+/// The names of the compiled-in backends.
+pub(crate) fn backend_names() -> Vec<String> {
+    BackendKind::available()
+        .iter()
+        .map(|&k| backend_name(k))
+        .collect()
+}
+
+/// Starts the chosen device with the settings of the `CHORUS_*` environment variables.
+///
+/// # Errors
+/// An invalid `CHORUS_*` variable (the message names it) or a backend that cannot start.
+pub(crate) fn build(choice: &DeviceChoice) -> anyhow::Result<Device> {
+    let builder = Device::builder()
+        .from_env()
+        .context("reading the CHORUS_* environment variables")?;
+    builder
+        .backend(choice.kind)
+        .build()
+        .with_context(|| format!("starting device `{}`", choice.name))
+}

@@ -1,0 +1,205 @@
+//! Stress scenarios: the round of tensor work that each (thread, iteration) of a stress run
+//! performs.
+//!
+//! A round is a pure function of the run's [`Params`] and its [`RoundKey`]: every random input
+//! comes from a seed made by [`seed_for`] from `(seed, thread, iteration, operand)`, so the
+//! round can be run again on one thread and must give bit-identical results. A round enqueues
+//! its work on the calling thread's current stream and returns its result tensors without
+//! waiting; the caller reads them later.
+//!
+//! Adding a scenario: a variant of [`Scenario`], its name in [`Scenario::name`] and
+//! [`Scenario::ALL`], its work in [`Scenario::round`] and its result names in
+//! [`Scenario::outputs`].
+
+use chorus::{Device, Result, Tensor};
+
+/// The scenarios planned but not written yet, named in the error for an unknown name.
+const PLANNED: [&str; 6] = [
+    "attention",
+    "conv",
+    "reduce",
+    "mlp",
+    "transformer",
+    "batching",
+];
+
+/// One kind of round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scenario {
+    /// `a = randn([S, S])`, `b = randn([S, S])`, `c = a @ b`, then `c.sum_all()` (and
+    /// `c.mean_all()` with `--with-mean`): the seed's stress round.
+    Matmul,
+}
+
+/// Settings shared by every round of a run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params {
+    /// Side of the square operands.
+    pub(crate) size: usize,
+    /// Base seed of every random input.
+    pub(crate) seed: u64,
+    /// Whether the round also computes the mean.
+    pub(crate) with_mean: bool,
+}
+
+/// Which round: the thread and iteration it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoundKey {
+    /// Thread index, from 0.
+    pub(crate) thread: u64,
+    /// Iteration index within the thread, from 0.
+    pub(crate) iter: u64,
+}
+
+impl Scenario {
+    /// Every scenario, in the order listed to the user.
+    pub(crate) const ALL: [Scenario; 1] = [Scenario::Matmul];
+
+    /// The name used by `--scenario`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scenario::Matmul => "matmul",
+        }
+    }
+
+    /// clap value parser of `--scenario`.
+    pub(crate) fn parse(name: &str) -> std::result::Result<Scenario, String> {
+        let wanted = name.trim().to_ascii_lowercase();
+        if let Some(s) = Scenario::ALL.into_iter().find(|s| s.name() == wanted) {
+            return Ok(s);
+        }
+        let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        let planned = if PLANNED.contains(&wanted.as_str()) {
+            " (not written yet)"
+        } else {
+            ""
+        };
+        Err(format!(
+            "unknown scenario `{name}`{planned}; known scenarios: {} (planned: {})",
+            known.join(", "),
+            PLANNED.join(", ")
+        ))
+    }
+
+    /// Names of the results [`Scenario::round`] returns, in order.
+    pub(crate) fn outputs(self, p: &Params) -> &'static [&'static str] {
+        match self {
+            Scenario::Matmul if p.with_mean => &["sum", "mean"],
+            Scenario::Matmul => &["sum"],
+        }
+    }
+
+    /// Enqueues round `key` on the calling thread's current stream of `device` and returns its
+    /// results (one per [`Scenario::outputs`] name), without waiting for them.
+    ///
+    /// # Errors
+    /// The first op that fails (allocation, shape, a device error of the stream).
+    pub(crate) fn round(self, device: &Device, p: &Params, key: RoundKey) -> Result<Vec<Tensor>> {
+        match self {
+            Scenario::Matmul => {
+                let shape = [p.size, p.size];
+                let a = Tensor::randn(device, &shape, seed_for(p.seed, key, 0))?;
+                let b = Tensor::randn(device, &shape, seed_for(p.seed, key, 1))?;
+                let c = a.matmul(&b)?;
+                let mut out = vec![c.sum_all()?];
+                if p.with_mean {
+                    out.push(c.mean_all()?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Reads a result back as f32 values, waiting for the work that produces it.
+///
+/// # Errors
+/// A device error, or a result that is not f32.
+pub(crate) fn read(t: &Tensor) -> Result<Vec<f32>> {
+    if t.len() == 1 {
+        Ok(vec![t.item::<f32>()?])
+    } else {
+        t.to_vec::<f32>()
+    }
+}
+
+/// The seed of input `operand` of round `key`: depends on nothing else, so any thread can
+/// recompute any round.
+pub(crate) fn seed_for(seed: u64, key: RoundKey, operand: u64) -> u64 {
+    let mut h = splitmix64(seed);
+    h = splitmix64(h ^ key.thread);
+    h = splitmix64(h ^ key.iter);
+    splitmix64(h ^ operand)
+}
+
+/// The splitmix64 finalizer over `z + golden gamma`: a bijection with good avalanche.
+fn splitmix64(z: u64) -> u64 {
+    let mut z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in Scenario::ALL {
+            assert_eq!(Scenario::parse(s.name()), Ok(s));
+        }
+        assert_eq!(Scenario::parse(" MatMul "), Ok(Scenario::Matmul));
+        let e = Scenario::parse("nope").unwrap_err();
+        assert!(e.contains("known scenarios: matmul"), "{e}");
+        assert!(Scenario::parse("conv")
+            .unwrap_err()
+            .contains("not written yet"));
+    }
+
+    #[test]
+    fn seeds_differ_per_thread_iteration_and_operand() {
+        let k = |thread, iter| RoundKey { thread, iter };
+        let seeds = [
+            seed_for(0, k(0, 0), 0),
+            seed_for(0, k(0, 0), 1),
+            seed_for(0, k(1, 0), 0),
+            seed_for(0, k(0, 1), 0),
+            seed_for(1, k(0, 0), 0),
+        ];
+        for (i, a) in seeds.iter().enumerate() {
+            for b in &seeds[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(seed_for(7, k(3, 5), 1), seed_for(7, k(3, 5), 1));
+    }
+
+    #[test]
+    fn matmul_round_is_reproducible() {
+        let device = Device::builder().streams(4).build().unwrap();
+        let p = Params {
+            size: 8,
+            seed: 3,
+            with_mean: true,
+        };
+        let key = RoundKey { thread: 2, iter: 9 };
+        let first: Vec<Vec<f32>> = Scenario::Matmul
+            .round(&device, &p, key)
+            .unwrap()
+            .iter()
+            .map(|t| read(t).unwrap())
+            .collect();
+        let again: Vec<Vec<f32>> = Scenario::Matmul
+            .round(&device, &p, key)
+            .unwrap()
+            .iter()
+            .map(|t| read(t).unwrap())
+            .collect();
+        assert_eq!(first.len(), Scenario::Matmul.outputs(&p).len());
+        let bits = |v: &[Vec<f32>]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&first), bits(&again));
+        // mean = sum / 64 for an 8×8 product.
+        assert!((first[1][0] * 64.0 - first[0][0]).abs() <= 1e-3 * first[0][0].abs().max(1.0));
+    }
+}

@@ -1,0 +1,492 @@
+//! `chorus stress`: many threads run rounds of a [`Scenario`] on one device at once; the run is
+//! timed, then every round is recomputed on the main thread alone and compared bit-for-bit.
+//!
+//! # Phases
+//! 1. **Parallel** (timed): `--threads` scoped threads each run `--iters` rounds, keeping the
+//!    result tensors and synchronizing their current stream every `--sync-every` rounds. An op
+//!    error is counted and the thread goes on with its next round. The clock stops once every
+//!    thread has finished and `Device::synchronize` has returned, as in the PyTorch baseline
+//!    (`ops/s = threads × iters / seconds`, thread start-up included).
+//! 2. **Verification** (not timed): each kept result is read back, and its round is run again
+//!    on the main thread, one after another, with the same seeds; any difference in the bits of
+//!    a value is an error.
+//!
+//! The summary goes to stdout (text, or one JSON object with `--json`); error messages and the
+//! progress bar (only when stderr is a terminal) go to stderr. The exit status is 1 when any
+//! error was found.
+
+use crate::device::{self, DeviceChoice};
+use crate::human;
+use crate::scenario::{self, Params, RoundKey, Scenario};
+use anyhow::Context as _;
+use chorus::{Device, MemoryStats, Tensor};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// How many messages of each kind (op errors, mismatches) are printed.
+const SHOWN: usize = 5;
+
+/// Options of `chorus stress`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StressArgs {
+    /// Number of threads running rounds at the same time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    threads: u64,
+    /// Rounds per thread.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    iters: u64,
+    /// Synchronize the thread's current stream every K rounds (0: never).
+    #[arg(long, default_value_t = 20, value_name = "K")]
+    sync_every: u64,
+    /// Side of the square operands.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    size: u64,
+    /// Device to run on: a compiled-in backend (`cpu`) or `auto`.
+    #[arg(long, default_value = "cpu", value_parser = device::parse, value_name = "DEVICE")]
+    device: DeviceChoice,
+    /// Base seed of every random input.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also compute the mean of each product (the seed's second round).
+    #[arg(long)]
+    with_mean: bool,
+    /// Round of work each thread repeats.
+    #[arg(long, default_value = "matmul", value_parser = Scenario::parse, value_name = "NAME")]
+    scenario: Scenario,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one thread of the parallel phase produced.
+#[derive(Debug, Default)]
+struct ThreadRun {
+    /// The results of each round that enqueued without error.
+    results: Vec<(RoundKey, Vec<Tensor>)>,
+    /// One message per error.
+    errors: Vec<String>,
+}
+
+/// The outcome of the verification phase.
+#[derive(Debug, Default)]
+struct Verification {
+    /// Rounds whose every value matched the single-threaded run.
+    verified: u64,
+    /// Results that could not be read back, or rounds that could not be recomputed.
+    errors: Vec<String>,
+    /// Values that differ from the single-threaded run.
+    mismatches: Vec<String>,
+}
+
+/// Runs `chorus stress`.
+///
+/// # Errors
+/// An invalid `CHORUS_*` variable, a device that cannot start or a thread that cannot be
+/// spawned. Errors of the work itself are counted and reported instead (exit status 1).
+pub(crate) fn run(args: &StressArgs) -> anyhow::Result<ExitCode> {
+    let device = device::build(&args.device)?;
+    let size = usize::try_from(args.size).context("--size does not fit in memory")?;
+    let params = Params {
+        size,
+        seed: args.seed,
+        with_mean: args.with_mean,
+    };
+    let ops = args.threads * args.iters;
+
+    // Parallel phase, timed.
+    let bar = progress_bar(ops, "stress");
+    let start = Instant::now();
+    let runs = run_threads(&device, args, &params, &bar)?;
+    let mut op_errors: Vec<String> = runs.iter().flat_map(|r| r.errors.iter().cloned()).collect();
+    if let Err(e) = device.synchronize() {
+        op_errors.push(format!("device synchronize: {e}"));
+    }
+    let seconds = start.elapsed();
+    bar.finish_and_clear();
+    let memory = device.memory_stats();
+
+    // Verification, not timed.
+    let kept = runs.iter().map(|r| r.results.len() as u64).sum();
+    let check = verify(&device, args.scenario, &params, &runs, kept);
+    drop(runs);
+
+    report_errors("error", &op_errors);
+    report_errors("error", &check.errors);
+    report_errors("mismatch", &check.mismatches);
+
+    let summary = Summary {
+        args,
+        params,
+        device: &device,
+        ops,
+        seconds,
+        memory,
+        op_errors: op_errors.len(),
+        check: &check,
+    };
+    if args.json {
+        println!("{}", summary.json());
+    } else {
+        summary.print();
+    }
+    Ok(if summary.errors() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs the parallel phase: one scoped thread per `--threads`, joined before returning.
+fn run_threads(
+    device: &Device,
+    args: &StressArgs,
+    params: &Params,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<ThreadRun>> {
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for thread in 0..args.threads {
+            let handle = std::thread::Builder::new()
+                .name(format!("stress-{thread}"))
+                .spawn_scoped(s, move || worker(device, args, params, thread, bar))
+                .with_context(|| format!("spawning stress thread {thread}"))?;
+            handles.push(handle);
+        }
+        Ok(handles
+            .into_iter()
+            .enumerate()
+            .map(|(thread, h)| {
+                // The panic message was already printed by the panic hook.
+                h.join().unwrap_or_else(|_| ThreadRun {
+                    results: Vec::new(),
+                    errors: vec![format!("thread {thread} panicked; its results are lost")],
+                })
+            })
+            .collect())
+    })
+}
+
+/// The rounds of one thread.
+fn worker(
+    device: &Device,
+    args: &StressArgs,
+    params: &Params,
+    thread: u64,
+    bar: &ProgressBar,
+) -> ThreadRun {
+    let mut run = ThreadRun {
+        results: Vec::with_capacity(args.iters.try_into().unwrap_or(0)),
+        errors: Vec::new(),
+    };
+    for iter in 0..args.iters {
+        let key = RoundKey { thread, iter };
+        match args.scenario.round(device, params, key) {
+            Ok(out) => run.results.push((key, out)),
+            Err(e) => run
+                .errors
+                .push(format!("thread {thread}, iteration {iter}: {e}")),
+        }
+        if args.sync_every > 0 && (iter + 1) % args.sync_every == 0 {
+            if let Err(e) = device
+                .current_stream()
+                .and_then(|stream| stream.synchronize())
+            {
+                run.errors.push(format!(
+                    "thread {thread}, iteration {iter}: synchronize: {e}"
+                ));
+            }
+        }
+        bar.inc(1);
+    }
+    run
+}
+
+/// Reads every kept result and compares it with the same round run again on this thread.
+fn verify(
+    device: &Device,
+    scenario: Scenario,
+    params: &Params,
+    runs: &[ThreadRun],
+    kept: u64,
+) -> Verification {
+    let names = scenario.outputs(params);
+    let bar = progress_bar(kept, "verify");
+    let mut v = Verification::default();
+    for (key, results) in runs.iter().flat_map(|r| r.results.iter()) {
+        let at = format!("thread {}, iteration {}", key.thread, key.iter);
+        let got = match results
+            .iter()
+            .map(scenario::read)
+            .collect::<chorus::Result<Vec<_>>>()
+        {
+            Ok(got) => got,
+            Err(e) => {
+                v.errors.push(format!("{at}: reading the result: {e}"));
+                bar.inc(1);
+                continue;
+            }
+        };
+        let want = scenario.round(device, params, *key).and_then(|ts| {
+            ts.iter()
+                .map(scenario::read)
+                .collect::<chorus::Result<Vec<_>>>()
+        });
+        match want {
+            Ok(want) => {
+                let before = v.mismatches.len();
+                compare(&at, names, &got, &want, &mut v.mismatches);
+                if v.mismatches.len() == before {
+                    v.verified += 1;
+                }
+            }
+            Err(e) => v
+                .errors
+                .push(format!("{at}: recomputing on the main thread: {e}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    v
+}
+
+/// Compares the values of one round bit-for-bit, adding one message per differing value (or
+/// per differing length).
+fn compare(at: &str, names: &[&str], got: &[Vec<f32>], want: &[Vec<f32>], out: &mut Vec<String>) {
+    if got.len() != want.len() {
+        out.push(format!("{at}: {} results, want {}", got.len(), want.len()));
+        return;
+    }
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        let name = names.get(k).copied().unwrap_or("result");
+        if g.len() != w.len() {
+            out.push(format!(
+                "{at}, {name}: {} values, want {}",
+                g.len(),
+                w.len()
+            ));
+            continue;
+        }
+        let scalar = w.len() == 1;
+        for (j, (&g, &w)) in g.iter().zip(w).enumerate() {
+            if g.to_bits() != w.to_bits() {
+                let index = if scalar {
+                    String::new()
+                } else {
+                    format!("[{j}]")
+                };
+                out.push(format!(
+                    "{at}, {name}{index}: got {g:e} ({:#010x}), want {w:e} ({:#010x})",
+                    g.to_bits(),
+                    w.to_bits()
+                ));
+            }
+        }
+    }
+}
+
+/// Prints the first [`SHOWN`] messages to stderr, and how many more there were.
+fn report_errors(kind: &str, messages: &[String]) {
+    for m in messages.iter().take(SHOWN) {
+        eprintln!("chorus stress: {kind}: {m}");
+    }
+    if messages.len() > SHOWN {
+        eprintln!(
+            "chorus stress: ... and {} more of this kind",
+            messages.len() - SHOWN
+        );
+    }
+}
+
+/// A progress bar on stderr counting `len` steps, hidden unless stderr is a terminal.
+fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>6} {elapsed_precise} {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(what);
+    bar
+}
+
+/// Everything the summary reports.
+#[derive(Debug)]
+struct Summary<'a> {
+    args: &'a StressArgs,
+    params: Params,
+    device: &'a Device,
+    ops: u64,
+    seconds: Duration,
+    /// Allocator statistics at the end of the parallel phase.
+    memory: MemoryStats,
+    /// Errors of the parallel phase.
+    op_errors: usize,
+    check: &'a Verification,
+}
+
+impl Summary<'_> {
+    /// Every error: of the parallel phase, of verification, and mismatches.
+    fn errors(&self) -> usize {
+        self.op_errors + self.check.errors.len() + self.check.mismatches.len()
+    }
+
+    fn ops_per_s(&self) -> f64 {
+        let s = self.seconds.as_secs_f64();
+        if s > 0.0 {
+            self.ops as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    fn cache_hit_rate(&self) -> f64 {
+        if self.memory.allocations == 0 {
+            0.0
+        } else {
+            self.memory.cache_hits as f64 / self.memory.allocations as f64
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let a = self.args;
+        let m = &self.memory;
+        json!({
+            "scenario": a.scenario.name(),
+            "threads": a.threads,
+            "iters": a.iters,
+            "ops": self.ops,
+            "seconds": self.seconds.as_secs_f64(),
+            "ops_per_s": self.ops_per_s(),
+            "errors": self.errors(),
+            "op_errors": self.op_errors,
+            "verify_errors": self.check.errors.len(),
+            "mismatches": self.check.mismatches.len(),
+            "verified": self.check.verified,
+            "size": a.size,
+            "sync_every": a.sync_every,
+            "seed": a.seed,
+            "with_mean": a.with_mean,
+            "device": a.device.name,
+            "device_id": self.device.id().to_string(),
+            "device_description": self.device.describe(),
+            "streams": self.device.config().streams(),
+            "stream_policy": human::policy(self.device.config().policy()),
+            "cache_hit_rate": self.cache_hit_rate(),
+            "memory": {
+                "allocated_bytes": m.allocated_bytes,
+                "reserved_bytes": m.reserved_bytes,
+                "peak_allocated_bytes": m.peak_allocated_bytes,
+                "peak_reserved_bytes": m.peak_reserved_bytes,
+                "segments": m.segments,
+                "allocations": m.allocations,
+                "frees": m.frees,
+                "cache_hits": m.cache_hits,
+                "thread_cache_hits": m.thread_cache_hits,
+                "deferred_frees": m.deferred_frees,
+                "fences": m.fences,
+                "oom_retries": m.oom_retries,
+            },
+        })
+    }
+
+    fn print(&self) {
+        let a = self.args;
+        let m = &self.memory;
+        let cfg = self.device.config();
+        let sync = if a.sync_every == 0 {
+            "never".to_string()
+        } else {
+            format!("every {} iterations", a.sync_every)
+        };
+        let outputs = a.scenario.outputs(&self.params).join("+");
+        println!(
+            "scenario: {} ({}x{}, {outputs}), seed {}",
+            a.scenario.name(),
+            a.size,
+            a.size,
+            a.seed
+        );
+        println!(
+            "device: {} ({}), {} streams, {} policy",
+            self.device.id(),
+            self.device.describe(),
+            cfg.streams(),
+            human::policy(cfg.policy())
+        );
+        println!("synchronize: {sync}");
+        println!("threads: {}", a.threads);
+        println!("iterations per thread: {}", a.iters);
+        println!("total operations: {}", self.ops);
+        println!("seconds: {:.3}", self.seconds.as_secs_f64());
+        println!("ops/s: {:.1}", self.ops_per_s());
+        println!(
+            "verified: {} of {} rounds bit-identical to a single-threaded run",
+            self.check.verified, self.ops
+        );
+        println!("errors: {}", self.errors());
+        println!(
+            "cache hit rate: {:.2}% ({} of {} allocations, {} from thread caches)",
+            100.0 * self.cache_hit_rate(),
+            m.cache_hits,
+            m.allocations,
+            m.thread_cache_hits
+        );
+        println!(
+            "peak allocated: {}",
+            human::bytes_exact(m.peak_allocated_bytes)
+        );
+        println!(
+            "peak reserved: {}",
+            human::bytes_exact(m.peak_reserved_bytes)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_is_bitwise() {
+        let mut out = Vec::new();
+        compare("t", &["sum"], &[vec![1.0]], &[vec![1.0]], &mut out);
+        compare(
+            "t",
+            &["sum"],
+            &[vec![f32::NAN]],
+            &[vec![f32::NAN]],
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        compare("t", &["sum"], &[vec![-0.0]], &[vec![0.0]], &mut out);
+        assert_eq!(
+            out,
+            ["t, sum: got -0e0 (0x80000000), want 0e0 (0x00000000)"]
+        );
+        out.clear();
+        compare(
+            "t",
+            &["sum", "mean"],
+            &[vec![1.0], vec![2.0, 3.0]],
+            &[vec![1.0], vec![2.0, 3.5]],
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert!(out[0].starts_with("t, mean[1]: got 3e0"), "{out:?}");
+        out.clear();
+        compare(
+            "t",
+            &["sum"],
+            &[vec![1.0]],
+            &[vec![1.0], vec![2.0]],
+            &mut out,
+        );
+        assert_eq!(out, ["t: 1 results, want 2"]);
+    }
+}

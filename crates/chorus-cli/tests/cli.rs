@@ -1,0 +1,246 @@
+//! End-to-end tests of the `chorus` binary: each runs the built executable with a clean
+//! `CHORUS_*` environment and checks its exit status and output.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+const ENV_VARS: [&str; 5] = [
+    "CHORUS_STREAMS",
+    "CHORUS_STREAM_POLICY",
+    "CHORUS_STREAM_WAIT_MS",
+    "CHORUS_MEMORY_LIMIT",
+    "CHORUS_THREAD_CACHE",
+];
+
+/// Runs `chorus args...` with only the given `CHORUS_*` variables set.
+fn chorus(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chorus"));
+    for k in ENV_VARS {
+        cmd.env_remove(k);
+    }
+    cmd.args(args).envs(env.iter().copied());
+    cmd.output().expect("run the chorus binary")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and parses stdout as exactly one JSON value.
+fn json_ok(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}):\n{}", stdout(o)))
+}
+
+/// Asserts failure with a message on stderr containing every one of `needles`.
+fn fails_naming(o: &Output, needles: &[&str]) {
+    assert!(
+        !o.status.success(),
+        "unexpected success\nstdout:\n{}",
+        stdout(o)
+    );
+    let err = stderr(o);
+    for n in needles {
+        assert!(err.contains(n), "stderr does not name {n:?}:\n{err}");
+    }
+}
+
+#[test]
+fn info_text() {
+    let o = chorus(&["info"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "backends compiled in: cpu",
+        "cpu:0#",
+        "count",
+        "32",
+        "thread cache",
+        "CHORUS_STREAMS",
+        "unset",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn info_json() {
+    let j = json_ok(&chorus(&["info", "--json", "--device", "cpu"], &[]));
+    assert_eq!(j["streams"]["count"], 32);
+    assert_eq!(j["streams"]["policy"], "shared");
+    assert_eq!(j["device"]["backend"], "cpu");
+    assert!(j["backends"].as_array().unwrap().iter().any(|b| b == "cpu"));
+    assert_eq!(j["allocator"]["thread_cache_bytes"], 1 << 20);
+    assert!(j["env"]["CHORUS_STREAMS"].is_null());
+}
+
+#[test]
+fn info_reads_the_environment() {
+    let env = [
+        ("CHORUS_STREAMS", "8"),
+        ("CHORUS_STREAM_POLICY", "exclusive"),
+        ("CHORUS_MEMORY_LIMIT", "64M"),
+    ];
+    let j = json_ok(&chorus(&["info", "--json"], &env));
+    assert_eq!(j["streams"]["count"], 8);
+    assert_eq!(j["streams"]["policy"], "exclusive");
+    assert_eq!(j["allocator"]["memory_limit"], 64 << 20);
+    assert_eq!(j["env"]["CHORUS_STREAMS"], "8");
+
+    let o = chorus(&["info"], &[("CHORUS_STREAMS", "8")]);
+    assert!(o.status.success());
+    assert!(
+        stdout(&o).contains("8 (stream 0 is the default stream)"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn info_rejects_an_invalid_variable() {
+    fails_naming(
+        &chorus(&["info"], &[("CHORUS_STREAMS", "banana")]),
+        &["CHORUS_STREAMS", "banana"],
+    );
+    fails_naming(
+        &chorus(&["info", "--json"], &[("CHORUS_STREAMS", "banana")]),
+        &["CHORUS_STREAMS"],
+    );
+}
+
+#[test]
+fn stress_json() {
+    let args = [
+        "stress",
+        "--threads",
+        "4",
+        "--iters",
+        "10",
+        "--sync-every",
+        "3",
+        "--size",
+        "32",
+        "--json",
+    ];
+    let j = json_ok(&chorus(&args, &[]));
+    assert_eq!(j["threads"], 4);
+    assert_eq!(j["iters"], 10);
+    assert_eq!(j["ops"], 40);
+    assert_eq!(j["errors"], 0);
+    assert_eq!(j["verified"], 40);
+    assert_eq!(j["size"], 32);
+    assert_eq!(j["sync_every"], 3);
+    assert_eq!(j["with_mean"], false);
+    assert_eq!(j["scenario"], "matmul");
+    assert_eq!(j["device"], "cpu");
+    assert!(j["seconds"].as_f64().unwrap() > 0.0);
+    assert!(j["ops_per_s"].as_f64().unwrap() > 0.0);
+    let rate = j["cache_hit_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&rate));
+    assert!(j["memory"]["allocations"].as_u64().unwrap() >= 40 * 4);
+    assert!(j["memory"]["peak_allocated_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn stress_with_mean_and_no_sync() {
+    let args = [
+        "stress",
+        "--threads",
+        "3",
+        "--iters",
+        "4",
+        "--sync-every",
+        "0",
+        "--size",
+        "16",
+        "--with-mean",
+        "--seed",
+        "7",
+    ];
+    let j = json_ok(&chorus(
+        &[&args[..], &["--json"]].concat(),
+        &[("CHORUS_STREAM_POLICY", "exclusive")],
+    ));
+    assert_eq!(
+        (
+            j["ops"].as_u64(),
+            j["errors"].as_u64(),
+            j["verified"].as_u64()
+        ),
+        (Some(12), Some(0), Some(12))
+    );
+    assert_eq!(j["with_mean"], true);
+    assert_eq!(j["seed"], 7);
+
+    let o = chorus(&args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for line in [
+        "threads: 3",
+        "iterations per thread: 4",
+        "total operations: 12",
+        "errors: 0",
+        "seconds: ",
+        "ops/s: ",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(line)),
+            "missing {line:?} in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn stress_counts_op_errors_and_fails() {
+    // The two 64×64 f32 operands of a round take 32 KiB: no round fits in 16 KiB.
+    let o = chorus(
+        &[
+            "stress",
+            "--threads",
+            "2",
+            "--iters",
+            "2",
+            "--size",
+            "64",
+            "--json",
+        ],
+        &[("CHORUS_MEMORY_LIMIT", "16K")],
+    );
+    assert!(!o.status.success());
+    let j: Value = serde_json::from_slice(&o.stdout).expect("one JSON object even on failure");
+    assert_eq!(j["ops"], 4);
+    assert!(j["errors"].as_u64().unwrap() > 0);
+    assert!(stderr(&o).contains("out of memory"), "{}", stderr(&o));
+}
+
+#[test]
+fn stress_rejects_unknown_names_and_bad_counts() {
+    fails_naming(
+        &chorus(&["stress", "--scenario", "nope"], &[]),
+        &["nope", "known scenarios", "matmul"],
+    );
+    fails_naming(
+        &chorus(&["stress", "--device", "nope"], &[]),
+        &["nope", "cpu"],
+    );
+    fails_naming(
+        &chorus(&["info", "--device", "nope"], &[]),
+        &["nope", "cpu"],
+    );
+    fails_naming(&chorus(&["stress", "--threads", "0"], &[]), &["--threads"]);
+    fails_naming(
+        &chorus(&["stress", "--iters", "3"], &[("CHORUS_STREAMS", "banana")]),
+        &["CHORUS_STREAMS"],
+    );
+}

@@ -1,0 +1,19 @@
+//! Shared test helpers: every test runs on every compiled-in backend.
+#![allow(dead_code)]
+
+use chorus::{BackendKind, Device, DeviceBuilder};
+
+/// Runs `f` once per compiled-in backend with a device built from `build(builder)`.
+pub fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f: impl Fn(Device)) {
+    for &kind in BackendKind::available() {
+        let device = build(Device::builder().backend(kind)).build().expect("device");
+        eprintln!("backend {kind:?}: {}", device.describe());
+        f(device);
+    }
+}
+
+/// Iterations scaled down under slow checkers (valgrind, miri) via CHORUS_TEST_SCALE.
+pub fn scaled(n: usize) -> usize {
+    let div: usize = std::env::var("CHORUS_TEST_SCALE_DIV").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    (n / div.max(1)).max(1)
+}
