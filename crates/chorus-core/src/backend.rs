@@ -105,7 +105,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ///
     /// # Errors
     /// As for [`Backend::launch`].
-    unsafe fn write(&self, stream: &Self::Stream, dst: DevicePtr, data: Vec<u8>) -> BackendResult<()>;
+    unsafe fn write(
+        &self,
+        stream: &Self::Stream,
+        dst: DevicePtr,
+        data: Vec<u8>,
+    ) -> BackendResult<()>;
     /// Copies `len` bytes at `src` to the host once all work enqueued before on `stream` has
     /// run. Blocks until the bytes are there.
     ///
@@ -114,7 +119,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ///
     /// # Errors
     /// The stream carries an asynchronous error.
-    unsafe fn read(&self, stream: &Self::Stream, src: DevicePtr, len: usize) -> BackendResult<Vec<u8>>;
+    unsafe fn read(
+        &self,
+        stream: &Self::Stream,
+        src: DevicePtr,
+        len: usize,
+    ) -> BackendResult<Vec<u8>>;
 
     /// Hands pending work of `stream` to the device without waiting.
     ///
@@ -150,7 +160,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
     ///
     /// # Errors
     /// The device reported an error.
-    fn event_synchronize(&self, event: &Self::Event, timeout: Option<Duration>) -> BackendResult<bool>;
+    fn event_synchronize(
+        &self,
+        event: &Self::Event,
+        timeout: Option<Duration>,
+    ) -> BackendResult<bool>;
     /// Time between two completed timing events.
     ///
     /// # Errors

@@ -126,6 +126,10 @@ impl Completion {
 
     /// (handlers run, handlers that panicked, message of the last panic).
     pub(crate) fn counts(&self) -> (u64, u64, Option<String>) {
-        (self.ran.load(Ordering::Relaxed), self.panics.load(Ordering::Relaxed), self.last_panic.lock().clone())
+        (
+            self.ran.load(Ordering::Relaxed),
+            self.panics.load(Ordering::Relaxed),
+            self.last_panic.lock().clone(),
+        )
     }
 }

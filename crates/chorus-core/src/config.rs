@@ -68,7 +68,9 @@ impl Config {
     /// assert_eq!(cfg.streams(), 8);
     /// ```
     pub fn builder() -> ConfigBuilder {
-        ConfigBuilder { cfg: Config::default() }
+        ConfigBuilder {
+            cfg: Config::default(),
+        }
     }
 
     /// The defaults overridden by the `CHORUS_*` environment variables (module docs).
@@ -86,14 +88,23 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let mut b = Config::builder();
         if let Some(v) = get("CHORUS_STREAMS") {
-            let n = v.trim().parse::<usize>().map_err(|_| bad("CHORUS_STREAMS", &v, STREAMS))?;
+            let n = v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| bad("CHORUS_STREAMS", &v, STREAMS))?;
             b = b.streams(n);
         }
         if let Some(v) = get("CHORUS_STREAM_POLICY") {
             b = b.policy(match v.trim().to_ascii_lowercase().as_str() {
                 "shared" => StreamPolicy::Shared,
                 "exclusive" => StreamPolicy::Exclusive,
-                _ => return Err(bad("CHORUS_STREAM_POLICY", &v, "expected `shared` or `exclusive`")),
+                _ => {
+                    return Err(bad(
+                        "CHORUS_STREAM_POLICY",
+                        &v,
+                        "expected `shared` or `exclusive`",
+                    ))
+                }
             });
         }
         if let Some(v) = get("CHORUS_STREAM_WAIT_MS") {
@@ -102,7 +113,11 @@ impl Config {
                 "forever" => Exhaustion::WaitForever,
                 "0" | "error" => Exhaustion::Error,
                 _ => Exhaustion::Wait(Duration::from_millis(t.parse::<u64>().map_err(|_| {
-                    bad("CHORUS_STREAM_WAIT_MS", &v, "expected milliseconds, `0` or `forever`")
+                    bad(
+                        "CHORUS_STREAM_WAIT_MS",
+                        &v,
+                        "expected milliseconds, `0` or `forever`",
+                    )
                 })?)),
             });
         }
@@ -115,7 +130,9 @@ impl Config {
             b = b.memory_limit(limit);
         }
         if let Some(v) = get("CHORUS_THREAD_CACHE") {
-            b = b.thread_cache_bytes(parse_bytes(&v).ok_or_else(|| bad("CHORUS_THREAD_CACHE", &v, BYTES))?);
+            b = b.thread_cache_bytes(
+                parse_bytes(&v).ok_or_else(|| bad("CHORUS_THREAD_CACHE", &v, BYTES))?,
+            );
         }
         b.build_named(true)
     }
@@ -150,7 +167,11 @@ const STREAMS: &str = "expected a number of streams from 2 to 1024";
 const BYTES: &str = "expected bytes, optionally with K, M or G (powers of 1024), or `none`";
 
 fn bad(key: &'static str, value: &str, reason: &'static str) -> Error {
-    Error::Config { key, value: value.to_string(), reason }
+    Error::Config {
+        key,
+        value: value.to_string(),
+        reason,
+    }
 }
 
 /// Parses `123`, `64K`, `512M`, `2G`, `2GiB`, `2gb` (all powers of 1024).
@@ -226,8 +247,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Config> {
-        let pairs: Vec<(String, String)> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
     }
 
@@ -253,8 +276,18 @@ mod tests {
         assert_eq!(c.exhaustion(), Exhaustion::Wait(Duration::from_millis(250)));
         assert_eq!(c.memory_limit(), Some(64 << 20));
         assert_eq!(c.thread_cache_bytes(), 0);
-        assert_eq!(env(&[("CHORUS_STREAM_WAIT_MS", "forever")]).unwrap().exhaustion(), Exhaustion::WaitForever);
-        assert_eq!(env(&[("CHORUS_MEMORY_LIMIT", "2GiB")]).unwrap().memory_limit(), Some(2 << 30));
+        assert_eq!(
+            env(&[("CHORUS_STREAM_WAIT_MS", "forever")])
+                .unwrap()
+                .exhaustion(),
+            Exhaustion::WaitForever
+        );
+        assert_eq!(
+            env(&[("CHORUS_MEMORY_LIMIT", "2GiB")])
+                .unwrap()
+                .memory_limit(),
+            Some(2 << 30)
+        );
     }
 
     #[test]

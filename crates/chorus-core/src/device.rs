@@ -35,7 +35,10 @@ impl Drop for Owner {
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device").field("id", &self.id()).field("closed", &self.is_closed()).finish()
+        f.debug_struct("Device")
+            .field("id", &self.id())
+            .field("closed", &self.is_closed())
+            .finish()
     }
 }
 
@@ -46,7 +49,9 @@ impl Device {
     /// The backend could not create its streams or the completion thread could not start.
     pub fn with_backend<B: Backend>(backend: B, config: Config) -> Result<Device> {
         let rt: Arc<dyn RuntimeObj> = Runtime::new(backend, config)?;
-        Ok(Device { inner: Arc::new(Owner { rt }) })
+        Ok(Device {
+            inner: Arc::new(Owner { rt }),
+        })
     }
 
     pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {
@@ -100,7 +105,11 @@ impl Device {
     /// # Panics
     /// If `stream` belongs to another device.
     pub fn set_stream(&self, stream: &Stream) -> StreamGuard {
-        assert_eq!(stream.device_id(), self.id(), "set_stream: stream of another device");
+        assert_eq!(
+            stream.device_id(),
+            self.id(),
+            "set_stream: stream of another device"
+        );
         StreamGuard::new(self.id().instance, stream.index())
     }
     /// Runs `f` with `stream` as the calling thread's current stream, then restores the

@@ -38,7 +38,11 @@ impl Event {
         if s.device_id() == self.obj.device() {
             Ok(())
         } else {
-            Err(Error::DeviceMismatch { op, lhs: self.obj.device(), rhs: s.device_id() })
+            Err(Error::DeviceMismatch {
+                op,
+                lhs: self.obj.device(),
+                rhs: s.device_id(),
+            })
         }
     }
 

@@ -22,11 +22,18 @@ pub(crate) struct EventPool<E> {
 
 impl<E> EventPool<E> {
     pub(crate) fn new() -> Self {
-        Self { free: RankedMutex::new(rank::EVENT_POOL, [Vec::new(), Vec::new()]), next_id: AtomicU64::new(1) }
+        Self {
+            free: RankedMutex::new(rank::EVENT_POOL, [Vec::new(), Vec::new()]),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     /// Leases an event (pooled, or made by `create` with the lock released) and a fresh id.
-    pub(crate) fn acquire<Err>(&self, timing: bool, create: impl FnOnce() -> Result<E, Err>) -> Result<(E, u64), Err> {
+    pub(crate) fn acquire<Err>(
+        &self,
+        timing: bool,
+        create: impl FnOnce() -> Result<E, Err>,
+    ) -> Result<(E, u64), Err> {
         let pooled = self.free.lock()[usize::from(timing)].pop();
         let raw = match pooled {
             Some(e) => e,

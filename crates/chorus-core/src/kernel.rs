@@ -23,7 +23,11 @@ impl DevicePtr {
     /// # Panics
     /// On address overflow, which the allocator rules out for every block it hands out.
     pub fn add(self, bytes: usize) -> DevicePtr {
-        DevicePtr(self.0.checked_add(bytes as u64).expect("device address overflow"))
+        DevicePtr(
+            self.0
+                .checked_add(bytes as u64)
+                .expect("device address overflow"),
+        )
     }
 }
 

@@ -13,7 +13,10 @@ pub(crate) fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
 
 /// Number of elements, checked.
 pub(crate) fn numel(op: &'static str, shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(Error::SizeOverflow { what: op })
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or(Error::SizeOverflow { what: op })
 }
 
 /// The broadcast of two shapes (NumPy/PyTorch rules: align trailing dims; 1 stretches).
@@ -21,8 +24,16 @@ pub(crate) fn broadcast(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -44,7 +55,13 @@ pub(crate) fn broadcast(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
 pub(crate) fn broadcast_strides(shape: &[usize], strides: &[usize], to: &[usize]) -> Vec<usize> {
     let lead = to.len() - shape.len();
     (0..to.len())
-        .map(|i| if i < lead || shape[i - lead] == 1 && to[i] != 1 { 0 } else { strides[i - lead] })
+        .map(|i| {
+            if i < lead || shape[i - lead] == 1 && to[i] != 1 {
+                0
+            } else {
+                strides[i - lead]
+            }
+        })
         .collect()
 }
 
@@ -63,10 +80,17 @@ pub(crate) fn dims(op: &'static str, ds: &[isize], rank: usize) -> Result<Vec<us
     if ds.is_empty() {
         return Ok((0..rank).collect());
     }
-    let mut out = ds.iter().map(|&d| dim(op, d, rank)).collect::<Result<Vec<_>>>()?;
+    let mut out = ds
+        .iter()
+        .map(|&d| dim(op, d, rank))
+        .collect::<Result<Vec<_>>>()?;
     out.sort_unstable();
     if let Some(w) = out.windows(2).find(|w| w[0] == w[1]) {
-        return Err(Error::InvalidDim { op, dim: w[0] as isize, rank });
+        return Err(Error::InvalidDim {
+            op,
+            dim: w[0] as isize,
+            rank,
+        });
     }
     if rank == 0 {
         out.clear();
@@ -103,7 +127,10 @@ mod tests {
         assert_eq!(broadcast("t", &[2, 1, 4], &[3, 1]).unwrap(), vec![2, 3, 4]);
         assert_eq!(broadcast("t", &[], &[3]).unwrap(), vec![3]);
         assert!(broadcast("t", &[2, 3], &[4, 3]).is_err());
-        assert_eq!(broadcast_strides(&[3, 1], &[1, 1], &[2, 3, 4]), vec![0, 1, 0]);
+        assert_eq!(
+            broadcast_strides(&[3, 1], &[1, 1], &[2, 3, 4]),
+            vec![0, 1, 0]
+        );
     }
 
     #[test]

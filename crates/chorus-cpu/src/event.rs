@@ -39,13 +39,18 @@ pub struct CpuEvent(pub(crate) Arc<EventShared>);
 
 impl std::fmt::Debug for CpuEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuEvent").field("timing", &self.0.timing).finish()
+        f.debug_struct("CpuEvent")
+            .field("timing", &self.0.timing)
+            .finish()
     }
 }
 
 impl CpuEvent {
     pub(crate) fn new(timing: bool) -> Self {
-        Self(Arc::new(EventShared { state: RankedMutex::new(rank::BACKEND_EVENT, State::default()), timing }))
+        Self(Arc::new(EventShared {
+            state: RankedMutex::new(rank::BACKEND_EVENT, State::default()),
+            timing,
+        }))
     }
 
     pub(crate) fn record(&self, stream: &Arc<StreamShared>) {

@@ -28,8 +28,8 @@ use std::time::Duration;
 
 pub use event::CpuEvent;
 pub use memory::Segment;
-pub use stream::CpuStream;
 use stream::Command;
+pub use stream::CpuStream;
 
 /// The CPU backend (one per `Device`).
 #[derive(Debug, Default)]
@@ -63,7 +63,12 @@ pub fn device_with(config: Config) -> chorus_core::Result<chorus_core::Device> {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
@@ -84,7 +89,13 @@ impl Backend for CpuBackend {
     }
     fn total_memory(&self) -> Option<usize> {
         let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kb: usize = info.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        let kb: usize = info
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
         kb.checked_mul(1024)
     }
 
@@ -105,17 +116,35 @@ impl Backend for CpuBackend {
         stream.shared.push_work(Command::Kernel(kernel)).map(drop)
     }
     unsafe fn write(&self, stream: &CpuStream, dst: DevicePtr, data: Vec<u8>) -> BackendResult<()> {
-        stream.shared.push_work(Command::Write { dst: dst.0 as usize, data }).map(drop)
+        stream
+            .shared
+            .push_work(Command::Write {
+                dst: dst.0 as usize,
+                data,
+            })
+            .map(drop)
     }
-    unsafe fn read(&self, stream: &CpuStream, src: DevicePtr, len: usize) -> BackendResult<Vec<u8>> {
+    unsafe fn read(
+        &self,
+        stream: &CpuStream,
+        src: DevicePtr,
+        len: usize,
+    ) -> BackendResult<Vec<u8>> {
         let reply = Arc::new(RankedMutex::new(rank::BACKEND_REPLY, None));
-        let target = stream.shared.push_work(Command::Read { src: src.0 as usize, len, reply: Arc::clone(&reply) })?;
+        let target = stream.shared.push_work(Command::Read {
+            src: src.0 as usize,
+            len,
+            reply: Arc::clone(&reply),
+        })?;
         stream.shared.wait_until(target, None);
         if let Some(e) = stream.shared.error() {
             return Err(e);
         }
         let bytes = reply.lock().take();
-        bytes.ok_or(BackendError::Call { api: "read", message: "the worker did not deliver the bytes".into() })
+        bytes.ok_or(BackendError::Call {
+            api: "read",
+            message: "the worker did not deliver the bytes".into(),
+        })
     }
 
     fn flush(&self, stream: &CpuStream) -> BackendResult<()> {
@@ -137,7 +166,10 @@ impl Backend for CpuBackend {
     fn wait(&self, stream: &CpuStream, event: &CpuEvent) -> BackendResult<()> {
         match event.target() {
             Some((src, target)) if src.index != stream.shared.index && !src.is_done(target) => {
-                stream.shared.push(Command::WaitFor { stream: src, target });
+                stream.shared.push(Command::WaitFor {
+                    stream: src,
+                    target,
+                });
                 Ok(())
             }
             _ => Ok(()),
@@ -146,13 +178,20 @@ impl Backend for CpuBackend {
     fn query(&self, event: &CpuEvent) -> BackendResult<bool> {
         Ok(event.target().is_none_or(|(s, t)| s.is_done(t)))
     }
-    fn event_synchronize(&self, event: &CpuEvent, timeout: Option<Duration>) -> BackendResult<bool> {
+    fn event_synchronize(
+        &self,
+        event: &CpuEvent,
+        timeout: Option<Duration>,
+    ) -> BackendResult<bool> {
         Ok(event.target().is_none_or(|(s, t)| s.wait_until(t, timeout)))
     }
     fn elapsed(&self, start: &CpuEvent, end: &CpuEvent) -> BackendResult<Duration> {
         match (start.time(), end.time()) {
             (Some(a), Some(b)) => Ok(b.saturating_duration_since(a)),
-            _ => Err(BackendError::Call { api: "elapsed", message: "events not recorded with timing, or not complete".into() }),
+            _ => Err(BackendError::Call {
+                api: "elapsed",
+                message: "events not recorded with timing, or not complete".into(),
+            }),
         }
     }
     fn reset_event(&self, event: &CpuEvent) {

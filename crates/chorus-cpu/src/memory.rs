@@ -22,7 +22,8 @@ unsafe impl Sync for Segment {}
 
 impl Segment {
     pub(crate) fn alloc(bytes: usize) -> Result<(Segment, DevicePtr), BackendError> {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|_| BackendError::OutOfMemory { bytes })?;
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN)
+            .map_err(|_| BackendError::OutOfMemory { bytes })?;
         // Zeroed, so that reading a tensor made by `Tensor::empty` never reads uninitialized memory.
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };

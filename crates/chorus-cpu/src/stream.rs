@@ -33,11 +33,21 @@ pub(crate) type ReplySlot = Arc<RankedMutex<Option<Vec<u8>>>>;
 
 pub(crate) enum Command {
     Kernel(Kernel),
-    Write { dst: usize, data: Vec<u8> },
-    Read { src: usize, len: usize, reply: ReplySlot },
+    Write {
+        dst: usize,
+        data: Vec<u8>,
+    },
+    Read {
+        src: usize,
+        len: usize,
+        reply: ReplySlot,
+    },
     Callback(HostCallback),
     /// Wait until `stream` has completed `target` commands.
-    WaitFor { stream: Arc<StreamShared>, target: u64 },
+    WaitFor {
+        stream: Arc<StreamShared>,
+        target: u64,
+    },
     /// Store the time into an event if it is still at record number `seq`.
     Timestamp(Arc<crate::event::EventShared>, u64),
 }
@@ -158,14 +168,19 @@ impl StreamShared {
                 let name = k.name();
                 // SAFETY: `Backend::launch`'s contract (upheld by the runtime) makes every
                 // pointer valid for the kernel's extents until this command has run.
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { kernels::execute(&k) }));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+                    kernels::execute(&k)
+                }));
                 if let Err(p) = r {
                     let message = p
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
                         .or_else(|| p.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "panic".into());
-                    self.error.lock().get_or_insert(BackendError::Kernel { kernel: name, message });
+                    self.error.lock().get_or_insert(BackendError::Kernel {
+                        kernel: name,
+                        message,
+                    });
                 }
             }
             Command::Write { dst, data } => {
@@ -200,7 +215,9 @@ pub struct CpuStream {
 
 impl std::fmt::Debug for CpuStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuStream").field("index", &self.shared.index).finish()
+        f.debug_struct("CpuStream")
+            .field("index", &self.shared.index)
+            .finish()
     }
 }
 
@@ -218,8 +235,14 @@ impl CpuStream {
         });
         let s = Arc::clone(&shared);
         let worker = thread::spawn_named(format!("chorus-cpu-stream-{index}"), move || s.run())
-            .map_err(|e| BackendError::Call { api: "spawn stream worker", message: e.to_string() })?;
-        Ok(Self { shared, worker: Some(worker) })
+            .map_err(|e| BackendError::Call {
+                api: "spawn stream worker",
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            shared,
+            worker: Some(worker),
+        })
     }
 }
 

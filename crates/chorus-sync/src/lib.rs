@@ -20,22 +20,26 @@
 // This crate is the one place allowed to name std's primitives (clippy.toml points everyone else here).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-mod ranked;
 pub mod rank;
+mod ranked;
 
-pub use ranked::{assert_no_locks_held, Condvar, RankedGuard, RankedMutex, WaitTimeoutResult};
 pub use rank::LockRank;
+pub use ranked::{assert_no_locks_held, Condvar, RankedGuard, RankedMutex, WaitTimeoutResult};
 
 #[cfg(not(chorus_loom))]
 mod imp {
     pub use std::sync::{Arc, Weak};
     /// Atomics (std, or loom's under `chorus_loom`).
     pub mod atomic {
-        pub use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+        pub use std::sync::atomic::{
+            fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+        };
     }
     /// Threads (std, or loom's under `chorus_loom`).
     pub mod thread {
-        pub use std::thread::{current, panicking, park, sleep, yield_now, Builder, JoinHandle, ThreadId};
+        pub use std::thread::{
+            current, panicking, park, sleep, spawn, yield_now, Builder, JoinHandle, ThreadId,
+        };
         /// Spawns a named thread.
         ///
         /// # Errors
@@ -73,14 +77,18 @@ mod imp {
 
 #[cfg(chorus_loom)]
 mod imp {
-    pub use loom::sync::{Arc, Weak};
+    // loom has no `Weak`; reference counts are not what the models check (our own atomics,
+    // locks and cells are), so std's `Arc`/`Weak` serve under loom too.
+    pub use std::sync::{Arc, Weak};
     /// Atomics (loom's).
     pub mod atomic {
-        pub use loom::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+        pub use loom::sync::atomic::{
+            fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+        };
     }
     /// Threads (loom's).
     pub mod thread {
-        pub use loom::thread::{current, park, yield_now, Builder, JoinHandle, ThreadId};
+        pub use loom::thread::{current, park, spawn, yield_now, Builder, JoinHandle, ThreadId};
         pub use std::thread::panicking;
         /// Under loom there is no real sleep: yield instead.
         pub fn sleep(_: std::time::Duration) {
@@ -117,5 +125,7 @@ pub type Mutex<T> = std::sync::Mutex<T>;
 pub type Mutex<T> = loom::sync::Mutex<T>;
 
 /// Whether this build checks lock ranks (debug builds and `--cfg chorus_lock_ranks`, never loom).
-pub const LOCK_RANKS_CHECKED: bool =
-    cfg!(all(any(debug_assertions, chorus_lock_ranks), not(chorus_loom)));
+pub const LOCK_RANKS_CHECKED: bool = cfg!(all(
+    any(debug_assertions, chorus_lock_ranks),
+    not(chorus_loom)
+));

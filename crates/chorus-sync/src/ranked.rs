@@ -54,7 +54,11 @@ mod held {
     pub(super) fn assert_none() {
         let _ = HELD.try_with(|h| {
             let h = h.borrow();
-            assert!(h.is_empty(), "runtime locks held where none may be: {:?}", *h);
+            assert!(
+                h.is_empty(),
+                "runtime locks held where none may be: {:?}",
+                *h
+            );
         });
     }
 }
@@ -97,7 +101,10 @@ pub struct RankedGuard<'a, T> {
 impl<T> RankedMutex<T> {
     /// Creates a mutex of the given rank.
     pub fn new(rank: LockRank, value: T) -> Self {
-        Self { rank, raw: RawMutex::new(value) }
+        Self {
+            rank,
+            raw: RawMutex::new(value),
+        }
     }
 
     /// The lock's rank.
@@ -111,26 +118,38 @@ impl<T> RankedMutex<T> {
     /// In builds that check ranks, if the calling thread holds a lock of equal or higher rank.
     pub fn lock(&self) -> RankedGuard<'_, T> {
         held::acquire(self.rank);
-        let raw = self.raw.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        RankedGuard { rank: self.rank, raw: Some(raw) }
+        let raw = self
+            .raw
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        RankedGuard {
+            rank: self.rank,
+            raw: Some(raw),
+        }
     }
 
     /// Consumes the mutex, returning the value.
     pub fn into_inner(self) -> T {
-        self.raw.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.raw
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl<T> std::ops::Deref for RankedGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        self.raw.as_ref().expect("guard holds its lock until dropped")
+        self.raw
+            .as_ref()
+            .expect("guard holds its lock until dropped")
     }
 }
 
 impl<T> std::ops::DerefMut for RankedGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        self.raw.as_mut().expect("guard holds its lock until dropped")
+        self.raw
+            .as_mut()
+            .expect("guard holds its lock until dropped")
     }
 }
 
@@ -165,7 +184,10 @@ impl Condvar {
     /// Releases the guard's lock, waits for a notification, reacquires.
     pub fn wait<'a, T>(&self, mut guard: RankedGuard<'a, T>) -> RankedGuard<'a, T> {
         let raw = guard.raw.take().expect("guard holds its lock");
-        let raw = self.0.wait(raw).unwrap_or_else(std::sync::PoisonError::into_inner);
+        let raw = self
+            .0
+            .wait(raw)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.raw = Some(raw);
         guard
     }
@@ -177,8 +199,10 @@ impl Condvar {
         timeout: Duration,
     ) -> (RankedGuard<'a, T>, WaitTimeoutResult) {
         let raw = guard.raw.take().expect("guard holds its lock");
-        let (raw, res) =
-            self.0.wait_timeout(raw, timeout).unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (raw, res) = self
+            .0
+            .wait_timeout(raw, timeout)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.raw = Some(raw);
         (guard, WaitTimeoutResult(res.timed_out()))
     }
@@ -219,7 +243,10 @@ mod tests {
         }))
         .expect_err("out-of-order acquisition must panic");
         let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-        assert!(msg.contains("test low") && msg.contains("test high"), "{msg}");
+        assert!(
+            msg.contains("test low") && msg.contains("test high"),
+            "{msg}"
+        );
         // The failed acquisition left nothing held.
         assert_no_locks_held();
     }

@@ -29,7 +29,11 @@ impl BackendKind {
         match name.to_ascii_lowercase().as_str() {
             #[cfg(feature = "cpu")]
             "cpu" | "auto" => Ok(BackendKind::Cpu),
-            _ => Err(Error::Config { key: "device", value: name.to_string(), reason: "not a backend compiled into this build" }),
+            _ => Err(Error::Config {
+                key: "device",
+                value: name.to_string(),
+                reason: "not a backend compiled into this build",
+            }),
         }
     }
 }
@@ -69,7 +73,10 @@ impl Device {
     /// # Ok::<(), chorus::Error>(())
     /// ```
     pub fn builder() -> DeviceBuilder {
-        DeviceBuilder { kind: BackendKind::available().first().copied(), config: Config::builder() }
+        DeviceBuilder {
+            kind: BackendKind::available().first().copied(),
+            config: Config::builder(),
+        }
     }
 
     /// The device with an explicit backend and configuration.
@@ -171,7 +178,11 @@ impl DeviceBuilder {
     /// failures.
     pub fn build(self) -> Result<Device> {
         let config = self.config.build()?;
-        let kind = self.kind.ok_or(Error::Config { key: "backend", value: String::new(), reason: "no backend compiled in" })?;
+        let kind = self.kind.ok_or(Error::Config {
+            key: "backend",
+            value: String::new(),
+            reason: "no backend compiled in",
+        })?;
         Device::new(kind, config)
     }
 }

@@ -31,7 +31,7 @@
 mod device;
 
 pub use chorus_core::{
-    kernel, Backend, BackendError, Config, ConfigBuilder, DType, DeviceId, Element, Error, Event, Exhaustion,
-    HandlerStats, MemoryStats, Result, Stream, StreamGuard, StreamPolicy, Tensor,
+    kernel, Backend, BackendError, Config, ConfigBuilder, DType, DeviceId, Element, Error, Event,
+    Exhaustion, HandlerStats, MemoryStats, Result, Stream, StreamGuard, StreamPolicy, Tensor,
 };
 pub use device::{BackendKind, Device, DeviceBuilder};

@@ -18,123 +18,158 @@ impl Drop for Finished {
 
 #[test]
 fn drop_last_device_handle_while_eight_threads_enqueue() {
-    on_every_backend(|b| b.shutdown_timeout(Duration::from_secs(20)), |dev| {
-        let registered = Arc::new(AtomicU64::new(0));
-        let finished = Arc::new(AtomicU64::new(0));
-        let ran = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut threads = Vec::new();
-        for t in 0..8u64 {
-            let dev = dev.clone();
-            let (registered, finished, ran, tx) = (registered.clone(), finished.clone(), ran.clone(), tx.clone());
-            threads.push(std::thread::spawn(move || {
-                // Each thread keeps only tensors and a stream, not a device handle.
-                let x = Tensor::randn(&dev, &[96, 96], t).unwrap();
-                let stream = dev.current_stream().unwrap();
-                drop(dev);
-                tx.send(()).unwrap();
-                let mut closed_err = None;
-                for _ in 0..100_000u64 {
-                    let r = x.matmul(&x).and_then(|y| y.sum_all());
-                    let fin = Finished(finished.clone());
-                    let ran = ran.clone();
-                    match stream.on_complete(move || {
-                        let _fin = fin;
-                        ran.fetch_add(1, Ordering::SeqCst);
-                    }) {
-                        Ok(()) => {
-                            registered.fetch_add(1, Ordering::SeqCst);
+    on_every_backend(
+        |b| b.shutdown_timeout(Duration::from_secs(20)),
+        |dev| {
+            let registered = Arc::new(AtomicU64::new(0));
+            let finished = Arc::new(AtomicU64::new(0));
+            let ran = Arc::new(AtomicU64::new(0));
+            let start = Instant::now();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut threads = Vec::new();
+            for t in 0..8u64 {
+                let dev = dev.clone();
+                let (registered, finished, ran, tx) = (
+                    registered.clone(),
+                    finished.clone(),
+                    ran.clone(),
+                    tx.clone(),
+                );
+                threads.push(std::thread::spawn(move || {
+                    // Each thread keeps only tensors and a stream, not a device handle.
+                    let x = Tensor::randn(&dev, &[96, 96], t).unwrap();
+                    let stream = dev.current_stream().unwrap();
+                    drop(dev);
+                    tx.send(()).unwrap();
+                    let mut closed_err = None;
+                    for _ in 0..100_000u64 {
+                        let r = x.matmul(&x).and_then(|y| y.sum_all());
+                        let fin = Finished(finished.clone());
+                        let ran = ran.clone();
+                        match stream.on_complete(move || {
+                            let _fin = fin;
+                            ran.fetch_add(1, Ordering::SeqCst);
+                        }) {
+                            Ok(()) => {
+                                registered.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => {
+                                // The refused closure was dropped (and counted as finished).
+                                registered.fetch_add(1, Ordering::SeqCst);
+                                closed_err = Some(e);
+                                break;
+                            }
                         }
-                        Err(e) => {
-                            // The refused closure was dropped (and counted as finished).
-                            registered.fetch_add(1, Ordering::SeqCst);
+                        if let Err(e) = r {
                             closed_err = Some(e);
                             break;
                         }
                     }
-                    if let Err(e) = r {
-                        closed_err = Some(e);
-                        break;
-                    }
-                }
-                // Later calls keep failing with a clear error; nothing panics.
-                let later = x.add(&x).unwrap_err();
-                (closed_err, later)
-            }));
-        }
-        for _ in 0..8 {
-            rx.recv().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        drop(dev);
-        for h in threads {
-            let (first, later) = h.join().expect("no thread panicked");
-            assert!(matches!(first, Some(Error::DeviceClosed { .. })), "{first:?}");
-            assert!(matches!(later, Error::DeviceClosed { .. }), "{later}");
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "bounded time");
-        // Every handler closure made was either run or dropped, none leaked.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while finished.load(Ordering::SeqCst) < registered.load(Ordering::SeqCst) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(finished.load(Ordering::SeqCst), registered.load(Ordering::SeqCst));
-        assert!(ran.load(Ordering::SeqCst) <= registered.load(Ordering::SeqCst));
-    });
+                    // Later calls keep failing with a clear error; nothing panics.
+                    let later = x.add(&x).unwrap_err();
+                    (closed_err, later)
+                }));
+            }
+            for _ in 0..8 {
+                rx.recv().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            drop(dev);
+            for h in threads {
+                let (first, later) = h.join().expect("no thread panicked");
+                assert!(
+                    matches!(first, Some(Error::DeviceClosed { .. })),
+                    "{first:?}"
+                );
+                assert!(matches!(later, Error::DeviceClosed { .. }), "{later}");
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "bounded time");
+            // Every handler closure made was either run or dropped, none leaked.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while finished.load(Ordering::SeqCst) < registered.load(Ordering::SeqCst)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(
+                finished.load(Ordering::SeqCst),
+                registered.load(Ordering::SeqCst)
+            );
+            assert!(ran.load(Ordering::SeqCst) <= registered.load(Ordering::SeqCst));
+        },
+    );
 }
 
 #[test]
 fn explicit_shutdown_then_errors_and_memory_released() {
-    on_every_backend(|b| b, |dev| {
-        let keep = Tensor::randn(&dev, &[64, 64], 3).unwrap();
-        let mut cached = Vec::new();
-        for i in 0..20 {
-            cached.push(Tensor::randn(&dev, &[8, 8], i).unwrap());
-        }
-        drop(cached); // small blocks now sit in this thread's cache
-        dev.shutdown();
-        assert!(dev.is_closed());
-        assert!(matches!(Tensor::full(&dev, &[2], 0.0), Err(Error::DeviceClosed { .. })));
-        assert!(matches!(keep.matmul(&keep), Err(Error::DeviceClosed { .. })));
-        assert!(matches!(dev.event(), Err(Error::DeviceClosed { .. })));
-        let st = dev.memory_stats();
-        assert_eq!(st.allocated_bytes, keep.len() * 4);
-        drop(keep);
-        let st = dev.memory_stats();
-        assert_eq!(st.allocated_bytes, 0);
-        assert_eq!(st.reserved_bytes, 0, "closed device returns freed segments at once: {st:?}");
-        dev.shutdown(); // idempotent
-    });
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let keep = Tensor::randn(&dev, &[64, 64], 3).unwrap();
+            let mut cached = Vec::new();
+            for i in 0..20 {
+                cached.push(Tensor::randn(&dev, &[8, 8], i).unwrap());
+            }
+            drop(cached); // small blocks now sit in this thread's cache
+            dev.shutdown();
+            assert!(dev.is_closed());
+            assert!(matches!(
+                Tensor::full(&dev, &[2], 0.0),
+                Err(Error::DeviceClosed { .. })
+            ));
+            assert!(matches!(
+                keep.matmul(&keep),
+                Err(Error::DeviceClosed { .. })
+            ));
+            assert!(matches!(dev.event(), Err(Error::DeviceClosed { .. })));
+            let st = dev.memory_stats();
+            assert_eq!(st.allocated_bytes, keep.len() * 4);
+            drop(keep);
+            let st = dev.memory_stats();
+            assert_eq!(st.allocated_bytes, 0);
+            assert_eq!(
+                st.reserved_bytes, 0,
+                "closed device returns freed segments at once: {st:?}"
+            );
+            dev.shutdown(); // idempotent
+        },
+    );
 }
 
 #[test]
 fn thread_exit_after_shutdown_and_shutdown_after_thread_exit() {
     for order in 0..2 {
-        on_every_backend(|b| b, |dev| {
-            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-            let d2 = dev.clone();
-            let h = std::thread::spawn(move || {
-                for i in 0..32 {
-                    drop(Tensor::randn(&d2, &[4, 4], i).unwrap());
+        on_every_backend(
+            |b| b,
+            |dev| {
+                let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+                let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+                let d2 = dev.clone();
+                let h = std::thread::spawn(move || {
+                    for i in 0..32 {
+                        drop(Tensor::randn(&d2, &[4, 4], i).unwrap());
+                    }
+                    drop(d2);
+                    ready_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                });
+                ready_rx.recv().unwrap();
+                if order == 0 {
+                    dev.shutdown();
+                    go_tx.send(()).unwrap();
+                    h.join().unwrap();
+                } else {
+                    go_tx.send(()).unwrap();
+                    h.join().unwrap();
+                    dev.shutdown();
                 }
-                drop(d2);
-                ready_tx.send(()).unwrap();
-                go_rx.recv().unwrap();
-            });
-            ready_rx.recv().unwrap();
-            if order == 0 {
-                dev.shutdown();
-                go_tx.send(()).unwrap();
-                h.join().unwrap();
-            } else {
-                go_tx.send(()).unwrap();
-                h.join().unwrap();
-                dev.shutdown();
-            }
-            let st = dev.memory_stats();
-            assert_eq!((st.allocated_bytes, st.reserved_bytes), (0, 0), "order {order}: {st:?}");
-        });
+                let st = dev.memory_stats();
+                assert_eq!(
+                    (st.allocated_bytes, st.reserved_bytes),
+                    (0, 0),
+                    "order {order}: {st:?}"
+                );
+            },
+        );
     }
 }

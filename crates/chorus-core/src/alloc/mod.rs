@@ -125,7 +125,9 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         let mut synced = false;
         loop {
             if self.closed.load(Relaxed) {
-                return Err(Error::DeviceClosed { device: self.device });
+                return Err(Error::DeviceClosed {
+                    device: self.device,
+                });
             }
             let mut p = self.pools.lock();
             self.poll(&mut p, dev);
@@ -141,6 +143,12 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
                 }
             }
             if let Some(b) = self.grow(&mut p, dev, kind, size, stream)? {
+                return Ok(self.handed_out(b));
+            }
+            // Fences may have completed meanwhile: a cached block beats a new segment.
+            self.poll(&mut p, dev);
+            if let Fit::Found(b) = p.best_fit(kind, size, stream) {
+                self.c.cache_hits.fetch_add(1, Relaxed);
                 return Ok(self.handed_out(b));
             }
             self.release_cached(&mut p, dev);
@@ -203,10 +211,23 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         } else {
             // A stream whose fence cannot be recorded is broken: the block then never becomes
             // free again before teardown, which is safe.
-            let events = others.iter().filter_map(|&s| dev.record_fence(s)).collect::<Vec<_>>();
-            let seq = if events.len() == others.len() { seq } else { NEVER };
+            let events = others
+                .iter()
+                .filter_map(|&s| dev.record_fence(s))
+                .collect::<Vec<_>>();
+            let seq = if events.len() == others.len() {
+                seq
+            } else {
+                NEVER
+            };
             p.defer(b.seg, b.offset);
-            p.deferred.push(Deferred { seg: b.seg, offset: b.offset, owner, seq, events });
+            p.deferred.push(Deferred {
+                seg: b.seg,
+                offset: b.offset,
+                owner,
+                seq,
+                events,
+            });
             self.c.deferred_frees.fetch_add(1, Relaxed);
         }
         if self.closed.load(Relaxed) {
@@ -279,7 +300,14 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         self.sync_reserved(&p);
     }
 
-    fn grow<D>(&self, p: &mut Pools<S, F>, dev: &D, kind: Kind, size: usize, stream: u32) -> Result<Option<Block>>
+    fn grow<D>(
+        &self,
+        p: &mut Pools<S, F>,
+        dev: &D,
+        kind: Kind,
+        size: usize,
+        stream: u32,
+    ) -> Result<Option<Block>>
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
@@ -299,7 +327,11 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
                 Ok(Some(b))
             }
             Err(BackendError::OutOfMemory { .. }) => Ok(None),
-            Err(e) => Err(Error::Device { device: self.device, stream: stream as usize, source: e }),
+            Err(e) => Err(Error::Device {
+                device: self.device,
+                stream: stream as usize,
+                source: e,
+            }),
         }
     }
 
@@ -369,7 +401,11 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
     }
 
     pub(crate) fn reset_peak(&self) {
-        self.c.peak_allocated.store(self.c.allocated.load(Relaxed), Relaxed);
-        self.c.peak_reserved.store(self.c.reserved.load(Relaxed), Relaxed);
+        self.c
+            .peak_allocated
+            .store(self.c.allocated.load(Relaxed), Relaxed);
+        self.c
+            .peak_reserved
+            .store(self.c.reserved.load(Relaxed), Relaxed);
     }
 }

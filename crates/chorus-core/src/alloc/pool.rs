@@ -120,7 +120,9 @@ pub(crate) struct Deferred<E> {
 pub(crate) enum Fit {
     Found(Block),
     /// Nothing usable; these streams own blocks that would fit once fenced.
-    None { fence_wanted: Vec<u32> },
+    None {
+        fence_wanted: Vec<u32>,
+    },
 }
 
 /// Segments and free blocks of one device. `S` is the backend's segment, `E` its fence event.
@@ -185,7 +187,15 @@ impl<S, E> Pools<S, E> {
         }
     }
 
-    fn take(&mut self, kind: Kind, bsize: usize, seg: u32, off: usize, size: usize, stream: u32) -> Block {
+    fn take(
+        &mut self,
+        kind: Kind,
+        bsize: usize,
+        seg: u32,
+        off: usize,
+        size: usize,
+        stream: u32,
+    ) -> Block {
         self.index.remove(&(kind, bsize, seg, off));
         let s = self.seg_mut(seg);
         let state = s.blocks[&off].1;
@@ -203,12 +213,33 @@ impl<S, E> Pools<S, E> {
             self.index.insert((kind, rest, seg, off + size));
         }
         let ptr = self.seg(seg).base.add(off);
-        Block { seg, offset: off, size, ptr, stream }
+        Block {
+            seg,
+            offset: off,
+            size,
+            ptr,
+            stream,
+        }
     }
 
     /// Adds a fresh segment and hands out its first `size` bytes to `stream`.
-    pub(crate) fn add_segment(&mut self, raw: S, base: DevicePtr, seg_size: usize, kind: Kind, size: usize, stream: u32) -> Block {
-        let seg = Seg { raw, base, size: seg_size, kind, blocks: BTreeMap::new(), used: 0 };
+    pub(crate) fn add_segment(
+        &mut self,
+        raw: S,
+        base: DevicePtr,
+        seg_size: usize,
+        kind: Kind,
+        size: usize,
+        stream: u32,
+    ) -> Block {
+        let seg = Seg {
+            raw,
+            base,
+            size: seg_size,
+            kind,
+            blocks: BTreeMap::new(),
+            used: 0,
+        };
         let id = match self.free_ids.pop() {
             Some(id) => {
                 self.segs[id as usize] = Some(seg);
@@ -221,7 +252,9 @@ impl<S, E> Pools<S, E> {
         };
         self.reserved += seg_size;
         // The whole segment starts as one free block no stream has used (seq 0 is complete).
-        self.seg_mut(id).blocks.insert(0, (seg_size, State::Free { stream, seq: 0 }));
+        self.seg_mut(id)
+            .blocks
+            .insert(0, (seg_size, State::Free { stream, seq: 0 }));
         self.index.insert((kind, seg_size, id, 0));
         self.take(kind, seg_size, id, 0, size, stream)
     }
@@ -231,7 +264,10 @@ impl<S, E> Pools<S, E> {
     pub(crate) fn release(&mut self, seg: u32, off: usize, stream: u32, seq: u64) {
         let s = self.seg_mut(seg);
         let (size, state) = s.blocks[&off];
-        debug_assert!(matches!(state, State::Used | State::Deferred), "double free of {seg}:{off}");
+        debug_assert!(
+            matches!(state, State::Used | State::Deferred),
+            "double free of {seg}:{off}"
+        );
         if state == State::Used {
             s.used -= size;
         }
@@ -239,7 +275,17 @@ impl<S, E> Pools<S, E> {
         let (mut start, mut size, mut seq) = (off, size, seq);
         // Coalesce with the previous and next free blocks of the same stream.
         let prev = s.blocks.range(..off).next_back().map(|(&o, &b)| (o, b));
-        if let Some((po, (psize, State::Free { stream: ps, seq: pseq }))) = prev {
+        if let Some((
+            po,
+            (
+                psize,
+                State::Free {
+                    stream: ps,
+                    seq: pseq,
+                },
+            ),
+        )) = prev
+        {
             if ps == stream && po + psize == off {
                 s.blocks.remove(&off);
                 start = po;
@@ -250,7 +296,17 @@ impl<S, E> Pools<S, E> {
         }
         let s = self.seg_mut(seg);
         let next = s.blocks.range(start + size..).next().map(|(&o, &b)| (o, b));
-        if let Some((no, (nsize, State::Free { stream: ns, seq: nseq }))) = next {
+        if let Some((
+            no,
+            (
+                nsize,
+                State::Free {
+                    stream: ns,
+                    seq: nseq,
+                },
+            ),
+        )) = next
+        {
             if ns == stream && no == start + size {
                 s.blocks.remove(&no);
                 size += nsize;
@@ -305,7 +361,7 @@ impl<S, E> Pools<S, E> {
         self.segs.drain(..).flatten().map(|s| s.raw).collect()
     }
 
-    /// Bytes in free blocks (cached).
+    /// Number of live segments.
     pub(crate) fn segments(&self) -> usize {
         self.segs.iter().flatten().count()
     }
@@ -339,8 +395,14 @@ mod tests {
     fn classes_round_and_overflow() {
         assert_eq!(classify(1), Some((Kind::Small, 512)));
         assert_eq!(classify(513), Some((Kind::Small, 1024)));
-        assert_eq!(classify(SMALL_MAX + 1), Some((Kind::Large, SMALL_MAX + 512)));
-        assert_eq!(classify(LARGE_MAX + 1), Some((Kind::Huge, LARGE_MAX + HUGE_ROUND)));
+        assert_eq!(
+            classify(SMALL_MAX + 1),
+            Some((Kind::Large, SMALL_MAX + 512))
+        );
+        assert_eq!(
+            classify(LARGE_MAX + 1),
+            Some((Kind::Huge, LARGE_MAX + HUGE_ROUND))
+        );
         assert_eq!(classify(usize::MAX), None);
     }
 
@@ -349,11 +411,15 @@ mod tests {
         let mut p = pools();
         let a = p.add_segment(7, DevicePtr(4096), SMALL_SEGMENT, Kind::Small, 1024, 1);
         assert_eq!((a.offset, a.size, a.ptr), (0, 1024, DevicePtr(4096)));
-        let Fit::Found(b) = p.best_fit(Kind::Small, 512, 1) else { panic!() };
+        let Fit::Found(b) = p.best_fit(Kind::Small, 512, 1) else {
+            panic!()
+        };
         assert_eq!(b.offset, 1024);
         p.release(0, a.offset, 1, 1);
         // Best fit takes the 1024 hole rather than the big tail.
-        let Fit::Found(c) = p.best_fit(Kind::Small, 1024, 1) else { panic!() };
+        let Fit::Found(c) = p.best_fit(Kind::Small, 1024, 1) else {
+            panic!()
+        };
         assert_eq!(c.offset, 0);
         p.release(0, c.offset, 1, 2);
         p.release(0, b.offset, 1, 3);
@@ -368,7 +434,14 @@ mod tests {
     #[test]
     fn other_stream_waits_for_fence() {
         let mut p = pools();
-        let a = p.add_segment(1, DevicePtr(0), SMALL_SEGMENT, Kind::Small, SMALL_SEGMENT, 1);
+        let a = p.add_segment(
+            1,
+            DevicePtr(0),
+            SMALL_SEGMENT,
+            Kind::Small,
+            SMALL_SEGMENT,
+            1,
+        );
         p.release(a.seg, a.offset, 1, 5);
         match p.best_fit(Kind::Small, 512, 2) {
             Fit::None { fence_wanted } => assert_eq!(fence_wanted, vec![1]),
@@ -384,10 +457,16 @@ mod tests {
     fn different_streams_do_not_coalesce() {
         let mut p = pools();
         let a = p.add_segment(1, DevicePtr(0), SMALL_SEGMENT, Kind::Small, 512, 1);
-        let Fit::Found(b) = p.best_fit(Kind::Small, 512, 2) else { panic!() };
+        let Fit::Found(b) = p.best_fit(Kind::Small, 512, 2) else {
+            panic!()
+        };
         p.release(a.seg, a.offset, 1, 1);
         p.release(b.seg, b.offset, 2, 1);
-        assert_eq!(p.index.len(), 2, "stream 2's block must stay apart from stream 1's");
+        assert_eq!(
+            p.index.len(),
+            2,
+            "stream 2's block must stay apart from stream 1's"
+        );
     }
 
     #[test]
@@ -397,7 +476,10 @@ mod tests {
         let a = p.add_segment(1, DevicePtr(0), size, k, size, 1);
         p.release(a.seg, a.offset, 1, 1);
         let (k2, small_huge) = classify(12 << 20).unwrap();
-        assert!(matches!(p.best_fit(k2, small_huge, 1), Fit::None { .. }), "40 MiB is too big for 12 MiB");
+        assert!(
+            matches!(p.best_fit(k2, small_huge, 1), Fit::None { .. }),
+            "40 MiB is too big for 12 MiB"
+        );
         assert!(matches!(p.best_fit(k, size, 1), Fit::Found(_)));
     }
 }

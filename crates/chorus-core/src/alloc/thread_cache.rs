@@ -54,12 +54,20 @@ pub(crate) enum Put {
 
 impl ThreadCache {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { state: AtomicU8::new(IDLE), blocks: UnsafeCell::new(Vec::new()), capacity }
+        Self {
+            state: AtomicU8::new(IDLE),
+            blocks: UnsafeCell::new(Vec::new()),
+            capacity,
+        }
     }
 
     /// Owner only: runs `f` on the blocks if the cache is open.
     fn with_blocks<R>(&self, f: impl FnOnce(&mut Vec<Cached>) -> R) -> Option<R> {
-        if self.state.compare_exchange(IDLE, BUSY, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        if self
+            .state
+            .compare_exchange(IDLE, BUSY, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             // CLOSED (the owner is the only one who sets BUSY, so it cannot be BUSY here).
             return None;
         }
@@ -73,7 +81,9 @@ impl ThreadCache {
     /// Owner only: takes a cached block of exactly `size` bytes owned by `stream`.
     pub(crate) fn take(&self, size: usize, stream: u32) -> Option<Cached> {
         self.with_blocks(|b| {
-            let i = b.iter().rposition(|c| c.size == size && c.stream == stream)?;
+            let i = b
+                .iter()
+                .rposition(|c| c.size == size && c.stream == stream)?;
             Some(b.swap_remove(i))
         })
         .flatten()
@@ -98,7 +108,10 @@ impl ThreadCache {
     /// Any thread: closes the cache and returns its blocks, or `None` if it was closed already.
     pub(crate) fn close(&self) -> Option<Vec<Cached>> {
         loop {
-            match self.state.compare_exchange(IDLE, CLOSED, Ordering::Acquire, Ordering::Relaxed) {
+            match self
+                .state
+                .compare_exchange(IDLE, CLOSED, Ordering::Acquire, Ordering::Relaxed)
+            {
                 // SAFETY: we won IDLE -> CLOSED; the owner will never enter again and no other
                 // closer can win, so we are the only thread touching `blocks` from now on.
                 Ok(_) => return Some(self.blocks.with_mut(|b| std::mem::take(unsafe { &mut *b }))),

@@ -28,7 +28,11 @@ struct Lease<B: Backend> {
 
 impl<B: Backend> std::fmt::Debug for Lease<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Event").field("id", &self.id).field("device", &self.rt.id).field("timing", &self.timing).finish()
+        f.debug_struct("Event")
+            .field("id", &self.id)
+            .field("device", &self.rt.id)
+            .field("timing", &self.timing)
+            .finish()
     }
 }
 
@@ -36,8 +40,17 @@ pub(super) fn lease<B: Backend>(rt: Arc<Runtime<B>>, timing: bool) -> Result<Box
     let (raw, id) = rt
         .events
         .acquire(timing, || rt.backend.create_event(timing))
-        .map_err(|source| Error::Device { device: rt.id, stream: 0, source })?;
-    Ok(Box::new(Lease { rt, raw: Some(raw), id, timing }))
+        .map_err(|source| Error::Device {
+            device: rt.id,
+            stream: 0,
+            source,
+        })?;
+    Ok(Box::new(Lease {
+        rt,
+        raw: Some(raw),
+        id,
+        timing,
+    }))
 }
 
 impl<B: Backend> Lease<B> {
@@ -55,17 +68,31 @@ impl<B: Backend> EventObj for Lease<B> {
     }
     fn record(&self, stream: usize) -> Result<()> {
         self.rt.check_open()?;
-        self.rt.backend.record(self.raw(), self.rt.stream(stream)?).map_err(self.rt.dev_err(stream))
+        self.rt
+            .backend
+            .record(self.raw(), self.rt.stream(stream)?)
+            .map_err(self.rt.dev_err(stream))
     }
     fn wait_on(&self, stream: usize) -> Result<()> {
         self.rt.check_open()?;
-        self.rt.backend.wait(self.rt.stream(stream)?, self.raw()).map_err(self.rt.dev_err(stream))
+        self.rt
+            .backend
+            .wait(self.rt.stream(stream)?, self.raw())
+            .map_err(self.rt.dev_err(stream))
     }
     fn query(&self) -> Result<bool> {
-        self.rt.backend.query(self.raw()).map_err(self.rt.dev_err(0))
+        self.rt
+            .backend
+            .query(self.raw())
+            .map_err(self.rt.dev_err(0))
     }
     fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
-        match self.rt.backend.event_synchronize(self.raw(), timeout).map_err(self.rt.dev_err(0))? {
+        match self
+            .rt
+            .backend
+            .event_synchronize(self.raw(), timeout)
+            .map_err(self.rt.dev_err(0))?
+        {
             true => Ok(()),
             false => Err(Error::Timeout {
                 device: self.rt.id,
@@ -75,15 +102,26 @@ impl<B: Backend> EventObj for Lease<B> {
         }
     }
     fn elapsed(&self, end: &dyn EventObj) -> Result<Duration> {
-        let end = end.as_any().downcast_ref::<Lease<B>>().filter(|e| e.rt.id == self.rt.id).ok_or(
-            Error::DeviceMismatch { op: "elapsed", lhs: self.rt.id, rhs: end.device() },
-        )?;
+        let end = end
+            .as_any()
+            .downcast_ref::<Lease<B>>()
+            .filter(|e| e.rt.id == self.rt.id)
+            .ok_or(Error::DeviceMismatch {
+                op: "elapsed",
+                lhs: self.rt.id,
+                rhs: end.device(),
+            })?;
         if !self.timing || !end.timing {
-            return Err(Error::NotTiming { reason: "an event was created without timing" });
+            return Err(Error::NotTiming {
+                reason: "an event was created without timing",
+            });
         }
-        self.rt.backend.elapsed(self.raw(), end.raw()).map_err(|_| Error::NotTiming {
-            reason: "both events must be recorded and complete",
-        })
+        self.rt
+            .backend
+            .elapsed(self.raw(), end.raw())
+            .map_err(|_| Error::NotTiming {
+                reason: "both events must be recorded and complete",
+            })
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -94,7 +132,9 @@ impl<B: Backend> Drop for Lease<B> {
     fn drop(&mut self) {
         if let Some(raw) = self.raw.take() {
             let backend = &self.rt.backend;
-            self.rt.events.release(raw, self.timing, |e| backend.reset_event(e));
+            self.rt
+                .events
+                .release(raw, self.timing, |e| backend.reset_event(e));
         }
     }
 }

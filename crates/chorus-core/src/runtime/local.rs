@@ -53,7 +53,13 @@ fn entry<'a>(l: &'a mut Local, instance: u64, rt: &Weak<dyn RuntimeObj>) -> &'a 
         None => {
             // Drop entries of devices that are gone before growing.
             l.entries.retain(|e| e.rt.strong_count() > 0);
-            l.entries.push(Entry { instance, rt: rt.clone(), stream: None, exclusive: false, cache: None });
+            l.entries.push(Entry {
+                instance,
+                rt: rt.clone(),
+                stream: None,
+                exclusive: false,
+                cache: None,
+            });
             l.entries.last_mut().expect("just pushed")
         }
     }
@@ -91,7 +97,10 @@ pub(crate) fn bound_stream(instance: u64) -> Option<usize> {
             if let Some(&(_, s, _)) = l.overrides.iter().rev().find(|o| o.0 == instance) {
                 return Some(s);
             }
-            l.entries.iter().find(|e| e.instance == instance).and_then(|e| e.stream)
+            l.entries
+                .iter()
+                .find(|e| e.instance == instance)
+                .and_then(|e| e.stream)
         })
         .ok()
         .flatten()
@@ -119,7 +128,10 @@ pub(crate) fn take_cache(instance: u64) -> Option<Arc<ThreadCache>> {
     LOCAL
         .try_with(|l| {
             let mut l = l.borrow_mut();
-            l.entries.iter_mut().find(|e| e.instance == instance).and_then(|e| e.cache.take())
+            l.entries
+                .iter_mut()
+                .find(|e| e.instance == instance)
+                .and_then(|e| e.cache.take())
         })
         .ok()
         .flatten()

@@ -21,7 +21,10 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
 
     fn record_fence(&self, stream: u32) -> Option<B::Event> {
         let s = self.streams.get(stream as usize)?;
-        let (ev, _id) = self.events.acquire(false, || self.backend.create_event(false)).ok()?;
+        let (ev, _id) = self
+            .events
+            .acquire(false, || self.backend.create_event(false))
+            .ok()?;
         match self.backend.record(&ev, s) {
             Ok(()) => Some(ev),
             Err(_) => {
@@ -37,7 +40,8 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
     }
 
     fn drop_fence(&self, fence: B::Event) {
-        self.events.release(fence, false, |e| self.backend.reset_event(e));
+        self.events
+            .release(fence, false, |e| self.backend.reset_event(e));
     }
 
     fn synchronize_all(&self) {

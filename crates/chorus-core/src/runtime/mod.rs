@@ -38,13 +38,19 @@ use crate::error::{BackendError, DeviceId, Error, Result};
 use crate::event_pool::EventPool;
 use crate::kernel::{DevicePtr, Kernel};
 use crate::stream::slots::{StreamSlots, Wait};
-use chorus_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use chorus_sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use chorus_sync::{rank, thread, Arc, Mutex, RankedMutex, Weak};
 use std::time::{Duration, Instant};
 
 pub(crate) use events::EventObj;
 
-static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+/// Process-wide counter of device instances. A plain std atomic: it is no part of any modeled
+/// protocol, and loom atomics cannot live in a `static`.
+#[expect(
+    clippy::disallowed_types,
+    reason = "a static counter outside every loom model"
+)]
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Counters of completion handlers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,7 +122,10 @@ pub(crate) struct Runtime<B: Backend> {
 
 impl<B: Backend> std::fmt::Debug for Runtime<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("id", &self.id).field("closed", &self.is_closed()).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("id", &self.id)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
     }
 }
 
@@ -128,14 +137,26 @@ impl<B: Backend> Runtime<B> {
             ordinal: backend.ordinal(),
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
         };
-        let dev_err = |stream, source| Error::Device { device: id, stream, source };
+        let dev_err = |stream, source| Error::Device {
+            device: id,
+            stream,
+            source,
+        };
         let streams = (0..config.streams)
             .map(|i| backend.create_stream(i).map_err(|e| dev_err(i, e)))
             .collect::<Result<Vec<_>>>()?;
         let completion = Completion::new();
         let handle = completion
             .spawn(format!("chorus-{id}-completion"))
-            .map_err(|e| dev_err(0, BackendError::Call { api: "spawn completion thread", message: e.to_string() }))?;
+            .map_err(|e| {
+                dev_err(
+                    0,
+                    BackendError::Call {
+                        api: "spawn completion thread",
+                        message: e.to_string(),
+                    },
+                )
+            })?;
         Ok(Arc::new_cyclic(|me| Runtime {
             id,
             slots: Arc::new(StreamSlots::new(1, config.streams - 1)),
@@ -154,18 +175,28 @@ impl<B: Backend> Runtime<B> {
     }
 
     fn stream(&self, s: usize) -> Result<&B::Stream> {
-        self.streams.get(s).ok_or(Error::NoSuchStream { device: self.id, stream: s, streams: self.streams.len() })
+        self.streams.get(s).ok_or(Error::NoSuchStream {
+            device: self.id,
+            stream: s,
+            streams: self.streams.len(),
+        })
     }
 
     fn dev_err(&self, stream: usize) -> impl FnOnce(BackendError) -> Error + '_ {
-        move |source| Error::Device { device: self.id, stream, source }
+        move |source| Error::Device {
+            device: self.id,
+            stream,
+            source,
+        }
     }
 
     /// Binds a pooled stream to the calling thread by policy.
     fn bind(&self) -> Result<(usize, bool)> {
         let pooled = self.streams.len() - 1;
         match self.config.policy {
-            StreamPolicy::Shared => Ok((1 + self.rr.fetch_add(1, Ordering::Relaxed) % pooled, false)),
+            StreamPolicy::Shared => {
+                Ok((1 + self.rr.fetch_add(1, Ordering::Relaxed) % pooled, false))
+            }
             StreamPolicy::Exclusive => {
                 let wait = match self.config.exhaustion {
                     Exhaustion::Error => Wait::No,
@@ -175,7 +206,11 @@ impl<B: Backend> Runtime<B> {
                 self.slots
                     .acquire(wait)
                     .map(|s| (s, true))
-                    .map_err(|waited| Error::StreamsExhausted { device: self.id, slots: pooled, waited })
+                    .map_err(|waited| Error::StreamsExhausted {
+                        device: self.id,
+                        slots: pooled,
+                        waited,
+                    })
             }
         }
     }
@@ -249,7 +284,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
 
     fn synchronize_stream(&self, s: usize, timeout: Option<Duration>) -> Result<()> {
-        match self.backend.synchronize(self.stream(s)?, timeout).map_err(self.dev_err(s))? {
+        match self
+            .backend
+            .synchronize(self.stream(s)?, timeout)
+            .map_err(self.dev_err(s))?
+        {
             true => Ok(()),
             false => Err(Error::Timeout {
                 device: self.id,
@@ -264,7 +303,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         for s in 0..self.streams.len() {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             self.synchronize_stream(s, left).map_err(|e| match e {
-                Error::Timeout { device, what, .. } => Error::Timeout { device, what, timeout: timeout.unwrap_or_default() },
+                Error::Timeout { device, what, .. } => Error::Timeout {
+                    device,
+                    what,
+                    timeout: timeout.unwrap_or_default(),
+                },
                 e => e,
             })?;
         }
@@ -275,18 +318,24 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         self.check_open()?;
         let completion = Arc::clone(&self.completion);
         let cb = Box::new(move || completion.push(f));
-        self.backend.host_callback(self.stream(s)?, cb).map_err(self.dev_err(s))
+        self.backend
+            .host_callback(self.stream(s)?, cb)
+            .map_err(self.dev_err(s))
     }
 
     fn new_event(&self, timing: bool) -> Result<Box<dyn EventObj>> {
         self.check_open()?;
-        let rt = self.me.upgrade().ok_or(Error::DeviceClosed { device: self.id })?;
+        let rt = self
+            .me
+            .upgrade()
+            .ok_or(Error::DeviceClosed { device: self.id })?;
         events::lease(rt, timing)
     }
 
     fn alloc(&self, bytes: usize, s: usize) -> Result<Block> {
         self.check_open()?;
-        let (kind, size) = crate::alloc::pool::classify(bytes).ok_or(Error::SizeOverflow { what: "allocation" })?;
+        let (kind, size) = crate::alloc::pool::classify(bytes)
+            .ok_or(Error::SizeOverflow { what: "allocation" })?;
         if kind == crate::alloc::pool::Kind::Small && self.config.thread_cache_bytes > 0 {
             if let Some(b) = self.with_thread_cache(|c| c.take(size, s as u32)).flatten() {
                 return Ok(self.alloc.thread_cache_hit(b));
@@ -298,7 +347,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     fn free(&self, block: Block, users: &[u32]) {
         self.alloc.count_free(&block);
         let single = users.iter().all(|&u| u == block.stream);
-        if single && block.size <= crate::alloc::pool::SMALL_MAX && self.config.thread_cache_bytes > 0 && !self.is_closed() {
+        if single
+            && block.size <= crate::alloc::pool::SMALL_MAX
+            && self.config.thread_cache_bytes > 0
+            && !self.is_closed()
+        {
             // Only a thread whose current stream is the block's owner caches it, so that the
             // fast path in `alloc` hands it back to the same stream.
             let owner = block.stream as usize;
@@ -326,7 +379,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
     fn handler_stats(&self) -> HandlerStats {
         let (ran, panicked, last_panic) = self.completion.counts();
-        HandlerStats { ran, panicked, last_panic }
+        HandlerStats {
+            ran,
+            panicked,
+            last_panic,
+        }
     }
 
     unsafe fn launch(&self, s: usize, k: Kernel) -> Result<()> {
@@ -348,7 +405,10 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     fn order_after(&self, producer: usize, consumer: usize) -> Result<()> {
         self.check_open()?;
         let (p, c) = (self.stream(producer)?, self.stream(consumer)?);
-        let (ev, _) = self.events.acquire(false, || self.backend.create_event(false)).map_err(self.dev_err(producer))?;
+        let (ev, _) = self
+            .events
+            .acquire(false, || self.backend.create_event(false))
+            .map_err(self.dev_err(producer))?;
         // The wait captures the record as it is now (backend contract), so the event can go
         // back to the pool at once.
         let res = self
@@ -356,7 +416,8 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             .record(&ev, p)
             .map_err(self.dev_err(producer))
             .and_then(|()| self.backend.wait(c, &ev).map_err(self.dev_err(consumer)));
-        self.events.release(ev, false, |e| self.backend.reset_event(e));
+        self.events
+            .release(ev, false, |e| self.backend.reset_event(e));
         res
     }
 
@@ -372,7 +433,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             );
         }
         self.completion.close();
-        let handle = self.completion_thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let handle = self
+            .completion_thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(h) = handle {
             if h.thread().id() == thread::current().id() {
                 // Shutdown from a completion handler: the thread exits by itself after it.
@@ -410,7 +475,10 @@ impl<B: Backend> Drop for Runtime<B> {
         } else {
             // Freeing memory that running work still touches would be a use-after-free on the
             // device; keeping it is the lesser evil, and it is said out loud.
-            eprintln!("chorus: {}: streams {busy:?} never finished; their memory is not released", self.id);
+            eprintln!(
+                "chorus: {}: streams {busy:?} never finished; their memory is not released",
+                self.id
+            );
         }
         for e in self.events.drain() {
             drop(e);

@@ -19,7 +19,10 @@ pub struct Stream {
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream").field("device", &self.rt.id()).field("index", &self.index).finish()
+        f.debug_struct("Stream")
+            .field("device", &self.rt.id())
+            .field("index", &self.index)
+            .finish()
     }
 }
 
@@ -33,7 +36,11 @@ impl Eq for Stream {}
 impl Stream {
     pub(crate) fn new(rt: Arc<dyn RuntimeObj>, index: usize) -> Result<Self> {
         if index >= rt.num_streams() {
-            return Err(Error::NoSuchStream { device: rt.id(), stream: index, streams: rt.num_streams() });
+            return Err(Error::NoSuchStream {
+                device: rt.id(),
+                stream: index,
+                streams: rt.num_streams(),
+            });
         }
         Ok(Self { rt, index })
     }
@@ -100,7 +107,10 @@ pub struct StreamGuard {
 
 impl StreamGuard {
     pub(crate) fn new(instance: u64, stream: usize) -> Self {
-        Self { token: local::push_override(instance, stream), _not_send: PhantomData }
+        Self {
+            token: local::push_override(instance, stream),
+            _not_send: PhantomData,
+        }
     }
 }
 

@@ -64,7 +64,10 @@ impl StreamSlots {
             }
             let n = u64::from(self.next[top - 1].load(Ordering::Relaxed));
             let new = ((h >> 32).wrapping_add(1) << 32) | n;
-            match self.head.compare_exchange_weak(h, new, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .head
+                .compare_exchange_weak(h, new, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Some(self.first + top - 1),
                 Err(cur) => h = cur,
             }
@@ -111,7 +114,10 @@ impl StreamSlots {
         loop {
             self.next[i].store((h & 0xffff_ffff) as u32, Ordering::Relaxed);
             let new = ((h >> 32).wrapping_add(1) << 32) | (i as u64 + 1);
-            match self.head.compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed) {
+            match self
+                .head
+                .compare_exchange_weak(h, new, Ordering::Release, Ordering::Relaxed)
+            {
                 Ok(_) => break,
                 Err(cur) => h = cur,
             }

@@ -55,19 +55,38 @@ pub(crate) struct Out {
 
 impl Tensor {
     /// Allocates an uninitialized contiguous tensor on stream `s` (the caller enqueues its write).
-    pub(crate) fn empty_on(rt: &Arc<dyn RuntimeObj>, s: usize, shape: &[usize], dtype: DType, op: &'static str) -> Result<Out> {
+    pub(crate) fn empty_on(
+        rt: &Arc<dyn RuntimeObj>,
+        s: usize,
+        shape: &[usize],
+        dtype: DType,
+        op: &'static str,
+    ) -> Result<Out> {
         let n = numel(op, shape)?;
-        let bytes = n.checked_mul(dtype.size()).ok_or(Error::SizeOverflow { what: op })?;
+        let bytes = n
+            .checked_mul(dtype.size())
+            .ok_or(Error::SizeOverflow { what: op })?;
         let block = rt.alloc(bytes, s)?;
         let storage = Arc::new(Storage::new(Arc::clone(rt), block));
         Ok(Out {
-            tensor: Tensor { storage, shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0, dtype },
+            tensor: Tensor {
+                storage,
+                shape: shape.to_vec(),
+                strides: contiguous_strides(shape),
+                offset: 0,
+                dtype,
+            },
         })
     }
 
     /// Runs `kernel` writing `out` on stream `s`. On failure the output is dropped (its block
     /// goes back to the allocator) and the error returned.
-    pub(crate) fn launch(rt: &Arc<dyn RuntimeObj>, s: usize, kernel: Kernel, out: Out) -> Result<Tensor> {
+    pub(crate) fn launch(
+        rt: &Arc<dyn RuntimeObj>,
+        s: usize,
+        kernel: Kernel,
+        out: Out,
+    ) -> Result<Tensor> {
         // SAFETY: every op builds `kernel` from (a) `out`'s fresh block, sized by `empty_on` for
         // its contiguous shape and written by nothing else, and (b) inputs that are live
         // tensors of this device whose views lie inside their storages (checked at view
@@ -87,7 +106,11 @@ impl Tensor {
         let rt = device.rt();
         let n = numel("from_slice", shape)?;
         if n != data.len() {
-            return Err(Error::LengthMismatch { op: "from_slice", len: data.len(), shape: shape.to_vec() });
+            return Err(Error::LengthMismatch {
+                op: "from_slice",
+                len: data.len(),
+                shape: shape.to_vec(),
+            });
         }
         let s = rt.current_stream()?;
         let out = Tensor::empty_on(rt, s, shape, T::DTYPE, "from_slice")?;
@@ -127,7 +150,12 @@ impl Tensor {
         let value = match dtype {
             DType::F32 => Scalar::F32(0.0),
             DType::I64 => Scalar::I64(0),
-            other => return Err(Error::UnsupportedDType { op: "zeros", dtype: other }),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    op: "zeros",
+                    dtype: other,
+                })
+            }
         };
         Self::fill(device, shape, value, dtype)
     }
@@ -136,7 +164,11 @@ impl Tensor {
         let rt = device.rt();
         let s = rt.current_stream()?;
         let out = Tensor::empty_on(rt, s, shape, dtype, "fill")?;
-        let k = Kernel::Fill { out: out.tensor.storage.ptr(), len: out.tensor.len(), value };
+        let k = Kernel::Fill {
+            out: out.tensor.storage.ptr(),
+            len: out.tensor.len(),
+            value,
+        };
         Tensor::launch(rt, s, k, out)
     }
 
@@ -150,7 +182,11 @@ impl Tensor {
         let rt = device.rt();
         let s = rt.current_stream()?;
         let out = Tensor::empty_on(rt, s, shape, DType::F32, "randn")?;
-        let k = Kernel::Randn { out: out.tensor.storage.ptr(), len: out.tensor.len(), seed };
+        let k = Kernel::Randn {
+            out: out.tensor.storage.ptr(),
+            len: out.tensor.len(),
+            seed,
+        };
         Tensor::launch(rt, s, k, out)
     }
 
@@ -206,7 +242,13 @@ impl Tensor {
 
     /// A view sharing the storage (shape/strides checked by the caller to stay inside it).
     pub(crate) fn restride(&self, shape: Vec<usize>, strides: Vec<usize>) -> Tensor {
-        Tensor { storage: Arc::clone(&self.storage), shape, strides, offset: self.offset, dtype: self.dtype }
+        Tensor {
+            storage: Arc::clone(&self.storage),
+            shape,
+            strides,
+            offset: self.offset,
+            dtype: self.dtype,
+        }
     }
 
     /// Copies the elements to the host, waiting for the work that produces them.
@@ -215,7 +257,11 @@ impl Tensor {
     /// [`Error::DTypeMismatch`] if `T` is not the tensor's dtype; a device error.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.dtype {
-            return Err(Error::DTypeMismatch { op: "to_vec", expected: self.dtype, got: T::DTYPE });
+            return Err(Error::DTypeMismatch {
+                op: "to_vec",
+                expected: self.dtype,
+                got: T::DTYPE,
+            });
         }
         let rt = self.rt();
         let s = rt.current_stream()?;
@@ -235,7 +281,11 @@ impl Tensor {
     /// [`Error::InvalidShape`] if the tensor has more or fewer than one element; as [`Tensor::to_vec`].
     pub fn item<T: Element>(&self) -> Result<T> {
         if self.len() != 1 {
-            return Err(Error::InvalidShape { op: "item", shape: self.shape.clone(), reason: "needs exactly one element".into() });
+            return Err(Error::InvalidShape {
+                op: "item",
+                shape: self.shape.clone(),
+                reason: "needs exactly one element".into(),
+            });
         }
         Ok(self.to_vec::<T>()?[0])
     }

@@ -16,7 +16,11 @@ fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if da == db {
         Ok(())
     } else {
-        Err(Error::DeviceMismatch { op, lhs: da, rhs: db })
+        Err(Error::DeviceMismatch {
+            op,
+            lhs: da,
+            rhs: db,
+        })
     }
 }
 
@@ -24,7 +28,11 @@ fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.dtype == b.dtype {
         Ok(())
     } else {
-        Err(Error::DTypeMismatch { op, expected: a.dtype, got: b.dtype })
+        Err(Error::DTypeMismatch {
+            op,
+            expected: a.dtype,
+            got: b.dtype,
+        })
     }
 }
 
@@ -32,7 +40,11 @@ fn need_dtype(op: &'static str, t: &Tensor, want: DType) -> Result<()> {
     if t.dtype == want {
         Ok(())
     } else {
-        Err(Error::DTypeMismatch { op, expected: want, got: t.dtype })
+        Err(Error::DTypeMismatch {
+            op,
+            expected: want,
+            got: t.dtype,
+        })
     }
 }
 
@@ -63,7 +75,11 @@ impl Tensor {
         let rt = self.rt();
         self.storage.use_on(s)?;
         let out = Tensor::empty_on(rt, s, &self.shape, self.dtype, "contiguous")?;
-        let k = Kernel::Copy { src: self.view(), out: out.tensor.storage.ptr(), dtype: self.dtype };
+        let k = Kernel::Copy {
+            src: self.view(),
+            out: out.tensor.storage.ptr(),
+            dtype: self.dtype,
+        };
         Tensor::launch(rt, s, k, out)
     }
 
@@ -73,18 +89,41 @@ impl Tensor {
     /// # Errors
     /// [`Error::InvalidShape`] when the element counts differ or several entries are `-1`.
     pub fn reshape(&self, shape: &[isize]) -> Result<Tensor> {
-        let bad = |reason: String| Error::InvalidShape { op: "reshape", shape: self.shape.clone(), reason };
-        let known: usize = shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
+        let bad = |reason: String| Error::InvalidShape {
+            op: "reshape",
+            shape: self.shape.clone(),
+            reason,
+        };
+        let known: usize = shape
+            .iter()
+            .filter(|&&d| d >= 0)
+            .map(|&d| d as usize)
+            .product();
         let infer = shape.iter().filter(|&&d| d < 0).count();
         if infer > 1 || shape.iter().any(|&d| d < -1) {
-            return Err(bad(format!("target {shape:?}: at most one -1 and no other negative size")));
+            return Err(bad(format!(
+                "target {shape:?}: at most one -1 and no other negative size"
+            )));
         }
         let new: Vec<usize> = shape
             .iter()
-            .map(|&d| if d < 0 { if known == 0 { 0 } else { self.len() / known } } else { d as usize })
+            .map(|&d| {
+                if d < 0 {
+                    if known == 0 {
+                        0
+                    } else {
+                        self.len() / known
+                    }
+                } else {
+                    d as usize
+                }
+            })
             .collect();
         if numel("reshape", &new)? != self.len() {
-            return Err(bad(format!("target {shape:?} does not hold {} elements", self.len())));
+            return Err(bad(format!(
+                "target {shape:?} does not hold {} elements",
+                self.len()
+            )));
         }
         let base = self.contiguous()?;
         let strides = contiguous_strides(&new);
@@ -96,7 +135,10 @@ impl Tensor {
     /// # Errors
     /// [`Error::InvalidDim`].
     pub fn transpose(&self, d0: isize, d1: isize) -> Result<Tensor> {
-        let (a, b) = (crate::shape::dim("transpose", d0, self.rank())?, crate::shape::dim("transpose", d1, self.rank())?);
+        let (a, b) = (
+            crate::shape::dim("transpose", d0, self.rank())?,
+            crate::shape::dim("transpose", d1, self.rank())?,
+        );
         let (mut shape, mut strides) = (self.shape.clone(), self.strides.clone());
         shape.swap(a, b);
         strides.swap(a, b);
@@ -115,19 +157,43 @@ impl Tensor {
         need_dtype(OP, self, DType::F32)?;
         need_dtype(OP, rhs, DType::F32)?;
         if self.rank() == 0 || rhs.rank() == 0 {
-            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape.clone(), rhs: rhs.shape.clone(), reason: "both operands need at least one dimension" });
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape.clone(),
+                rhs: rhs.shape.clone(),
+                reason: "both operands need at least one dimension",
+            });
         }
         // Promote 1-D operands: lhs [k] -> [1, k], rhs [k] -> [k, 1].
-        let a = if self.rank() == 1 { self.restride(vec![1, self.shape[0]], vec![0, self.strides[0]]) } else { self.clone() };
-        let b = if rhs.rank() == 1 { rhs.restride(vec![rhs.shape[0], 1], vec![rhs.strides[0], 0]) } else { rhs.clone() };
+        let a = if self.rank() == 1 {
+            self.restride(vec![1, self.shape[0]], vec![0, self.strides[0]])
+        } else {
+            self.clone()
+        };
+        let b = if rhs.rank() == 1 {
+            rhs.restride(vec![rhs.shape[0], 1], vec![rhs.strides[0], 0])
+        } else {
+            rhs.clone()
+        };
         let (ra, rb) = (a.rank(), b.rank());
         let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
         let (k2, n) = (b.shape[rb - 2], b.shape[rb - 1]);
         if k != k2 {
-            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape.clone(), rhs: rhs.shape.clone(), reason: "inner dimensions differ" });
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape.clone(),
+                rhs: rhs.shape.clone(),
+                reason: "inner dimensions differ",
+            });
         }
-        let batch_shape = broadcast(OP, &a.shape[..ra - 2], &b.shape[..rb - 2])
-            .map_err(|_| Error::ShapeMismatch { op: OP, lhs: self.shape.clone(), rhs: rhs.shape.clone(), reason: "batch dimensions do not broadcast" })?;
+        let batch_shape = broadcast(OP, &a.shape[..ra - 2], &b.shape[..rb - 2]).map_err(|_| {
+            Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape.clone(),
+                rhs: rhs.shape.clone(),
+                reason: "batch dimensions do not broadcast",
+            }
+        })?;
         let batch = numel(OP, &batch_shape)?;
         let mut out_shape = batch_shape.clone();
         out_shape.extend([m, n]);
@@ -137,7 +203,15 @@ impl Tensor {
         let a = operand(&a, &batch_shape, s)?;
         let b = operand(&b, &batch_shape, s)?;
         let out = Tensor::empty_on(rt, s, &out_shape, DType::F32, OP)?;
-        let k = Kernel::Matmul { lhs: a.0, rhs: b.0, out: out.tensor.storage.ptr(), batch, m, n, k };
+        let k = Kernel::Matmul {
+            lhs: a.0,
+            rhs: b.0,
+            out: out.tensor.storage.ptr(),
+            batch,
+            m,
+            n,
+            k,
+        };
         let t = Tensor::launch(rt, s, k, out)?;
         drop((a.1, b.1));
         // Remove the promoted dimensions.
@@ -168,7 +242,13 @@ impl Tensor {
         rv.strides = broadcast_strides(&rhs.shape, &rhs.strides, &shape);
         rv.shape.clone_from(&shape);
         let out = Tensor::empty_on(rt, s, &shape, self.dtype, name)?;
-        let k = Kernel::Binary { op, lhs: lv, rhs: rv, out: out.tensor.storage.ptr(), dtype: self.dtype };
+        let k = Kernel::Binary {
+            op,
+            lhs: lv,
+            rhs: rv,
+            out: out.tensor.storage.ptr(),
+            dtype: self.dtype,
+        };
         Tensor::launch(rt, s, k, out)
     }
 
@@ -202,13 +282,25 @@ impl Tensor {
         self.binary(rhs, BinaryOp::Div, "div")
     }
 
-    fn reduce(&self, op: ReduceOp, name: &'static str, ds: &[isize], keepdim: bool) -> Result<Tensor> {
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        name: &'static str,
+        ds: &[isize],
+        keepdim: bool,
+    ) -> Result<Tensor> {
         supported(name, self)?;
         if op == ReduceOp::Mean && !self.dtype.is_float() {
-            return Err(Error::UnsupportedDType { op: name, dtype: self.dtype });
+            return Err(Error::UnsupportedDType {
+                op: name,
+                dtype: self.dtype,
+            });
         }
         let ds = dims(name, ds, self.rank())?;
-        let kept: Vec<usize> = (0..self.rank()).filter(|d| !ds.contains(d)).map(|d| self.shape[d]).collect();
+        let kept: Vec<usize> = (0..self.rank())
+            .filter(|d| !ds.contains(d))
+            .map(|d| self.shape[d])
+            .collect();
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.contiguous_on(s)?;
@@ -224,7 +316,9 @@ impl Tensor {
         };
         let t = Tensor::launch(rt, s, k, out)?;
         if keepdim {
-            let shape: Vec<usize> = (0..self.rank()).map(|d| if ds.contains(&d) { 1 } else { self.shape[d] }).collect();
+            let shape: Vec<usize> = (0..self.rank())
+                .map(|d| if ds.contains(&d) { 1 } else { self.shape[d] })
+                .collect();
             let strides = contiguous_strides(&shape);
             return Ok(t.restride(shape, strides));
         }
@@ -280,8 +374,17 @@ fn operand(t: &Tensor, batch_shape: &[usize], s: usize) -> Result<(MatOperand, T
     };
     let r = t.rank();
     let bstrides = broadcast_strides(&t.shape[..r - 2], &t.strides[..r - 2], batch_shape);
-    let (_, batch_stride) = flatten_run(batch_shape, &bstrides).expect("flattenable after materializing");
+    let (_, batch_stride) =
+        flatten_run(batch_shape, &bstrides).expect("flattenable after materializing");
     t.storage.use_on(s)?;
     let v = t.view();
-    Ok((MatOperand { ptr: v.ptr, batch_stride, row_stride: t.strides[r - 2], col_stride: t.strides[r - 1] }, t))
+    Ok((
+        MatOperand {
+            ptr: v.ptr,
+            batch_stride,
+            row_stride: t.strides[r - 2],
+            col_stride: t.strides[r - 1],
+        },
+        t,
+    ))
 }

@@ -32,7 +32,10 @@ pub(crate) struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").field("device", &self.rt.id()).field("block", &self.block).finish()
+        f.debug_struct("Storage")
+            .field("device", &self.rt.id())
+            .field("block", &self.block)
+            .finish()
     }
 }
 

@@ -6,7 +6,9 @@ use chorus::{BackendKind, Device, DeviceBuilder};
 /// Runs `f` once per compiled-in backend with a device built from `build(builder)`.
 pub fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f: impl Fn(Device)) {
     for &kind in BackendKind::available() {
-        let device = build(Device::builder().backend(kind)).build().expect("device");
+        let device = build(Device::builder().backend(kind))
+            .build()
+            .expect("device");
         eprintln!("backend {kind:?}: {}", device.describe());
         f(device);
     }
@@ -14,6 +16,9 @@ pub fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f: impl 
 
 /// Iterations scaled down under slow checkers (valgrind, miri) via CHORUS_TEST_SCALE.
 pub fn scaled(n: usize) -> usize {
-    let div: usize = std::env::var("CHORUS_TEST_SCALE_DIV").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let div: usize = std::env::var("CHORUS_TEST_SCALE_DIV")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     (n / div.max(1)).max(1)
 }

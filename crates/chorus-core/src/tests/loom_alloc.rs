@@ -1,0 +1,140 @@
+//! Allocator deferred free: a block freed while stream A still reads it is never handed to
+//! stream B before A's read has completed. Block memory is a loom cell, so an early hand-out
+//! makes B's write race A's read, which loom reports.
+
+use crate::alloc::{Allocator, MemoryDevice};
+use crate::error::{BackendError, DeviceId};
+use crate::kernel::DevicePtr;
+use chorus_sync::atomic::{AtomicU64, Ordering};
+use chorus_sync::cell::UnsafeCell;
+use chorus_sync::{thread, Arc, Mutex};
+
+/// Model device memory: one loom cell, shared like device memory is.
+struct Mem(UnsafeCell<u64>);
+// SAFETY (model): sharing is the point; loom checks every access through the cell.
+unsafe impl Sync for Mem {}
+// SAFETY (model): as above.
+unsafe impl Send for Mem {}
+
+const A: u32 = 1;
+const B: u32 = 2;
+
+/// Two streams whose work is modeled by threads: `done[s]` counts completed work items of
+/// stream `s` (Release), `enqueued[s]` the items handed to it. Segments are 512-byte cells.
+struct Dev {
+    mem: Mutex<Vec<Arc<Mem>>>,
+    enqueued: [AtomicU64; 3],
+    done: [AtomicU64; 3],
+}
+
+impl Dev {
+    fn cell(&self, ptr: DevicePtr) -> Arc<Mem> {
+        self.mem.lock().unwrap()[(ptr.0 / 512) as usize].clone()
+    }
+}
+
+impl MemoryDevice for Dev {
+    type Segment = Arc<Mem>;
+    type Fence = (u32, u64);
+    fn alloc_segment(&self, bytes: usize) -> Result<(Self::Segment, DevicePtr), BackendError> {
+        assert_eq!(
+            bytes, 512,
+            "the model's limit makes every segment one block"
+        );
+        let mut m = self.mem.lock().unwrap();
+        let cell = Arc::new(Mem(UnsafeCell::new(0)));
+        m.push(cell.clone());
+        Ok((cell, DevicePtr((m.len() as u64 - 1) * 512)))
+    }
+    unsafe fn free_segment(&self, seg: Self::Segment) {
+        // Giving memory back is a write as far as a still-running reader is concerned.
+        // SAFETY (model): loom flags it if it can overlap a read.
+        seg.0.with_mut(|p| unsafe { *p = 0xdead });
+    }
+    fn record_fence(&self, stream: u32) -> Option<(u32, u64)> {
+        Some((
+            stream,
+            self.enqueued[stream as usize].load(Ordering::Acquire),
+        ))
+    }
+    fn fence_done(&self, f: &(u32, u64)) -> bool {
+        self.done[f.0 as usize].load(Ordering::Acquire) >= f.1
+    }
+    fn drop_fence(&self, _: (u32, u64)) {}
+    fn synchronize_all(&self) {
+        for s in 0..3 {
+            while self.done[s].load(Ordering::Acquire) < self.enqueued[s].load(Ordering::Acquire) {
+                thread::yield_now();
+            }
+        }
+    }
+}
+
+fn device() -> Arc<Dev> {
+    Arc::new(Dev {
+        mem: Mutex::new(Vec::new()),
+        enqueued: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+        done: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+    })
+}
+
+fn id() -> DeviceId {
+    DeviceId {
+        backend: "loom",
+        ordinal: 0,
+        instance: 0,
+    }
+}
+
+/// Enqueues a read of `ptr` on stream `s`: a thread that reads the cell, then counts the item done.
+fn read_on(dev: &Arc<Dev>, s: u32, ptr: DevicePtr) -> thread::JoinHandle<u64> {
+    dev.enqueued[s as usize].fetch_add(1, Ordering::AcqRel);
+    let (dev, cell) = (dev.clone(), dev.cell(ptr));
+    thread::spawn(move || {
+        // SAFETY (model): a read that must not overlap any write of another stream.
+        let v = cell.0.with(|p| unsafe { *p });
+        dev.done[s as usize].fetch_add(1, Ordering::Release);
+        v
+    })
+}
+
+#[test]
+fn freed_block_waits_for_reader_before_other_stream() {
+    loom::model(|| {
+        let dev = device();
+        // Room for exactly one block: B can only get memory by reusing A's block.
+        let alloc: Allocator<Arc<Mem>, (u32, u64)> = Allocator::new(id(), 3, Some(512));
+        let b1 = alloc.alloc(&*dev, 512, A).unwrap();
+        let reader = read_on(&dev, A, b1.ptr());
+        alloc.count_free(&b1);
+        alloc.release(&*dev, b1, &[A]);
+        // B gets either A's block (once A's read is fenced) or a fresh segment after A's was
+        // released (also only once fenced); either way after the read.
+        let b2 = alloc.alloc(&*dev, 512, B).unwrap();
+        // SAFETY (model): B's write; loom flags it if it can overlap A's read.
+        dev.cell(b2.ptr()).0.with_mut(|p| unsafe { *p = 7 });
+        assert_eq!(
+            reader.join().unwrap(),
+            0,
+            "A read the value it was meant to read"
+        );
+    });
+}
+
+#[test]
+fn block_used_by_two_streams_is_deferred_until_both_finish() {
+    loom::model(|| {
+        let dev = device();
+        let alloc: Allocator<Arc<Mem>, (u32, u64)> = Allocator::new(id(), 3, Some(512));
+        let b1 = alloc.alloc(&*dev, 512, A).unwrap();
+        // Stream B also reads the block (the tensor layer adds B to its users).
+        let rb = read_on(&dev, B, b1.ptr());
+        alloc.count_free(&b1);
+        alloc.release(&*dev, b1, &[A, B]);
+        // Even the owner stream A must wait for B's read before reusing it.
+        let b2 = alloc.alloc(&*dev, 512, A).unwrap();
+        // SAFETY (model): A's write after the deferred free.
+        dev.cell(b2.ptr()).0.with_mut(|p| unsafe { *p = 9 });
+        assert_eq!(rb.join().unwrap(), 0);
+    });
+}

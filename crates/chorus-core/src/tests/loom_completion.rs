@@ -1,0 +1,59 @@
+//! Completion dispatch: each handler runs exactly once (or, if pushed after the thread exited,
+//! is dropped without running), and close never loses a queued handler.
+
+use crate::completion::Completion;
+use chorus_sync::atomic::{AtomicUsize, Ordering};
+use chorus_sync::{thread, Arc};
+
+struct Token(Arc<AtomicUsize>);
+impl Drop for Token {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn each_handler_exactly_once() {
+    loom::model(|| {
+        let c = Completion::new();
+        let worker = c.spawn("completion".into()).unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let pushers: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, ran) = (c.clone(), ran.clone());
+                thread::spawn(move || {
+                    c.push(Box::new(move || {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                    }))
+                })
+            })
+            .collect();
+        pushers.into_iter().for_each(|h| h.join().unwrap());
+        c.close();
+        worker.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
+    });
+}
+
+#[test]
+fn push_racing_close_runs_or_drops_never_both() {
+    loom::model(|| {
+        let c = Completion::new();
+        let worker = c.spawn("completion".into()).unwrap();
+        let (ran, gone) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c2, ran2, gone2) = (c.clone(), ran.clone(), gone.clone());
+        let pusher = thread::spawn(move || {
+            let token = Token(gone2);
+            c2.push(Box::new(move || {
+                let _t = token;
+                ran2.fetch_add(1, Ordering::SeqCst);
+            }));
+        });
+        c.close();
+        pusher.join().unwrap();
+        worker.join().unwrap();
+        // Destroyed exactly once; ran at most once.
+        assert_eq!(gone.load(Ordering::SeqCst), 1);
+        assert!(ran.load(Ordering::SeqCst) <= 1);
+    });
+}

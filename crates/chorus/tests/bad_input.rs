@@ -1,0 +1,183 @@
+//! Bad input gets a typed error naming what was wrong; nothing is enqueued, nothing leaks,
+//! and the process goes on.
+
+mod common;
+
+use chorus::{DType, Device, Error, Tensor};
+use common::on_every_backend;
+
+fn unchanged(dev: &Device, f: impl FnOnce()) {
+    dev.synchronize().unwrap();
+    let before = dev.memory_stats();
+    f();
+    dev.synchronize().unwrap();
+    let after = dev.memory_stats();
+    assert_eq!(
+        before.allocated_bytes, after.allocated_bytes,
+        "memory accounting changed"
+    );
+}
+
+#[test]
+fn typed_errors_for_bad_input() {
+    on_every_backend(
+        |b| b.memory_limit(Some(64 << 20)),
+        |dev| {
+            let a = Tensor::randn(&dev, &[3, 4], 1).unwrap();
+            let b = Tensor::randn(&dev, &[5, 6], 2).unwrap();
+            let idx = Tensor::from_slice(&dev, &[1_i64, 2, 3], &[3]).unwrap();
+            unchanged(&dev, || match a.matmul(&b) {
+                Err(Error::ShapeMismatch {
+                    op: "matmul",
+                    lhs,
+                    rhs,
+                    ..
+                }) => assert_eq!((lhs, rhs), (vec![3, 4], vec![5, 6])),
+                r => panic!("{r:?}"),
+            });
+            unchanged(&dev, || match a.add(&b) {
+                Err(Error::ShapeMismatch { op: "add", .. }) => {}
+                r => panic!("{r:?}"),
+            });
+            unchanged(&dev, || match idx.matmul(&idx) {
+                Err(Error::DTypeMismatch {
+                    op: "matmul",
+                    expected: DType::F32,
+                    got: DType::I64,
+                }) => {}
+                r => panic!("{r:?}"),
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    a.add(&idx),
+                    Err(Error::DTypeMismatch { op: "add", .. })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    idx.mean_all(),
+                    Err(Error::UnsupportedDType { op: "mean", .. })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    a.to_vec::<i64>(),
+                    Err(Error::DTypeMismatch { op: "to_vec", .. })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    a.sum(&[2], false),
+                    Err(Error::InvalidDim {
+                        op: "sum",
+                        dim: 2,
+                        rank: 2
+                    })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    a.sum(&[0, -2], false),
+                    Err(Error::InvalidDim { .. })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    a.reshape(&[5, -1]),
+                    Err(Error::InvalidShape { op: "reshape", .. })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    a.reshape(&[-1, -1]),
+                    Err(Error::InvalidShape { .. })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    Tensor::from_slice(&dev, &[1.0_f32; 5], &[2, 3]),
+                    Err(Error::LengthMismatch { len: 5, .. })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    Tensor::zeros(&dev, &[2], DType::F16),
+                    Err(Error::UnsupportedDType { .. })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    a.item::<f32>(),
+                    Err(Error::InvalidShape { op: "item", .. })
+                ))
+            });
+            unchanged(&dev, || {
+                assert!(matches!(
+                    Tensor::full(&dev, &[usize::MAX, 4], 0.0),
+                    Err(Error::SizeOverflow { .. })
+                ))
+            });
+
+            // Tensors of two devices.
+            let other = Device::builder().build().unwrap();
+            let c = Tensor::randn(&other, &[4, 3], 3).unwrap();
+            unchanged(&dev, || match a.matmul(&c) {
+                Err(Error::DeviceMismatch {
+                    op: "matmul",
+                    lhs,
+                    rhs,
+                }) => assert_eq!((lhs, rhs), (dev.id(), other.id())),
+                r => panic!("{r:?}"),
+            });
+
+            // An allocation over the limit says requested, allocated, cached and limit.
+            unchanged(&dev, || {
+                match Tensor::zeros(&dev, &[100 << 20], DType::F32) {
+                    Err(Error::OutOfMemory {
+                        requested,
+                        limit,
+                        allocated,
+                        ..
+                    }) => {
+                        assert_eq!(requested, 400 << 20);
+                        assert_eq!(limit, Some(64 << 20));
+                        assert!(allocated >= a.len() * 4);
+                        let msg = Error::OutOfMemory {
+                            device: dev.id(),
+                            requested,
+                            allocated,
+                            cached: 0,
+                            limit,
+                        }
+                        .to_string();
+                        assert!(msg.contains("requested") && msg.contains("limit"), "{msg}");
+                    }
+                    r => panic!("{r:?}"),
+                }
+            });
+            // The device is still fine afterwards.
+            let s = a
+                .matmul(&a.transpose(0, 1).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            assert!(s.item::<f32>().unwrap().is_finite());
+        },
+    );
+}
+
+#[test]
+fn invalid_settings_are_typed_errors() {
+    assert!(matches!(
+        Device::builder().streams(1).build(),
+        Err(Error::Config { key: "streams", .. })
+    ));
+    assert!(matches!(
+        Device::builder().streams(5000).build(),
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        chorus::BackendKind::parse("tpu"),
+        Err(Error::Config { key: "device", .. })
+    ));
+}
