@@ -244,3 +244,51 @@ fn stress_rejects_unknown_names_and_bad_counts() {
         &["CHORUS_STREAMS"],
     );
 }
+
+/// The seed's round 1: 64 threads × 200 iterations of randn/matmul/sum with a synchronize every
+/// 20, every result bit-identical to the single-threaded recomputation (small matrices for CI).
+#[test]
+fn seed_round_64_threads_200_iterations() {
+    let v = json_ok(&chorus(
+        &[
+            "stress",
+            "--threads",
+            "64",
+            "--iters",
+            "200",
+            "--sync-every",
+            "20",
+            "--size",
+            "8",
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(v["ops"], 12_800);
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["verified"], 12_800);
+}
+
+/// The seed's round 2: 20 threads × 500 iterations with mean, on exclusive streams.
+#[test]
+fn seed_round_20_threads_500_iterations_with_mean() {
+    let v = json_ok(&chorus(
+        &[
+            "stress",
+            "--threads",
+            "20",
+            "--iters",
+            "500",
+            "--sync-every",
+            "20",
+            "--size",
+            "8",
+            "--with-mean",
+            "--json",
+        ],
+        &[("CHORUS_STREAM_POLICY", "exclusive")],
+    ));
+    assert_eq!(v["ops"], 10_000);
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["verified"], 10_000);
+}

@@ -22,7 +22,7 @@ impl DevicePtr {
     ///
     /// # Panics
     /// On address overflow, which the allocator rules out for every block it hands out.
-    pub fn add(self, bytes: usize) -> DevicePtr {
+    pub fn byte_add(self, bytes: usize) -> DevicePtr {
         DevicePtr(
             self.0
                 .checked_add(bytes as u64)
@@ -128,9 +128,12 @@ pub enum Kernel {
         value: Scalar,
     },
     /// `out[i]` = standard normal f32 number `i` of the stream of numbers named by `seed`:
-    /// Philox4x32-10 with key `seed` and counter `i / 4` gives four 32-bit words, and
-    /// Box–Muller turns words (0,1) into numbers 4c, 4c+1 and words (2,3) into 4c+2, 4c+3.
-    /// The same `(seed, i)` gives the same number on every backend, thread and stream.
+    /// Philox4x32-10 with key `seed` and counter `i / 4` gives four 32-bit words; Box–Muller
+    /// turns words (0,1) into numbers 4c, 4c+1 and words (2,3) into 4c+2, 4c+3, computed in
+    /// f32 with only IEEE `+ - * / sqrt` in a fixed order (no libm, no fused multiply-add).
+    /// The reference is `chorus-cpu`'s `kernels/randn.rs`, which pins the exact bits of known
+    /// seeds; every backend reproduces them, so the same `(seed, i)` gives the same number on
+    /// every backend, thread and stream.
     Randn {
         /// Output, `len` contiguous f32.
         out: DevicePtr,

@@ -83,6 +83,10 @@ impl Device {
     ///
     /// # Errors
     /// The backend could not start.
+    #[cfg_attr(
+        not(feature = "cpu"),
+        expect(unused_variables, reason = "with no backend compiled in, `kind` has no value")
+    )]
     pub fn new(kind: BackendKind, config: Config) -> Result<Device> {
         match kind {
             #[cfg(feature = "cpu")]

@@ -212,7 +212,7 @@ impl<S, E> Pools<S, E> {
             s.blocks.insert(off + size, (rest, state));
             self.index.insert((kind, rest, seg, off + size));
         }
-        let ptr = self.seg(seg).base.add(off);
+        let ptr = self.seg(seg).base.byte_add(off);
         Block {
             seg,
             offset: off,

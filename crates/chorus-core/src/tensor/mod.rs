@@ -234,7 +234,7 @@ impl Tensor {
     /// The strided view of this tensor, for a kernel.
     pub(crate) fn view(&self) -> View {
         View {
-            ptr: self.storage.ptr().add(self.offset * self.dtype.size()),
+            ptr: self.storage.ptr().byte_add(self.offset * self.dtype.size()),
             shape: self.shape.clone(),
             strides: self.strides.clone(),
         }

@@ -109,11 +109,7 @@ impl Tensor {
             .iter()
             .map(|&d| {
                 if d < 0 {
-                    if known == 0 {
-                        0
-                    } else {
-                        self.len() / known
-                    }
+                    self.len().checked_div(known).unwrap_or(0)
                 } else {
                     d as usize
                 }

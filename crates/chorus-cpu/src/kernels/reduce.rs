@@ -32,8 +32,13 @@ impl Accumulate for f32 {
     fn add(acc: f64, x: f32) -> f64 {
         acc + f64::from(x)
     }
+    /// The mean of nothing is the canonical `f32::NAN` (not whatever `0.0 / 0.0` gives).
     fn finish(acc: f64, count: usize, mean: bool) -> f32 {
-        (if mean { acc / count as f64 } else { acc }) as f32
+        match (mean, count) {
+            (false, _) => acc as f32,
+            (true, 0) => f32::NAN,
+            (true, c) => (acc / c as f64) as f32,
+        }
     }
 }
 
@@ -262,7 +267,7 @@ mod tests {
         let sum: Vec<f32> = run(ReduceOp::Sum, DType::F32, &[], &[2, 0], &[1]);
         assert_eq!(sum, vec![0.0, 0.0]);
         let mean: Vec<f32> = run(ReduceOp::Mean, DType::F32, &[], &[2, 0], &[1]);
-        assert!(mean.iter().all(|x| x.is_nan()));
+        assert!(mean.iter().all(|x| x.to_bits() == f32::NAN.to_bits()));
         assert_eq!(
             run::<i64>(ReduceOp::Mean, DType::I64, &[], &[0], &[0]),
             vec![0]

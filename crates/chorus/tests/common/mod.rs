@@ -4,7 +4,7 @@
 use chorus::{BackendKind, Device, DeviceBuilder};
 
 /// Runs `f` once per compiled-in backend with a device built from `build(builder)`.
-pub fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f: impl Fn(Device)) {
+pub(crate) fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f: impl Fn(Device)) {
     for &kind in BackendKind::available() {
         let device = build(Device::builder().backend(kind))
             .build()
@@ -15,7 +15,7 @@ pub fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f: impl 
 }
 
 /// Iterations scaled down under slow checkers (valgrind, miri) via CHORUS_TEST_SCALE.
-pub fn scaled(n: usize) -> usize {
+pub(crate) fn scaled(n: usize) -> usize {
     let div: usize = std::env::var("CHORUS_TEST_SCALE_DIV")
         .ok()
         .and_then(|v| v.parse().ok())
