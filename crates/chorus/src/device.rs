@@ -85,7 +85,10 @@ impl Device {
     /// The backend could not start.
     #[cfg_attr(
         not(feature = "cpu"),
-        expect(unused_variables, reason = "with no backend compiled in, `kind` has no value")
+        expect(
+            unused_variables,
+            reason = "with no backend compiled in, `kind` has no value"
+        )
     )]
     pub fn new(kind: BackendKind, config: Config) -> Result<Device> {
         match kind {
