@@ -82,16 +82,22 @@ fn limit_reclaims_cached_memory_before_failing() {
 
 #[test]
 fn memory_of_another_stream_is_reclaimed_by_synchronizing() {
-    on_every_backend(|b| b.memory_limit(Some(12 << 20)).thread_cache_bytes(0), |dev| {
-        let (a, b) = (dev.stream(1).unwrap(), dev.stream(2).unwrap());
-        // Stream 1 takes 8 MiB in two 4 MiB blocks and frees them (its work may still run).
-        let x = dev.with_stream(&a, || Tensor::zeros(&dev, &[1 << 20], DType::F32).unwrap());
-        let y = dev.with_stream(&a, || x.add(&x).unwrap());
-        drop((x, y));
-        // Stream 2 needs 8 MiB in one block: only releasing stream 1's cached segments, once
-        // their last uses are known complete, makes room under the 12 MiB limit.
-        let z = dev.with_stream(&b, || Tensor::zeros(&dev, &[2 << 20], DType::F32).unwrap());
-        assert_eq!(dev.with_stream(&b, || z.sum_all().unwrap().item::<f32>().unwrap()), 0.0);
-        assert!(dev.memory_stats().reserved_bytes <= 12 << 20);
-    });
+    on_every_backend(
+        |b| b.memory_limit(Some(12 << 20)).thread_cache_bytes(0),
+        |dev| {
+            let (a, b) = (dev.stream(1).unwrap(), dev.stream(2).unwrap());
+            // Stream 1 takes 8 MiB in two 4 MiB blocks and frees them (its work may still run).
+            let x = dev.with_stream(&a, || Tensor::zeros(&dev, &[1 << 20], DType::F32).unwrap());
+            let y = dev.with_stream(&a, || x.add(&x).unwrap());
+            drop((x, y));
+            // Stream 2 needs 8 MiB in one block: only releasing stream 1's cached segments, once
+            // their last uses are known complete, makes room under the 12 MiB limit.
+            let z = dev.with_stream(&b, || Tensor::zeros(&dev, &[2 << 20], DType::F32).unwrap());
+            assert_eq!(
+                dev.with_stream(&b, || z.sum_all().unwrap().item::<f32>().unwrap()),
+                0.0
+            );
+            assert!(dev.memory_stats().reserved_bytes <= 12 << 20);
+        },
+    );
 }

@@ -1,0 +1,223 @@
+//! The op front-end through the public API: shapes, broadcasting, reductions, strided inputs.
+
+mod common;
+
+use chorus::{DType, Tensor};
+use common::on_every_backend;
+
+fn t(dev: &chorus::Device, v: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(dev, v, shape).unwrap()
+}
+
+fn naive_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+        }
+    }
+    out
+}
+
+fn close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+            "element {i}: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn matmul_2d_batched_broadcast_and_vectors() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let a: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let b: Vec<f32> = (0..4 * 5).map(|i| (i % 7) as f32 - 2.0).collect();
+            // 2-D.
+            let m = t(&dev, &a[..12], &[3, 4])
+                .matmul(&t(&dev, &b, &[4, 5]))
+                .unwrap();
+            assert_eq!(m.shape(), &[3, 5]);
+            close(
+                &m.to_vec::<f32>().unwrap(),
+                &naive_matmul(&a[..12], &b, 3, 4, 5),
+            );
+            // Batched lhs, broadcast 2-D rhs.
+            let m = t(&dev, &a, &[2, 3, 4])
+                .matmul(&t(&dev, &b, &[4, 5]))
+                .unwrap();
+            assert_eq!(m.shape(), &[2, 3, 5]);
+            let mut want = naive_matmul(&a[..12], &b, 3, 4, 5);
+            want.extend(naive_matmul(&a[12..], &b, 3, 4, 5));
+            close(&m.to_vec::<f32>().unwrap(), &want);
+            // Broadcast batch dims that do not flatten to one stride: [2,1,3,4] @ [1,2,4,5] -> [2,2,3,5].
+            let bb: Vec<f32> = (0..2 * 4 * 5).map(|i| (i % 5) as f32 * 0.25).collect();
+            let m = t(&dev, &a, &[2, 1, 3, 4])
+                .matmul(&t(&dev, &bb, &[1, 2, 4, 5]))
+                .unwrap();
+            assert_eq!(m.shape(), &[2, 2, 3, 5]);
+            let got = m.to_vec::<f32>().unwrap();
+            for i in 0..2 {
+                for j in 0..2 {
+                    let w =
+                        naive_matmul(&a[i * 12..i * 12 + 12], &bb[j * 20..j * 20 + 20], 3, 4, 5);
+                    close(&got[(i * 2 + j) * 15..(i * 2 + j + 1) * 15], &w);
+                }
+            }
+            // Vectors: [4] @ [4] -> [], [3,4] @ [4] -> [3], [4] @ [4,5] -> [5].
+            let v = t(&dev, &[1.0, 2.0, 3.0, 4.0], &[4]);
+            let dot = v.matmul(&v).unwrap();
+            assert_eq!(dot.shape(), &[] as &[usize]);
+            assert_eq!(dot.item::<f32>().unwrap(), 30.0);
+            assert_eq!(t(&dev, &a[..12], &[3, 4]).matmul(&v).unwrap().shape(), &[3]);
+            let vm = v.matmul(&t(&dev, &b, &[4, 5])).unwrap();
+            assert_eq!(vm.shape(), &[5]);
+            close(
+                &vm.to_vec::<f32>().unwrap(),
+                &naive_matmul(&[1.0, 2.0, 3.0, 4.0], &b, 1, 4, 5),
+            );
+            // Transposed (strided) operands are read correctly.
+            let at = t(&dev, &a[..12], &[4, 3]).transpose(0, 1).unwrap();
+            assert!(!at.is_contiguous());
+            let m = at.matmul(&t(&dev, &b, &[4, 5])).unwrap();
+            let a_t: Vec<f32> = (0..3)
+                .flat_map(|i| (0..4).map(move |j| (i, j)))
+                .map(|(i, j)| a[j * 3 + i])
+                .collect();
+            close(
+                &m.to_vec::<f32>().unwrap(),
+                &naive_matmul(&a_t, &b, 3, 4, 5),
+            );
+        },
+    );
+}
+
+#[test]
+fn elementwise_broadcasting_f32_and_i64() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let a = t(&dev, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
+            let row = t(&dev, &[10.0, 20.0, 30.0], &[3]);
+            let col = t(&dev, &[100.0, 200.0], &[2, 1]);
+            assert_eq!(
+                a.add(&row).unwrap().to_vec::<f32>().unwrap(),
+                vec![11.0, 22.0, 33.0, 14.0, 25.0, 36.0]
+            );
+            assert_eq!(
+                a.sub(&col).unwrap().to_vec::<f32>().unwrap(),
+                vec![-99.0, -98.0, -97.0, -196.0, -195.0, -194.0]
+            );
+            assert_eq!(row.mul(&col).unwrap().shape(), &[2, 3]);
+            assert_eq!(a.div(&row).unwrap().to_vec::<f32>().unwrap()[2], 0.1);
+            // Strided lhs: the transpose of a is [3, 2].
+            let at = a.transpose(0, 1).unwrap();
+            assert_eq!(
+                at.add(&col.reshape(&[1, 2]).unwrap())
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap(),
+                vec![101.0, 204.0, 102.0, 205.0, 103.0, 206.0]
+            );
+            let i = Tensor::from_slice(&dev, &[7_i64, -8, 9], &[3]).unwrap();
+            let j = Tensor::from_slice(&dev, &[2_i64], &[1]).unwrap();
+            assert_eq!(i.add(&j).unwrap().to_vec::<i64>().unwrap(), vec![9, -6, 11]);
+            assert_eq!(i.div(&j).unwrap().to_vec::<i64>().unwrap(), vec![3, -4, 4]);
+            assert_eq!(i.sum_all().unwrap().item::<i64>().unwrap(), 8);
+        },
+    );
+}
+
+#[test]
+fn reductions_over_all_one_and_several_dims() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let v: Vec<f32> = (0..24).map(|i| i as f32).collect();
+            let x = t(&dev, &v, &[2, 3, 4]);
+            assert_eq!(x.sum_all().unwrap().item::<f32>().unwrap(), 276.0);
+            assert_eq!(x.mean_all().unwrap().item::<f32>().unwrap(), 11.5);
+            let s = x.sum(&[1], false).unwrap();
+            assert_eq!(s.shape(), &[2, 4]);
+            assert_eq!(
+                s.to_vec::<f32>().unwrap(),
+                vec![12.0, 15.0, 18.0, 21.0, 48.0, 51.0, 54.0, 57.0]
+            );
+            let s = x.sum(&[0, -1], true).unwrap();
+            assert_eq!(s.shape(), &[1, 3, 1]);
+            assert_eq!(s.to_vec::<f32>().unwrap(), vec![60.0, 92.0, 124.0]);
+            let m = x.mean(&[2], false).unwrap();
+            assert_eq!(
+                m.to_vec::<f32>().unwrap(),
+                vec![1.5, 5.5, 9.5, 13.5, 17.5, 21.5]
+            );
+            // Reducing a strided view.
+            let xt = x.transpose(0, 2).unwrap(); // [4, 3, 2]
+            assert_eq!(
+                xt.sum(&[2], false).unwrap().to_vec::<f32>().unwrap()[..3],
+                [12.0, 20.0, 28.0]
+            );
+            // keepdim result broadcasts back.
+            let centered = x.sub(&x.mean(&[-1], true).unwrap()).unwrap();
+            assert!(centered.sum_all().unwrap().item::<f32>().unwrap().abs() < 1e-4);
+        },
+    );
+}
+
+#[test]
+fn constructors_reshape_and_views() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let z = Tensor::zeros(&dev, &[2, 2], DType::I64).unwrap();
+            assert_eq!(z.to_vec::<i64>().unwrap(), vec![0; 4]);
+            let f = Tensor::full(&dev, &[3], 2.5).unwrap();
+            assert_eq!(f.to_vec::<f32>().unwrap(), vec![2.5; 3]);
+            let x = t(&dev, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
+            let r = x.reshape(&[3, -1]).unwrap();
+            assert_eq!(r.shape(), &[3, 2]);
+            assert_eq!(r.to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
+            // Reshaping a transposed view copies in logical order.
+            let rt = x.transpose(0, 1).unwrap().reshape(&[6]).unwrap();
+            assert_eq!(
+                rt.to_vec::<f32>().unwrap(),
+                vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+            );
+            let e = Tensor::empty(&dev, &[0, 4], DType::F32).unwrap();
+            assert!(e.is_empty() && e.to_vec::<f32>().unwrap().is_empty());
+            // The same seed gives the same numbers on any stream and thread.
+            let a = Tensor::randn(&dev, &[1000], 42)
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap();
+            let other = dev.stream(9).unwrap();
+            let b = dev.with_stream(&other, || {
+                Tensor::randn(&dev, &[1000], 42)
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap()
+            });
+            let c = std::thread::scope(|s| {
+                s.spawn(|| {
+                    Tensor::randn(&dev, &[10, 100], 42)
+                        .unwrap()
+                        .to_vec::<f32>()
+                        .unwrap()
+                })
+                .join()
+                .unwrap()
+            });
+            assert!(a == b && a == c);
+            assert_ne!(
+                a,
+                Tensor::randn(&dev, &[1000], 43)
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap()
+            );
+        },
+    );
+}
