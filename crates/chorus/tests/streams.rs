@@ -88,11 +88,20 @@ fn exclusive_policy_exhaustion_error_wait_and_forever() {
                     matches!(err, Error::StreamsExhausted { slots: 2, .. }),
                     "{err}"
                 );
-                // Let one holder exit: its slot comes back after its work completes.
-                hold_tx.send(()).unwrap();
-                holders.remove(0).join().ok();
-                holders.remove(0);
+                // Let the holders exit: their slots come back after their work completes.
                 drop(hold_tx);
+                for h in holders {
+                    h.join().unwrap();
+                }
+                dev.synchronize().unwrap();
+                let again = s
+                    .spawn(|| dev.current_stream().map(|st| st.index()))
+                    .join()
+                    .unwrap();
+                assert!(
+                    matches!(again, Ok(1 | 2)),
+                    "a returned slot is handed out again: {again:?}"
+                );
             });
         },
     );
@@ -115,10 +124,8 @@ fn exclusive_policy_exhaustion_error_wait_and_forever() {
                         devr.current_stream().unwrap();
                         rx.recv().unwrap();
                     });
-                    while holder.is_finished() {
-                        std::thread::yield_now();
-                    }
                     std::thread::sleep(Duration::from_millis(20));
+                    assert!(!holder.is_finished());
                     let waiter = s.spawn(|| dev.current_stream().map(|st| st.index()));
                     std::thread::sleep(Duration::from_millis(20));
                     tx.send(()).unwrap();

@@ -462,9 +462,11 @@ mod tests {
         };
         p.release(a.seg, a.offset, 1, 1);
         p.release(b.seg, b.offset, 2, 1);
+        // Stream 2's block sits between two free blocks of stream 1 and merges with neither.
+        assert!(p.index.contains(&(Kind::Small, 512, b.seg, 512)));
         assert_eq!(
             p.index.len(),
-            2,
+            3,
             "stream 2's block must stay apart from stream 1's"
         );
     }
