@@ -28,6 +28,11 @@ use chorus_sync::{rank, thread, Arc, Condvar, RankedMutex};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+std::thread_local! {
+    /// Address of the `StreamShared` whose worker is the current thread (0 elsewhere).
+    static WORKER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A slot for the bytes of a read-back.
 pub(crate) type ReplySlot = Arc<RankedMutex<Option<Vec<u8>>>>;
 
@@ -104,8 +109,12 @@ impl StreamShared {
     }
 
     /// Blocks until `target` commands have completed, at most `timeout`; false on timeout.
+    ///
+    /// Called on this stream's own worker (a command that waits for its own stream, such as a
+    /// callback dropping the last tensor of a closed device), it returns at once: everything
+    /// before the running command has completed, and later commands cannot run before it ends.
     pub(crate) fn wait_until(&self, target: u64, timeout: Option<Duration>) -> bool {
-        if self.is_done(target) {
+        if self.is_done(target) || WORKER_OF.with(|w| w.get()) == self as *const Self as usize {
             return true;
         }
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -136,6 +145,7 @@ impl StreamShared {
     }
 
     fn run(&self) {
+        WORKER_OF.with(|w| w.set(self as *const Self as usize));
         let mut batch = VecDeque::new();
         loop {
             {

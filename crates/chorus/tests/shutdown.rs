@@ -173,3 +173,40 @@ fn thread_exit_after_shutdown_and_shutdown_after_thread_exit() {
         );
     }
 }
+
+/// Shutdown gives up waiting after its timeout; the stream's work finishes later, its handler
+/// is then dropped on the stream's own thread, and the tensor it owns is the device's last
+/// reference: freeing it (which waits for the streams) must not wait for that very thread.
+#[test]
+fn late_handler_owning_the_last_tensor_is_dropped_without_deadlock() {
+    on_every_backend(
+        |b| b.shutdown_timeout(Duration::from_millis(1)),
+        |dev| {
+            let s = dev.current_stream().unwrap();
+            let x = Tensor::randn(&dev, &[384, 384], 1).unwrap();
+            let mut y = x.clone();
+            for _ in 0..12 {
+                y = y.matmul(&x).unwrap();
+            }
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let keep = y.clone();
+            s.on_complete(move || {
+                drop(keep);
+                let _ = tx.send(());
+            })
+            .unwrap();
+            drop((x, y, s));
+            let start = Instant::now();
+            drop(dev);
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "shutdown is bounded by its timeout"
+            );
+            // The handler is run or dropped (closing the channel) within bounded time: no deadlock.
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+                Err(e) => panic!("handler neither ran nor was dropped: {e:?}"),
+            }
+        },
+    );
+}

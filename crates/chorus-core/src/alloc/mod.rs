@@ -243,21 +243,18 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         }
     }
 
-    /// Frees released cached segments that are safe; returns how many.
-    fn release_cached<D>(&self, p: &mut Pools<S, F>, dev: &D) -> usize
+    /// Frees the cached segments that are safe to free.
+    fn release_cached<D>(&self, p: &mut Pools<S, F>, dev: &D)
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
         self.poll(p, dev);
-        let segs = p.take_releasable();
-        let n = segs.len();
-        for s in segs {
+        for s in p.take_releasable() {
             // SAFETY: `take_releasable` returns only segments without used or deferred blocks
             // whose free blocks' last uses are covered by completed fences.
             unsafe { dev.free_segment(s) };
         }
         self.sync_reserved(p);
-        n
     }
 
     /// Synchronizes the device and releases every cached segment (`empty_cache`).
@@ -272,13 +269,19 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         self.release_cached(&mut p, dev);
     }
 
-    /// Marks the allocator closed (no new allocations) and releases what is safe.
-    pub(crate) fn close<D>(&self, dev: &D)
+    /// Marks the allocator closed (no new allocations) and releases what is safe. `idle`: the
+    /// caller saw every stream finish, so every free so far is complete. Never waits.
+    pub(crate) fn close<D>(&self, dev: &D, idle: bool)
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
         self.closed.store(true, Relaxed);
-        self.empty_cache(dev);
+        let mut p = self.pools.lock();
+        if idle {
+            let upto = p.free_seq.clone();
+            p.all_complete(&upto);
+        }
+        self.release_cached(&mut p, dev);
     }
 
     /// Final teardown: frees every segment. The device must be idle.

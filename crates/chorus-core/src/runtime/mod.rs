@@ -444,7 +444,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             }
         }
         self.flush_thread_caches();
-        self.alloc.close(self);
+        self.alloc.close(self, busy.is_empty());
     }
 
     fn thread_exit(&self, stream: Option<usize>, exclusive: bool, cache: Option<Arc<ThreadCache>>) {
