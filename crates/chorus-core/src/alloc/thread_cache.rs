@@ -33,7 +33,8 @@ pub(crate) type Cached = Block;
 #[derive(Debug)]
 pub(crate) struct ThreadCache {
     state: AtomicU8,
-    blocks: UnsafeCell<Vec<Cached>>,
+    /// The cached blocks and their total size.
+    blocks: UnsafeCell<(Vec<Cached>, usize)>,
     capacity: usize,
 }
 
@@ -56,13 +57,13 @@ impl ThreadCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             state: AtomicU8::new(IDLE),
-            blocks: UnsafeCell::new(Vec::new()),
+            blocks: UnsafeCell::new((Vec::new(), 0)),
             capacity,
         }
     }
 
     /// Owner only: runs `f` on the blocks if the cache is open.
-    fn with_blocks<R>(&self, f: impl FnOnce(&mut Vec<Cached>) -> R) -> Option<R> {
+    fn with_blocks<R>(&self, f: impl FnOnce(&mut (Vec<Cached>, usize)) -> R) -> Option<R> {
         if self
             .state
             .compare_exchange(IDLE, BUSY, Ordering::Acquire, Ordering::Relaxed)
@@ -80,10 +81,11 @@ impl ThreadCache {
 
     /// Owner only: takes a cached block of exactly `size` bytes owned by `stream`.
     pub(crate) fn take(&self, size: usize, stream: u32) -> Option<Cached> {
-        self.with_blocks(|b| {
+        self.with_blocks(|(b, held)| {
             let i = b
                 .iter()
                 .rposition(|c| c.size == size && c.stream == stream)?;
+            *held -= size;
             Some(b.swap_remove(i))
         })
         .flatten()
@@ -92,10 +94,10 @@ impl ThreadCache {
     /// Owner only: caches a block if there is room.
     pub(crate) fn put(&self, block: Cached) -> Put {
         let cap = self.capacity;
-        self.with_blocks(|b| {
-            let held: usize = b.iter().map(|c| c.size).sum();
-            if held + block.size <= cap {
+        self.with_blocks(|(b, held)| {
+            if *held + block.size <= cap {
                 b.push(block);
+                *held += block.size;
                 true
             } else {
                 false
@@ -114,7 +116,12 @@ impl ThreadCache {
             {
                 // SAFETY: we won IDLE -> CLOSED; the owner will never enter again and no other
                 // closer can win, so we are the only thread touching `blocks` from now on.
-                Ok(_) => return Some(self.blocks.with_mut(|b| std::mem::take(unsafe { &mut *b }))),
+                Ok(_) => {
+                    return Some(
+                        self.blocks
+                            .with_mut(|b| std::mem::take(unsafe { &mut *b }).0),
+                    )
+                }
                 Err(CLOSED) => return None,
                 Err(_) => chorus_sync::thread::yield_now(),
             }
