@@ -80,6 +80,16 @@ pub struct MatOperand {
     pub col_stride: usize,
 }
 
+/// What a matmul applies to its output before writing it (fusing `linear`'s bias and
+/// activation into the GEMM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Epilogue {
+    /// `[n]` f32 bias added to every row.
+    pub bias: Option<DevicePtr>,
+    /// Activation applied after the bias.
+    pub act: Option<UnaryOp>,
+}
+
 /// Elementwise binary operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -102,6 +112,38 @@ pub enum ReduceOp {
     Sum,
     /// Arithmetic mean of the reduced elements (float only).
     Mean,
+    /// Largest element (NaN if any is NaN, as PyTorch).
+    Max,
+    /// Smallest element (NaN if any is NaN).
+    Min,
+    /// Product of the reduced elements (f32 accumulates in f64).
+    Prod,
+}
+
+/// Elementwise unary operation (f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UnaryOp {
+    /// `max(x, 0)`
+    Relu,
+    /// `x Φ(x)` with the exact normal CDF (`erf`), PyTorch's `gelu(approximate="none")`.
+    Gelu,
+    /// PyTorch's `gelu(approximate="tanh")`.
+    GeluTanh,
+    /// `tanh(x)`
+    Tanh,
+    /// `e^x`
+    Exp,
+}
+
+/// Which element a [`Kernel::ArgReduce`] looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ArgOp {
+    /// The largest (first index among equals; a NaN wins, as in PyTorch).
+    Max,
+    /// The smallest, likewise.
+    Min,
 }
 
 /// A fill value.
@@ -167,6 +209,8 @@ pub enum Kernel {
         n: usize,
         /// Columns of lhs, rows of rhs.
         k: usize,
+        /// Fused epilogue: `out = act(out + bias)` with `bias` an `[n]` vector, if any.
+        epilogue: Epilogue,
     },
     /// Elementwise `out = lhs op rhs`; both views are already broadcast to `lhs.shape` (equal
     /// to `rhs.shape`), out is contiguous of that shape.
@@ -200,6 +244,180 @@ pub enum Kernel {
         /// Element type of input and output.
         dtype: DType,
     },
+    /// Elementwise `out[i] = op(src[i])` for `i < len`, f32, both contiguous.
+    Unary {
+        /// Operation.
+        op: UnaryOp,
+        /// Input.
+        src: DevicePtr,
+        /// Output.
+        out: DevicePtr,
+        /// Number of elements.
+        len: usize,
+    },
+    /// Softmax (or log-softmax) of `scale * src` along the middle axis of the contiguous f32
+    /// tensor `[outer, n, inner]`. Masks (which need `inner == 1`) drop entries `(row, j)`,
+    /// `row < outer`, `j < n`: `causal: Some(q)` drops `j > row % q` (PyTorch's `is_causal`
+    /// for `q` queries per attention matrix), `mask` (i64, 0 = drop) drops where it is 0. A
+    /// dropped entry is 0 in the softmax (−∞ in log-softmax); a row with every entry dropped
+    /// is NaN, as in PyTorch. Statistics (max, sum of exponentials) per row in f32 then f64.
+    Softmax {
+        /// Input.
+        src: DevicePtr,
+        /// Output (same shape).
+        out: DevicePtr,
+        /// Product of the dims before the softmax dim.
+        outer: usize,
+        /// Size of the softmax dim.
+        n: usize,
+        /// Product of the dims after it.
+        inner: usize,
+        /// Factor applied to the input first.
+        scale: f32,
+        /// Log-softmax instead of softmax.
+        log: bool,
+        /// Causal masking: `Some(q)` with `q` query rows per attention matrix (row index taken
+        /// modulo `q`); entry `(i, j)` is kept when `j <= i`.
+        causal: Option<usize>,
+        /// Keep-mask view, i64, shaped `[outer, n]` (broadcast with zero strides).
+        mask: Option<View>,
+    },
+    /// Values and i64 indices of the max/min along the middle axis of the contiguous tensor
+    /// `[outer, n, inner]` (f32), written contiguous as `[outer, inner]`.
+    ArgReduce {
+        /// Max or min.
+        op: ArgOp,
+        /// Input.
+        src: DevicePtr,
+        /// Values output (f32).
+        values: DevicePtr,
+        /// Indices output (i64).
+        indices: DevicePtr,
+        /// Product of the dims before.
+        outer: usize,
+        /// Size of the reduced dim (>= 1).
+        n: usize,
+        /// Product of the dims after.
+        inner: usize,
+    },
+    /// Layer norm over the last axis of the contiguous f32 `[rows, n]`: `(x - mean) /
+    /// sqrt(var + eps) * weight + bias` with the biased variance; statistics in f64.
+    LayerNorm {
+        /// Input.
+        src: DevicePtr,
+        /// Output.
+        out: DevicePtr,
+        /// `[n]` scale, if any.
+        weight: Option<DevicePtr>,
+        /// `[n]` shift, if any.
+        bias: Option<DevicePtr>,
+        /// Rows.
+        rows: usize,
+        /// Normalized size.
+        n: usize,
+        /// Added to the variance.
+        eps: f32,
+    },
+    /// Group norm of the contiguous f32 `[batch, channels, spatial]`: each of `groups` groups
+    /// of `channels / groups` channels is normalized over its channels and spatial positions,
+    /// then scaled and shifted per channel; statistics in f64.
+    GroupNorm {
+        /// Input.
+        src: DevicePtr,
+        /// Output.
+        out: DevicePtr,
+        /// `[channels]` scale, if any.
+        weight: Option<DevicePtr>,
+        /// `[channels]` shift, if any.
+        bias: Option<DevicePtr>,
+        /// Batch size.
+        batch: usize,
+        /// Channels (a multiple of `groups`).
+        channels: usize,
+        /// Number of groups.
+        groups: usize,
+        /// Spatial size (H × W).
+        spatial: usize,
+        /// Added to the variance.
+        eps: f32,
+    },
+    /// 2-D convolution (cross-correlation, PyTorch's `conv2d`, dilation 1) of the contiguous
+    /// f32 input `[batch, c_in, h, w]` with weight `[c_out, c_in / groups, kh, kw]` and optional
+    /// bias `[c_out]`, zero padding; out contiguous `[batch, c_out, oh, ow]` with
+    /// `oh = (h + 2 pad_h - kh) / stride_h + 1`, likewise `ow`.
+    Conv2d {
+        /// Input.
+        src: DevicePtr,
+        /// Weight.
+        weight: DevicePtr,
+        /// Bias.
+        bias: Option<DevicePtr>,
+        /// Output.
+        out: DevicePtr,
+        /// Batch size.
+        batch: usize,
+        /// Input channels.
+        c_in: usize,
+        /// Input height and width.
+        hw: [usize; 2],
+        /// Output channels.
+        c_out: usize,
+        /// Kernel height and width.
+        khw: [usize; 2],
+        /// Stride (height, width).
+        stride: [usize; 2],
+        /// Zero padding (height, width).
+        padding: [usize; 2],
+        /// Groups (divides `c_in` and `c_out`).
+        groups: usize,
+        /// Output height and width.
+        out_hw: [usize; 2],
+    },
+    /// Adaptive average pooling of the contiguous f32 `[planes, h, w]` to `[planes, oh, ow]`:
+    /// output cell `(i, j)` averages rows `⌊i h / oh⌋ .. ⌈(i + 1) h / oh⌉` and likewise columns.
+    AdaptiveAvgPool2d {
+        /// Input.
+        src: DevicePtr,
+        /// Output.
+        out: DevicePtr,
+        /// N × C.
+        planes: usize,
+        /// Input height and width.
+        hw: [usize; 2],
+        /// Output height and width.
+        out_hw: [usize; 2],
+    },
+    /// Gather along the middle axis: the contiguous `[outer, n, inner]` source gives the
+    /// contiguous `[outer, count, inner]` output, `out[o, k, i] = src[o, indices[k], i]`. An
+    /// index outside `0..n` makes the kernel fail (a sticky stream error naming it).
+    IndexSelect {
+        /// Source.
+        src: DevicePtr,
+        /// `count` i64 indices, contiguous.
+        indices: DevicePtr,
+        /// Output.
+        out: DevicePtr,
+        /// Product of the dims before.
+        outer: usize,
+        /// Size of the indexed dim.
+        n: usize,
+        /// Product of the dims after.
+        inner: usize,
+        /// Number of indices.
+        count: usize,
+        /// Element type of source and output.
+        dtype: DType,
+    },
+    /// Strided copy between two views of the same shape: `dst[idx] = src[idx]` (`dst` may be a
+    /// region of a larger contiguous tensor, as for concatenation; views never overlap).
+    CopyInto {
+        /// Source view.
+        src: View,
+        /// Destination view.
+        dst: View,
+        /// Element type of both.
+        dtype: DType,
+    },
 }
 
 impl Kernel {
@@ -212,6 +430,15 @@ impl Kernel {
             Kernel::Matmul { .. } => "matmul",
             Kernel::Binary { .. } => "binary",
             Kernel::Reduce { .. } => "reduce",
+            Kernel::Unary { .. } => "unary",
+            Kernel::Softmax { .. } => "softmax",
+            Kernel::ArgReduce { .. } => "arg_reduce",
+            Kernel::LayerNorm { .. } => "layer_norm",
+            Kernel::GroupNorm { .. } => "group_norm",
+            Kernel::Conv2d { .. } => "conv2d",
+            Kernel::AdaptiveAvgPool2d { .. } => "adaptive_avg_pool2d",
+            Kernel::IndexSelect { .. } => "index_select",
+            Kernel::CopyInto { .. } => "copy_into",
         }
     }
 }

@@ -8,7 +8,7 @@
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernel::{BinaryOp, Kernel, MatOperand, ReduceOp};
+use crate::kernel::{BinaryOp, Epilogue, Kernel, MatOperand, ReduceOp};
 use crate::shape::{broadcast, broadcast_strides, contiguous_strides, dims, flatten_run, numel};
 
 fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -207,6 +207,7 @@ impl Tensor {
             m,
             n,
             k,
+            epilogue: Epilogue::default(),
         };
         let t = Tensor::launch(rt, s, k, out)?;
         drop((a.1, b.1));

@@ -46,7 +46,13 @@ pub(crate) unsafe fn execute(kernel: &Kernel) {
             m,
             n,
             k,
+            epilogue,
         } => {
+            assert_eq!(
+                *epilogue,
+                Default::default(),
+                "matmul epilogues are not implemented on the CPU yet"
+            );
             let dims = matmul::Dims {
                 batch: *batch,
                 m: *m,
