@@ -34,7 +34,7 @@ pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{BackendError, DeviceId, Error, Result};
 pub use event::Event;
-pub use kernel::{DevicePtr, Kernel};
+pub use kernel::{DevicePtr, Kernel, UnaryOp};
 pub use runtime::HandlerStats;
 pub use stream::{Stream, StreamGuard};
 pub use tensor::Tensor;

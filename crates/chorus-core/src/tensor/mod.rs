@@ -5,6 +5,8 @@
 //! found before anything is enqueued. Tensors are immutable: an op never changes its inputs, so
 //! a tensor (model weights, say) can be shared by any number of threads without a lock.
 
+mod layout_ops;
+mod nn_ops;
 mod ops;
 pub(crate) mod storage;
 
@@ -242,13 +244,30 @@ impl Tensor {
 
     /// A view sharing the storage (shape/strides checked by the caller to stay inside it).
     pub(crate) fn restride(&self, shape: Vec<usize>, strides: Vec<usize>) -> Tensor {
+        self.view_at(shape, strides, self.offset)
+    }
+
+    /// A view sharing the storage at element `offset` (checked by the caller to stay inside it).
+    pub(crate) fn view_at(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Tensor {
         Tensor {
             storage: Arc::clone(&self.storage),
             shape,
             strides,
-            offset: self.offset,
+            offset,
             dtype: self.dtype,
         }
+    }
+
+    /// This tensor contiguous and ordered on stream `s`: what a kernel reading it needs.
+    pub(crate) fn input_on(&self, s: usize) -> Result<Tensor> {
+        let t = self.contiguous_on(s)?;
+        t.storage.use_on(s)?;
+        Ok(t)
+    }
+
+    /// Device address of the first element.
+    pub(crate) fn ptr(&self) -> crate::kernel::DevicePtr {
+        self.view().ptr
     }
 
     /// Copies the elements to the host, waiting for the work that produces them.

@@ -279,7 +279,7 @@ impl Tensor {
         self.binary(rhs, BinaryOp::Div, "div")
     }
 
-    fn reduce(
+    pub(super) fn reduce(
         &self,
         op: ReduceOp,
         name: &'static str,

@@ -1,0 +1,270 @@
+//! Views and data movement: permute, narrow, split, concatenation, index selection, embedding;
+//! and the max/min/prod reductions (with indices along one dim).
+
+use super::Tensor;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::kernel::{ArgOp, Kernel, ReduceOp, View};
+use crate::shape::{contiguous_strides, dim};
+
+/// `(outer, n, inner)` of `shape` around dimension `d`.
+pub(crate) fn split_at(shape: &[usize], d: usize) -> (usize, usize, usize) {
+    (shape[..d].iter().product(), shape[d], shape[d + 1..].iter().product())
+}
+
+impl Tensor {
+    /// Reorders the dimensions (a view): dimension `i` of the result is dimension `dims[i]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDim`] unless `dims` is a permutation of `0..rank`.
+    pub fn permute(&self, dims: &[usize]) -> Result<Tensor> {
+        let r = self.rank();
+        let mut seen = vec![false; r];
+        if dims.len() != r {
+            return Err(Error::InvalidShape { op: "permute", shape: self.shape.clone(), reason: format!("{dims:?} is not a permutation of 0..{r}") });
+        }
+        for &d in dims {
+            if d >= r || std::mem::replace(&mut seen[d], true) {
+                return Err(Error::InvalidDim { op: "permute", dim: d as isize, rank: r });
+            }
+        }
+        let shape = dims.iter().map(|&d| self.shape[d]).collect();
+        let strides = dims.iter().map(|&d| self.strides[d]).collect();
+        Ok(self.restride(shape, strides))
+    }
+
+    /// Elements `start .. start + len` along `d` (a view).
+    ///
+    /// # Errors
+    /// [`Error::InvalidDim`]; [`Error::InvalidShape`] when the range leaves the dimension.
+    pub fn narrow(&self, d: isize, start: usize, len: usize) -> Result<Tensor> {
+        let d = dim("narrow", d, self.rank())?;
+        if start.checked_add(len).is_none_or(|end| end > self.shape[d]) {
+            return Err(Error::InvalidShape {
+                op: "narrow",
+                shape: self.shape.clone(),
+                reason: format!("range {start}..{} is outside dimension {d}", start.saturating_add(len)),
+            });
+        }
+        let mut shape = self.shape.clone();
+        shape[d] = len;
+        Ok(self.view_at(shape, self.strides.clone(), self.offset + start * self.strides[d]))
+    }
+
+    /// Splits along `d` into pieces of the given sizes (views), which must add up to the
+    /// dimension.
+    ///
+    /// # Errors
+    /// [`Error::InvalidShape`] when the sizes do not add up.
+    pub fn split(&self, sizes: &[usize], d: isize) -> Result<Vec<Tensor>> {
+        let dd = dim("split", d, self.rank())?;
+        if sizes.iter().sum::<usize>() != self.shape[dd] {
+            return Err(Error::InvalidShape { op: "split", shape: self.shape.clone(), reason: format!("sizes {sizes:?} do not add up to dimension {dd}") });
+        }
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                let t = self.narrow(d, start, n);
+                start += n;
+                t
+            })
+            .collect()
+    }
+
+    /// Splits along `d` into `chunks` nearly equal views (the last may be smaller), like
+    /// PyTorch's `chunk`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidShape`] for zero chunks.
+    pub fn chunk(&self, chunks: usize, d: isize) -> Result<Vec<Tensor>> {
+        let dd = dim("chunk", d, self.rank())?;
+        if chunks == 0 {
+            return Err(Error::InvalidShape { op: "chunk", shape: self.shape.clone(), reason: "zero chunks".into() });
+        }
+        let n = self.shape[dd];
+        let step = n.div_ceil(chunks).max(1);
+        let sizes: Vec<usize> = (0..n).step_by(step).map(|s| step.min(n - s)).collect();
+        self.split(&sizes, d)
+    }
+
+    /// Concatenates tensors of one device and dtype along `d`; all other dimensions must match.
+    ///
+    /// # Errors
+    /// [`Error::InvalidShape`] for an empty list; [`Error::ShapeMismatch`],
+    /// [`Error::DTypeMismatch`], [`Error::DeviceMismatch`] between the parts.
+    pub fn cat(tensors: &[&Tensor], d: isize) -> Result<Tensor> {
+        const OP: &str = "cat";
+        let first = *tensors.first().ok_or(Error::InvalidShape { op: OP, shape: vec![], reason: "no tensors".into() })?;
+        let dd = dim(OP, d, first.rank())?;
+        let mut shape = first.shape.clone();
+        shape[dd] = 0;
+        for t in tensors {
+            if t.device_id() != first.device_id() {
+                return Err(Error::DeviceMismatch { op: OP, lhs: first.device_id(), rhs: t.device_id() });
+            }
+            if t.dtype != first.dtype {
+                return Err(Error::DTypeMismatch { op: OP, expected: first.dtype, got: t.dtype });
+            }
+            let same = t.rank() == first.rank() && (0..t.rank()).all(|i| i == dd || t.shape[i] == first.shape[i]);
+            if !same {
+                return Err(Error::ShapeMismatch { op: OP, lhs: first.shape.clone(), rhs: t.shape.clone(), reason: "dimensions other than the concatenated one differ" });
+            }
+            shape[dd] += t.shape[dd];
+        }
+        let rt = first.rt();
+        let s = rt.current_stream()?;
+        let out = Tensor::empty_on(rt, s, &shape, first.dtype, OP)?;
+        let strides = contiguous_strides(&shape);
+        let mut at = 0;
+        let mut last = Ok(());
+        for t in tensors {
+            t.storage.use_on(s)?;
+            let region = View { ptr: out.tensor.ptr().byte_add(at * strides[dd] * first.dtype.size()), shape: t.shape.clone(), strides: strides.clone() };
+            at += t.shape[dd];
+            if t.is_empty() {
+                continue;
+            }
+            let k = Kernel::CopyInto { src: t.view(), dst: region, dtype: first.dtype };
+            // SAFETY: `region` lies inside `out`'s fresh block (its extent along `dd` is the
+            // part's slot, the other extents equal `out`'s), regions of different parts are
+            // disjoint, and `t` is a live tensor ordered on `s`; see `Tensor::launch`.
+            last = unsafe { rt.launch(s, k) };
+            if last.is_err() {
+                break;
+            }
+        }
+        last.map(|()| out.tensor)
+    }
+
+    /// Rows (along `d`) picked by the 1-D i64 `indices`, like PyTorch's `index_select`. An
+    /// index out of range fails the kernel: the stream reports it at its next call.
+    ///
+    /// # Errors
+    /// [`Error::DTypeMismatch`] for non-i64 indices; [`Error::InvalidShape`] unless 1-D.
+    pub fn index_select(&self, d: isize, indices: &Tensor) -> Result<Tensor> {
+        const OP: &str = "index_select";
+        let dd = dim(OP, d, self.rank())?;
+        if indices.dtype != DType::I64 {
+            return Err(Error::DTypeMismatch { op: OP, expected: DType::I64, got: indices.dtype });
+        }
+        if indices.rank() != 1 {
+            return Err(Error::InvalidShape { op: OP, shape: indices.shape.clone(), reason: "indices must be 1-D".into() });
+        }
+        if indices.device_id() != self.device_id() {
+            return Err(Error::DeviceMismatch { op: OP, lhs: self.device_id(), rhs: indices.device_id() });
+        }
+        let rt = self.rt();
+        let s = rt.current_stream()?;
+        let src = self.input_on(s)?;
+        let idx = indices.input_on(s)?;
+        let (outer, n, inner) = split_at(&self.shape, dd);
+        let mut shape = self.shape.clone();
+        shape[dd] = indices.len();
+        let out = Tensor::empty_on(rt, s, &shape, self.dtype, OP)?;
+        let k = Kernel::IndexSelect { src: src.ptr(), indices: idx.ptr(), out: out.tensor.ptr(), outer, n, inner, count: indices.len(), dtype: self.dtype };
+        Tensor::launch(rt, s, k, out)
+    }
+
+    /// Embedding lookup: rows of `weight` (`[vocab, dim]`) for i64 `indices` of any shape;
+    /// the result has shape `indices.shape + [dim]`.
+    ///
+    /// # Errors
+    /// As [`Tensor::index_select`]; [`Error::InvalidShape`] unless `weight` is 2-D.
+    pub fn embedding(indices: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        if weight.rank() != 2 {
+            return Err(Error::InvalidShape { op: "embedding", shape: weight.shape.clone(), reason: "weight must be [vocab, dim]".into() });
+        }
+        let flat = indices.reshape(&[-1])?;
+        let rows = weight.index_select(0, &flat)?;
+        let mut shape = indices.shape.clone();
+        shape.push(weight.shape[1]);
+        let strides = contiguous_strides(&shape);
+        Ok(rows.restride(shape, strides))
+    }
+
+    /// Largest elements over `dims` (empty = all), like PyTorch's `amax`; NaN propagates.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDim`]; [`Error::InvalidShape`] for an empty reduction.
+    pub fn amax(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.nonempty("amax")?.reduce(ReduceOp::Max, "amax", dims, keepdim)
+    }
+    /// Smallest elements over `dims`, like [`Tensor::amax`].
+    ///
+    /// # Errors
+    /// As [`Tensor::amax`].
+    pub fn amin(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.nonempty("amin")?.reduce(ReduceOp::Min, "amin", dims, keepdim)
+    }
+    /// Product over `dims` (empty = all).
+    ///
+    /// # Errors
+    /// [`Error::InvalidDim`].
+    pub fn prod(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
+        self.reduce(ReduceOp::Prod, "prod", dims, keepdim)
+    }
+    /// The largest element (0-d).
+    ///
+    /// # Errors
+    /// [`Error::InvalidShape`] for an empty tensor.
+    pub fn max_all(&self) -> Result<Tensor> {
+        self.amax(&[], false)
+    }
+    /// The smallest element (0-d).
+    ///
+    /// # Errors
+    /// [`Error::InvalidShape`] for an empty tensor.
+    pub fn min_all(&self) -> Result<Tensor> {
+        self.amin(&[], false)
+    }
+
+    fn nonempty(&self, op: &'static str) -> Result<&Tensor> {
+        if self.is_empty() {
+            return Err(Error::InvalidShape { op, shape: self.shape.clone(), reason: "reduction of an empty tensor has no identity".into() });
+        }
+        Ok(self)
+    }
+
+    fn arg_reduce(&self, op: ArgOp, name: &'static str, d: isize, keepdim: bool) -> Result<(Tensor, Tensor)> {
+        if self.dtype != DType::F32 {
+            return Err(Error::DTypeMismatch { op: name, expected: DType::F32, got: self.dtype });
+        }
+        let dd = dim(name, d, self.rank())?;
+        self.nonempty(name)?;
+        let rt = self.rt();
+        let s = rt.current_stream()?;
+        let src = self.input_on(s)?;
+        let (outer, n, inner) = if self.rank() == 0 { (1, 1, 1) } else { split_at(&self.shape, dd) };
+        let mut shape = self.shape.clone();
+        if self.rank() > 0 {
+            if keepdim {
+                shape[dd] = 1;
+            } else {
+                shape.remove(dd);
+            }
+        }
+        let values = Tensor::empty_on(rt, s, &shape, DType::F32, name)?;
+        let indices = Tensor::empty_on(rt, s, &shape, DType::I64, name)?;
+        let k = Kernel::ArgReduce { op, src: src.ptr(), values: values.tensor.ptr(), indices: indices.tensor.ptr(), outer, n, inner };
+        let keep = indices.tensor.clone();
+        let values = Tensor::launch(rt, s, k, values)?;
+        Ok((values, keep))
+    }
+
+    /// Largest values along `d` and their i64 indices (the first among equals), like
+    /// PyTorch's `max(dim)`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDim`]; [`Error::DTypeMismatch`] unless f32; [`Error::InvalidShape`] if empty.
+    pub fn max_dim(&self, d: isize, keepdim: bool) -> Result<(Tensor, Tensor)> {
+        self.arg_reduce(ArgOp::Max, "max", d, keepdim)
+    }
+    /// Smallest values along `d` and their i64 indices, like [`Tensor::max_dim`].
+    ///
+    /// # Errors
+    /// As [`Tensor::max_dim`].
+    pub fn min_dim(&self, d: isize, keepdim: bool) -> Result<(Tensor, Tensor)> {
+        self.arg_reduce(ArgOp::Min, "min", d, keepdim)
+    }
+}

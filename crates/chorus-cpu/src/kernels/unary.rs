@@ -1,0 +1,231 @@
+//! The `Unary` kernel (`out = op(src)` elementwise, f32) and the activations it shares with the
+//! matmul epilogue.
+//!
+//! Every op is dispatched once per call to a monomorphised loop, so the per-element function is
+//! inlined: Relu is a compare-and-select the compiler vectorizes; the transcendental ops call
+//! libm per element. GELU (exact and tanh) is evaluated in f64 and rounded once, which keeps it
+//! within an ulp or so of PyTorch's f32 formula; Tanh and Exp use the f32 functions of `std`.
+
+use super::{slice, slice_mut};
+use chorus_core::kernel::{DevicePtr, UnaryOp};
+
+/// `max(x, 0)`; NaN stays NaN (as PyTorch's `relu`).
+#[inline(always)]
+fn relu(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// `x Φ(x) = 0.5 x (1 + erf(x / √2))`, in f64.
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    let x = f64::from(x);
+    (0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))) as f32
+}
+
+/// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, in f64.
+#[inline(always)]
+fn gelu_tanh(x: f32) -> f32 {
+    /// `√(2/π)`.
+    const K: f64 = 0.797_884_560_802_865_4;
+    let x = f64::from(x);
+    (0.5 * x * (1.0 + (K * (x + 0.044_715 * x * x * x)).tanh())) as f32
+}
+
+/// `tanh(x)`.
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    x.tanh()
+}
+
+/// `e^x`.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    x.exp()
+}
+
+/// `out[i] = op(src[i])` for `i < len`.
+///
+/// # Safety
+/// `src` is readable, aligned f32 for `len` elements; `out` is valid and aligned for `len` f32
+/// writes, overlaps `src` nowhere and is not otherwise accessed during the call.
+///
+/// # Panics
+/// On an op this backend does not implement.
+pub(super) unsafe fn unary(op: UnaryOp, src: DevicePtr, out: DevicePtr, len: usize) {
+    // SAFETY: caller's contract: `len` readable f32 at `src`, not written during the call.
+    let src = unsafe { slice::<f32>(src, len) };
+    // SAFETY: caller's contract: `len` writable, unaliased f32 at `out`.
+    let out = unsafe { slice_mut::<f32>(out, len) };
+    match op {
+        UnaryOp::Relu => map(src, out, relu),
+        UnaryOp::Gelu => map(src, out, gelu),
+        UnaryOp::GeluTanh => map(src, out, gelu_tanh),
+        UnaryOp::Tanh => map(src, out, tanh),
+        UnaryOp::Exp => map(src, out, exp),
+        other => panic!("unary: the CPU backend has no {other:?}"),
+    }
+}
+
+/// `out[i] = f(src[i])`: one zipped loop.
+#[inline(always)]
+fn map(src: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+    for (o, &x) in out.iter_mut().zip(src) {
+        *o = f(x);
+    }
+}
+
+/// The matmul epilogue on one output row: `row[j] = act(row[j] + bias[j])` (no addition without
+/// a bias, identity without an activation).
+///
+/// # Panics
+/// When `bias` is shorter than `row`, and on an activation this backend does not implement.
+pub(super) fn bias_act(row: &mut [f32], bias: Option<&[f32]>, act: Option<UnaryOp>) {
+    if let Some(b) = bias {
+        assert!(b.len() >= row.len(), "matmul epilogue: bias shorter than a row");
+    }
+    match act {
+        None => epilogue(row, bias, |x| x),
+        Some(UnaryOp::Relu) => epilogue(row, bias, relu),
+        Some(UnaryOp::Gelu) => epilogue(row, bias, gelu),
+        Some(UnaryOp::GeluTanh) => epilogue(row, bias, gelu_tanh),
+        Some(UnaryOp::Tanh) => epilogue(row, bias, tanh),
+        Some(UnaryOp::Exp) => epilogue(row, bias, exp),
+        Some(other) => panic!("matmul epilogue: the CPU backend has no {other:?}"),
+    }
+}
+
+/// `row[j] = f(row[j] + bias[j])`, or `f(row[j])` without a bias.
+#[inline(always)]
+fn epilogue(row: &mut [f32], bias: Option<&[f32]>, f: impl Fn(f32) -> f32) {
+    match bias {
+        Some(b) => {
+            for (o, &b) in row.iter_mut().zip(b) {
+                *o = f(*o + b);
+            }
+        }
+        None => {
+            for o in row {
+                *o = f(*o);
+            }
+        }
+    }
+}
+
+/// The scalar function of `op` (for other kernels' tests).
+#[cfg(test)]
+pub(super) fn apply(op: UnaryOp, x: f32) -> f32 {
+    let mut v = [x];
+    bias_act(&mut v, None, Some(op));
+    v[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::execute;
+    use super::super::test_util::{ptr, ptr_mut, Rng};
+    use super::*;
+    use chorus_core::kernel::Kernel;
+
+    const OPS: [UnaryOp; 5] = [
+        UnaryOp::Relu,
+        UnaryOp::Gelu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Tanh,
+        UnaryOp::Exp,
+    ];
+
+    /// Reference in f64 (erf by a numerical integral of the normal density, independent of libm).
+    fn reference(op: UnaryOp, x: f32) -> f64 {
+        let x = f64::from(x);
+        match op {
+            UnaryOp::Relu => x.max(0.0),
+            UnaryOp::Gelu => {
+                // Φ(x) = 1/2 + ∫_0^x φ(t) dt, Simpson's rule with 2000 panels.
+                let n = 2000;
+                let h = x / n as f64;
+                let phi = |t: f64| (-0.5 * t * t).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let s: f64 = (0..=n)
+                    .map(|i| {
+                        let w = if i == 0 || i == n { 1.0 } else { [2.0, 4.0][i % 2] };
+                        w * phi(i as f64 * h)
+                    })
+                    .sum();
+                x * (0.5 + s * h / 3.0)
+            }
+            UnaryOp::GeluTanh => {
+                let k = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * x * (1.0 + (k * (x + 0.044715 * x.powi(3))).tanh())
+            }
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Exp => x.exp(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn run(op: UnaryOp, src: &[f32]) -> Vec<f32> {
+        let mut out = vec![f32::NAN; src.len()];
+        let kernel = Kernel::Unary {
+            op,
+            src: ptr(src),
+            out: ptr_mut(&mut out),
+            len: src.len(),
+        };
+        // SAFETY: `src` and `out` are live buffers of `len` elements.
+        unsafe { execute(&kernel) };
+        out
+    }
+
+    #[test]
+    fn every_op_matches_reference() {
+        let mut src: Vec<f32> = Rng::new(11).f32s(1001).iter().map(|x| x * 6.0).collect();
+        src.extend([0.0, -0.0, 1e-30, -1e-30, 8.0, -8.0, 30.0, -30.0]);
+        for op in OPS {
+            let got = run(op, &src);
+            for (&x, &y) in src.iter().zip(&got) {
+                let e = reference(op, x);
+                let tol = 1e-6 * (1.0 + e.abs());
+                assert!((f64::from(y) - e).abs() <= tol, "{op:?}({x}) = {y}, want {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn specials_and_empty() {
+        let src = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        let relu = run(UnaryOp::Relu, &src);
+        assert!(relu[0].is_nan());
+        assert_eq!(relu[1..], [f32::INFINITY, 0.0]);
+        let gelu = run(UnaryOp::Gelu, &src);
+        assert!(gelu[0].is_nan());
+        assert_eq!(gelu[1], f32::INFINITY);
+        assert_eq!(run(UnaryOp::Tanh, &src)[1..], [1.0, -1.0]);
+        assert_eq!(run(UnaryOp::Exp, &src)[1..], [f32::INFINITY, 0.0]);
+        assert!(run(UnaryOp::Exp, &[]).is_empty());
+        // Known values of PyTorch's gelu.
+        let g = run(UnaryOp::Gelu, &[1.0, -1.0, 2.0]);
+        for (got, want) in g.iter().zip([0.841_344_7, -0.158_655_26, 1.954_5]) {
+            assert!((got - want).abs() < 1e-5, "{got} {want}");
+        }
+    }
+
+    #[test]
+    fn epilogue_with_and_without_bias() {
+        let mut rng = Rng::new(12);
+        let (x, b) = (rng.f32s(37), rng.f32s(40));
+        for act in [None, Some(UnaryOp::Relu), Some(UnaryOp::GeluTanh)] {
+            for bias in [None, Some(&b[..])] {
+                let mut row = x.clone();
+                bias_act(&mut row, bias, act);
+                for (j, (&got, &x)) in row.iter().zip(&x).enumerate() {
+                    let v = x + bias.map_or(0.0, |b| b[j]);
+                    let want = act.map_or(v, |op| apply(op, v));
+                    assert_eq!(got.to_bits(), want.to_bits());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! chorus-nn (in progress)
