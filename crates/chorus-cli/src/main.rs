@@ -4,10 +4,12 @@
 //!   `CHORUS_*` environment variables.
 //! - `chorus stress`: many threads running the same round of tensor work on one device, timed,
 //!   then checked bit-for-bit against the same work run alone on the main thread.
+//! - `chorus bench`: the MLP benchmark, measured as `../shared/bench/torch_cpu_baseline.py` does.
 //!
 //! Exit status: 0 on success, 1 on an error (or when a stress run found errors), 2 for a
 //! command-line usage error (from clap).
 
+mod bench;
 mod device;
 mod human;
 mod info;
@@ -32,6 +34,9 @@ enum Command {
     /// Run a round of tensor work on many threads at once, time it and check the results
     /// bit-for-bit against the same work run on one thread.
     Stress(stress::StressArgs),
+    /// Benchmark the MLP 512→1024→1024→512 (batch sweep, thread sweep) like the PyTorch
+    /// baseline script, for a side-by-side ratio.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
     let outcome = match &cli.command {
         Command::Info(args) => info::run(args),
         Command::Stress(args) => stress::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match outcome {
         Ok(code) => code,

@@ -14,14 +14,7 @@
 use chorus::{Device, Result, Tensor};
 
 /// The scenarios planned but not written yet, named in the error for an unknown name.
-const PLANNED: [&str; 6] = [
-    "attention",
-    "conv",
-    "reduce",
-    "mlp",
-    "transformer",
-    "batching",
-];
+const PLANNED: [&str; 3] = ["mlp", "transformer", "batching"];
 
 /// One kind of round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +22,16 @@ pub(crate) enum Scenario {
     /// `a = randn([S, S])`, `b = randn([S, S])`, `c = a @ b`, then `c.sum_all()` (and
     /// `c.mean_all()` with `--with-mean`): the seed's stress round.
     Matmul,
+    /// The seed's attention round: `q, k, v = randn([4, S/4, 64])`, `softmax(q k^T / 8) v`
+    /// (batched matmul, scaled softmax, batched matmul); results: sum and max of the output.
+    Attention,
+    /// The seed's depthwise-separable round on `x = randn([2, 16, 16, 16])`: depthwise 3×3
+    /// conv, pointwise conv to 32 channels, group norm (4 groups), relu, adaptive average
+    /// pool to 1×1, linear to 10; result: the `[2, 10]` output.
+    Conv,
+    /// The seed's reduction round on `x = randn([8, 16, 32])`: sum over all, one and two
+    /// dims, mean, max and min along a dim (values and indices), prod along a dim.
+    Reduce,
 }
 
 /// Settings shared by every round of a run.
@@ -53,12 +56,20 @@ pub(crate) struct RoundKey {
 
 impl Scenario {
     /// Every scenario, in the order listed to the user.
-    pub(crate) const ALL: [Scenario; 1] = [Scenario::Matmul];
+    pub(crate) const ALL: [Scenario; 4] = [
+        Scenario::Matmul,
+        Scenario::Attention,
+        Scenario::Conv,
+        Scenario::Reduce,
+    ];
 
     /// The name used by `--scenario`.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::Matmul => "matmul",
+            Scenario::Attention => "attention",
+            Scenario::Conv => "conv",
+            Scenario::Reduce => "reduce",
         }
     }
 
@@ -86,6 +97,19 @@ impl Scenario {
         match self {
             Scenario::Matmul if p.with_mean => &["sum", "mean"],
             Scenario::Matmul => &["sum"],
+            Scenario::Attention => &["sum", "max"],
+            Scenario::Conv => &["logits"],
+            Scenario::Reduce => &[
+                "sum",
+                "sum_dim1",
+                "sum_dims02",
+                "mean_dim2",
+                "max_dim1",
+                "argmax_dim1",
+                "min_dim2",
+                "argmin_dim2",
+                "prod_dim2",
+            ],
         }
     }
 
@@ -107,19 +131,61 @@ impl Scenario {
                 }
                 Ok(out)
             }
+            Scenario::Attention => {
+                let shape = [4, (p.size / 4).max(1), 64];
+                let q = Tensor::randn(device, &shape, seed_for(p.seed, key, 0))?;
+                let k = Tensor::randn(device, &shape, seed_for(p.seed, key, 1))?;
+                let v = Tensor::randn(device, &shape, seed_for(p.seed, key, 2))?;
+                let scores = q.matmul(&k.transpose(-2, -1)?)?;
+                let out = scores.scaled_softmax(-1, 0.125)?.matmul(&v)?;
+                Ok(vec![out.sum_all()?, out.max_all()?])
+            }
+            Scenario::Conv => {
+                let r =
+                    |shape: &[usize], op| Tensor::randn(device, shape, seed_for(p.seed, key, op));
+                let x = r(&[2, 16, 16, 16], 0)?;
+                let dw = r(&[16, 1, 3, 3], 1)?;
+                let pw = r(&[32, 16, 1, 1], 2)?;
+                let fc = r(&[10, 32], 3)?;
+                let h = x.conv2d(&dw, None, [1, 1], [1, 1], 16)?;
+                let h = h.conv2d(&pw, None, [1, 1], [0, 0], 1)?;
+                let h = h.group_norm(4, None, None, 1e-5)?.relu()?;
+                let h = h.adaptive_avg_pool2d([1, 1])?.reshape(&[2, 32])?;
+                Ok(vec![h.linear(&fc, None)?])
+            }
+            Scenario::Reduce => {
+                let x = Tensor::randn(device, &[8, 16, 32], seed_for(p.seed, key, 0))?;
+                let (max_v, max_i) = x.max_dim(1, false)?;
+                let (min_v, min_i) = x.min_dim(2, false)?;
+                // Factors near 1 keep the product of 32 of them finite.
+                let near_one = x
+                    .mul(&Tensor::full(device, &[1], 0.05)?)?
+                    .add(&Tensor::full(device, &[1], 1.0)?)?;
+                Ok(vec![
+                    x.sum_all()?,
+                    x.sum(&[1], false)?,
+                    x.sum(&[0, 2], true)?,
+                    x.mean(&[2], false)?,
+                    max_v,
+                    max_i,
+                    min_v,
+                    min_i,
+                    near_one.prod(&[2], false)?,
+                ])
+            }
         }
     }
 }
 
-/// Reads a result back as f32 values, waiting for the work that produces it.
+/// Reads a result back as f32 values (i64 indices converted exactly for the small values they
+/// hold), waiting for the work that produces it.
 ///
 /// # Errors
-/// A device error, or a result that is not f32.
+/// A device error.
 pub(crate) fn read(t: &Tensor) -> Result<Vec<f32>> {
-    if t.len() == 1 {
-        Ok(vec![t.item::<f32>()?])
-    } else {
-        t.to_vec::<f32>()
+    match t.dtype() {
+        chorus::DType::I64 => Ok(t.to_vec::<i64>()?.into_iter().map(|v| v as f32).collect()),
+        _ => t.to_vec::<f32>(),
     }
 }
 
@@ -151,8 +217,11 @@ mod tests {
         }
         assert_eq!(Scenario::parse(" MatMul "), Ok(Scenario::Matmul));
         let e = Scenario::parse("nope").unwrap_err();
-        assert!(e.contains("known scenarios: matmul"), "{e}");
-        assert!(Scenario::parse("conv")
+        assert!(
+            e.contains("known scenarios: matmul, attention, conv, reduce"),
+            "{e}"
+        );
+        assert!(Scenario::parse("mlp")
             .unwrap_err()
             .contains("not written yet"));
     }

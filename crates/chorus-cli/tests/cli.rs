@@ -292,3 +292,32 @@ fn seed_round_20_threads_500_iterations_with_mean() {
     assert_eq!(v["errors"], 0);
     assert_eq!(v["verified"], 10_000);
 }
+
+/// The seed's other rounds, 4 threads each, every result checked against a single-threaded
+/// recomputation.
+#[test]
+fn seed_scenarios_attention_conv_reduce() {
+    for scenario in ["attention", "conv", "reduce"] {
+        let v = json_ok(&chorus(
+            &[
+                "stress",
+                "--scenario",
+                scenario,
+                "--threads",
+                "4",
+                "--iters",
+                "6",
+                "--sync-every",
+                "2",
+                "--size",
+                "32",
+                "--json",
+            ],
+            &[],
+        ));
+        assert_eq!(v["scenario"], scenario);
+        assert_eq!(v["ops"], 24, "{scenario}");
+        assert_eq!(v["errors"], 0, "{scenario}");
+        assert_eq!(v["verified"], 24, "{scenario}");
+    }
+}

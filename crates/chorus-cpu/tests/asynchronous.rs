@@ -76,6 +76,7 @@ fn launch_returns_before_the_kernel_runs() {
                 m: 8,
                 n: 8,
                 k: 8,
+                epilogue: Default::default(),
             },
         )
     }

@@ -33,5 +33,10 @@ mod device;
 pub use chorus_core::{
     kernel, Backend, BackendError, Config, ConfigBuilder, DType, DeviceId, Element, Error, Event,
     Exhaustion, HandlerStats, MemoryStats, Result, Stream, StreamGuard, StreamPolicy, Tensor,
+    UnaryOp,
 };
 pub use device::{BackendKind, Device, DeviceBuilder};
+
+/// Modules (Linear, attention, transformer, conv, norms) and PyTorch `state_dict` loading:
+/// the `chorus-nn` crate.
+pub use chorus_nn as nn;

@@ -114,13 +114,13 @@ impl ThreadCache {
                 .state
                 .compare_exchange(IDLE, CLOSED, Ordering::Acquire, Ordering::Relaxed)
             {
-                // SAFETY: we won IDLE -> CLOSED; the owner will never enter again and no other
-                // closer can win, so we are the only thread touching `blocks` from now on.
                 Ok(_) => {
-                    return Some(
-                        self.blocks
-                            .with_mut(|b| std::mem::take(unsafe { &mut *b }).0),
-                    )
+                    let taken = self.blocks.with_mut(|b| {
+                        // SAFETY: we won IDLE -> CLOSED; the owner will never enter again and no
+                        // other closer can win, so this thread alone touches `blocks` from now on.
+                        std::mem::take(unsafe { &mut *b }).0
+                    });
+                    return Some(taken);
                 }
                 Err(CLOSED) => return None,
                 Err(_) => chorus_sync::thread::yield_now(),

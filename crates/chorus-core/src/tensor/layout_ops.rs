@@ -9,7 +9,11 @@ use crate::shape::{contiguous_strides, dim};
 
 /// `(outer, n, inner)` of `shape` around dimension `d`.
 pub(crate) fn split_at(shape: &[usize], d: usize) -> (usize, usize, usize) {
-    (shape[..d].iter().product(), shape[d], shape[d + 1..].iter().product())
+    (
+        shape[..d].iter().product(),
+        shape[d],
+        shape[d + 1..].iter().product(),
+    )
 }
 
 impl Tensor {
@@ -21,11 +25,19 @@ impl Tensor {
         let r = self.rank();
         let mut seen = vec![false; r];
         if dims.len() != r {
-            return Err(Error::InvalidShape { op: "permute", shape: self.shape.clone(), reason: format!("{dims:?} is not a permutation of 0..{r}") });
+            return Err(Error::InvalidShape {
+                op: "permute",
+                shape: self.shape.clone(),
+                reason: format!("{dims:?} is not a permutation of 0..{r}"),
+            });
         }
         for &d in dims {
             if d >= r || std::mem::replace(&mut seen[d], true) {
-                return Err(Error::InvalidDim { op: "permute", dim: d as isize, rank: r });
+                return Err(Error::InvalidDim {
+                    op: "permute",
+                    dim: d as isize,
+                    rank: r,
+                });
             }
         }
         let shape = dims.iter().map(|&d| self.shape[d]).collect();
@@ -43,12 +55,19 @@ impl Tensor {
             return Err(Error::InvalidShape {
                 op: "narrow",
                 shape: self.shape.clone(),
-                reason: format!("range {start}..{} is outside dimension {d}", start.saturating_add(len)),
+                reason: format!(
+                    "range {start}..{} is outside dimension {d}",
+                    start.saturating_add(len)
+                ),
             });
         }
         let mut shape = self.shape.clone();
         shape[d] = len;
-        Ok(self.view_at(shape, self.strides.clone(), self.offset + start * self.strides[d]))
+        Ok(self.view_at(
+            shape,
+            self.strides.clone(),
+            self.offset + start * self.strides[d],
+        ))
     }
 
     /// Splits along `d` into pieces of the given sizes (views), which must add up to the
@@ -59,7 +78,11 @@ impl Tensor {
     pub fn split(&self, sizes: &[usize], d: isize) -> Result<Vec<Tensor>> {
         let dd = dim("split", d, self.rank())?;
         if sizes.iter().sum::<usize>() != self.shape[dd] {
-            return Err(Error::InvalidShape { op: "split", shape: self.shape.clone(), reason: format!("sizes {sizes:?} do not add up to dimension {dd}") });
+            return Err(Error::InvalidShape {
+                op: "split",
+                shape: self.shape.clone(),
+                reason: format!("sizes {sizes:?} do not add up to dimension {dd}"),
+            });
         }
         let mut start = 0;
         sizes
@@ -80,7 +103,11 @@ impl Tensor {
     pub fn chunk(&self, chunks: usize, d: isize) -> Result<Vec<Tensor>> {
         let dd = dim("chunk", d, self.rank())?;
         if chunks == 0 {
-            return Err(Error::InvalidShape { op: "chunk", shape: self.shape.clone(), reason: "zero chunks".into() });
+            return Err(Error::InvalidShape {
+                op: "chunk",
+                shape: self.shape.clone(),
+                reason: "zero chunks".into(),
+            });
         }
         let n = self.shape[dd];
         let step = n.div_ceil(chunks).max(1);
@@ -95,20 +122,38 @@ impl Tensor {
     /// [`Error::DTypeMismatch`], [`Error::DeviceMismatch`] between the parts.
     pub fn cat(tensors: &[&Tensor], d: isize) -> Result<Tensor> {
         const OP: &str = "cat";
-        let first = *tensors.first().ok_or(Error::InvalidShape { op: OP, shape: vec![], reason: "no tensors".into() })?;
+        let first = *tensors.first().ok_or(Error::InvalidShape {
+            op: OP,
+            shape: vec![],
+            reason: "no tensors".into(),
+        })?;
         let dd = dim(OP, d, first.rank())?;
         let mut shape = first.shape.clone();
         shape[dd] = 0;
         for t in tensors {
             if t.device_id() != first.device_id() {
-                return Err(Error::DeviceMismatch { op: OP, lhs: first.device_id(), rhs: t.device_id() });
+                return Err(Error::DeviceMismatch {
+                    op: OP,
+                    lhs: first.device_id(),
+                    rhs: t.device_id(),
+                });
             }
             if t.dtype != first.dtype {
-                return Err(Error::DTypeMismatch { op: OP, expected: first.dtype, got: t.dtype });
+                return Err(Error::DTypeMismatch {
+                    op: OP,
+                    expected: first.dtype,
+                    got: t.dtype,
+                });
             }
-            let same = t.rank() == first.rank() && (0..t.rank()).all(|i| i == dd || t.shape[i] == first.shape[i]);
+            let same = t.rank() == first.rank()
+                && (0..t.rank()).all(|i| i == dd || t.shape[i] == first.shape[i]);
             if !same {
-                return Err(Error::ShapeMismatch { op: OP, lhs: first.shape.clone(), rhs: t.shape.clone(), reason: "dimensions other than the concatenated one differ" });
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    lhs: first.shape.clone(),
+                    rhs: t.shape.clone(),
+                    reason: "dimensions other than the concatenated one differ",
+                });
             }
             shape[dd] += t.shape[dd];
         }
@@ -120,12 +165,23 @@ impl Tensor {
         let mut last = Ok(());
         for t in tensors {
             t.storage.use_on(s)?;
-            let region = View { ptr: out.tensor.ptr().byte_add(at * strides[dd] * first.dtype.size()), shape: t.shape.clone(), strides: strides.clone() };
+            let region = View {
+                ptr: out
+                    .tensor
+                    .ptr()
+                    .byte_add(at * strides[dd] * first.dtype.size()),
+                shape: t.shape.clone(),
+                strides: strides.clone(),
+            };
             at += t.shape[dd];
             if t.is_empty() {
                 continue;
             }
-            let k = Kernel::CopyInto { src: t.view(), dst: region, dtype: first.dtype };
+            let k = Kernel::CopyInto {
+                src: t.view(),
+                dst: region,
+                dtype: first.dtype,
+            };
             // SAFETY: `region` lies inside `out`'s fresh block (its extent along `dd` is the
             // part's slot, the other extents equal `out`'s), regions of different parts are
             // disjoint, and `t` is a live tensor ordered on `s`; see `Tensor::launch`.
@@ -146,13 +202,25 @@ impl Tensor {
         const OP: &str = "index_select";
         let dd = dim(OP, d, self.rank())?;
         if indices.dtype != DType::I64 {
-            return Err(Error::DTypeMismatch { op: OP, expected: DType::I64, got: indices.dtype });
+            return Err(Error::DTypeMismatch {
+                op: OP,
+                expected: DType::I64,
+                got: indices.dtype,
+            });
         }
         if indices.rank() != 1 {
-            return Err(Error::InvalidShape { op: OP, shape: indices.shape.clone(), reason: "indices must be 1-D".into() });
+            return Err(Error::InvalidShape {
+                op: OP,
+                shape: indices.shape.clone(),
+                reason: "indices must be 1-D".into(),
+            });
         }
         if indices.device_id() != self.device_id() {
-            return Err(Error::DeviceMismatch { op: OP, lhs: self.device_id(), rhs: indices.device_id() });
+            return Err(Error::DeviceMismatch {
+                op: OP,
+                lhs: self.device_id(),
+                rhs: indices.device_id(),
+            });
         }
         let rt = self.rt();
         let s = rt.current_stream()?;
@@ -162,7 +230,16 @@ impl Tensor {
         let mut shape = self.shape.clone();
         shape[dd] = indices.len();
         let out = Tensor::empty_on(rt, s, &shape, self.dtype, OP)?;
-        let k = Kernel::IndexSelect { src: src.ptr(), indices: idx.ptr(), out: out.tensor.ptr(), outer, n, inner, count: indices.len(), dtype: self.dtype };
+        let k = Kernel::IndexSelect {
+            src: src.ptr(),
+            indices: idx.ptr(),
+            out: out.tensor.ptr(),
+            outer,
+            n,
+            inner,
+            count: indices.len(),
+            dtype: self.dtype,
+        };
         Tensor::launch(rt, s, k, out)
     }
 
@@ -173,7 +250,11 @@ impl Tensor {
     /// As [`Tensor::index_select`]; [`Error::InvalidShape`] unless `weight` is 2-D.
     pub fn embedding(indices: &Tensor, weight: &Tensor) -> Result<Tensor> {
         if weight.rank() != 2 {
-            return Err(Error::InvalidShape { op: "embedding", shape: weight.shape.clone(), reason: "weight must be [vocab, dim]".into() });
+            return Err(Error::InvalidShape {
+                op: "embedding",
+                shape: weight.shape.clone(),
+                reason: "weight must be [vocab, dim]".into(),
+            });
         }
         let flat = indices.reshape(&[-1])?;
         let rows = weight.index_select(0, &flat)?;
@@ -188,14 +269,16 @@ impl Tensor {
     /// # Errors
     /// [`Error::InvalidDim`]; [`Error::InvalidShape`] for an empty reduction.
     pub fn amax(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
-        self.nonempty("amax")?.reduce(ReduceOp::Max, "amax", dims, keepdim)
+        self.nonempty("amax")?
+            .reduce(ReduceOp::Max, "amax", dims, keepdim)
     }
     /// Smallest elements over `dims`, like [`Tensor::amax`].
     ///
     /// # Errors
     /// As [`Tensor::amax`].
     pub fn amin(&self, dims: &[isize], keepdim: bool) -> Result<Tensor> {
-        self.nonempty("amin")?.reduce(ReduceOp::Min, "amin", dims, keepdim)
+        self.nonempty("amin")?
+            .reduce(ReduceOp::Min, "amin", dims, keepdim)
     }
     /// Product over `dims` (empty = all).
     ///
@@ -221,21 +304,39 @@ impl Tensor {
 
     fn nonempty(&self, op: &'static str) -> Result<&Tensor> {
         if self.is_empty() {
-            return Err(Error::InvalidShape { op, shape: self.shape.clone(), reason: "reduction of an empty tensor has no identity".into() });
+            return Err(Error::InvalidShape {
+                op,
+                shape: self.shape.clone(),
+                reason: "reduction of an empty tensor has no identity".into(),
+            });
         }
         Ok(self)
     }
 
-    fn arg_reduce(&self, op: ArgOp, name: &'static str, d: isize, keepdim: bool) -> Result<(Tensor, Tensor)> {
+    fn arg_reduce(
+        &self,
+        op: ArgOp,
+        name: &'static str,
+        d: isize,
+        keepdim: bool,
+    ) -> Result<(Tensor, Tensor)> {
         if self.dtype != DType::F32 {
-            return Err(Error::DTypeMismatch { op: name, expected: DType::F32, got: self.dtype });
+            return Err(Error::DTypeMismatch {
+                op: name,
+                expected: DType::F32,
+                got: self.dtype,
+            });
         }
         let dd = dim(name, d, self.rank())?;
         self.nonempty(name)?;
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
-        let (outer, n, inner) = if self.rank() == 0 { (1, 1, 1) } else { split_at(&self.shape, dd) };
+        let (outer, n, inner) = if self.rank() == 0 {
+            (1, 1, 1)
+        } else {
+            split_at(&self.shape, dd)
+        };
         let mut shape = self.shape.clone();
         if self.rank() > 0 {
             if keepdim {
@@ -246,7 +347,15 @@ impl Tensor {
         }
         let values = Tensor::empty_on(rt, s, &shape, DType::F32, name)?;
         let indices = Tensor::empty_on(rt, s, &shape, DType::I64, name)?;
-        let k = Kernel::ArgReduce { op, src: src.ptr(), values: values.tensor.ptr(), indices: indices.tensor.ptr(), outer, n, inner };
+        let k = Kernel::ArgReduce {
+            op,
+            src: src.ptr(),
+            values: values.tensor.ptr(),
+            indices: indices.tensor.ptr(),
+            outer,
+            n,
+            inner,
+        };
         let keep = indices.tensor.clone();
         let values = Tensor::launch(rt, s, k, values)?;
         Ok((values, keep))

@@ -12,7 +12,11 @@ fn f32_only(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype == DType::F32 {
         Ok(())
     } else {
-        Err(Error::DTypeMismatch { op, expected: DType::F32, got: t.dtype })
+        Err(Error::DTypeMismatch {
+            op,
+            expected: DType::F32,
+            got: t.dtype,
+        })
     }
 }
 
@@ -20,7 +24,11 @@ fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.device_id() == b.device_id() {
         Ok(())
     } else {
-        Err(Error::DeviceMismatch { op, lhs: a.device_id(), rhs: b.device_id() })
+        Err(Error::DeviceMismatch {
+            op,
+            lhs: a.device_id(),
+            rhs: b.device_id(),
+        })
     }
 }
 
@@ -30,7 +38,12 @@ fn param(op: &'static str, x: &Tensor, p: Option<&Tensor>, n: usize) -> Result<(
         same_device(op, x, p)?;
         f32_only(op, p)?;
         if p.shape != [n] {
-            return Err(Error::ShapeMismatch { op, lhs: x.shape.clone(), rhs: p.shape.clone(), reason: "parameter must be 1-D of the feature size" });
+            return Err(Error::ShapeMismatch {
+                op,
+                lhs: x.shape.clone(),
+                rhs: p.shape.clone(),
+                reason: "parameter must be 1-D of the feature size",
+            });
         }
     }
     Ok(())
@@ -43,7 +56,12 @@ impl Tensor {
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
         let out = Tensor::empty_on(rt, s, &self.shape, DType::F32, name)?;
-        let k = Kernel::Unary { op, src: src.ptr(), out: out.tensor.ptr(), len: self.len() };
+        let k = Kernel::Unary {
+            op,
+            src: src.ptr(),
+            out: out.tensor.ptr(),
+            len: self.len(),
+        };
         Tensor::launch(rt, s, k, out)
     }
 
@@ -89,13 +107,24 @@ impl Tensor {
     /// # Errors
     /// [`Error::ShapeMismatch`] when `in` differs or the bias is not `[out]`;
     /// [`Error::DTypeMismatch`] unless f32; [`Error::DeviceMismatch`].
-    pub fn linear_act(&self, weight: &Tensor, bias: Option<&Tensor>, act: Option<UnaryOp>) -> Result<Tensor> {
+    pub fn linear_act(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        act: Option<UnaryOp>,
+    ) -> Result<Tensor> {
         const OP: &str = "linear";
         same_device(OP, self, weight)?;
         f32_only(OP, self)?;
         f32_only(OP, weight)?;
-        if self.rank() == 0 || weight.rank() != 2 || weight.shape[1] != self.shape[self.rank() - 1] {
-            return Err(Error::ShapeMismatch { op: OP, lhs: self.shape.clone(), rhs: weight.shape.clone(), reason: "input's last dimension must equal weight's second" });
+        if self.rank() == 0 || weight.rank() != 2 || weight.shape[1] != self.shape[self.rank() - 1]
+        {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: self.shape.clone(),
+                rhs: weight.shape.clone(),
+                reason: "input's last dimension must equal weight's second",
+            });
         }
         let (out_f, in_f) = (weight.shape[0], weight.shape[1]);
         param(OP, self, bias, out_f)?;
@@ -109,15 +138,28 @@ impl Tensor {
         *shape.last_mut().expect("rank >= 1") = out_f;
         let out = Tensor::empty_on(rt, s, &shape, DType::F32, OP)?;
         let k = Kernel::Matmul {
-            lhs: MatOperand { ptr: x.ptr(), batch_stride: 0, row_stride: in_f, col_stride: 1 },
+            lhs: MatOperand {
+                ptr: x.ptr(),
+                batch_stride: 0,
+                row_stride: in_f,
+                col_stride: 1,
+            },
             // weight^T: element [p, j] is weight[j, p].
-            rhs: MatOperand { ptr: w.ptr(), batch_stride: 0, row_stride: 1, col_stride: in_f },
+            rhs: MatOperand {
+                ptr: w.ptr(),
+                batch_stride: 0,
+                row_stride: 1,
+                col_stride: in_f,
+            },
             out: out.tensor.ptr(),
             batch: 1,
             m: rows,
             n: out_f,
             k: in_f,
-            epilogue: Epilogue { bias: b.as_ref().map(Tensor::ptr), act },
+            epilogue: Epilogue {
+                bias: b.as_ref().map(Tensor::ptr),
+                act,
+            },
         };
         Tensor::launch(rt, s, k, out)
     }
@@ -136,9 +178,23 @@ impl Tensor {
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
-        let (outer, n, inner) = if self.rank() == 0 { (1, 1, 1) } else { split_at(&self.shape, dd) };
+        let (outer, n, inner) = if self.rank() == 0 {
+            (1, 1, 1)
+        } else {
+            split_at(&self.shape, dd)
+        };
         let out = Tensor::empty_on(rt, s, &self.shape, DType::F32, name)?;
-        let k = Kernel::Softmax { src: src.ptr(), out: out.tensor.ptr(), outer, n, inner, scale, log, causal: None, mask: None };
+        let k = Kernel::Softmax {
+            src: src.ptr(),
+            out: out.tensor.ptr(),
+            outer,
+            n,
+            inner,
+            scale,
+            log,
+            causal: None,
+            mask: None,
+        };
         Tensor::launch(rt, s, k, out)
     }
 
@@ -168,10 +224,19 @@ impl Tensor {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] for parameters of the wrong size; [`Error::DTypeMismatch`].
-    pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    pub fn layer_norm(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
         const OP: &str = "layer_norm";
         f32_only(OP, self)?;
-        let n = *self.shape.last().ok_or(Error::InvalidShape { op: OP, shape: vec![], reason: "needs at least one dimension".into() })?;
+        let n = *self.shape.last().ok_or(Error::InvalidShape {
+            op: OP,
+            shape: vec![],
+            reason: "needs at least one dimension".into(),
+        })?;
         param(OP, self, weight, n)?;
         param(OP, self, bias, n)?;
         let rt = self.rt();
@@ -180,7 +245,15 @@ impl Tensor {
         let w = weight.map(|w| w.input_on(s)).transpose()?;
         let b = bias.map(|b| b.input_on(s)).transpose()?;
         let out = Tensor::empty_on(rt, s, &self.shape, DType::F32, OP)?;
-        let k = Kernel::LayerNorm { src: src.ptr(), out: out.tensor.ptr(), weight: w.as_ref().map(Tensor::ptr), bias: b.as_ref().map(Tensor::ptr), rows: self.len() / n.max(1), n, eps };
+        let k = Kernel::LayerNorm {
+            src: src.ptr(),
+            out: out.tensor.ptr(),
+            weight: w.as_ref().map(Tensor::ptr),
+            bias: b.as_ref().map(Tensor::ptr),
+            rows: self.len() / n.max(1),
+            n,
+            eps,
+        };
         Tensor::launch(rt, s, k, out)
     }
 
@@ -188,11 +261,21 @@ impl Tensor {
     ///
     /// # Errors
     /// [`Error::InvalidShape`] when `C` is not a multiple of `groups`; as [`Tensor::layer_norm`].
-    pub fn group_norm(&self, groups: usize, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    pub fn group_norm(
+        &self,
+        groups: usize,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
         const OP: &str = "group_norm";
         f32_only(OP, self)?;
         if self.rank() < 2 || groups == 0 || self.shape[1] % groups != 0 {
-            return Err(Error::InvalidShape { op: OP, shape: self.shape.clone(), reason: format!("needs [N, C, ...] with C a multiple of {groups} groups") });
+            return Err(Error::InvalidShape {
+                op: OP,
+                shape: self.shape.clone(),
+                reason: format!("needs [N, C, ...] with C a multiple of {groups} groups"),
+            });
         }
         let c = self.shape[1];
         param(OP, self, weight, c)?;
@@ -223,25 +306,54 @@ impl Tensor {
     /// # Errors
     /// [`Error::ShapeMismatch`] / [`Error::InvalidShape`] naming the offending shapes;
     /// [`Error::DTypeMismatch`]; [`Error::DeviceMismatch`].
-    pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, stride: [usize; 2], padding: [usize; 2], groups: usize) -> Result<Tensor> {
+    pub fn conv2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+        groups: usize,
+    ) -> Result<Tensor> {
         const OP: &str = "conv2d";
         same_device(OP, self, weight)?;
         f32_only(OP, self)?;
         f32_only(OP, weight)?;
-        let bad = |reason| Error::ShapeMismatch { op: OP, lhs: self.shape.clone(), rhs: weight.shape.clone(), reason };
+        let bad = |reason| Error::ShapeMismatch {
+            op: OP,
+            lhs: self.shape.clone(),
+            rhs: weight.shape.clone(),
+            reason,
+        };
         if self.rank() != 4 || weight.rank() != 4 {
-            return Err(bad("input must be [N, C, H, W] and weight [O, C/groups, kh, kw]"));
+            return Err(bad(
+                "input must be [N, C, H, W] and weight [O, C/groups, kh, kw]",
+            ));
         }
         let [n, c, h, w] = [self.shape[0], self.shape[1], self.shape[2], self.shape[3]];
-        let [o, cg, kh, kw] = [weight.shape[0], weight.shape[1], weight.shape[2], weight.shape[3]];
+        let [o, cg, kh, kw] = [
+            weight.shape[0],
+            weight.shape[1],
+            weight.shape[2],
+            weight.shape[3],
+        ];
         if groups == 0 || c % groups != 0 || o % groups != 0 || cg != c / groups {
             return Err(bad("channels must split into groups: C and O multiples of groups, weight's second dim C/groups"));
         }
-        if stride.contains(&0) || h + 2 * padding[0] < kh || w + 2 * padding[1] < kw || kh == 0 || kw == 0 {
-            return Err(bad("the kernel must fit the padded input, with non-zero stride"));
+        if stride.contains(&0)
+            || h + 2 * padding[0] < kh
+            || w + 2 * padding[1] < kw
+            || kh == 0
+            || kw == 0
+        {
+            return Err(bad(
+                "the kernel must fit the padded input, with non-zero stride",
+            ));
         }
         param(OP, self, bias, o)?;
-        let out_hw = [(h + 2 * padding[0] - kh) / stride[0] + 1, (w + 2 * padding[1] - kw) / stride[1] + 1];
+        let out_hw = [
+            (h + 2 * padding[0] - kh) / stride[0] + 1,
+            (w + 2 * padding[1] - kw) / stride[1] + 1,
+        ];
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
@@ -275,7 +387,13 @@ impl Tensor {
         f32_only(OP, self)?;
         let r = self.rank();
         if r < 2 || out_hw.contains(&0) || self.shape[r - 2] == 0 || self.shape[r - 1] == 0 {
-            return Err(Error::InvalidShape { op: OP, shape: self.shape.clone(), reason: format!("needs [.., H, W] with H, W > 0 and an output size > 0, got {out_hw:?}") });
+            return Err(Error::InvalidShape {
+                op: OP,
+                shape: self.shape.clone(),
+                reason: format!(
+                    "needs [.., H, W] with H, W > 0 and an output size > 0, got {out_hw:?}"
+                ),
+            });
         }
         let rt = self.rt();
         let s = rt.current_stream()?;
@@ -285,7 +403,13 @@ impl Tensor {
         shape[r - 1] = out_hw[1];
         let out = Tensor::empty_on(rt, s, &shape, DType::F32, OP)?;
         let planes = self.shape[..r - 2].iter().product();
-        let k = Kernel::AdaptiveAvgPool2d { src: src.ptr(), out: out.tensor.ptr(), planes, hw: [self.shape[r - 2], self.shape[r - 1]], out_hw };
+        let k = Kernel::AdaptiveAvgPool2d {
+            src: src.ptr(),
+            out: out.tensor.ptr(),
+            planes,
+            hw: [self.shape[r - 2], self.shape[r - 1]],
+            out_hw,
+        };
         Tensor::launch(rt, s, k, out)
     }
 
@@ -296,10 +420,21 @@ impl Tensor {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] for incompatible shapes; [`Error::DTypeMismatch`].
-    pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool) -> Result<Tensor> {
+    pub fn scaled_dot_product_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        causal: bool,
+    ) -> Result<Tensor> {
         const OP: &str = "scaled_dot_product_attention";
         if q.rank() < 2 || k.rank() < 2 || v.rank() < 2 {
-            return Err(Error::ShapeMismatch { op: OP, lhs: q.shape.clone(), rhs: k.shape.clone(), reason: "q, k, v need at least 2 dimensions" });
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                lhs: q.shape.clone(),
+                rhs: k.shape.clone(),
+                reason: "q, k, v need at least 2 dimensions",
+            });
         }
         let (l, e) = (q.shape[q.rank() - 2], q.shape[q.rank() - 1]);
         let scores = q.matmul(&k.transpose(-2, -1)?)?;
@@ -310,11 +445,20 @@ impl Tensor {
             Some(m) => {
                 same_device(OP, q, m)?;
                 if m.dtype != DType::I64 {
-                    return Err(Error::DTypeMismatch { op: OP, expected: DType::I64, got: m.dtype });
+                    return Err(Error::DTypeMismatch {
+                        op: OP,
+                        expected: DType::I64,
+                        got: m.dtype,
+                    });
                 }
                 let full = broadcast(OP, &m.shape, &scores.shape)?;
                 if full != scores.shape {
-                    return Err(Error::ShapeMismatch { op: OP, lhs: scores.shape.clone(), rhs: m.shape.clone(), reason: "mask must broadcast to [.., L, S]" });
+                    return Err(Error::ShapeMismatch {
+                        op: OP,
+                        lhs: scores.shape.clone(),
+                        rhs: m.shape.clone(),
+                        reason: "mask must broadcast to [.., L, S]",
+                    });
                 }
                 let strides = broadcast_strides(&m.shape, &m.strides, &full);
                 Some(m.restride(full, strides))
@@ -335,7 +479,11 @@ impl Tensor {
             scale: 1.0 / (e as f32).sqrt(),
             log: false,
             causal: causal.then_some(l),
-            mask: mask.as_ref().map(|m| crate::kernel::View { ptr: m.ptr(), shape: vec![outer, sdim], strides: contiguous_strides(&[outer, sdim]) }),
+            mask: mask.as_ref().map(|m| crate::kernel::View {
+                ptr: m.ptr(),
+                shape: vec![outer, sdim],
+                strides: contiguous_strides(&[outer, sdim]),
+            }),
         };
         let probs = Tensor::launch(rt, s, kern, probs)?;
         probs.matmul(v)

@@ -1,5 +1,8 @@
-//! The `Copy` kernel: strided gather of any view into a contiguous buffer. Elements are moved as
-//! opaque 2-, 4- or 8-byte words, so every dtype of a given size shares one path.
+//! The `Copy` kernel (strided gather of any view into a contiguous buffer) and the `CopyInto`
+//! kernel (strided view into strided view of the same shape, e.g. into a region of a larger
+//! tensor for concatenation). Elements are moved as opaque 2-, 4- or 8-byte words, so every dtype
+//! of a given size shares one path; both views contiguous is one `memcpy`, otherwise the views
+//! are coalesced and walked in segments (cache tiles when a view is read across rows).
 
 use super::strided::{row_major_strides, Layout};
 use super::{host, slice_mut};
@@ -74,6 +77,73 @@ unsafe fn gather<T: Copy>(src: &View, out: DevicePtr, len: usize) {
     });
 }
 
+/// `dst[idx] = src[idx]` for every multi-index of the common shape.
+///
+/// # Safety
+/// `src` is readable and `dst` writable (both aligned for `dtype`) at every offset their shapes
+/// and strides reach; `dst` overlaps neither `src` nor itself (no two of its indices share an
+/// element) and is not otherwise accessed during the call.
+///
+/// # Panics
+/// When the shapes differ or a stride list does not match its shape's rank.
+pub(super) unsafe fn copy_into(src: &View, dst: &View, dtype: DType) {
+    assert_eq!(src.shape, dst.shape, "copy_into: views of different shapes");
+    let len = src.len();
+    if len == 0 {
+        return;
+    }
+    if src.is_contiguous() && dst.is_contiguous() {
+        // SAFETY: two contiguous views of `len` elements: `len * size` bytes readable at
+        // `src.ptr` and writable at `dst.ptr`, not overlapping (caller's contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                host::<u8>(src.ptr),
+                host::<u8>(dst.ptr),
+                len * dtype.size(),
+            )
+        };
+        return;
+    }
+    // SAFETY: caller's contract, with the element type replaced by a same-size word.
+    unsafe {
+        match dtype.size() {
+            2 => scatter::<u16>(src, dst),
+            4 => scatter::<u32>(src, dst),
+            8 => scatter::<u64>(src, dst),
+            size => panic!("copy_into: no {size}-byte element type on the CPU backend ({dtype})"),
+        }
+    }
+}
+
+/// Strided copy of `src` into `dst`, segment by segment.
+///
+/// # Safety
+/// As [`copy_into`], with `T` of the size and alignment of the element type.
+unsafe fn scatter<T: Copy>(src: &View, dst: &View) {
+    let layout = Layout::coalesce(&src.shape, [&src.strides, &dst.strides]);
+    let [ss, ds] = layout.row_strides();
+    let (s, d) = (host::<T>(src.ptr).cast_const(), host::<T>(dst.ptr));
+    // Every element is written once (the destination does not overlap itself), so segments may
+    // come in any order.
+    layout.for_each_segment(|[so, doff], n| {
+        // SAFETY: `so + j * ss` (`doff + j * ds`) for `j < n` is the offset of an element of the
+        // source (destination) view, readable (writable) by the caller's contract; the views do
+        // not overlap.
+        unsafe {
+            let (s, d) = (s.add(so), d.add(doff));
+            match (ss, ds) {
+                (1, 1) => std::ptr::copy_nonoverlapping(s, d, n),
+                (0, 1) => std::slice::from_raw_parts_mut(d, n).fill(*s),
+                _ => {
+                    for j in 0..n {
+                        *d.add(j * ds) = *s.add(j * ss);
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::execute;
@@ -140,5 +210,65 @@ mod tests {
         check(&big, DType::F32, 0, &[3, 70, 130], &[1, 390, 3]);
         check(&big, DType::F32, 1, &[70, 130, 3], &[390 * 2, 3 * 2, 2]);
         check(&big, DType::F32, 0, &[130, 140], &[1, 130]);
+    }
+
+    /// Copies the `(start, shape, strides)` view of `data` into the `(at, strides)` region of a
+    /// copy of `canvas`, compared with a naive element-by-element copy.
+    fn check_into<T: Copy + PartialEq + std::fmt::Debug>(
+        (data, canvas): (&[T], &[T]),
+        dtype: DType,
+        (start, shape, strides): (usize, &[usize], &[usize]),
+        (at, dst_strides): (usize, &[usize]),
+    ) {
+        let mut expect = canvas.to_vec();
+        for i in 0..shape.iter().product() {
+            let idx = unravel(i, shape);
+            expect[at + offset(&idx, dst_strides)] = data[start + offset(&idx, strides)];
+        }
+        let mut out = canvas.to_vec();
+        let dst = View {
+            ptr: ptr_mut(&mut out[at..]),
+            shape: shape.to_vec(),
+            strides: dst_strides.to_vec(),
+        };
+        let src = view(data, start, shape, strides);
+        // SAFETY: both views stay inside their buffers (the naive copy indexed them), the
+        // destination region does not overlap itself and `out` is not otherwise accessed.
+        unsafe { execute(&Kernel::CopyInto { src, dst, dtype }) };
+        assert_eq!(out, expect, "{shape:?} {strides:?} -> {dst_strides:?}");
+    }
+
+    #[test]
+    fn copies_into_regions_of_bigger_tensors() {
+        let mut rng = Rng::new(3);
+        let (f, canvas) = (rng.f32s(400), rng.f32s(400));
+        let (i, icanvas) = (rng.i64s(400), rng.i64s(400));
+        let h: Vec<u16> = (0..400).map(|x| x as u16 * 5).collect();
+        let hcanvas = vec![7u16; 400];
+        type Src = (usize, &'static [usize], &'static [usize]);
+        let cases: &[(Src, (usize, &[usize]))] = &[
+            ((0, &[3, 4], &[4, 1]), (8, &[6, 1])), // [3, 4] into rows 1.., cols 2.. of [5, 6]
+            ((0, &[3, 4], &[4, 1]), (0, &[4, 1])), // contiguous: one memcpy
+            ((2, &[3, 4], &[1, 3]), (8, &[6, 1])), // transposed source
+            ((0, &[2, 3, 4], &[12, 4, 1]), (5, &[40, 4, 1])), // concatenation along dim 1
+            ((1, &[3, 4], &[0, 1]), (3, &[10, 2])), // broadcast source, strided destination
+            ((9, &[4, 5], &[0, 0]), (0, &[1, 4])), // scalar into a transposed region
+            ((0, &[], &[]), (17, &[])),            // 0-d
+            ((0, &[3, 0], &[1, 1]), (0, &[1, 1])), // empty
+            ((0, &[1, 1, 6], &[9, 9, 1]), (30, &[7, 7, 1])), // size-1 dims
+        ];
+        for &(src, dst) in cases {
+            check_into((&f, &canvas), DType::F32, src, dst);
+            check_into((&i, &icanvas), DType::I64, src, dst);
+            check_into((&h, &hcanvas), DType::BF16, src, dst);
+        }
+        // Larger than a tile: a transposed source into a column block of a wider tensor.
+        let (big, wide) = (rng.f32s(130 * 70), rng.f32s(130 * 200));
+        check_into(
+            (&big, &wide),
+            DType::F32,
+            (0, &[130, 70], &[1, 130]),
+            (50, &[200, 1]),
+        );
     }
 }

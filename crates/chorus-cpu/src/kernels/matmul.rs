@@ -1,9 +1,12 @@
 //! The `Matmul` kernel: batched f32 matrix products through the `gemm` crate, one call per batch
 //! entry, single-threaded (`Parallelism::None`) so results are deterministic and the stream
 //! worker stays the only thread doing the work.
+//!
+//! A fused epilogue (`out = act(out + bias)`, `linear`'s bias and activation) runs row by row
+//! right after the GEMM of each batch entry, while that entry's output is still in cache.
 
-use super::{host, slice_mut};
-use chorus_core::kernel::{DevicePtr, MatOperand};
+use super::{host, slice, slice_mut, unary};
+use chorus_core::kernel::{DevicePtr, Epilogue, MatOperand};
 
 /// Sizes of a batched matmul.
 #[derive(Debug, Clone, Copy)]
@@ -23,21 +26,41 @@ fn signed(stride: usize) -> isize {
     isize::try_from(stride).expect("matmul: stride exceeds isize::MAX")
 }
 
-/// `out[b] = lhs[b] @ rhs[b]` for `b < batch`, out contiguous `[batch, m, n]`.
+/// `out[b] = act(lhs[b] @ rhs[b] + bias)` for `b < batch`, out contiguous `[batch, m, n]`.
 ///
 /// # Safety
 /// `lhs` (`rhs`) is readable, aligned f32 at every `[b, i, p]` (`[b, p, j]`) offset with
-/// `b < batch`, `i < m`, `p < k`, `j < n`; `out` is valid and aligned for `batch * m * n` f32
-/// writes, overlaps neither operand and is not otherwise accessed during the call.
-pub(super) unsafe fn matmul(lhs: &MatOperand, rhs: &MatOperand, out: DevicePtr, d: Dims) {
+/// `b < batch`, `i < m`, `p < k`, `j < n`; the epilogue's bias, if any, is `n` readable, aligned
+/// f32; `out` is valid and aligned for `batch * m * n` f32 writes, overlaps no input and is not
+/// otherwise accessed during the call.
+pub(super) unsafe fn matmul(
+    lhs: &MatOperand,
+    rhs: &MatOperand,
+    out: DevicePtr,
+    d: Dims,
+    epilogue: Epilogue,
+) {
     let len = d.batch * d.m * d.n;
     // SAFETY: caller's contract: `out` holds `batch * m * n` writable, unaliased f32.
     let out = unsafe { slice_mut::<f32>(out, len) };
     if len == 0 {
         return;
     }
+    // SAFETY: caller's contract: a bias is `n` readable f32, not written during the call.
+    let bias = epilogue.bias.map(|b| unsafe { slice::<f32>(b, d.n) });
+    let fused = bias.is_some() || epilogue.act.is_some();
+    let finish = |dst: &mut [f32]| {
+        if fused {
+            for row in dst.chunks_exact_mut(d.n) {
+                unary::bias_act(row, bias, epilogue.act);
+            }
+        }
+    };
     if d.k == 0 {
         out.fill(0.0);
+        for dst in out.chunks_exact_mut(d.m * d.n) {
+            finish(dst);
+        }
         return;
     }
     let (l, r) = (
@@ -72,6 +95,7 @@ pub(super) unsafe fn matmul(lhs: &MatOperand, rhs: &MatOperand, out: DevicePtr, 
                 gemm::Parallelism::None,
             );
         }
+        finish(dst);
     }
 }
 
@@ -80,7 +104,7 @@ mod tests {
     use super::super::execute;
     use super::super::test_util::{ptr, ptr_mut, Rng};
     use super::*;
-    use chorus_core::kernel::Kernel;
+    use chorus_core::kernel::{Kernel, UnaryOp};
 
     /// Element `[b, i, j]` of an operand.
     fn at(data: &[f32], op: &MatOperand, b: usize, i: usize, j: usize) -> f64 {
@@ -99,6 +123,27 @@ mod tests {
 
     /// Runs the kernel and compares with a naive f64 triple loop.
     fn check(d: Dims, ls: (usize, usize, usize), rs: (usize, usize, usize)) {
+        check_epilogue(d, ls, rs, false, None);
+    }
+
+    /// The activation in f64.
+    fn act_f64(act: Option<UnaryOp>, v: f64) -> f64 {
+        match act {
+            None => v,
+            Some(UnaryOp::Relu) => v.max(0.0),
+            Some(UnaryOp::Gelu) => 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)),
+            Some(op) => panic!("no reference for {op:?}"),
+        }
+    }
+
+    /// As [`check`], with a fused bias (when `with_bias`) and activation.
+    fn check_epilogue(
+        d: Dims,
+        ls: (usize, usize, usize),
+        rs: (usize, usize, usize),
+        with_bias: bool,
+        act: Option<UnaryOp>,
+    ) {
         let mut rng = Rng::new((d.batch * 1000 + d.m * 100 + d.n * 10 + d.k) as u64);
         let extent = |(bs, r, c): (usize, usize, usize), rows: usize, cols: usize| {
             1 + (d.batch.max(1) - 1) * bs + (rows.max(1) - 1) * r + (cols.max(1) - 1) * c
@@ -107,6 +152,7 @@ mod tests {
             rng.f32s(extent(ls, d.m, d.k)),
             rng.f32s(extent(rs, d.k, d.n)),
         );
+        let bias = rng.f32s(d.n);
         let (lhs, rhs) = (operand(&a, ls), operand(&bm, rs));
         let mut out = vec![f32::NAN; d.batch * d.m * d.n];
         let kernel = Kernel::Matmul {
@@ -117,16 +163,22 @@ mod tests {
             m: d.m,
             n: d.n,
             k: d.k,
+            epilogue: Epilogue {
+                bias: with_bias.then(|| ptr(&bias)),
+                act,
+            },
         };
-        // SAFETY: the operand buffers cover every offset the strides reach (`extent`), `out` has
-        // `batch * m * n` slots.
+        // SAFETY: the operand buffers cover every offset the strides reach (`extent`), the bias
+        // has `n` elements, `out` has `batch * m * n` slots.
         unsafe { execute(&kernel) };
         for b in 0..d.batch {
             for i in 0..d.m {
                 for j in 0..d.n {
-                    let expect: f64 = (0..d.k)
+                    let dot: f64 = (0..d.k)
                         .map(|p| at(&a, &lhs, b, i, p) * at(&bm, &rhs, b, p, j))
                         .sum();
+                    let shift = if with_bias { f64::from(bias[j]) } else { 0.0 };
+                    let expect = act_f64(act, dot + shift);
                     let got = f64::from(out[(b * d.m + i) * d.n + j]);
                     assert!(
                         (got - expect).abs() <= 1e-5 * (1.0 + expect.abs()),
@@ -250,6 +302,7 @@ mod tests {
             m,
             n,
             k: 0,
+            epilogue: Epilogue::default(),
         };
         // SAFETY: with k == 0 the operands are never read; `out` has `batch * m * n` slots.
         unsafe { execute(&kernel(2, 3, 1, &mut out)) };
@@ -280,5 +333,52 @@ mod tests {
             (4, 2, 1),
             (4, 2, 1),
         );
+    }
+
+    #[test]
+    fn fused_bias_and_activation() {
+        let d = Dims {
+            batch: 3,
+            m: 5,
+            n: 7,
+            k: 4,
+        };
+        for act in [None, Some(UnaryOp::Relu), Some(UnaryOp::Gelu)] {
+            check_epilogue(d, (20, 4, 1), (28, 7, 1), true, act);
+            check_epilogue(d, (0, 1, 5), (0, 7, 1), act.is_none(), act); // shared, transposed
+        }
+        let big = Dims {
+            batch: 1,
+            m: 33,
+            n: 70,
+            k: 65,
+        };
+        check_epilogue(big, (0, 65, 1), (0, 1, 65), true, Some(UnaryOp::Relu));
+        // k == 0: the product is 0, the epilogue still applies.
+        let bias = [-1.0f32, 2.0];
+        let mut out = vec![f32::NAN; 4];
+        let z = MatOperand {
+            ptr: DevicePtr(0),
+            batch_stride: 0,
+            row_stride: 0,
+            col_stride: 0,
+        };
+        let kernel = Kernel::Matmul {
+            lhs: z,
+            rhs: z,
+            out: ptr_mut(&mut out),
+            batch: 2,
+            m: 1,
+            n: 2,
+            k: 0,
+            epilogue: Epilogue {
+                bias: Some(ptr(&bias)),
+                act: Some(UnaryOp::Relu),
+            },
+        };
+        // SAFETY: with k == 0 the operands are never read; the bias has `n` elements, `out` has
+        // `batch * m * n` slots.
+        unsafe { execute(&kernel) };
+        assert_eq!(out, vec![0.0, 2.0, 0.0, 2.0]);
     }
 }

@@ -5,14 +5,23 @@
 //! output bytes on every run (matmul uses `gemm` without parallelism, reductions accumulate in a
 //! fixed order).
 
+mod arg;
+mod conv;
 mod copy;
+mod depthwise;
 mod elementwise;
+mod im2col;
+mod index;
 mod matmul;
+mod norm;
+mod pool;
 mod randn;
 mod reduce;
+mod softmax;
 mod strided;
 #[cfg(test)]
 mod test_util;
+mod unary;
 
 use chorus_core::kernel::{DevicePtr, Kernel, Scalar};
 
@@ -48,20 +57,15 @@ pub(crate) unsafe fn execute(kernel: &Kernel) {
             k,
             epilogue,
         } => {
-            assert_eq!(
-                *epilogue,
-                Default::default(),
-                "matmul epilogues are not implemented on the CPU yet"
-            );
             let dims = matmul::Dims {
                 batch: *batch,
                 m: *m,
                 n: *n,
                 k: *k,
             };
-            // SAFETY: forwarded contract: operands readable and `out` writable for
-            // `batch * m * n` f32 over the descriptor's extents, no overlap.
-            unsafe { matmul::matmul(lhs, rhs, *out, dims) }
+            // SAFETY: forwarded contract: operands (and the bias, `n` f32) readable and `out`
+            // writable for `batch * m * n` f32 over the descriptor's extents, no overlap.
+            unsafe { matmul::matmul(lhs, rhs, *out, dims, *epilogue) }
         }
         Kernel::Binary {
             op,
@@ -86,6 +90,139 @@ pub(crate) unsafe fn execute(kernel: &Kernel) {
             // writable for the product of the kept dims, both of `dtype`, no overlap.
             unsafe { reduce::reduce(*op, *src, shape, dims, *out, *dtype) }
         }
+        // SAFETY: forwarded contract: `src` readable and `out` writable for `len` f32, no
+        // overlap.
+        Kernel::Unary { op, src, out, len } => unsafe { unary::unary(*op, *src, *out, *len) },
+        Kernel::Softmax {
+            src,
+            out,
+            outer,
+            n,
+            inner,
+            scale,
+            log,
+            causal,
+            mask,
+        } => {
+            let opts = softmax::Options {
+                scale: *scale,
+                log: *log,
+                causal: *causal,
+                mask: mask.as_ref(),
+            };
+            // SAFETY: forwarded contract: `src` readable and `out` writable for
+            // `outer * n * inner` f32, the mask view readable, no overlap.
+            unsafe { softmax::softmax(*src, *out, [*outer, *n, *inner], opts) }
+        }
+        Kernel::ArgReduce {
+            op,
+            src,
+            values,
+            indices,
+            outer,
+            n,
+            inner,
+        } => {
+            // SAFETY: forwarded contract: `src` readable for `outer * n * inner` f32, `values`
+            // and `indices` writable for `outer * inner` f32 / i64, no overlap.
+            unsafe { arg::arg_reduce(*op, *src, *values, *indices, [*outer, *n, *inner]) }
+        }
+        Kernel::LayerNorm {
+            src,
+            out,
+            weight,
+            bias,
+            rows,
+            n,
+            eps,
+        } => {
+            // SAFETY: forwarded contract: `src` readable and `out` writable for `rows * n` f32,
+            // weight and bias readable for `n` f32, no overlap.
+            unsafe { norm::layer_norm(*src, *out, *weight, *bias, [*rows, *n], *eps) }
+        }
+        Kernel::GroupNorm {
+            src,
+            out,
+            weight,
+            bias,
+            batch,
+            channels,
+            groups,
+            spatial,
+            eps,
+        } => {
+            let g = norm::Groups {
+                batch: *batch,
+                channels: *channels,
+                groups: *groups,
+                spatial: *spatial,
+            };
+            // SAFETY: forwarded contract: `src` readable and `out` writable for
+            // `batch * channels * spatial` f32, weight and bias readable for `channels` f32, no
+            // overlap.
+            unsafe { norm::group_norm(*src, *out, *weight, *bias, g, *eps) }
+        }
+        Kernel::Conv2d {
+            src,
+            weight,
+            bias,
+            out,
+            batch,
+            c_in,
+            hw,
+            c_out,
+            khw,
+            stride,
+            padding,
+            groups,
+            out_hw,
+        } => {
+            let geometry = conv::Conv {
+                batch: *batch,
+                c_in: *c_in,
+                hw: *hw,
+                c_out: *c_out,
+                khw: *khw,
+                stride: *stride,
+                padding: *padding,
+                groups: *groups,
+                out_hw: *out_hw,
+            };
+            // SAFETY: forwarded contract: input, weight and bias readable and `out` writable over
+            // the extents of the geometry, no overlap.
+            unsafe { conv::conv2d(*src, *weight, *bias, *out, &geometry) }
+        }
+        Kernel::AdaptiveAvgPool2d {
+            src,
+            out,
+            planes,
+            hw,
+            out_hw,
+        } => {
+            // SAFETY: forwarded contract: `src` readable for `planes * h * w` f32, `out` writable
+            // for `planes * oh * ow` f32, no overlap.
+            unsafe { pool::adaptive_avg_pool2d(*src, *out, *planes, *hw, *out_hw) }
+        }
+        Kernel::IndexSelect {
+            src,
+            indices,
+            out,
+            outer,
+            n,
+            inner,
+            count,
+            dtype,
+        } => {
+            // SAFETY: forwarded contract: `src` readable for `outer * n * inner` elements of
+            // `dtype`, `indices` for `count` i64, `out` writable for `outer * count * inner`
+            // elements, no overlap.
+            unsafe {
+                index::index_select(*src, *indices, *out, [*outer, *n, *inner], *count, *dtype)
+            }
+        }
+        // SAFETY: forwarded contract: both views reach only valid elements of `dtype`, `dst`
+        // writable and overlapping neither `src` nor itself.
+        Kernel::CopyInto { src, dst, dtype } => unsafe { copy::copy_into(src, dst, *dtype) },
         other => panic!("the CPU backend has no `{}` kernel", other.name()),
     }
 }

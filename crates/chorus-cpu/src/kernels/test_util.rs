@@ -37,6 +37,21 @@ pub(crate) fn offset(idx: &[usize], strides: &[usize]) -> usize {
     idx.iter().zip(strides).map(|(i, s)| i * s).sum()
 }
 
+/// For each element of `shape` without `dims` (row-major), the elements of the contiguous `src`
+/// of `shape` whose kept coordinates match it, in row-major order: what a reduction over `dims`
+/// combines.
+pub(crate) fn reduced_groups<T: Copy>(src: &[T], shape: &[usize], dims: &[usize]) -> Vec<Vec<T>> {
+    let kept: Vec<usize> = (0..shape.len()).filter(|d| !dims.contains(d)).collect();
+    let out_shape: Vec<usize> = kept.iter().map(|&d| shape[d]).collect();
+    let mut groups = vec![Vec::new(); out_shape.iter().product()];
+    for (i, &x) in src.iter().enumerate() {
+        let idx = unravel(i, shape);
+        let o = kept.iter().fold(0, |o, &d| o * shape[d] + idx[d]);
+        groups[o].push(x);
+    }
+    groups
+}
+
 /// SplitMix64: a tiny deterministic generator for test data.
 #[derive(Debug)]
 pub(crate) struct Rng(u64);

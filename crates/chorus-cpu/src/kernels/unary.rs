@@ -85,7 +85,10 @@ fn map(src: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
 /// When `bias` is shorter than `row`, and on an activation this backend does not implement.
 pub(super) fn bias_act(row: &mut [f32], bias: Option<&[f32]>, act: Option<UnaryOp>) {
     if let Some(b) = bias {
-        assert!(b.len() >= row.len(), "matmul epilogue: bias shorter than a row");
+        assert!(
+            b.len() >= row.len(),
+            "matmul epilogue: bias shorter than a row"
+        );
     }
     match act {
         None => epilogue(row, bias, |x| x),
@@ -150,7 +153,11 @@ mod tests {
                 let phi = |t: f64| (-0.5 * t * t).exp() / (2.0 * std::f64::consts::PI).sqrt();
                 let s: f64 = (0..=n)
                     .map(|i| {
-                        let w = if i == 0 || i == n { 1.0 } else { [2.0, 4.0][i % 2] };
+                        let w = if i == 0 || i == n {
+                            1.0
+                        } else {
+                            [2.0, 4.0][i % 2]
+                        };
                         w * phi(i as f64 * h)
                     })
                     .sum();
@@ -188,7 +195,10 @@ mod tests {
             for (&x, &y) in src.iter().zip(&got) {
                 let e = reference(op, x);
                 let tol = 1e-6 * (1.0 + e.abs());
-                assert!((f64::from(y) - e).abs() <= tol, "{op:?}({x}) = {y}, want {e}");
+                assert!(
+                    (f64::from(y) - e).abs() <= tol,
+                    "{op:?}({x}) = {y}, want {e}"
+                );
             }
         }
     }

@@ -1,0 +1,363 @@
+//! The `Conv2d` kernel: PyTorch's `conv2d` (cross-correlation, zero padding, dilation 1) of a
+//! contiguous f32 `[batch, c_in, h, w]` input, in three paths:
+//!
+//! - **Depthwise** (`groups == c_in == c_out`): direct loops per channel plane, register-blocked
+//!   over the output width, every inner loop over contiguous slices (module `depthwise`).
+//! - **Pointwise** (1 × 1, stride 1, no padding, one group): one GEMM per batch entry,
+//!   `out[b] (c_out × hw) = weight (c_out × c_in) @ input[b] (c_in × hw)`, straight on the input.
+//! - **General**: im2col of a band of output rows per batch entry and group into a reused scratch
+//!   matrix, then a GEMM of the group's weights with it into the band of the output (module
+//!   `im2col`).
+//!
+//! GEMMs go through the `gemm` crate single-threaded (`Parallelism::None`), like the matmul
+//! kernel. A bias is written into the output first (the GEMMs then accumulate onto it with
+//! `read_dst`), so every path is deterministic.
+
+use super::depthwise::depthwise;
+use super::im2col::{gemm_into, general};
+use super::{slice, slice_mut};
+use chorus_core::kernel::DevicePtr;
+
+/// Geometry of a convolution.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Conv {
+    /// Batch size.
+    pub(super) batch: usize,
+    /// Input channels.
+    pub(super) c_in: usize,
+    /// Input height and width.
+    pub(super) hw: [usize; 2],
+    /// Output channels.
+    pub(super) c_out: usize,
+    /// Kernel height and width.
+    pub(super) khw: [usize; 2],
+    /// Stride (height, width).
+    pub(super) stride: [usize; 2],
+    /// Zero padding (height, width).
+    pub(super) padding: [usize; 2],
+    /// Groups.
+    pub(super) groups: usize,
+    /// Output height and width.
+    pub(super) out_hw: [usize; 2],
+}
+
+/// Output columns `lo..hi` of a kernel column and the input column `first` that `lo` reads.
+pub(super) type Span = (usize, usize, usize);
+
+impl Conv {
+    /// Checks the geometry (what makes every index below stay inside its buffer).
+    fn validate(&self) {
+        let c = self;
+        assert!(
+            c.groups > 0 && c.c_in % c.groups == 0 && c.c_out % c.groups == 0,
+            "conv2d: {} groups do not divide {} -> {} channels",
+            c.groups,
+            c.c_in,
+            c.c_out
+        );
+        for d in 0..2 {
+            assert!(c.khw[d] > 0 && c.stride[d] > 0, "conv2d: {c:?}");
+            let span = c.hw[d] + 2 * c.padding[d];
+            assert!(
+                span >= c.khw[d] && c.out_hw[d] == (span - c.khw[d]) / c.stride[d] + 1,
+                "conv2d: output size {:?} does not match {c:?}",
+                c.out_hw
+            );
+        }
+    }
+
+    /// For each kernel column `kj`, the output columns `lo..hi` whose input column
+    /// `oj * sw + kj - pw` lies inside `0..w`, and the input column `first` of `lo` (all 0 when
+    /// no output column reads inside the input).
+    pub(super) fn col_spans(&self) -> Vec<Span> {
+        let ([_, w], [_, kw], [_, sw], [_, pw], [_, ow]) =
+            (self.hw, self.khw, self.stride, self.padding, self.out_hw);
+        (0..kw)
+            .map(|kj| {
+                let lo = pw.saturating_sub(kj).div_ceil(sw);
+                let hi = ow.min((w + pw).saturating_sub(kj).div_ceil(sw));
+                if lo < hi {
+                    (lo, hi, lo * sw + kj - pw)
+                } else {
+                    (0, 0, 0)
+                }
+            })
+            .collect()
+    }
+
+    /// The input row read by output row `oi` at kernel row `ki`, if inside the input.
+    pub(super) fn in_row(&self, oi: usize, ki: usize) -> Option<usize> {
+        (oi * self.stride[0] + ki)
+            .checked_sub(self.padding[0])
+            .filter(|&i| i < self.hw[0])
+    }
+}
+
+/// `out = conv2d(src, weight) + bias`.
+///
+/// # Safety
+/// `src` is readable, aligned f32 for `batch * c_in * h * w` elements, `weight` for
+/// `c_out * (c_in / groups) * kh * kw`, `bias` (if any) for `c_out`; `out` is valid and aligned
+/// for `batch * c_out * oh * ow` f32 writes, overlaps no input and is not otherwise accessed
+/// during the call.
+///
+/// # Panics
+/// On an inconsistent geometry (see [`Conv`]; the output size must be PyTorch's).
+pub(super) unsafe fn conv2d(
+    src: DevicePtr,
+    weight: DevicePtr,
+    bias: Option<DevicePtr>,
+    out: DevicePtr,
+    c: &Conv,
+) {
+    c.validate();
+    let ([h, w], [kh, kw], [oh, ow]) = (c.hw, c.khw, c.out_hw);
+    let k_len = c.c_in / c.groups * kh * kw;
+    // SAFETY: caller's contract: the inputs are readable for these lengths and not written.
+    let (x, wt, bias) = unsafe {
+        (
+            slice::<f32>(src, c.batch * c.c_in * h * w),
+            slice::<f32>(weight, c.c_out * k_len),
+            bias.map(|b| slice::<f32>(b, c.c_out)),
+        )
+    };
+    // SAFETY: caller's contract: `batch * c_out * oh * ow` writable, unaliased f32.
+    let y = unsafe { slice_mut::<f32>(out, c.batch * c.c_out * oh * ow) };
+    if y.is_empty() {
+        return;
+    }
+    for (k, plane) in y.chunks_exact_mut(oh * ow).enumerate() {
+        plane.fill(bias.map_or(0.0, |b| b[k % c.c_out]));
+    }
+    if k_len == 0 || h * w == 0 {
+        // No tap reads the input: the bias alone.
+        return;
+    }
+    if c.groups == c.c_in && c.c_in == c.c_out {
+        depthwise(x, wt, y, c);
+    } else if kh * kw == 1 && c.stride == [1, 1] && c.padding == [0, 0] && c.groups == 1 {
+        for (xb, yb) in x
+            .chunks_exact(c.c_in * h * w)
+            .zip(y.chunks_exact_mut(c.c_out * oh * ow))
+        {
+            gemm_into(yb, h * w, wt, xb, [c.c_out, h * w, c.c_in], bias.is_some());
+        }
+    } else {
+        general(x, wt, y, c, bias.is_some());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::execute;
+    use super::super::test_util::{ptr, ptr_mut, unravel, Rng};
+    use super::*;
+    use chorus_core::kernel::Kernel;
+
+    /// Naive f64 convolution; also returns, per output, the sum of the absolute terms (for the
+    /// tolerance of f32 accumulation).
+    fn reference(x: &[f32], wt: &[f32], bias: Option<&[f32]>, c: &Conv) -> Vec<(f64, f64)> {
+        let ([h, w], [kh, kw], [sh, sw], [ph, pw], [oh, ow]) =
+            (c.hw, c.khw, c.stride, c.padding, c.out_hw);
+        let (cin_g, cout_g) = (c.c_in / c.groups, c.c_out / c.groups);
+        let outputs = c.batch * c.c_out * oh * ow;
+        (0..outputs)
+            .map(|o| {
+                let [b, co, oi, oj] = unravel(o, &[c.batch, c.c_out, oh, ow])[..] else {
+                    unreachable!()
+                };
+                let b0 = bias.map_or(0.0, |v| f64::from(v[co]));
+                let (mut acc, mut mag) = (b0, b0.abs());
+                for t in 0..cin_g * kh * kw {
+                    let [ci, ki, kj] = unravel(t, &[cin_g, kh, kw])[..] else {
+                        unreachable!()
+                    };
+                    let (ii, jj) = (oi * sh + ki, oj * sw + kj);
+                    if ii < ph || jj < pw || ii - ph >= h || jj - pw >= w {
+                        continue;
+                    }
+                    let cx = co / cout_g * cin_g + ci;
+                    let xv = x[((b * c.c_in + cx) * h + ii - ph) * w + jj - pw];
+                    let v = f64::from(xv) * f64::from(wt[co * cin_g * kh * kw + t]);
+                    acc += v;
+                    mag += v.abs();
+                }
+                (acc, mag)
+            })
+            .collect()
+    }
+
+    /// Batch, `[c_in, c_out, groups]`, `hw`, `khw`, stride and padding.
+    type Spec = (
+        usize,
+        [usize; 3],
+        [usize; 2],
+        [usize; 2],
+        [usize; 2],
+        [usize; 2],
+    );
+
+    /// The geometry of `spec` with PyTorch's output size.
+    fn geo((batch, [c_in, c_out, groups], hw, khw, stride, padding): Spec) -> Conv {
+        let out_hw = std::array::from_fn(|d| (hw[d] + 2 * padding[d] - khw[d]) / stride[d] + 1);
+        let (c_in, c_out) = (c_in, c_out);
+        Conv {
+            batch,
+            c_in,
+            hw,
+            c_out,
+            khw,
+            stride,
+            padding,
+            groups,
+            out_hw,
+        }
+    }
+
+    /// Runs the kernel of geometry `c`.
+    fn run(c: &Conv, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let mut y = vec![f32::NAN; c.batch * c.c_out * c.out_hw[0] * c.out_hw[1]];
+        let kernel = Kernel::Conv2d {
+            src: ptr(x),
+            weight: ptr(wt),
+            bias: bias.map(ptr),
+            out: ptr_mut(&mut y),
+            batch: c.batch,
+            c_in: c.c_in,
+            hw: c.hw,
+            c_out: c.c_out,
+            khw: c.khw,
+            stride: c.stride,
+            padding: c.padding,
+            groups: c.groups,
+            out_hw: c.out_hw,
+        };
+        // SAFETY: the callers size `x`, `wt` and `bias` for the geometry; `y` has its output size.
+        unsafe { execute(&kernel) };
+        y
+    }
+
+    /// Runs `geo(spec)` on random data, with and without bias, against [`reference`].
+    fn check(spec: Spec) {
+        let c = geo(spec);
+        let ([h, w], [kh, kw]) = (c.hw, c.khw);
+        let mut rng = Rng::new((c.batch * 7 + c.c_in * 5 + c.c_out * 3 + h + kw) as u64);
+        let x = rng.f32s(c.batch * c.c_in * h * w);
+        let wt = rng.f32s(c.c_out * c.c_in / c.groups * kh * kw);
+        let b = rng.f32s(c.c_out);
+        for bias in [None, Some(&b[..])] {
+            let (y, want) = (run(&c, &x, &wt, bias), reference(&x, &wt, bias, &c));
+            assert_eq!(y.len(), want.len());
+            for (k, (&got, &(e, mag))) in y.iter().zip(&want).enumerate() {
+                let ok = (f64::from(got) - e).abs() <= 1e-6 * (1.0 + mag);
+                assert!(ok, "{c:?} bias={} at {k}: {got} vs {e}", bias.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn depthwise() {
+        check((2, [4, 4, 4], [9, 9], [3, 3], [1, 1], [1, 1]));
+        check((2, [4, 4, 4], [9, 9], [3, 3], [2, 2], [1, 1]));
+        check((1, [3, 3, 3], [7, 12], [3, 3], [2, 1], [1, 1])); // non-square, mixed stride
+        check((1, [2, 2, 2], [6, 5], [5, 3], [1, 2], [2, 0]));
+        check((1, [2, 2, 2], [2, 2], [5, 5], [1, 1], [2, 2])); // kernel larger than the input
+        check((1, [1, 1, 1], [1, 1], [1, 1], [1, 1], [0, 0]));
+        // Wide rows: register-blocked interiors, at strides 1, 2 and 3.
+        check((2, [3, 3, 3], [6, 40], [3, 3], [1, 1], [1, 1]));
+        check((1, [2, 2, 2], [5, 70], [3, 3], [2, 2], [1, 1]));
+        check((1, [2, 2, 2], [7, 61], [5, 3], [3, 3], [2, 1]));
+        check((1, [2, 2, 2], [4, 50], [1, 4], [1, 2], [0, 2]));
+    }
+
+    #[test]
+    fn pointwise() {
+        check((2, [5, 7, 1], [6, 9], [1, 1], [1, 1], [0, 0]));
+        check((1, [1, 1, 1], [1, 1], [1, 1], [1, 1], [0, 0]));
+        check((3, [16, 3, 1], [1, 40], [1, 1], [1, 1], [0, 0]));
+    }
+
+    #[test]
+    fn general_and_grouped() {
+        check((2, [3, 5, 1], [9, 9], [3, 3], [1, 1], [1, 1])); // 3x3, groups 1
+        check((1, [3, 4, 1], [10, 7], [3, 3], [2, 2], [1, 1])); // non-square, stride 2
+        check((2, [4, 6, 2], [8, 8], [3, 3], [1, 1], [1, 1])); // groups 2, 4 -> 6
+        check((1, [4, 6, 2], [5, 7], [3, 3], [2, 1], [0, 1]));
+        check((1, [3, 4, 1], [16, 16], [7, 7], [2, 2], [3, 3])); // stem-like
+        check((1, [4, 8, 1], [9, 9], [1, 1], [2, 2], [0, 0])); // 1x1 stride 2
+        check((1, [6, 6, 3], [5, 5], [1, 1], [1, 1], [0, 0])); // 1x1 grouped
+        check((1, [2, 4, 2], [4, 3], [2, 4], [1, 3], [1, 2]));
+        check((2, [2, 3, 1], [3, 3], [5, 5], [1, 1], [2, 2])); // kernel larger than the input
+        check((1, [8, 4, 1], [20, 20], [3, 3], [1, 1], [1, 1])); // several im2col bands
+        check((0, [2, 2, 1], [3, 3], [3, 3], [1, 1], [1, 1]));
+        check((1, [2, 4, 1], [0, 3], [1, 3], [1, 1], [1, 1])); // empty input: the bias
+        check((1, [0, 3, 1], [3, 3], [3, 3], [1, 1], [1, 1])); // no input channel
+        check((1, [2, 2, 2], [0, 2], [1, 1], [1, 1], [1, 0])); // depthwise, empty input
+    }
+
+    #[test]
+    #[should_panic(expected = "does not match")]
+    fn wrong_output_size_panics() {
+        let mut c = geo((1, [1, 1, 1], [3, 3], [1, 1], [1, 1], [0, 0]));
+        c.out_hw = [2, 2];
+        run(&c, &[0.0; 9], &[0.0], None);
+    }
+
+    #[test]
+    #[ignore]
+    fn tmp_bench() {
+        let cases: &[(&str, Spec)] = &[
+            (
+                "3x3 64->64 56x56",
+                (1, [64, 64, 1], [56, 56], [3, 3], [1, 1], [1, 1]),
+            ),
+            (
+                "1x1 64->256 56x56",
+                (1, [64, 256, 1], [56, 56], [1, 1], [1, 1], [0, 0]),
+            ),
+            (
+                "dw3x3 128 56x56 s1",
+                (1, [128, 128, 128], [56, 56], [3, 3], [1, 1], [1, 1]),
+            ),
+            (
+                "dw3x3 128 56x56 s2",
+                (1, [128, 128, 128], [56, 56], [3, 3], [2, 2], [1, 1]),
+            ),
+            (
+                "dw3x3 32 112x112 s1",
+                (1, [32, 32, 32], [112, 112], [3, 3], [1, 1], [1, 1]),
+            ),
+            (
+                "dw5x5 256 14x14 s1",
+                (1, [256, 256, 256], [14, 14], [5, 5], [1, 1], [2, 2]),
+            ),
+            (
+                "stem 7x7 s2 3->64 224",
+                (1, [3, 64, 1], [224, 224], [7, 7], [2, 2], [3, 3]),
+            ),
+        ];
+        for &(name, spec) in cases {
+            let c = geo(spec);
+            let mut rng = Rng::new(1);
+            let x = rng.f32s(c.batch * c.c_in * c.hw[0] * c.hw[1]);
+            let wt = rng.f32s(c.c_out * c.c_in / c.groups * c.khw[0] * c.khw[1]);
+            let b = rng.f32s(c.c_out);
+            run(&c, &x, &wt, Some(&b));
+            let t = std::time::Instant::now();
+            let reps = 5;
+            for _ in 0..reps {
+                run(&c, &x, &wt, Some(&b));
+            }
+            let dt = t.elapsed().as_secs_f64() / reps as f64;
+            let flops = 2.0
+                * (c.batch * c.c_out * c.out_hw[0] * c.out_hw[1] * c.c_in / c.groups
+                    * c.khw[0]
+                    * c.khw[1]) as f64;
+            println!(
+                "{name}: {:.3} ms, {:.1} GFLOP/s",
+                dt * 1e3,
+                flops / dt / 1e9
+            );
+        }
+    }
+}
