@@ -11,10 +11,11 @@
 //! [`Scenario::ALL`], its work in [`Scenario::round`] and its result names in
 //! [`Scenario::outputs`].
 
+use chorus::nn;
 use chorus::{Device, Result, Tensor};
 
 /// The scenarios planned but not written yet, named in the error for an unknown name.
-const PLANNED: [&str; 3] = ["mlp", "transformer", "batching"];
+const PLANNED: [&str; 1] = ["batching"];
 
 /// One kind of round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,17 +33,98 @@ pub(crate) enum Scenario {
     /// The seed's reduction round on `x = randn([8, 16, 32])`: sum over all, one and two
     /// dims, mean, max and min along a dim (values and indices), prod along a dim.
     Reduce,
+    /// The MLP 512→1024→1024→512 (ReLU), one model shared by every thread, on
+    /// `randn([S/64 rounded up, 512])`; result: the output.
+    Mlp,
+    /// Two post-norm transformer encoder layers (d = 256, 4 heads, feed-forward 1024), one
+    /// model shared by every thread, on `randn([4, 32, 256])`; results: sum and max.
+    Transformer,
+}
+
+/// Models shared by every thread of a model scenario, built once per run from seeded weights.
+pub(crate) struct Models {
+    model: Box<dyn nn::Module>,
+}
+
+impl std::fmt::Debug for Models {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Models")
+            .field("model", &self.model.name())
+            .finish()
+    }
+}
+
+impl Models {
+    /// The model `scenario` runs, if it runs one.
+    ///
+    /// # Errors
+    /// A device error while building the weights.
+    pub(crate) fn build(
+        device: &Device,
+        scenario: Scenario,
+    ) -> std::result::Result<Option<Models>, nn::NnError> {
+        let mut seed = 1000;
+        let mut param = |shape: &[usize], fan_in: usize| -> Result<Tensor> {
+            seed += 1;
+            let scale = Tensor::full(device, &[1], 1.0 / (fan_in as f32).sqrt())?;
+            Tensor::randn(device, shape, seed)?.mul(&scale)
+        };
+        let model: Box<dyn nn::Module> = match scenario {
+            Scenario::Mlp => {
+                let sizes = [512, 1024, 1024, 512];
+                let mut named = Vec::new();
+                for (i, w) in sizes.windows(2).enumerate() {
+                    named.push((format!("{}.weight", 2 * i), param(&[w[1], w[0]], w[0])?));
+                    named.push((format!("{}.bias", 2 * i), param(&[w[1]], w[0])?));
+                }
+                Box::new(nn::Mlp::load(&nn::Weights::from_tensors(named), &sizes)?)
+            }
+            Scenario::Transformer => {
+                let (d, ff) = (256, 1024);
+                let mut named = Vec::new();
+                for l in 0..2 {
+                    let p = |n: &str| format!("layers.{l}.{n}");
+                    named.push((p("self_attn.in_proj_weight"), param(&[3 * d, d], d)?));
+                    named.push((p("self_attn.in_proj_bias"), param(&[3 * d], d)?));
+                    named.push((p("self_attn.out_proj.weight"), param(&[d, d], d)?));
+                    named.push((p("self_attn.out_proj.bias"), param(&[d], d)?));
+                    named.push((p("linear1.weight"), param(&[ff, d], d)?));
+                    named.push((p("linear1.bias"), param(&[ff], d)?));
+                    named.push((p("linear2.weight"), param(&[d, ff], ff)?));
+                    named.push((p("linear2.bias"), param(&[d], ff)?));
+                    for norm in ["norm1", "norm2"] {
+                        named.push((
+                            p(&format!("{norm}.weight")),
+                            Tensor::full(device, &[d], 1.0)?,
+                        ));
+                        named.push((p(&format!("{norm}.bias")), Tensor::full(device, &[d], 0.0)?));
+                    }
+                }
+                let cfg = nn::TransformerConfig::new(d, 4).dim_feedforward(ff);
+                Box::new(nn::TransformerEncoder::load(
+                    &nn::Weights::from_tensors(named),
+                    &cfg,
+                    2,
+                    false,
+                )?)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Models { model }))
+    }
 }
 
 /// Settings shared by every round of a run.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Params {
+pub(crate) struct Params<'m> {
     /// Side of the square operands.
     pub(crate) size: usize,
     /// Base seed of every random input.
     pub(crate) seed: u64,
     /// Whether the round also computes the mean.
     pub(crate) with_mean: bool,
+    /// The shared model of a model scenario.
+    pub(crate) models: Option<&'m Models>,
 }
 
 /// Which round: the thread and iteration it belongs to.
@@ -56,11 +138,13 @@ pub(crate) struct RoundKey {
 
 impl Scenario {
     /// Every scenario, in the order listed to the user.
-    pub(crate) const ALL: [Scenario; 4] = [
+    pub(crate) const ALL: [Scenario; 6] = [
         Scenario::Matmul,
         Scenario::Attention,
         Scenario::Conv,
         Scenario::Reduce,
+        Scenario::Mlp,
+        Scenario::Transformer,
     ];
 
     /// The name used by `--scenario`.
@@ -70,6 +154,8 @@ impl Scenario {
             Scenario::Attention => "attention",
             Scenario::Conv => "conv",
             Scenario::Reduce => "reduce",
+            Scenario::Mlp => "mlp",
+            Scenario::Transformer => "transformer",
         }
     }
 
@@ -93,12 +179,14 @@ impl Scenario {
     }
 
     /// Names of the results [`Scenario::round`] returns, in order.
-    pub(crate) fn outputs(self, p: &Params) -> &'static [&'static str] {
+    pub(crate) fn outputs(self, p: &Params<'_>) -> &'static [&'static str] {
         match self {
             Scenario::Matmul if p.with_mean => &["sum", "mean"],
             Scenario::Matmul => &["sum"],
             Scenario::Attention => &["sum", "max"],
             Scenario::Conv => &["logits"],
+            Scenario::Mlp => &["output"],
+            Scenario::Transformer => &["sum", "max"],
             Scenario::Reduce => &[
                 "sum",
                 "sum_dim1",
@@ -118,7 +206,12 @@ impl Scenario {
     ///
     /// # Errors
     /// The first op that fails (allocation, shape, a device error of the stream).
-    pub(crate) fn round(self, device: &Device, p: &Params, key: RoundKey) -> Result<Vec<Tensor>> {
+    pub(crate) fn round(
+        self,
+        device: &Device,
+        p: &Params<'_>,
+        key: RoundKey,
+    ) -> Result<Vec<Tensor>> {
         match self {
             Scenario::Matmul => {
                 let shape = [p.size, p.size];
@@ -173,6 +266,30 @@ impl Scenario {
                     near_one.prod(&[2], false)?,
                 ])
             }
+            Scenario::Mlp | Scenario::Transformer => {
+                let model = p
+                    .models
+                    .expect("model scenarios run with their model built");
+                let shape = if self == Scenario::Mlp {
+                    vec![p.size.div_ceil(64), 512]
+                } else {
+                    vec![4, 32, 256]
+                };
+                let x = Tensor::randn(device, &shape, seed_for(p.seed, key, 0))?;
+                let y = model.model.forward(&x).map_err(|e| match e {
+                    nn::NnError::Core(e) => e,
+                    other => chorus::Error::InvalidShape {
+                        op: "model",
+                        shape,
+                        reason: other.to_string(),
+                    },
+                })?;
+                if self == Scenario::Mlp {
+                    Ok(vec![y])
+                } else {
+                    Ok(vec![y.sum_all()?, y.max_all()?])
+                }
+            }
         }
     }
 }
@@ -218,10 +335,10 @@ mod tests {
         assert_eq!(Scenario::parse(" MatMul "), Ok(Scenario::Matmul));
         let e = Scenario::parse("nope").unwrap_err();
         assert!(
-            e.contains("known scenarios: matmul, attention, conv, reduce"),
+            e.contains("known scenarios: matmul, attention, conv, reduce, mlp, transformer"),
             "{e}"
         );
-        assert!(Scenario::parse("mlp")
+        assert!(Scenario::parse("batching")
             .unwrap_err()
             .contains("not written yet"));
     }
@@ -251,6 +368,7 @@ mod tests {
             size: 8,
             seed: 3,
             with_mean: true,
+            models: None,
         };
         let key = RoundKey { thread: 2, iter: 9 };
         let first: Vec<Vec<f32>> = Scenario::Matmul

@@ -89,10 +89,13 @@ struct Verification {
 pub(crate) fn run(args: &StressArgs) -> anyhow::Result<ExitCode> {
     let device = device::build(&args.device)?;
     let size = usize::try_from(args.size).context("--size does not fit in memory")?;
+    let models =
+        scenario::Models::build(&device, args.scenario).context("building the scenario's model")?;
     let params = Params {
         size,
         seed: args.seed,
         with_mean: args.with_mean,
+        models: models.as_ref(),
     };
     let ops = args.threads * args.iters;
 
@@ -143,7 +146,7 @@ pub(crate) fn run(args: &StressArgs) -> anyhow::Result<ExitCode> {
 fn run_threads(
     device: &Device,
     args: &StressArgs,
-    params: &Params,
+    params: &Params<'_>,
     bar: &ProgressBar,
 ) -> anyhow::Result<Vec<ThreadRun>> {
     std::thread::scope(|s| {
@@ -173,7 +176,7 @@ fn run_threads(
 fn worker(
     device: &Device,
     args: &StressArgs,
-    params: &Params,
+    params: &Params<'_>,
     thread: u64,
     bar: &ProgressBar,
 ) -> ThreadRun {
@@ -208,7 +211,7 @@ fn worker(
 fn verify(
     device: &Device,
     scenario: Scenario,
-    params: &Params,
+    params: &Params<'_>,
     runs: &[ThreadRun],
     kept: u64,
 ) -> Verification {
@@ -319,7 +322,7 @@ fn progress_bar(len: u64, what: &'static str) -> ProgressBar {
 #[derive(Debug)]
 struct Summary<'a> {
     args: &'a StressArgs,
-    params: Params,
+    params: Params<'a>,
     device: &'a Device,
     ops: u64,
     seconds: Duration,

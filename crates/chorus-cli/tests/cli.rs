@@ -321,3 +321,29 @@ fn seed_scenarios_attention_conv_reduce() {
         assert_eq!(v["verified"], 24, "{scenario}");
     }
 }
+
+/// The model rounds: one MLP and one transformer shared by 4 threads, every result equal to a
+/// single-threaded run of the same input through the same model.
+#[test]
+fn seed_scenarios_mlp_and_transformer() {
+    for scenario in ["mlp", "transformer"] {
+        let v = json_ok(&chorus(
+            &[
+                "stress",
+                "--scenario",
+                scenario,
+                "--threads",
+                "4",
+                "--iters",
+                "3",
+                "--size",
+                "64",
+                "--json",
+            ],
+            &[],
+        ));
+        assert_eq!(v["ops"], 12, "{scenario}");
+        assert_eq!(v["errors"], 0, "{scenario}");
+        assert_eq!(v["verified"], 12, "{scenario}");
+    }
+}

@@ -16,7 +16,7 @@ use super::conv::{Conv, Span};
 /// Outputs per interior block.
 const BLOCK: usize = 16;
 
-/// `y` (holding the bias) `+=` the taps of each channel's own kernel over `x`.
+/// `y` (holding the bias, the same in every output of a plane) `+=` the taps of each channel's own kernel over `x`.
 pub(super) fn depthwise(x: &[f32], wt: &[f32], y: &mut [f32], c: &Conv) {
     let ([h, w], [kh, kw], [sh, sw], [ph, _], [oh, ow]) =
         (c.hw, c.khw, c.stride, c.padding, c.out_hw);
@@ -36,12 +36,19 @@ pub(super) fn depthwise(x: &[f32], wt: &[f32], y: &mut [f32], c: &Conv) {
     let (lo_all, hi_all) = spans
         .iter()
         .fold((0, ow), |(a, b), &(lo, hi, _)| (a.max(lo), b.min(hi)));
-    let blocks = if lo_all < hi_all {
-        (hi_all - lo_all) / BLOCK
+    // Blocks cover the interior, the last one ending at its end (overlapping the one before
+    // when the interior is not a multiple of the block: those outputs are recomputed, from the
+    // bias, to the same value).
+    let block_starts: Vec<usize> = if hi_all >= lo_all + BLOCK {
+        let last = hi_all - BLOCK;
+        (lo_all..last).step_by(BLOCK).chain([last]).collect()
     } else {
-        0
+        Vec::new()
     };
-    let edges = [(0, lo_all), (lo_all + blocks * BLOCK, ow)];
+    let edges = match block_starts.is_empty() {
+        true => [(0, ow), (ow, ow)],
+        false => [(0, lo_all), (hi_all, ow)],
+    };
     let mut split = vec![0.0f32; if sw > 1 { h * w } else { 0 }];
     let planes = x.chunks_exact(h * w).zip(y.chunks_exact_mut(oh * ow));
     for (k, (xp, yp)) in planes.enumerate() {
@@ -49,14 +56,28 @@ pub(super) fn depthwise(x: &[f32], wt: &[f32], y: &mut [f32], c: &Conv) {
             xp
         } else {
             for (row, dst) in xp.chunks_exact(w).zip(split.chunks_exact_mut(w)) {
-                let phases = (0..sw).flat_map(|p| row[p.min(w)..].iter().step_by(sw));
-                for (d, &v) in dst.iter_mut().zip(phases) {
-                    *d = v;
+                if sw == 2 {
+                    // Pairs of columns to the two phases (a shuffle the compiler vectorizes).
+                    let (even, odd) = dst.split_at_mut(phase_start[1]);
+                    for ((e, o), pair) in even.iter_mut().zip(odd).zip(row.chunks_exact(2)) {
+                        (*e, *o) = (pair[0], pair[1]);
+                    }
+                    if w % 2 == 1 {
+                        even[w / 2] = row[w - 1];
+                    }
+                    continue;
+                }
+                for (p, &start) in phase_start.iter().enumerate() {
+                    let src = row[p.min(w)..].iter().step_by(sw);
+                    for (d, &v) in dst[start..].iter_mut().zip(src) {
+                        *d = v;
+                    }
                 }
             }
             &split
         };
         let taps = &wt[(k % c.c_in) * kh * kw..][..kh * kw];
+        let bias = yp[0];
         for (oi, yr) in yp.chunks_exact_mut(ow).enumerate() {
             // Kernel rows reading inside the input, and the input row of the first of them.
             let top = oi * sh;
@@ -64,10 +85,8 @@ pub(super) fn depthwise(x: &[f32], wt: &[f32], y: &mut [f32], c: &Conv) {
             let ki_hi = kh.min((h + ph).saturating_sub(top));
             let rows =
                 (ki_lo..ki_hi).map(|ki| (&taps[ki * kw..][..kw], &xs[(top + ki - ph) * w..][..w]));
-            for b in 0..blocks {
-                let o0 = lo_all + b * BLOCK;
-                let out = &mut yr[o0..o0 + BLOCK];
-                let mut acc: [f32; BLOCK] = out.try_into().expect("a block");
+            for &o0 in &block_starts {
+                let mut acc = [bias; BLOCK];
                 for (row_taps, xr) in rows.clone() {
                     for (&t, &(lo, _, at)) in row_taps.iter().zip(&taps_at) {
                         let src: &[f32; BLOCK] =
@@ -77,7 +96,7 @@ pub(super) fn depthwise(x: &[f32], wt: &[f32], y: &mut [f32], c: &Conv) {
                         }
                     }
                 }
-                out.copy_from_slice(&acc);
+                yr[o0..o0 + BLOCK].copy_from_slice(&acc);
             }
             for (a, b) in edges {
                 for (row_taps, xr) in rows.clone() {
