@@ -268,6 +268,8 @@ mod tests {
         check((1, [2, 2, 2], [5, 70], [3, 3], [2, 2], [1, 1]));
         check((1, [2, 2, 2], [7, 61], [5, 3], [3, 3], [2, 1]));
         check((1, [2, 2, 2], [4, 50], [1, 4], [1, 2], [0, 2]));
+        check((1, [2, 2, 2], [3, 16], [3, 3], [1, 1], [1, 1])); // exactly one block
+        check((1, [2, 2, 2], [5, 8], [3, 3], [3, 3], [1, 1])); // narrow, stride 3
     }
 
     #[test]
@@ -301,68 +303,5 @@ mod tests {
         let mut c = geo((1, [1, 1, 1], [3, 3], [1, 1], [1, 1], [0, 0]));
         c.out_hw = [2, 2];
         run(&c, &[0.0; 9], &[0.0], None);
-    }
-
-    #[test]
-    #[ignore]
-    fn tmp_bench() {
-        let cases: &[(&str, Spec)] = &[
-            (
-                "3x3 64->64 56x56",
-                (1, [64, 64, 1], [56, 56], [3, 3], [1, 1], [1, 1]),
-            ),
-            (
-                "1x1 64->256 56x56",
-                (1, [64, 256, 1], [56, 56], [1, 1], [1, 1], [0, 0]),
-            ),
-            (
-                "dw3x3 128 56x56 s1",
-                (1, [128, 128, 128], [56, 56], [3, 3], [1, 1], [1, 1]),
-            ),
-            (
-                "dw3x3 128 56x56 s2",
-                (1, [128, 128, 128], [56, 56], [3, 3], [2, 2], [1, 1]),
-            ),
-            (
-                "dw3x3 32 112x112 s1",
-                (1, [32, 32, 32], [112, 112], [3, 3], [1, 1], [1, 1]),
-            ),
-            (
-                "dw5x5 256 14x14 s1",
-                (1, [256, 256, 256], [14, 14], [5, 5], [1, 1], [2, 2]),
-            ),
-            (
-                "stem 7x7 s2 3->64 224",
-                (1, [3, 64, 1], [224, 224], [7, 7], [2, 2], [3, 3]),
-            ),
-        ];
-        for &(name, spec) in cases {
-            if let Ok(f) = std::env::var("ONLY") {
-                if !name.contains(&f) {
-                    continue;
-                }
-            }
-            let c = geo(spec);
-            let mut rng = Rng::new(1);
-            let x = rng.f32s(c.batch * c.c_in * c.hw[0] * c.hw[1]);
-            let wt = rng.f32s(c.c_out * c.c_in / c.groups * c.khw[0] * c.khw[1]);
-            let b = rng.f32s(c.c_out);
-            run(&c, &x, &wt, Some(&b));
-            let mut dt = f64::INFINITY;
-            for _ in 0..40 {
-                let t = std::time::Instant::now();
-                run(&c, &x, &wt, Some(&b));
-                dt = dt.min(t.elapsed().as_secs_f64());
-            }
-            let flops = 2.0
-                * (c.batch * c.c_out * c.out_hw[0] * c.out_hw[1] * c.c_in / c.groups
-                    * c.khw[0]
-                    * c.khw[1]) as f64;
-            println!(
-                "{name}: {:.3} ms, {:.1} GFLOP/s",
-                dt * 1e3,
-                flops / dt / 1e9
-            );
-        }
     }
 }

@@ -2,8 +2,8 @@
 //! on host memory, on the calling thread (a stream worker), and never spawns threads.
 //!
 //! Every kernel is deterministic: the same descriptor over the same input bytes gives the same
-//! output bytes on every run (matmul uses `gemm` without parallelism, reductions accumulate in a
-//! fixed order).
+//! output bytes on every run (matmul and conv2d use `gemm` without parallelism; reductions,
+//! softmax and norm statistics accumulate in a fixed order).
 
 mod arg;
 mod conv;
