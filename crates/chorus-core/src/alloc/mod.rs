@@ -231,9 +231,10 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
             self.c.deferred_frees.fetch_add(1, Relaxed);
         }
         if self.closed.load(Relaxed) {
-            // After shutdown the streams are idle (shutdown waited for them and refuses new
-            // work), so this wait is immediate; it makes the block's last uses complete and
-            // lets its segment go back to the device now rather than at teardown.
+            // After shutdown no new work is accepted and shutdown already waited for the streams,
+            // so this wait is usually immediate (if shutdown gave up on a stream, it waits for
+            // that stream's remaining work, which finishes on its own). It makes the block's last
+            // uses complete, so its segment goes back to the device now rather than at teardown.
             let upto = p.free_seq.clone();
             drop(p);
             dev.synchronize_all();
