@@ -34,7 +34,9 @@ pub use stream::CpuStream;
 /// The CPU backend (one per `Device`).
 #[derive(Debug, Default)]
 pub struct CpuBackend {
-    _private: (),
+    /// Stream workers running commands right now: a stream alone on the device may use every
+    /// core for a large GEMM.
+    busy: Arc<chorus_sync::atomic::AtomicUsize>,
 }
 
 impl CpuBackend {
@@ -100,7 +102,7 @@ impl Backend for CpuBackend {
     }
 
     fn create_stream(&self, index: usize) -> BackendResult<CpuStream> {
-        CpuStream::spawn(index)
+        CpuStream::spawn(index, Arc::clone(&self.busy))
     }
     fn create_event(&self, timing: bool) -> BackendResult<CpuEvent> {
         Ok(CpuEvent::new(timing))

@@ -67,6 +67,8 @@ struct Queue {
 /// The state a stream's handle, its worker and other streams' waits share.
 pub(crate) struct StreamShared {
     pub(crate) index: usize,
+    /// Workers of this backend running commands right now (shared by all its streams).
+    busy: Arc<AtomicUsize>,
     queue: RankedMutex<Queue>,
     work: Condvar,
     completed: AtomicU64,
@@ -158,6 +160,7 @@ impl StreamShared {
                 }
                 std::mem::swap(&mut batch, &mut q.cmds);
             }
+            self.busy.fetch_add(1, Ordering::AcqRel);
             for cmd in batch.drain(..) {
                 self.execute(cmd);
                 self.completed.fetch_add(1, Ordering::SeqCst);
@@ -166,6 +169,7 @@ impl StreamShared {
                     self.done.notify_all();
                 }
             }
+            self.busy.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -176,6 +180,10 @@ impl StreamShared {
                     return;
                 }
                 let name = k.name();
+                // A stream alone on the device may use every core for a large kernel; with
+                // other streams busy, each keeps to its own core. (Results do not depend on it.)
+                let alone = self.busy.load(Ordering::Acquire) <= 1;
+                kernels::set_parallelism(if alone { cores() } else { 1 });
                 // SAFETY: `Backend::launch`'s contract (upheld by the runtime) makes every
                 // pointer valid for the kernel's extents until this command has run.
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
@@ -231,10 +239,18 @@ impl std::fmt::Debug for CpuStream {
     }
 }
 
+/// Cores of this machine (cached).
+fn cores() -> usize {
+    // sync-shim: allowed (a value computed once, outside every loom model)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 impl CpuStream {
-    pub(crate) fn spawn(index: usize) -> Result<Self, BackendError> {
+    pub(crate) fn spawn(index: usize, busy: Arc<AtomicUsize>) -> Result<Self, BackendError> {
         let shared = Arc::new(StreamShared {
             index,
+            busy,
             queue: RankedMutex::new(rank::BACKEND_STREAM, Queue::default()),
             work: Condvar::new(),
             completed: AtomicU64::new(0),

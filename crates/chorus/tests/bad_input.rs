@@ -187,18 +187,28 @@ fn invalid_settings_are_typed_errors() {
 /// its next call, and the process, the device and other streams go on.
 #[test]
 fn out_of_range_index_is_a_device_error_on_that_stream_only() {
-    on_every_backend(|b| b, |dev| {
-        let weight = Tensor::randn(&dev, &[10, 4], 1).unwrap();
-        let bad = Tensor::from_slice(&dev, &[3_i64, 999], &[2]).unwrap();
-        let stream = dev.stream(5).unwrap();
-        let r = dev.with_stream(&stream, || Tensor::embedding(&bad, &weight).and_then(|t| t.to_vec::<f32>()));
-        match r {
-            Err(Error::Device { stream: 5, source, .. }) => assert!(source.to_string().contains("999"), "{source}"),
-            other => panic!("{other:?}"),
-        }
-        // Other streams are unaffected.
-        let good = Tensor::from_slice(&dev, &[3_i64, 9], &[2]).unwrap();
-        let rows = Tensor::embedding(&good, &weight).unwrap().to_vec::<f32>().unwrap();
-        assert_eq!(rows[..4], weight.to_vec::<f32>().unwrap()[12..16]);
-    });
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let weight = Tensor::randn(&dev, &[10, 4], 1).unwrap();
+            let bad = Tensor::from_slice(&dev, &[3_i64, 999], &[2]).unwrap();
+            let stream = dev.stream(5).unwrap();
+            let r = dev.with_stream(&stream, || {
+                Tensor::embedding(&bad, &weight).and_then(|t| t.to_vec::<f32>())
+            });
+            match r {
+                Err(Error::Device {
+                    stream: 5, source, ..
+                }) => assert!(source.to_string().contains("999"), "{source}"),
+                other => panic!("{other:?}"),
+            }
+            // Other streams are unaffected.
+            let good = Tensor::from_slice(&dev, &[3_i64, 9], &[2]).unwrap();
+            let rows = Tensor::embedding(&good, &weight)
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap();
+            assert_eq!(rows[..4], weight.to_vec::<f32>().unwrap()[12..16]);
+        },
+    );
 }

@@ -1,6 +1,7 @@
 //! The `Matmul` kernel: batched f32 matrix products through the `gemm` crate, one call per batch
-//! entry, single-threaded (`Parallelism::None`) so results are deterministic and the stream
-//! worker stays the only thread doing the work.
+//! entry. A large product may use several cores when its stream is alone on the device
+//! (`super::gemm_parallelism`); `gemm` splits rows and columns, never the sum over `k`, so the
+//! bits are the same either way (tested below).
 //!
 //! A fused epilogue (`out = act(out + bias)`, `linear`'s bias and activation) runs row by row
 //! right after the GEMM of each batch entry, while that entry's output is still in cache.
@@ -92,7 +93,7 @@ pub(super) unsafe fn matmul(
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                super::gemm_parallelism(d.m, d.n, d.k),
             );
         }
         finish(dst);
@@ -380,5 +381,50 @@ mod tests {
         // `batch * m * n` slots.
         unsafe { execute(&kernel) };
         assert_eq!(out, vec![0.0, 2.0, 0.0, 2.0]);
+    }
+
+    /// Large products may run on several cores; the bits must not change (the runtime promises
+    /// results independent of how many threads run), including transposed operands.
+    #[test]
+    fn parallel_gemm_gives_the_serial_bits() {
+        for (m, n, k, transposed) in [
+            (256, 256, 256, false),
+            (256, 512, 128, true),
+            (300, 97, 700, false),
+        ] {
+            let mut rng = Rng::new((m * n + k) as u64);
+            let a: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.f32()).collect();
+            let rhs = if transposed {
+                operand(&b, (0, 1, k))
+            } else {
+                operand(&b, (0, n, 1))
+            };
+            let run = |cores: usize| {
+                let mut out = vec![0f32; m * n];
+                super::super::set_parallelism(cores);
+                let kernel = Kernel::Matmul {
+                    lhs: operand(&a, (0, k, 1)),
+                    rhs,
+                    out: ptr_mut(&mut out),
+                    batch: 1,
+                    m,
+                    n,
+                    k,
+                    epilogue: Default::default(),
+                };
+                // SAFETY: the operands and the output are live Vecs of the described extents.
+                unsafe { execute(&kernel) };
+                super::super::set_parallelism(1);
+                out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+            };
+            assert!(matches!(
+                super::super::gemm_parallelism(m, n, k),
+                gemm::Parallelism::None
+            ));
+            let serial = run(1);
+            assert_eq!(run(2), serial, "{m}x{n}x{k}");
+            assert_eq!(run(4), serial, "{m}x{n}x{k}");
+        }
     }
 }

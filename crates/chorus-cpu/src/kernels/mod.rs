@@ -25,6 +25,29 @@ mod unary;
 
 use chorus_core::kernel::{DevicePtr, Kernel, Scalar};
 
+/// Sets how many cores the kernels the calling thread runs next may use (the stream worker sets
+/// it before each kernel: all cores when no other stream is busy, else one).
+pub(crate) fn set_parallelism(cores: usize) {
+    PARALLELISM.with(|p| p.set(cores.max(1)));
+}
+
+/// The cores a GEMM of `m × n × k` may use: more than one only for products large enough to
+/// gain from it (below that the split costs more than it saves, measured), and only when the
+/// worker was given them. `gemm` splits rows and columns, never the sum over `k`, so the
+/// result is bit-identical whatever this returns (checked by the matmul tests).
+pub(crate) fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    let cores = PARALLELISM.with(std::cell::Cell::get);
+    if cores > 1 && m >= 128 && m.saturating_mul(n).saturating_mul(k) >= 1 << 24 {
+        gemm::Parallelism::Rayon(cores)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+std::thread_local! {
+    static PARALLELISM: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
 /// Executes `kernel` synchronously on the calling thread.
 ///
 /// # Safety
