@@ -116,6 +116,7 @@ pub(crate) struct Deferred<E> {
 }
 
 /// Outcome of a best-fit search.
+#[must_use]
 #[derive(Debug)]
 pub(crate) enum Fit {
     Found(Block),
