@@ -101,3 +101,36 @@ fn memory_of_another_stream_is_reclaimed_by_synchronizing() {
         },
     );
 }
+
+/// Allocations and frees served by a thread's cache are counted while the thread lives and
+/// still counted, once, after it exits and its cache is retired.
+#[test]
+fn thread_cache_counts_survive_thread_exit() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let before = dev.memory_stats();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for _ in 0..5 {
+                        drop(Tensor::zeros(&dev, &[64], DType::F32).unwrap());
+                    }
+                    let live = dev.memory_stats();
+                    assert_eq!(live.allocations - before.allocations, 5);
+                    assert!(
+                        live.thread_cache_hits - before.thread_cache_hits >= 4,
+                        "{live:?}"
+                    );
+                });
+            });
+            let after = dev.memory_stats();
+            assert_eq!(after.allocations - before.allocations, 5);
+            assert_eq!(after.frees - before.frees, 5);
+            assert!(
+                after.thread_cache_hits - before.thread_cache_hits >= 4,
+                "{after:?}"
+            );
+            assert_eq!(after.allocated_bytes, 0);
+        },
+    );
+}

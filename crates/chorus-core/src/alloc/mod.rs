@@ -176,24 +176,41 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         }
     }
 
-    /// Counts a block served by a thread cache.
+    /// Counts the bytes of a block served by a thread cache (the cache counts the event).
     pub(crate) fn thread_cache_hit(&self, b: Block) -> Block {
-        self.c.cache_hits.fetch_add(1, Relaxed);
-        self.c.thread_cache_hits.fetch_add(1, Relaxed);
-        self.handed_out(b)
+        self.count_bytes_out(b.size);
+        b
+    }
+
+    fn count_bytes_out(&self, size: usize) {
+        let now = self.c.allocated.fetch_add(size, Relaxed) + size;
+        if now > self.c.peak_allocated.load(Relaxed) {
+            self.c.peak_allocated.fetch_max(now, Relaxed);
+        }
     }
 
     fn handed_out(&self, b: Block) -> Block {
         self.c.allocations.fetch_add(1, Relaxed);
-        let now = self.c.allocated.fetch_add(b.size, Relaxed) + b.size;
-        self.c.peak_allocated.fetch_max(now, Relaxed);
+        self.count_bytes_out(b.size);
         b
     }
 
-    /// Counts a block the user gave back (before it goes to a thread cache or the pools).
-    pub(crate) fn count_free(&self, b: &Block) {
-        self.c.frees.fetch_add(1, Relaxed);
+    /// Counts the bytes of a block the user gave back (before it goes anywhere).
+    pub(crate) fn count_bytes_in(&self, b: &Block) {
         self.c.allocated.fetch_sub(b.size, Relaxed);
+    }
+
+    /// Counts a free that did not go into a thread cache.
+    pub(crate) fn count_free(&self) {
+        self.c.frees.fetch_add(1, Relaxed);
+    }
+
+    /// Adds the final counts of a closed thread cache to the allocator's own.
+    pub(crate) fn fold(&self, (hits, frees): (u64, u64)) {
+        self.c.allocations.fetch_add(hits, Relaxed);
+        self.c.cache_hits.fetch_add(hits, Relaxed);
+        self.c.thread_cache_hits.fetch_add(hits, Relaxed);
+        self.c.frees.fetch_add(frees, Relaxed);
     }
 
     /// Returns a counted block to the pools. `others`: streams besides `b.stream` that used it.
@@ -386,7 +403,8 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         self.c.peak_reserved.fetch_max(p.reserved, Relaxed);
     }
 
-    pub(crate) fn stats(&self) -> MemoryStats {
+    /// Statistics, adding `(hits, frees)` of the open thread caches.
+    pub(crate) fn stats(&self, (hits, frees): (u64, u64)) -> MemoryStats {
         let c = &self.c;
         MemoryStats {
             allocated_bytes: c.allocated.load(Relaxed),
@@ -394,10 +412,10 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
             peak_allocated_bytes: c.peak_allocated.load(Relaxed),
             peak_reserved_bytes: c.peak_reserved.load(Relaxed),
             segments: c.segments.load(Relaxed),
-            allocations: c.allocations.load(Relaxed),
-            frees: c.frees.load(Relaxed),
-            cache_hits: c.cache_hits.load(Relaxed),
-            thread_cache_hits: c.thread_cache_hits.load(Relaxed),
+            allocations: c.allocations.load(Relaxed) + hits,
+            frees: c.frees.load(Relaxed) + frees,
+            cache_hits: c.cache_hits.load(Relaxed) + hits,
+            thread_cache_hits: c.thread_cache_hits.load(Relaxed) + hits,
             deferred_frees: c.deferred_frees.load(Relaxed),
             fences: c.fences.load(Relaxed),
             oom_retries: c.oom_retries.load(Relaxed),

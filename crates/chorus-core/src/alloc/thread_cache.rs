@@ -10,7 +10,9 @@
 //! - `CLOSED`: final. The closer took the blocks; the owner bypasses the cache from now on.
 //!
 //! # Fields
-//! `blocks` is touched only by the thread that moved the state to `BUSY` (the owner) or to
+//! `hits` and `frees` count the owner's fast-path allocations and frees, so that the fast path
+//! touches no shared counter; statistics add them up (`Runtime::memory_stats`) and fold them
+//! into the allocator's counters when the cache closes. `blocks` is touched only by the thread that moved the state to `BUSY` (the owner) or to
 //! `CLOSED` (the closer), and the state's acquire/release pairs order those accesses, so
 //! exactly one thread ever takes each cached block out.
 //!
@@ -19,7 +21,7 @@
 //! owner set, or right after the successful `IDLE -> CLOSED` swap.
 
 use super::pool::Block;
-use chorus_sync::atomic::{AtomicU8, Ordering};
+use chorus_sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use chorus_sync::cell::UnsafeCell;
 
 const IDLE: u8 = 0;
@@ -35,6 +37,10 @@ pub(crate) struct ThreadCache {
     state: AtomicU8,
     /// The cached blocks and their total size.
     blocks: UnsafeCell<(Vec<Cached>, usize)>,
+    /// Allocations served from this cache (each also a cache hit).
+    hits: AtomicU64,
+    /// Frees that went into this cache.
+    frees: AtomicU64,
     capacity: usize,
 }
 
@@ -58,6 +64,8 @@ impl ThreadCache {
         Self {
             state: AtomicU8::new(IDLE),
             blocks: UnsafeCell::new((Vec::new(), 0)),
+            hits: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
             capacity,
         }
     }
@@ -86,6 +94,7 @@ impl ThreadCache {
                 .iter()
                 .rposition(|c| c.size == size && c.stream == stream)?;
             *held -= size;
+            self.hits.fetch_add(1, Ordering::Relaxed);
             Some(b.swap_remove(i))
         })
         .flatten()
@@ -98,6 +107,7 @@ impl ThreadCache {
             if *held + block.size <= cap {
                 b.push(block);
                 *held += block.size;
+                self.frees.fetch_add(1, Ordering::Relaxed);
                 true
             } else {
                 false
@@ -105,6 +115,15 @@ impl ThreadCache {
         })
         .filter(|&cached| cached)
         .map_or(Put::Rejected(block), |_| Put::Cached)
+    }
+
+    /// (allocations served, frees taken) so far. The owner counts inside its critical section,
+    /// so after [`ThreadCache::close`] the counts are final.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.frees.load(Ordering::Relaxed),
+        )
     }
 
     /// Any thread: closes the cache and returns its blocks, or `None` if it was closed already.

@@ -227,12 +227,29 @@ impl<B: Backend> Runtime<B> {
     }
 
     fn flush_thread_caches(&self) {
-        let caches = std::mem::take(&mut *self.caches.lock());
-        for c in caches.iter().filter_map(Weak::upgrade) {
-            if let Some(blocks) = c.close() {
-                self.give_back(blocks);
-            }
+        let caches: Vec<_> = self
+            .caches
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for c in caches {
+            self.retire_cache(&c);
         }
+    }
+
+    /// Closes a thread cache (thread exit, shutdown or `empty_cache`, whichever comes first),
+    /// folds its counts into the allocator's and unregisters it, all under the registry lock so
+    /// that `memory_stats` counts it exactly once; then gives its blocks back.
+    fn retire_cache(&self, c: &ThreadCache) {
+        let mut reg = self.caches.lock();
+        let Some(blocks) = c.close() else {
+            return; // the other closer retired it
+        };
+        self.alloc.fold(c.counts());
+        reg.retain(|w| !std::ptr::eq(w.as_ptr(), c));
+        drop(reg);
+        self.give_back(blocks);
     }
 
     fn give_back(&self, blocks: Vec<Block>) {
@@ -342,7 +359,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
 
     fn free(&self, block: Block, users: &[u32]) {
-        self.alloc.count_free(&block);
+        self.alloc.count_bytes_in(&block);
         let single = users.iter().all(|&u| u == block.stream);
         if single
             && block.size <= crate::alloc::pool::SMALL_MAX
@@ -359,18 +376,27 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
                 }
             }
         }
+        self.alloc.count_free();
         self.alloc.release(self, block, users);
     }
 
     fn memory_stats(&self) -> MemoryStats {
-        self.alloc.stats()
+        // Under the registry lock: a cache is either still registered (its counts added here)
+        // or retired (its counts folded), never both (`retire_cache`).
+        let reg = self.caches.lock();
+        let open = reg
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|c| c.counts())
+            .fold((0, 0), |(h, f), (ch, cf)| (h + ch, f + cf));
+        self.alloc.stats(open)
     }
     fn reset_peak(&self) {
         self.alloc.reset_peak();
     }
     fn empty_cache(&self) {
-        if let Some(blocks) = local::take_cache(self.id.instance).and_then(|c| c.close()) {
-            self.give_back(blocks);
+        if let Some(c) = local::take_cache(self.id.instance) {
+            self.retire_cache(&c);
         }
         self.alloc.empty_cache(self);
     }
@@ -448,8 +474,8 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
 
     fn thread_exit(&self, stream: Option<usize>, exclusive: bool, cache: Option<Arc<ThreadCache>>) {
-        if let Some(blocks) = cache.and_then(|c| c.close()) {
-            self.give_back(blocks);
+        if let Some(c) = cache {
+            self.retire_cache(&c);
         }
         if let (Some(s), true) = (stream, exclusive) {
             // The slot goes back once the work this thread enqueued on it has completed.

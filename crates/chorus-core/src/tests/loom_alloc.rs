@@ -106,7 +106,8 @@ fn freed_block_waits_for_reader_before_other_stream() {
         let alloc: Allocator<Arc<Mem>, (u32, u64)> = Allocator::new(id(), 3, Some(512));
         let b1 = alloc.alloc(&*dev, 512, A).unwrap();
         let reader = read_on(&dev, A, b1.ptr());
-        alloc.count_free(&b1);
+        alloc.count_bytes_in(&b1);
+        alloc.count_free();
         alloc.release(&*dev, b1, &[A]);
         // B gets either A's block (once A's read is fenced) or a fresh segment after A's was
         // released (also only once fenced); either way after the read.
@@ -129,7 +130,8 @@ fn block_used_by_two_streams_is_deferred_until_both_finish() {
         let b1 = alloc.alloc(&*dev, 512, A).unwrap();
         // Stream B also reads the block (the tensor layer adds B to its users).
         let rb = read_on(&dev, B, b1.ptr());
-        alloc.count_free(&b1);
+        alloc.count_bytes_in(&b1);
+        alloc.count_free();
         alloc.release(&*dev, b1, &[A, B]);
         // Even the owner stream A must wait for B's read before reusing it.
         let b2 = alloc.alloc(&*dev, 512, A).unwrap();
