@@ -1,20 +1,12 @@
 //! Views and data movement: permute, narrow, split, concatenation, index selection, embedding;
 //! and the max/min/prod reductions (with indices along one dim).
 
+use super::check::{need_dtype, same_device, same_dtype, split_at};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::{ArgOp, Kernel, ReduceOp, View};
 use crate::shape::{contiguous_strides, dim};
-
-/// `(outer, n, inner)` of `shape` around dimension `d`.
-pub(crate) fn split_at(shape: &[usize], d: usize) -> (usize, usize, usize) {
-    (
-        shape[..d].iter().product(),
-        shape[d],
-        shape[d + 1..].iter().product(),
-    )
-}
 
 impl Tensor {
     /// Reorders the dimensions (a view): dimension `i` of the result is dimension `dims[i]`.
@@ -131,20 +123,8 @@ impl Tensor {
         let mut shape = first.shape.clone();
         shape[dd] = 0;
         for t in tensors {
-            if t.device_id() != first.device_id() {
-                return Err(Error::DeviceMismatch {
-                    op: OP,
-                    lhs: first.device_id(),
-                    rhs: t.device_id(),
-                });
-            }
-            if t.dtype != first.dtype {
-                return Err(Error::DTypeMismatch {
-                    op: OP,
-                    expected: first.dtype,
-                    got: t.dtype,
-                });
-            }
+            same_device(OP, first, t)?;
+            same_dtype(OP, first, t)?;
             let same = t.rank() == first.rank()
                 && (0..t.rank()).all(|i| i == dd || t.shape[i] == first.shape[i]);
             if !same {
@@ -201,13 +181,7 @@ impl Tensor {
     pub fn index_select(&self, d: isize, indices: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_select";
         let dd = dim(OP, d, self.rank())?;
-        if indices.dtype != DType::I64 {
-            return Err(Error::DTypeMismatch {
-                op: OP,
-                expected: DType::I64,
-                got: indices.dtype,
-            });
-        }
+        need_dtype(OP, indices, DType::I64)?;
         if indices.rank() != 1 {
             return Err(Error::InvalidShape {
                 op: OP,
@@ -215,13 +189,7 @@ impl Tensor {
                 reason: "indices must be 1-D".into(),
             });
         }
-        if indices.device_id() != self.device_id() {
-            return Err(Error::DeviceMismatch {
-                op: OP,
-                lhs: self.device_id(),
-                rhs: indices.device_id(),
-            });
-        }
+        same_device(OP, self, indices)?;
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
@@ -320,23 +288,13 @@ impl Tensor {
         d: isize,
         keepdim: bool,
     ) -> Result<(Tensor, Tensor)> {
-        if self.dtype != DType::F32 {
-            return Err(Error::DTypeMismatch {
-                op: name,
-                expected: DType::F32,
-                got: self.dtype,
-            });
-        }
+        need_dtype(name, self, DType::F32)?;
         let dd = dim(name, d, self.rank())?;
         self.nonempty(name)?;
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
-        let (outer, n, inner) = if self.rank() == 0 {
-            (1, 1, 1)
-        } else {
-            split_at(&self.shape, dd)
-        };
+        let (outer, n, inner) = split_at(&self.shape, dd);
         let mut shape = self.shape.clone();
         if self.rank() > 0 {
             if keepdim {

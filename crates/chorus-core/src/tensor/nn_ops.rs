@@ -1,7 +1,7 @@
 //! Neural-network ops: linear (with fused bias and activation), activations, softmax family,
 //! normalizations, convolution, pooling and scaled dot-product attention.
 
-use super::layout_ops::split_at;
+use super::check::{need_dtype, same_device, split_at};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -9,27 +9,7 @@ use crate::kernel::{Epilogue, Kernel, MatOperand, UnaryOp};
 use crate::shape::{broadcast, broadcast_strides, contiguous_strides, dim};
 
 fn f32_only(op: &'static str, t: &Tensor) -> Result<()> {
-    if t.dtype == DType::F32 {
-        Ok(())
-    } else {
-        Err(Error::DTypeMismatch {
-            op,
-            expected: DType::F32,
-            got: t.dtype,
-        })
-    }
-}
-
-fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.device_id() == b.device_id() {
-        Ok(())
-    } else {
-        Err(Error::DeviceMismatch {
-            op,
-            lhs: a.device_id(),
-            rhs: b.device_id(),
-        })
-    }
+    need_dtype(op, t, DType::F32)
 }
 
 /// Checks an optional per-feature parameter (`[n]`, f32, same device).
@@ -178,11 +158,7 @@ impl Tensor {
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
-        let (outer, n, inner) = if self.rank() == 0 {
-            (1, 1, 1)
-        } else {
-            split_at(&self.shape, dd)
-        };
+        let (outer, n, inner) = split_at(&self.shape, dd);
         let out = Tensor::empty_on(rt, s, &self.shape, DType::F32, name)?;
         let k = Kernel::Softmax {
             src: src.ptr(),
@@ -444,13 +420,7 @@ impl Tensor {
             None => None,
             Some(m) => {
                 same_device(OP, q, m)?;
-                if m.dtype != DType::I64 {
-                    return Err(Error::DTypeMismatch {
-                        op: OP,
-                        expected: DType::I64,
-                        got: m.dtype,
-                    });
-                }
+                need_dtype(OP, m, DType::I64)?;
                 let full = broadcast(OP, &m.shape, &scores.shape)?;
                 if full != scores.shape {
                     return Err(Error::ShapeMismatch {

@@ -5,55 +5,12 @@
 //! input's storage on `s` (`Storage::use_on`); (4) allocate the output on `s`; (5) enqueue the
 //! kernel. A failure in (3)-(5) drops what was allocated; inputs are never modified.
 
+use super::check::{need_dtype, same_device, same_dtype, supported};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::{BinaryOp, Epilogue, Kernel, MatOperand, ReduceOp};
 use crate::shape::{broadcast, broadcast_strides, contiguous_strides, dims, flatten_run, numel};
-
-fn same_device(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
-    let (da, db) = (a.device_id(), b.device_id());
-    if da == db {
-        Ok(())
-    } else {
-        Err(Error::DeviceMismatch {
-            op,
-            lhs: da,
-            rhs: db,
-        })
-    }
-}
-
-fn same_dtype(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.dtype == b.dtype {
-        Ok(())
-    } else {
-        Err(Error::DTypeMismatch {
-            op,
-            expected: a.dtype,
-            got: b.dtype,
-        })
-    }
-}
-
-fn need_dtype(op: &'static str, t: &Tensor, want: DType) -> Result<()> {
-    if t.dtype == want {
-        Ok(())
-    } else {
-        Err(Error::DTypeMismatch {
-            op,
-            expected: want,
-            got: t.dtype,
-        })
-    }
-}
-
-fn supported(op: &'static str, t: &Tensor) -> Result<()> {
-    match t.dtype {
-        DType::F32 | DType::I64 => Ok(()),
-        dtype => Err(Error::UnsupportedDType { op, dtype }),
-    }
-}
 
 impl Tensor {
     /// A contiguous tensor with the same elements (this tensor itself if already contiguous).
