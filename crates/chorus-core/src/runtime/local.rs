@@ -47,7 +47,9 @@ std::thread_local! {
     static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
 }
 
-fn entry<'a>(l: &'a mut Local, instance: u64, rt: &Weak<dyn RuntimeObj>) -> &'a mut Entry {
+/// The thread's entry for device `instance`; `rt` (only called when the entry is new) names
+/// the device, so that the hot paths never touch the runtime's reference counts.
+fn entry(l: &mut Local, instance: u64, rt: impl FnOnce() -> Weak<dyn RuntimeObj>) -> &mut Entry {
     match l.entries.iter().position(|e| e.instance == instance) {
         Some(i) => &mut l.entries[i],
         None => {
@@ -55,7 +57,7 @@ fn entry<'a>(l: &'a mut Local, instance: u64, rt: &Weak<dyn RuntimeObj>) -> &'a 
             l.entries.retain(|e| e.rt.strong_count() > 0);
             l.entries.push(Entry {
                 instance,
-                rt: rt.clone(),
+                rt: rt(),
                 stream: None,
                 exclusive: false,
                 cache: None,
@@ -68,7 +70,7 @@ fn entry<'a>(l: &'a mut Local, instance: u64, rt: &Weak<dyn RuntimeObj>) -> &'a 
 /// The thread's current stream on device `instance`, binding one with `bind` on first use.
 pub(crate) fn current_stream(
     instance: u64,
-    rt: &Weak<dyn RuntimeObj>,
+    rt: impl FnOnce() -> Weak<dyn RuntimeObj>,
     bind: impl FnOnce() -> Result<(usize, bool)>,
 ) -> Result<usize> {
     LOCAL
@@ -89,38 +91,38 @@ pub(crate) fn current_stream(
         .unwrap_or(Ok(0))
 }
 
-/// The thread's current stream on device `instance` if it has one (no binding).
-pub(crate) fn bound_stream(instance: u64) -> Option<usize> {
-    LOCAL
-        .try_with(|l| {
-            let l = l.borrow();
-            if let Some(&(_, s, _)) = l.overrides.iter().rev().find(|o| o.0 == instance) {
-                return Some(s);
-            }
-            l.entries
-                .iter()
-                .find(|e| e.instance == instance)
-                .and_then(|e| e.stream)
-        })
-        .ok()
-        .flatten()
-}
-
-/// Runs `f` on the thread's cache for device `instance`, made by `make` on first use.
+/// Runs `f` on the thread's cache for device `instance`, made by `make` on first use. With
+/// `on_stream: Some(s)`, only if the thread's current stream (a guard's, else its bound one;
+/// none is bound here) is `s`.
 pub(crate) fn with_cache<R>(
     instance: u64,
-    rt: &Weak<dyn RuntimeObj>,
+    rt: impl FnOnce() -> Weak<dyn RuntimeObj>,
+    on_stream: Option<usize>,
     f: impl FnOnce(&ThreadCache) -> R,
     make: impl FnOnce() -> Arc<ThreadCache>,
 ) -> Option<R> {
     LOCAL
         .try_with(|l| {
             let mut l = l.borrow_mut();
+            if let Some(want) = on_stream {
+                let current = match l.overrides.iter().rev().find(|o| o.0 == instance) {
+                    Some(&(_, s, _)) => Some(s),
+                    None => l
+                        .entries
+                        .iter()
+                        .find(|e| e.instance == instance)
+                        .and_then(|e| e.stream),
+                };
+                if current != Some(want) {
+                    return None;
+                }
+            }
             let e = entry(&mut l, instance, rt);
             let c = e.cache.get_or_insert_with(make);
-            f(c)
+            Some(f(c))
         })
         .ok()
+        .flatten()
 }
 
 /// Removes the thread's cache for device `instance` (to flush it).

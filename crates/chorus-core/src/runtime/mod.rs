@@ -288,8 +288,8 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
 
     fn current_stream(&self) -> Result<usize> {
         self.check_open()?;
-        let me: Weak<dyn RuntimeObj> = self.me.clone();
-        local::current_stream(self.id.instance, &me, || self.bind())
+        let me = || -> Weak<dyn RuntimeObj> { self.me.clone() };
+        local::current_stream(self.id.instance, me, || self.bind())
     }
 
     fn flush(&self, s: usize) -> Result<()> {
@@ -351,7 +351,10 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         let (kind, size) = crate::alloc::pool::classify(bytes)
             .ok_or(Error::SizeOverflow { what: "allocation" })?;
         if kind == crate::alloc::pool::Kind::Small && self.config.thread_cache_bytes > 0 {
-            if let Some(b) = self.with_thread_cache(|c| c.take(size, s as u32)).flatten() {
+            if let Some(b) = self
+                .with_thread_cache(None, |c| c.take(size, s as u32))
+                .flatten()
+            {
                 return Ok(self.alloc.thread_cache_hit(b));
             }
         }
@@ -368,12 +371,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         {
             // Only a thread whose current stream is the block's owner caches it, so that the
             // fast path in `alloc` hands it back to the same stream.
-            let owner = block.stream as usize;
-            if local::bound_stream(self.id.instance) == Some(owner) {
-                match self.with_thread_cache(|c| c.put(block)) {
-                    Some(crate::alloc::thread_cache::Put::Cached) => return,
-                    Some(crate::alloc::thread_cache::Put::Rejected(_)) | None => {}
-                }
+            let owner = Some(block.stream as usize);
+            if let Some(crate::alloc::thread_cache::Put::Cached) =
+                self.with_thread_cache(owner, |c| c.put(block))
+            {
+                return;
             }
         }
         self.alloc.count_free();
@@ -511,10 +513,15 @@ impl<B: Backend> Drop for Runtime<B> {
 
 impl<B: Backend> Runtime<B> {
     /// Runs `f` on the calling thread's cache for this device, creating and registering it on
-    /// first use; `None` if the thread is exiting or the cache is closed.
-    fn with_thread_cache<R>(&self, f: impl FnOnce(&ThreadCache) -> R) -> Option<R> {
-        let me: Weak<dyn RuntimeObj> = self.me.clone();
-        local::with_cache(self.id.instance, &me, f, || {
+    /// first use; `None` if the thread is exiting, or its current stream is not `on_stream`
+    /// (when given).
+    fn with_thread_cache<R>(
+        &self,
+        on_stream: Option<usize>,
+        f: impl FnOnce(&ThreadCache) -> R,
+    ) -> Option<R> {
+        let me = || -> Weak<dyn RuntimeObj> { self.me.clone() };
+        local::with_cache(self.id.instance, me, on_stream, f, || {
             let c = Arc::new(ThreadCache::new(self.config.thread_cache_bytes));
             let mut reg = self.caches.lock();
             reg.retain(|w| w.strong_count() > 0);
