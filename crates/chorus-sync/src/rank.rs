@@ -9,6 +9,10 @@
 //! - the allocator calls into the event pool and then the backend (event record, query);
 //! - the completion queue is taken by backend callbacks and the completion thread, alone;
 //! - backend-internal locks come last: they never call back into the runtime.
+//!
+//! The batching queue's locks (chorus-batch) rank below every runtime lock: each is held only
+//! for a few field updates, never while another lock is held, a model runs, the runtime is
+//! called or a ticket's waker fires.
 
 /// A lock's place in the global order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -23,6 +27,14 @@ const fn r(rank: u16, name: &'static str) -> LockRank {
     LockRank { rank, name }
 }
 
+/// A batch queue's worker thread handles (shutdown takes them out to join them).
+pub const BATCH_WORKERS: LockRank = r(2, "BatchQueue::workers");
+/// A batch queue's pending requests and phase (submitters, workers, shutdown, cancelling tickets).
+pub const BATCH_QUEUE: LockRank = r(4, "BatchQueue::state");
+/// A batch ticket's one-shot result slot (the worker completing it, the ticket's owner waiting).
+pub const BATCH_TICKET: LockRank = r(6, "Ticket::slot");
+/// A batch queue's statistics (workers record each batch, readers copy them).
+pub const BATCH_STATS: LockRank = r(8, "BatchQueue::stats");
 /// Exclusive stream-slot pool: waiting for a slot when all are taken.
 pub const STREAM_SLOT_WAIT: LockRank = r(10, "StreamSlots::wait");
 /// Registry of per-thread block caches (shutdown walks it).
@@ -45,6 +57,8 @@ pub const BACKEND_STREAM_ERROR: LockRank = r(75, "backend stream error");
 pub const BACKEND_STREAM_DONE: LockRank = r(80, "backend stream done");
 /// A backend's one-shot reply slot (read-back data).
 pub const BACKEND_REPLY: LockRank = r(85, "backend reply");
+/// The CUDA backend's process-wide registry of compiled kernel programs (a leaf lock).
+pub const BACKEND_MODULE: LockRank = r(90, "backend module registry");
 /// Test-only ranks for checking the checker.
 pub const TEST_LOW: LockRank = r(1000, "test low");
 /// Test-only ranks for checking the checker.

@@ -40,3 +40,6 @@ pub use device::{BackendKind, Device, DeviceBuilder};
 /// Modules (Linear, attention, transformer, conv, norms) and PyTorch `state_dict` loading:
 /// the `chorus-nn` crate.
 pub use chorus_nn as nn;
+
+/// Dynamic batching across threads (`BatchQueue`): the `chorus-batch` crate.
+pub use chorus_batch as batch;

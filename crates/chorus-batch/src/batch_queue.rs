@@ -1,0 +1,329 @@
+//! [`BatchQueue`]: the public handle: checks and submits requests, starts and stops the
+//! workers, reads the statistics.
+//!
+//! # Fields
+//! - `shared` (also held by every worker and ticket): the queue state machine
+//!   (`crate::queue`, its own lock), the model (immutable, no lock), the settings (immutable)
+//!   and the statistics (their own lock).
+//! - `workers`: the worker threads' join handles, under `BATCH_WORKERS`, taken out by the
+//!   first shutdown, which joins them after releasing the lock.
+//! - `streams`: the stream index of each worker, fixed at start.
+
+use crate::config::{BatchConfig, ShutdownMode};
+use crate::error::{BatchError, Result};
+use crate::queue::{Phase, Policy, Push, Queue};
+use crate::slot::{self, Abandon, Completer, Take};
+use crate::stats::{BatchStats, Stats};
+use crate::ticket::{Outcome, Ticket};
+use crate::worker;
+use chorus_core::{DType, Tensor};
+use chorus_nn::Module;
+use chorus_sync::atomic::AtomicU64;
+use chorus_sync::{rank, thread, Arc, RankedMutex};
+
+/// What requests are grouped by: the per-row shape and the dtype.
+pub(crate) type Key = (Vec<usize>, DType);
+
+/// A request waiting in the queue or running in a batch.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) input: Tensor,
+    pub(crate) done: Completer<Outcome>,
+}
+
+impl<T> Abandon for Result<T> {
+    fn abandoned() -> Self {
+        Err(BatchError::Abandoned)
+    }
+}
+
+/// State shared by the handle, the workers and the tickets.
+pub(crate) struct Shared {
+    pub(crate) queue: Queue<Key, Request>,
+    pub(crate) model: Box<dyn Module>,
+    pub(crate) config: BatchConfig,
+    pub(crate) stats: Stats,
+    /// Batches started (numbers them).
+    pub(crate) batches: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("model", &self.model.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shuts the queue's state machine down and fails what `mode` takes out; returns how many.
+pub(crate) fn fail_pending(shared: &Shared, mode: ShutdownMode) -> usize {
+    let failed = shared.queue.shutdown(mode);
+    let n = failed.len();
+    if n > 0 {
+        shared.stats.shut_down(n);
+    }
+    for q in failed {
+        let Request { input, done } = q.item;
+        done.complete(Err(BatchError::Shutdown { input }));
+    }
+    n
+}
+
+/// A dynamic batching queue: any number of threads submit single requests (an input whose
+/// dimension 0 is the batch, usually of 1 row); worker threads, each on a stream of its own,
+/// run them through one shared model as batches and hand each request exactly its rows of
+/// the output.
+///
+/// See the [crate docs](crate) for how batches are formed and how failures are isolated.
+///
+/// # Examples
+/// ```
+/// use chorus_batch::{BatchConfig, BatchQueue};
+/// use chorus_core::Tensor;
+/// use chorus_nn::{Linear, Module};
+/// use std::time::Duration;
+/// # let device = chorus_cpu::device()?;
+/// let model = Linear::new(Tensor::randn(&device, &[4, 8], 1)?, None)?;
+/// let config = BatchConfig::builder(&device)
+///     .max_batch(16)
+///     .max_delay(Duration::from_micros(200))
+///     .build()?;
+/// let queue = BatchQueue::new(model, config)?;
+/// std::thread::scope(|s| {
+///     for t in 0..4 {
+///         let (queue, device) = (&queue, &device);
+///         s.spawn(move || {
+///             let x = Tensor::randn(device, &[1, 8], t).unwrap();
+///             let y = queue.infer(x).unwrap(); // batched with the other threads' requests
+///             assert_eq!(y.shape(), &[1, 4]);
+///         });
+///     }
+/// });
+/// assert_eq!(queue.stats().requests, 4);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct BatchQueue {
+    shared: Arc<Shared>,
+    workers: RankedMutex<Vec<thread::JoinHandle<()>>>,
+    streams: Vec<usize>,
+}
+
+impl BatchQueue {
+    /// Starts a queue running `model` with `config`: its workers are started and have bound
+    /// their streams (by the device's stream policy) when this returns.
+    ///
+    /// Pass an `Arc<M>` (or `&'static M`) to keep using the model directly as well.
+    ///
+    /// # Errors
+    /// [`BatchError::WorkerStart`] when a worker's thread or stream cannot be had (an exclusive
+    /// stream pool that is exhausted, say); the workers already started are stopped.
+    pub fn new<M: Module + 'static>(model: M, config: BatchConfig) -> Result<BatchQueue> {
+        let policy = Policy {
+            max_batch: config.max_batch,
+            max_delay: config.max_delay,
+            preferred: config.preferred.clone(),
+            capacity: config.max_queue,
+            timeout: config.timeout,
+        };
+        let shared = Arc::new(Shared {
+            queue: Queue::new(policy),
+            model: Box::new(model),
+            stats: Stats::new(config.max_batch),
+            batches: AtomicU64::new(0),
+            config,
+        });
+        let mut handles = Vec::new();
+        let mut streams = Vec::new();
+        let mut failure = None;
+        for index in 0..shared.config.workers {
+            let (started, rx) = slot::channel::<Result<usize>>();
+            let s = Arc::clone(&shared);
+            let spawned = thread::spawn_named(format!("chorus-batch-{index}"), move || {
+                worker::main(s, index, started)
+            });
+            match spawned {
+                Ok(h) => {
+                    handles.push(h);
+                    match rx.wait(None) {
+                        Take::Ready(Ok(stream)) => streams.push(stream),
+                        Take::Ready(Err(e)) => failure = Some(e),
+                        Take::Pending | Take::Taken => failure = Some(BatchError::Abandoned),
+                    }
+                }
+                Err(e) => {
+                    failure = Some(BatchError::WorkerStart {
+                        worker: index,
+                        reason: format!("no thread: {e}"),
+                    })
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        let queue = BatchQueue {
+            shared,
+            workers: RankedMutex::new(rank::BATCH_WORKERS, handles),
+            streams,
+        };
+        match failure {
+            Some(e) => {
+                queue.shutdown(ShutdownMode::Fail);
+                Err(e)
+            }
+            None => Ok(queue),
+        }
+    }
+
+    /// Checks a request before it is queued.
+    fn check(&self, input: &Tensor) -> Result<()> {
+        let cfg = &self.shared.config;
+        let (expected, got) = (cfg.device.id(), input.device_id());
+        if expected != got {
+            return Err(BatchError::DeviceMismatch { expected, got });
+        }
+        let shape = input.shape();
+        let Some((&rows, row_shape)) = shape.split_first() else {
+            return Err(BatchError::InvalidInput {
+                shape: shape.to_vec(),
+                reason: "a 0-d tensor has no batch dimension",
+            });
+        };
+        if rows == 0 {
+            return Err(BatchError::InvalidInput {
+                shape: shape.to_vec(),
+                reason: "no rows (dimension 0 is 0)",
+            });
+        }
+        if rows > cfg.max_batch {
+            return Err(BatchError::TooManyRows {
+                rows,
+                max_batch: cfg.max_batch,
+            });
+        }
+        if let Some(want) = &cfg.input_shape {
+            if want.as_slice() != row_shape {
+                return Err(BatchError::ShapeMismatch {
+                    expected: want.clone(),
+                    got: shape.to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits one request without waiting: `input`'s dimension 0 is the batch (1 row, or up
+    /// to `max_batch`). Requests whose shapes differ past dimension 0, or whose dtypes differ,
+    /// are never put in the same batch.
+    ///
+    /// # Errors
+    /// Rejected at once, nothing queued: [`BatchError::QueueFull`] and
+    /// [`BatchError::Shutdown`] hand the input back; [`BatchError::DeviceMismatch`],
+    /// [`BatchError::InvalidInput`] (0-d, or no rows), [`BatchError::TooManyRows`],
+    /// [`BatchError::ShapeMismatch`] (against [`BatchConfig::input_shape`]) name the problem.
+    pub fn submit(&self, input: Tensor) -> Result<Ticket> {
+        if let Err(e) = self.check(&input) {
+            self.shared.stats.rejected();
+            return Err(e);
+        }
+        let rows = input.shape()[0];
+        let key = (input.shape()[1..].to_vec(), input.dtype());
+        let (done, rx) = slot::channel();
+        match self.shared.queue.push(key, rows, Request { input, done }) {
+            Push::Queued { id, enqueued } => Ok(Ticket::new(
+                rx,
+                Arc::clone(&self.shared),
+                id,
+                rows,
+                enqueued,
+            )),
+            Push::Full(Request { input, done }) => {
+                done.discard();
+                self.shared.stats.rejected();
+                Err(BatchError::QueueFull {
+                    input,
+                    capacity: self.shared.config.max_queue,
+                })
+            }
+            Push::Closed(Request { input, done }) => {
+                done.discard();
+                self.shared.stats.rejected();
+                Err(BatchError::Shutdown { input })
+            }
+        }
+    }
+
+    /// Submits one request and blocks until its result is there: `submit(input)?.wait()`.
+    ///
+    /// # Errors
+    /// Those of [`BatchQueue::submit`] and [`Ticket::wait`].
+    pub fn infer(&self, input: Tensor) -> Result<Tensor> {
+        self.submit(input)?.wait()
+    }
+
+    /// Stops the queue: new requests are rejected with [`BatchError::Shutdown`] from now on;
+    /// waiting requests are run ([`ShutdownMode::Drain`]) or failed with
+    /// [`BatchError::Shutdown`], their inputs handed back ([`ShutdownMode::Fail`]); batches
+    /// already running complete. Blocks until the workers have exited (a concurrent second
+    /// call does not wait for them). Returns how many waiting requests were failed.
+    ///
+    /// Calling it again is allowed: `Fail` after `Drain` fails what has not run yet.
+    pub fn shutdown(&self, mode: ShutdownMode) -> usize {
+        let failed = fail_pending(&self.shared, mode);
+        let handles = std::mem::take(&mut *self.workers.lock());
+        let me = thread::current().id();
+        for h in handles {
+            if h.thread().id() != me {
+                // A worker that panicked has already failed the queue (worker.rs).
+                let _ = h.join();
+            }
+        }
+        failed
+    }
+
+    /// Whether [`BatchQueue::shutdown`] has been called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.queue.phase() != Phase::Open
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> BatchStats {
+        let (depth, peak) = self.shared.queue.depth();
+        self.shared.stats.snapshot(depth, peak)
+    }
+
+    /// Clears the statistics (the peak queue depth restarts from the current depth).
+    pub fn reset_stats(&self) {
+        self.shared.queue.reset_peak();
+        self.shared.stats.reset();
+    }
+
+    /// Requests waiting now.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.queue.depth().0
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &BatchConfig {
+        &self.shared.config
+    }
+
+    /// The model (to call it directly, outside the queue).
+    pub fn model(&self) -> &dyn Module {
+        self.shared.model.as_ref()
+    }
+
+    /// The stream index each worker runs its batches on, by worker.
+    pub fn worker_streams(&self) -> &[usize] {
+        &self.streams
+    }
+}
+
+impl Drop for BatchQueue {
+    /// Shuts the queue down with [`ShutdownMode::Drain`]: every accepted request is run.
+    fn drop(&mut self) {
+        self.shutdown(ShutdownMode::Drain);
+    }
+}

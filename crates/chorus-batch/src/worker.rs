@@ -1,0 +1,181 @@
+//! Worker threads: each binds a stream of its own, then takes batches from the queue and runs
+//! them until the queue stops it.
+//!
+//! # One batch
+//! 1. Concatenate the inputs along dimension 0 on the worker's stream (one input is used as
+//!    it is); the inputs were written on their submitters' streams, and the tensor layer
+//!    orders the worker's stream after those writes.
+//! 2. Run the model once, on the worker's stream, with no lock held.
+//! 3. Check that the output has the batch's rows along dimension 0 and split it into one view
+//!    per request, in submission order: each request gets exactly its rows.
+//! 4. Wait for the worker's stream, so that the results are computed when the tickets complete
+//!    and a device error of the batch's kernels fails this batch (and no other request).
+//! 5. Count the batch in the statistics, then complete every request of the batch: all with
+//!    their rows, or all with the batch's error.
+//!
+//! A panic of the model is contained in step 2 and fails the batch with
+//! [`BatchError::ModelPanicked`]; the worker goes on. Should a worker thread itself unwind (a
+//! bug), it shuts the queue down in [`ShutdownMode::Fail`] so that no request is left waiting
+//! for workers that are gone.
+
+use crate::batch_queue::{Request, Shared};
+use crate::config::ShutdownMode;
+use crate::error::{BatchError, Result};
+use crate::queue::{Next, Queued};
+use crate::slot::Completer;
+use crate::ticket::{BatchInfo, Done};
+use chorus_core::{Stream, Tensor};
+use chorus_sync::atomic::Ordering;
+use chorus_sync::{thread, Arc};
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+/// Runs worker `index`: reports its stream index (or why it could not bind one) through
+/// `started`, then serves batches until the queue stops.
+pub(crate) fn main(shared: Arc<Shared>, index: usize, started: Completer<Result<usize>>) {
+    let stream = match shared.config.device.current_stream() {
+        Ok(s) => s,
+        Err(e) => {
+            started.complete(Err(BatchError::WorkerStart {
+                worker: index,
+                reason: format!("no stream: {e}"),
+            }));
+            return;
+        }
+    };
+    started.complete(Ok(stream.index()));
+    let _guard = FailOnUnwind(&shared);
+    loop {
+        match shared.queue.next() {
+            Next::Stop => return,
+            Next::Work { batch, expired } => {
+                expire(&shared, expired);
+                if !batch.is_empty() {
+                    run(&shared, index, &stream, batch);
+                }
+            }
+        }
+    }
+}
+
+/// Shuts the queue down, failing what waits, if the worker thread unwinds.
+struct FailOnUnwind<'a>(&'a Shared);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            crate::batch_queue::fail_pending(self.0, ShutdownMode::Fail);
+        }
+    }
+}
+
+/// Fails requests that waited past their timeout.
+fn expire(shared: &Shared, expired: Vec<Queued<Request>>) {
+    if expired.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let timeout = shared.config.timeout.unwrap_or_default();
+    shared.stats.timed_out(expired.len());
+    for q in expired {
+        q.item.done.complete(Err(BatchError::Timeout {
+            waited: now.saturating_duration_since(q.enqueued),
+            timeout,
+        }));
+    }
+}
+
+/// Runs one batch and completes its requests (module docs).
+fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Request>>) {
+    let number = shared.batches.fetch_add(1, Ordering::Relaxed) + 1;
+    let rows: Vec<usize> = batch.iter().map(|q| q.rows).collect();
+    let total: usize = rows.iter().sum();
+    let mut inputs = Vec::with_capacity(batch.len());
+    let mut pending = Vec::with_capacity(batch.len());
+    for q in batch {
+        inputs.push(q.item.input);
+        pending.push((q.enqueued, q.item.done));
+    }
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        forward(shared, stream, &inputs, &rows, total)
+    }))
+    .unwrap_or_else(|panic| {
+        Err(BatchError::ModelPanicked {
+            rows: total,
+            message: panic_message(panic.as_ref()),
+        })
+    });
+    drop(inputs);
+    let done = Instant::now();
+    match outcome {
+        Ok(parts) => {
+            let latencies: Vec<Duration> = pending
+                .iter()
+                .map(|(enqueued, _)| done.saturating_duration_since(*enqueued))
+                .collect();
+            shared.stats.batch(total, pending.len(), Some(&latencies));
+            let mut info = BatchInfo {
+                batch: number,
+                offset: 0,
+                rows: total,
+                requests: pending.len(),
+                worker,
+                stream: stream.index(),
+            };
+            for (((_, completer), output), n) in pending.into_iter().zip(parts).zip(rows) {
+                completer.complete(Ok(Done { output, info }));
+                info.offset += n;
+            }
+        }
+        Err(e) => {
+            shared.stats.batch(total, pending.len(), None);
+            for (_, completer) in pending {
+                completer.complete(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Steps 1 to 4 of a batch: the rows of each request, computed.
+fn forward(
+    shared: &Shared,
+    stream: &Stream,
+    inputs: &[Tensor],
+    rows: &[usize],
+    total: usize,
+) -> Result<Vec<Tensor>> {
+    let device = |source| BatchError::Device {
+        rows: total,
+        source,
+    };
+    let x = match inputs {
+        [one] => one.clone(),
+        many => Tensor::cat(&many.iter().collect::<Vec<_>>(), 0).map_err(device)?,
+    };
+    let y = shared.model.forward(&x).map_err(|e| BatchError::Model {
+        rows: total,
+        source: Arc::new(e),
+    })?;
+    if y.shape().first() != Some(&total) {
+        return Err(BatchError::OutputRows {
+            rows: total,
+            got: y.shape().to_vec(),
+        });
+    }
+    let parts = if rows.len() == 1 {
+        vec![y]
+    } else {
+        y.split(rows, 0).map_err(device)?
+    };
+    stream.synchronize().map_err(device)?;
+    Ok(parts)
+}
+
+/// The message of a contained panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string())
+}
