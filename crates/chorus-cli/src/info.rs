@@ -8,12 +8,13 @@ use serde_json::{json, Value};
 use std::process::ExitCode;
 
 /// The environment variables the device reads, in the order they are shown.
-const ENV_VARS: [&str; 5] = [
+const ENV_VARS: [&str; 6] = [
     "CHORUS_STREAMS",
     "CHORUS_STREAM_POLICY",
     "CHORUS_STREAM_WAIT_MS",
     "CHORUS_MEMORY_LIMIT",
     "CHORUS_THREAD_CACHE",
+    "CHORUS_CUDA_TF32",
 ];
 
 /// Width of the label column of the text output.
@@ -22,7 +23,7 @@ const LABEL: usize = 24;
 /// Options of `chorus info`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct InfoArgs {
-    /// Device to describe: a compiled-in backend (`cpu`) or `auto` for the best one present.
+    /// Device to describe: a compiled-in backend (`cpu`, `cuda`) or `auto` for the best one present.
     #[arg(long, default_value = "auto", value_parser = device::parse, value_name = "DEVICE")]
     device: DeviceChoice,
     /// Print one JSON object instead of text.
@@ -68,8 +69,20 @@ fn to_json(choice: &DeviceChoice, device: &Device, env: &[(&str, Option<String>)
     };
     let env: serde_json::Map<String, Value> =
         env.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let gpus: Vec<Value> = gpus()
+        .into_iter()
+        .map(|g| {
+            json!({
+                "ordinal": g.ordinal,
+                "name": g.name,
+                "memory": g.memory,
+                "compute_capability": g.compute_capability,
+            })
+        })
+        .collect();
     json!({
         "backends": device::backend_names(),
+        "gpus": gpus,
         "device": {
             "requested": choice.name,
             "backend": device::backend_name(choice.kind),
@@ -99,6 +112,24 @@ fn print_text(choice: &DeviceChoice, device: &Device, env: &[(&str, Option<Strin
         "backends compiled in: {}",
         device::backend_names().join(", ")
     );
+    let gpus = gpus();
+    if gpus.is_empty() {
+        println!("GPUs: {}", no_gpu_reason());
+    } else {
+        println!("GPUs:");
+        for g in &gpus {
+            line(
+                &format!("cuda:{}", g.ordinal),
+                &format_args!(
+                    "{}, {}, compute capability {}.{}",
+                    g.name,
+                    human::bytes_exact(g.memory),
+                    g.compute_capability.0,
+                    g.compute_capability.1
+                ),
+            );
+        }
+    }
     println!("device ({}):", choice.name);
     line("id", &device.id());
     line("description", &device.describe());
@@ -133,5 +164,42 @@ fn print_text(choice: &DeviceChoice, device: &Device, env: &[(&str, Option<Strin
     println!("environment:");
     for (k, v) in env {
         line(k, &v.as_deref().unwrap_or("unset"));
+    }
+}
+
+/// One GPU of this machine.
+#[derive(Debug)]
+struct Gpu {
+    ordinal: u32,
+    name: String,
+    memory: usize,
+    compute_capability: (i32, i32),
+}
+
+/// The GPUs the compiled-in GPU backends see (none without the `cuda` feature or a driver).
+fn gpus() -> Vec<Gpu> {
+    #[cfg(feature = "cuda")]
+    {
+        chorus::cuda::gpus()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| Gpu {
+                ordinal: g.ordinal,
+                name: g.name,
+                memory: g.memory,
+                compute_capability: g.compute_capability,
+            })
+            .collect()
+    }
+    #[cfg(not(feature = "cuda"))]
+    Vec::new()
+}
+
+/// Why no GPU is listed.
+fn no_gpu_reason() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "none found (no CUDA driver, or no device)"
+    } else {
+        "not looked for (this build has no CUDA backend; build with `--features cuda`)"
     }
 }

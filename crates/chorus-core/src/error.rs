@@ -201,6 +201,17 @@ pub enum Error {
         #[source]
         source: BackendError,
     },
+    /// A backend could not start: no driver, no such device, or a driver failure at start.
+    #[error("{backend} device {ordinal} is not available: {source}")]
+    Unavailable {
+        /// The backend (`cuda`, `wgpu`).
+        backend: &'static str,
+        /// The device ordinal asked for.
+        ordinal: u32,
+        /// What the backend said.
+        #[source]
+        source: BackendError,
+    },
     /// A configuration value (builder or environment variable) is invalid.
     #[error("invalid configuration {key}={value:?}: {reason}")]
     Config {

@@ -80,6 +80,31 @@ pub struct MatOperand {
     pub col_stride: usize,
 }
 
+impl MatOperand {
+    /// How a BLAS library (column-major) sees this row-major `rows × cols` operand, if it can:
+    /// `Some((false, ld))` when its columns are adjacent (the row-major matrix is the
+    /// column-major `cols × rows` with leading dimension `ld`, BLAS `op N`), `Some((true, ld))`
+    /// when its rows are adjacent (column-major `rows × cols`, used transposed, `op T`), `None`
+    /// when neither stride is 1 or rows overlap (the front-end makes such operands contiguous
+    /// before a matmul). A dimension of size 1 places no constraint on its stride.
+    pub fn blas_layout(&self, rows: usize, cols: usize) -> Option<(bool, usize)> {
+        let (rs, cs) = (self.row_stride, self.col_stride);
+        if cs == 1 || cols <= 1 {
+            let ld = if rows <= 1 { cols.max(1) } else { rs };
+            if ld >= cols.max(1) {
+                return Some((false, ld));
+            }
+        }
+        if rs == 1 || rows <= 1 {
+            let ld = if cols <= 1 { rows.max(1) } else { cs };
+            if ld >= rows.max(1) {
+                return Some((true, ld));
+            }
+        }
+        None
+    }
+}
+
 /// What a matmul applies to its output before writing it (fusing `linear`'s bias and
 /// activation into the GEMM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

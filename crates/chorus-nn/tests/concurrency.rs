@@ -33,7 +33,14 @@ fn inputs(device: &Device, golden: Option<&Golden>, name: &str) -> Vec<Vec<f32>>
 }
 
 fn check_model(name: &str) {
-    let device = chorus_cpu::device().unwrap();
+    for device in common::devices() {
+        eprintln!("{name} on {}", device.describe());
+        check_model_on(&device, name);
+    }
+}
+
+fn check_model_on(device: &Device, name: &str) {
+    let device = device.clone();
     let golden = Golden::load(&device);
     let weights = match &golden {
         Some(g) => g.weights.with_prefix(&format!("{name}.w.")),

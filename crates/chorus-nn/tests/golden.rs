@@ -10,7 +10,14 @@ use common::{compare, load_model, Golden, DEPTHWISE, MLP, TRANSFORMER};
 
 #[test]
 fn models_match_pytorch() {
-    let device = chorus_cpu::device().unwrap();
+    for device in common::devices() {
+        println!("models_match_pytorch on {}", device.describe());
+        models_match_pytorch_on(&device);
+    }
+}
+
+fn models_match_pytorch_on(device: &chorus_core::Device) {
+    let device = device.clone();
     let Some(golden) = Golden::load(&device) else {
         println!("SKIPPED: no golden files");
         return;
@@ -49,7 +56,14 @@ fn models_match_pytorch() {
 /// tensors (the ops themselves are checked by chorus-core's parity tests).
 #[test]
 fn layers_match_pytorch() {
-    let device = chorus_cpu::device().unwrap();
+    for device in common::devices() {
+        println!("layers_match_pytorch on {}", device.describe());
+        layers_match_pytorch_on(&device);
+    }
+}
+
+fn layers_match_pytorch_on(device: &chorus_core::Device) {
+    let device = device.clone();
     let Some(golden) = Golden::load(&device) else {
         println!("SKIPPED: no golden files");
         return;

@@ -10,30 +10,62 @@ pub enum BackendKind {
     /// Worker threads on the host (`chorus-cpu`).
     #[cfg(feature = "cpu")]
     Cpu,
+    /// An NVIDIA GPU through the CUDA driver, cuBLAS and NVRTC (`chorus-cuda`).
+    #[cfg(feature = "cuda")]
+    Cuda,
 }
 
 impl BackendKind {
-    /// Every compiled-in backend.
+    /// Every compiled-in backend (whether or not its hardware is present).
     pub fn available() -> &'static [BackendKind] {
         &[
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda,
             #[cfg(feature = "cpu")]
             BackendKind::Cpu,
         ]
     }
 
-    /// Parses a backend name (`cpu`; `auto` picks the best available).
+    /// The best compiled-in backend whose hardware is present: CUDA when compiled in and a GPU
+    /// is there, else the CPU.
+    pub fn best() -> Option<BackendKind> {
+        #[cfg(feature = "cuda")]
+        if chorus_cuda::is_available() {
+            return Some(BackendKind::Cuda);
+        }
+        #[cfg(feature = "cpu")]
+        return Some(BackendKind::Cpu);
+        #[allow(unreachable_code)]
+        BackendKind::available().first().copied()
+    }
+
+    /// The lowercase name (`cpu`, `cuda`).
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "cpu")]
+            BackendKind::Cpu => "cpu",
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => "cuda",
+        }
+    }
+
+    /// Parses a backend name (`cpu`, `cuda`; `auto` picks [`BackendKind::best`]).
     ///
     /// # Errors
     /// [`Error::Config`] for a name that is not compiled in.
     pub fn parse(name: &str) -> Result<BackendKind> {
-        match name.to_ascii_lowercase().as_str() {
+        let not_compiled = || Error::Config {
+            key: "device",
+            value: name.to_string(),
+            reason: "not a backend compiled into this build",
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
             #[cfg(feature = "cpu")]
-            "cpu" | "auto" => Ok(BackendKind::Cpu),
-            _ => Err(Error::Config {
-                key: "device",
-                value: name.to_string(),
-                reason: "not a backend compiled into this build",
-            }),
+            "cpu" => Ok(BackendKind::Cpu),
+            #[cfg(feature = "cuda")]
+            "cuda" => Ok(BackendKind::Cuda),
+            "auto" => BackendKind::best().ok_or_else(not_compiled),
+            _ => Err(not_compiled()),
         }
     }
 }
@@ -54,8 +86,23 @@ impl Device {
         Device::builder().from_env()?.build()
     }
 
-    /// The best device compiled in and present (CUDA once that backend is compiled in, else
-    /// the CPU), with the environment's settings.
+    /// CUDA device `ordinal`, with the settings of the `CHORUS_*` environment variables
+    /// (including `CHORUS_CUDA_TF32`).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] without a CUDA driver or with no such device;
+    /// [`Error::Config`] naming an invalid environment variable.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(ordinal: u32) -> Result<Device> {
+        Device::builder()
+            .from_env()?
+            .backend(BackendKind::Cuda)
+            .ordinal(ordinal)
+            .build()
+    }
+
+    /// The best device compiled in and present (CUDA device 0 when the `cuda` feature is on
+    /// and a GPU is there, else the CPU), with the environment's settings.
     ///
     /// # Errors
     /// As [`Device::cpu`].
@@ -74,8 +121,11 @@ impl Device {
     /// ```
     pub fn builder() -> DeviceBuilder {
         DeviceBuilder {
-            kind: BackendKind::available().first().copied(),
+            kind: BackendKind::best(),
             config: Config::builder(),
+            ordinal: 0,
+            #[cfg(feature = "cuda")]
+            cuda: chorus_cuda::CudaOptions::default(),
         }
     }
 
@@ -83,18 +133,14 @@ impl Device {
     ///
     /// # Errors
     /// The backend could not start.
-    #[cfg_attr(
-        not(feature = "cpu"),
-        expect(
-            unused_variables,
-            reason = "with no backend compiled in, `kind` has no value"
-        )
-    )]
+    ///
+    /// CUDA uses device 0 and the options of `CHORUS_CUDA_TF32`; [`Device::builder`] chooses
+    /// others.
     pub fn new(kind: BackendKind, config: Config) -> Result<Device> {
-        match kind {
-            #[cfg(feature = "cpu")]
-            BackendKind::Cpu => Ok(Device(chorus_cpu::device_with(config)?)),
-        }
+        Device::builder()
+            .config(config)
+            .backend(kind)
+            .build_without_env()
     }
 
     /// The core handle.
@@ -121,6 +167,9 @@ impl From<Device> for chorus_core::Device {
 pub struct DeviceBuilder {
     kind: Option<BackendKind>,
     config: ConfigBuilder,
+    ordinal: u32,
+    #[cfg(feature = "cuda")]
+    cuda: chorus_cuda::CudaOptions,
 }
 
 impl DeviceBuilder {
@@ -130,7 +179,14 @@ impl DeviceBuilder {
     /// [`Error::Config`] naming an invalid variable.
     pub fn from_env(self) -> Result<Self> {
         let c = Config::from_env()?;
-        Ok(self.config(c))
+        #[cfg(feature = "cuda")]
+        let this = DeviceBuilder {
+            cuda: chorus_cuda::CudaOptions::from_env()?,
+            ..self
+        };
+        #[cfg(not(feature = "cuda"))]
+        let this = self;
+        Ok(this.config(c))
     }
     /// Takes every setting from `c`.
     pub fn config(mut self, c: Config) -> Self {
@@ -146,6 +202,17 @@ impl DeviceBuilder {
     /// Backend to use.
     pub fn backend(mut self, kind: BackendKind) -> Self {
         self.kind = Some(kind);
+        self
+    }
+    /// Device ordinal for backends with several devices (CUDA); default 0.
+    pub fn ordinal(mut self, ordinal: u32) -> Self {
+        self.ordinal = ordinal;
+        self
+    }
+    /// Let f32 GEMMs on CUDA use TF32 tensor cores (off by default, as in PyTorch).
+    #[cfg(feature = "cuda")]
+    pub fn allow_tf32(mut self, allow: bool) -> Self {
+        self.cuda = self.cuda.allow_tf32(allow);
         self
     }
     /// Total number of streams (stream 0 is the default stream), 2..=1024.
@@ -184,12 +251,25 @@ impl DeviceBuilder {
     /// [`Error::Config`] for invalid settings or when no backend is compiled in; backend start
     /// failures.
     pub fn build(self) -> Result<Device> {
+        self.build_without_env()
+    }
+
+    fn build_without_env(self) -> Result<Device> {
         let config = self.config.build()?;
         let kind = self.kind.ok_or(Error::Config {
             key: "backend",
             value: String::new(),
             reason: "no backend compiled in",
         })?;
-        Device::new(kind, config)
+        match kind {
+            #[cfg(feature = "cpu")]
+            BackendKind::Cpu => Ok(Device(chorus_cpu::device_with(config)?)),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => Ok(Device(chorus_cuda::device_with(
+                self.ordinal,
+                config,
+                self.cuda,
+            )?)),
+        }
     }
 }

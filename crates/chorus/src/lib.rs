@@ -37,6 +37,11 @@ pub use chorus_core::{
 };
 pub use device::{BackendKind, Device, DeviceBuilder};
 
+/// The CUDA backend (`chorus-cuda`): [`cuda::gpus`], [`cuda::CudaOptions`], kernel
+/// compilation counts.
+#[cfg(feature = "cuda")]
+pub use chorus_cuda as cuda;
+
 /// Modules (Linear, attention, transformer, conv, norms) and PyTorch `state_dict` loading:
 /// the `chorus-nn` crate.
 pub use chorus_nn as nn;

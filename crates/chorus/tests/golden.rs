@@ -17,8 +17,13 @@ struct Golden {
     i64s: HashMap<String, (Vec<usize>, Vec<i64>)>,
 }
 
+/// `../shared/golden/` next to the workspace, or `CHORUS_GOLDEN_DIR` (test binaries copied to
+/// another machine, such as the GPU machine).
 fn golden_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden");
+    let dir = std::env::var_os("CHORUS_GOLDEN_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
+        PathBuf::from,
+    );
     dir.join("public.json").exists().then_some(dir)
 }
 

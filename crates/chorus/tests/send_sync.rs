@@ -35,6 +35,13 @@ fn public_handles_are_send_and_sync() {
     send_sync::<chorus_cpu::CpuStream>();
     send_sync::<chorus_cpu::CpuEvent>();
     send_sync::<chorus_cpu::Segment>();
+    #[cfg(feature = "cuda")]
+    {
+        send_sync::<chorus::cuda::CudaBackend>();
+        send_sync::<chorus::cuda::CudaStream>();
+        send_sync::<chorus::cuda::CudaEvent>();
+        send_sync::<chorus::cuda::Segment>();
+    }
 }
 
 // A stream guard restores the thread-local current stream: it must stay on its thread.

@@ -9,7 +9,7 @@ use super::check::{need_dtype, same_device, same_dtype, supported};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernel::{BinaryOp, Epilogue, Kernel, MatOperand, ReduceOp};
+use crate::kernel::{BinaryOp, DevicePtr, Epilogue, Kernel, MatOperand, ReduceOp};
 use crate::shape::{broadcast, broadcast_strides, contiguous_strides, dims, flatten_run, numel};
 
 impl Tensor {
@@ -315,10 +315,20 @@ impl Tensor {
 fn operand(t: &Tensor, batch_shape: &[usize], s: usize) -> Result<(MatOperand, Tensor)> {
     let r = t.rank();
     let bstrides = broadcast_strides(&t.shape[..r - 2], &t.strides[..r - 2], batch_shape);
+    let (rows, cols) = (t.shape[r - 2], t.shape[r - 1]);
+    let blas_ok = MatOperand {
+        ptr: DevicePtr(0),
+        batch_stride: 0,
+        row_stride: t.strides[r - 2],
+        col_stride: t.strides[r - 1],
+    }
+    .blas_layout(rows, cols)
+    .is_some();
     let t = match flatten_run(batch_shape, &bstrides) {
-        Some(_) => t.clone(),
-        None => {
-            // Materialize the broadcast: a contiguous copy of the expanded view.
+        Some(_) if blas_ok => t.clone(),
+        _ => {
+            // Materialize the broadcast (or a matrix layout no BLAS takes, such as a strided
+            // column slice): a contiguous copy of the expanded view.
             let mut shape = batch_shape.to_vec();
             shape.extend_from_slice(&t.shape[r - 2..]);
             let mut strides = bstrides.clone();

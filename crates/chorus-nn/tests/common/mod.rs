@@ -10,9 +10,25 @@ use chorus_nn::{
 };
 use std::path::PathBuf;
 
-/// The golden folder, `../shared/golden/` next to the workspace.
+/// A device of every backend this machine can run: the CPU, and CUDA device 0 when a GPU
+/// is there (a `SKIPPED` line says when it is not).
+pub fn devices() -> Vec<Device> {
+    let mut all = vec![chorus_cpu::device().expect("cpu device")];
+    if chorus_cuda::is_available() {
+        all.push(chorus_cuda::device(0).expect("cuda device"));
+    } else {
+        eprintln!("SKIPPED: backend cuda (no GPU on this machine)");
+    }
+    all
+}
+
+/// The golden folder, `../shared/golden/` next to the workspace, or `CHORUS_GOLDEN_DIR` (test
+/// binaries copied to another machine, such as the GPU machine).
 pub fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
+    std::env::var_os("CHORUS_GOLDEN_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
+        PathBuf::from,
+    )
 }
 
 /// The golden cases and their tensors.

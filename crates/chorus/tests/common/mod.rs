@@ -6,12 +6,27 @@ use chorus::{BackendKind, Device, DeviceBuilder};
 /// Runs `f` once per compiled-in backend with a device built from `build(builder)`.
 pub(crate) fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f: impl Fn(Device)) {
     for &kind in BackendKind::available() {
+        if !present(kind) {
+            eprintln!("SKIPPED: backend {kind:?} (no hardware on this machine)");
+            continue;
+        }
         let device = build(Device::builder().backend(kind))
             .build()
             .expect("device");
         eprintln!("backend {kind:?}: {}", device.describe());
         f(device);
     }
+}
+
+/// Whether the hardware of a compiled-in backend is present (GPU tests print `SKIPPED`
+/// without a GPU).
+pub(crate) fn present(kind: BackendKind) -> bool {
+    #[cfg(feature = "cuda")]
+    if kind == BackendKind::Cuda {
+        return chorus::cuda::is_available();
+    }
+    let _ = kind;
+    true
 }
 
 /// Iterations scaled down under slow checkers (valgrind, miri) via CHORUS_TEST_SCALE.

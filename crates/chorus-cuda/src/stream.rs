@@ -1,0 +1,254 @@
+//! A pool stream: a non-blocking `CUstream`, its cuBLAS handle (created on the first GEMM),
+//! a page-locked staging buffer for reads, and the stream's error state.
+//!
+//! Errors: a failed driver call on the stream, or a kernel that reports bad input through the
+//! stream's *error word* (page-locked host memory mapped into the device, written by a kernel
+//! such as `index_select` when an index is out of range), make the stream's error sticky: every
+//! later call on this stream returns it; other streams are unaffected. (A fault that corrupts
+//! the CUDA context itself, such as an illegal address, is reported by the driver on every
+//! stream, because CUDA poisons the whole context.)
+
+use crate::blas::Blas;
+use crate::driver::{check, Context};
+use crate::memory::{Pinned, Segment};
+use chorus_core::{BackendError, BackendResult};
+use chorus_sync::atomic::{AtomicBool, Ordering};
+use chorus_sync::{rank, Arc, RankedMutex};
+use cudarc::driver::sys::{self, CUresult};
+use std::time::{Duration, Instant};
+
+/// Staging buffers above this size are not kept; larger reads go to pageable memory directly.
+const MAX_STAGING: usize = 16 << 20;
+
+/// One stream of the pool.
+#[derive(Debug)]
+pub struct CudaStream {
+    pub(crate) raw: sys::CUstream,
+    ctx: Arc<Context>,
+    // sync-shim: allowed (create-once cell for the cuBLAS handle; not loom-modelled)
+    blas: std::sync::OnceLock<Result<Blas, BackendError>>,
+    /// Device error word: `[flag, payload]`, written by kernels, read by the host.
+    err_word: Pinned,
+    pub(crate) err_dev: sys::CUdeviceptr,
+    staging: RankedMutex<Option<Pinned>>,
+    /// Device scratch memory for multi-pass kernels, used in stream order only.
+    scratch: RankedMutex<Option<Segment>>,
+    failed: AtomicBool,
+    sticky: RankedMutex<Option<BackendError>>,
+}
+
+// SAFETY: a CUstream handle may be used from any thread with its context current; the driver
+// serializes concurrent submissions to one stream. Every other field is Send + Sync or is
+// only touched through locks (staging) / volatile reads (err_word).
+unsafe impl Send for CudaStream {}
+// SAFETY: as above.
+unsafe impl Sync for CudaStream {}
+
+impl CudaStream {
+    /// Creates a stream (non-blocking: no implicit ordering with the legacy stream).
+    pub(crate) fn create(ctx: &Arc<Context>) -> BackendResult<CudaStream> {
+        ctx.bind()?;
+        let mut raw = std::ptr::null_mut();
+        check(
+            // SAFETY: the context is current; writes one stream handle, destroyed in Drop.
+            unsafe {
+                sys::cuStreamCreate(&mut raw, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32)
+            },
+            "cuStreamCreate",
+        )?;
+        let err_word = match Pinned::alloc(ctx, 16, true) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: created above, nothing enqueued yet.
+                let _ = unsafe { sys::cuStreamDestroy_v2(raw) };
+                return Err(e);
+            }
+        };
+        let err_dev = err_word.device_ptr()?;
+        Ok(CudaStream {
+            raw,
+            ctx: Arc::clone(ctx),
+            blas: std::sync::OnceLock::new(), // sync-shim: allowed (see the field)
+            err_word,
+            err_dev,
+            staging: RankedMutex::new(rank::BACKEND_STAGING, None),
+            scratch: RankedMutex::new(rank::BACKEND_STAGING, None),
+            failed: AtomicBool::new(false),
+            sticky: RankedMutex::new(rank::BACKEND_STREAM_ERROR, None),
+        })
+    }
+
+    /// The stream's cuBLAS handle, created on first use.
+    pub(crate) fn blas(&self) -> BackendResult<&Blas> {
+        self.blas
+            .get_or_init(|| {
+                crate::driver::traced("cuBLAS handle", || Blas::new(&self.ctx, self.raw))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The sticky error, if the stream has one (including one a kernel reported through the
+    /// error word since the last check).
+    pub(crate) fn error(&self) -> Option<BackendError> {
+        if self.failed.load(Ordering::Acquire) {
+            return self.sticky.lock().clone();
+        }
+        let word = self.err_word.host().cast::<u64>();
+        // SAFETY: the error word is 16 bytes of page-locked memory owned by this stream, 8-byte
+        // aligned; the device writes it, so it is read volatile.
+        let flag = unsafe { word.read_volatile() };
+        if flag == 0 {
+            return None;
+        }
+        // SAFETY: as above, second word.
+        let index = unsafe { word.add(1).read_volatile() } as i64;
+        Some(self.fail(BackendError::Kernel {
+            kernel: "index_select",
+            message: format!("index {index} is out of range for the indexed dimension"),
+        }))
+    }
+
+    /// Makes `e` the stream's sticky error (the first one wins) and returns the sticky error.
+    pub(crate) fn fail(&self, e: BackendError) -> BackendError {
+        let mut sticky = self.sticky.lock();
+        let e = sticky.get_or_insert(e).clone();
+        self.failed.store(true, Ordering::Release);
+        e
+    }
+
+    /// `Err` with the sticky error, if any.
+    pub(crate) fn healthy(&self) -> BackendResult<()> {
+        self.error().map_or(Ok(()), Err)
+    }
+
+    /// Converts the result of a call on this stream, making a failure sticky.
+    pub(crate) fn track(&self, r: CUresult, api: &'static str) -> BackendResult<()> {
+        check(r, api).map_err(|e| self.fail(e))
+    }
+
+    /// Binds the context to the calling thread.
+    pub(crate) fn bind(&self) -> BackendResult<()> {
+        self.ctx.bind()
+    }
+
+    /// Waits for all work enqueued so far, at most `timeout`; `false` when the time ran out.
+    pub(crate) fn synchronize(&self, timeout: Option<Duration>) -> BackendResult<bool> {
+        self.healthy()?;
+        self.bind()?;
+        let done = match timeout {
+            None => self
+                .track(
+                    // SAFETY: live stream, context current.
+                    unsafe { sys::cuStreamSynchronize(self.raw) },
+                    "cuStreamSynchronize",
+                )
+                .map(|()| true)?,
+            Some(t) => poll(t, || {
+                // SAFETY: live stream, context current.
+                match unsafe { sys::cuStreamQuery(self.raw) } {
+                    CUresult::CUDA_SUCCESS => Ok(true),
+                    CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+                    other => self.track(other, "cuStreamQuery").map(|()| false),
+                }
+            })?,
+        };
+        self.healthy()?;
+        Ok(done)
+    }
+
+    /// Runs `f` with the address of at least `bytes` of this stream's scratch memory, holding
+    /// it (so the kernels `f` enqueues use it in stream order without another thread's kernels
+    /// in between).
+    pub(crate) fn with_scratch<R>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(u64) -> BackendResult<R>,
+    ) -> BackendResult<R> {
+        let mut scratch = self.scratch.lock();
+        if scratch.as_ref().is_none_or(|s| s.len() < bytes) {
+            if scratch.is_some() {
+                // Earlier kernels of this stream may still use the old buffer.
+                self.synchronize(None)?;
+            }
+            *scratch = None;
+            let (segment, _) = Segment::alloc(&self.ctx, bytes.next_power_of_two())?;
+            *scratch = Some(segment);
+        }
+        f(scratch.as_ref().expect("allocated above").ptr())
+    }
+
+    /// Copies `len` bytes at device address `src` to the host after all earlier work.
+    pub(crate) fn read(&self, src: sys::CUdeviceptr, len: usize) -> BackendResult<Vec<u8>> {
+        self.healthy()?;
+        self.bind()?;
+        let mut out = vec![0u8; len];
+        if len == 0 {
+            self.synchronize(None)?;
+            return Ok(out);
+        }
+        if len > MAX_STAGING {
+            // Pageable destination: the driver stages it and returns once the copy is done.
+            self.track(
+                // SAFETY: `out` has `len` writable bytes; `src` is readable for `len` bytes (caller
+                // of Backend::read); the copy is ordered after earlier work on the stream.
+                unsafe { sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr().cast(), src, len, self.raw) },
+                "cuMemcpyDtoHAsync",
+            )?;
+            self.synchronize(None)?;
+            return Ok(out);
+        }
+        let mut staging = self.staging.lock();
+        if staging.as_ref().is_none_or(|p| p.len() < len) {
+            *staging = Some(Pinned::alloc(
+                &self.ctx,
+                len.next_power_of_two().max(4096),
+                false,
+            )?);
+        }
+        let buf = staging.as_ref().expect("allocated above");
+        self.track(
+            // SAFETY: `buf` is page-locked memory of at least `len` bytes, held (through the lock)
+            // until the stream has finished the copy below; `src` as above.
+            unsafe { sys::cuMemcpyDtoHAsync_v2(buf.host().cast(), src, len, self.raw) },
+            "cuMemcpyDtoHAsync",
+        )?;
+        self.synchronize(None)?;
+        // SAFETY: the copy completed (stream synchronized); `buf` holds `len` initialized bytes
+        // and `out` has room for them; they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(buf.host(), out.as_mut_ptr(), len) };
+        Ok(out)
+    }
+}
+
+/// Polls `done` with a growing back-off until it says true or `timeout` has passed.
+pub(crate) fn poll(
+    timeout: Duration,
+    mut done: impl FnMut() -> BackendResult<bool>,
+) -> BackendResult<bool> {
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(5);
+    loop {
+        if done()? {
+            return Ok(true);
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
+            return Ok(false);
+        }
+        chorus_sync::thread::sleep(pause.min(timeout - elapsed));
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}
+
+impl Drop for CudaStream {
+    fn drop(&mut self) {
+        // The cuBLAS handle goes first, while its stream still exists.
+        drop(self.blas.take());
+        if self.ctx.bind().is_ok() {
+            // SAFETY: the runtime synchronizes every stream before dropping it; the stream was
+            // created once and is destroyed once.
+            let _ = unsafe { sys::cuStreamDestroy_v2(self.raw) };
+        }
+    }
+}

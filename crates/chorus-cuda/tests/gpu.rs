@@ -1,0 +1,265 @@
+//! The CUDA backend through the public API. Without a GPU each test prints `SKIPPED` and checks
+//! only that asking for a device gives a typed error (never a panic).
+
+use chorus_core::{Device, Error, Tensor};
+
+/// CUDA device 0, or `None` (with a `SKIPPED` line) without a GPU.
+fn gpu() -> Option<Device> {
+    if !chorus_cuda::is_available() {
+        eprintln!("SKIPPED: no CUDA device on this machine");
+        return None;
+    }
+    Some(chorus_cuda::device(0).expect("cuda device 0"))
+}
+
+fn cpu() -> Device {
+    chorus_cpu::device().expect("cpu device")
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+fn close(a: &Tensor, b: &Tensor, tol: f32) {
+    let (a, b) = (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap());
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let ok = (x - y).abs() <= tol * (1.0 + y.abs()) || (x.is_nan() && y.is_nan());
+        assert!(ok, "element {i}: cuda {x} vs cpu {y}");
+    }
+}
+
+/// The same tensor on the other device.
+fn to(device: &Device, t: &Tensor) -> Tensor {
+    Tensor::from_slice(device, &t.to_vec::<f32>().unwrap(), t.shape()).unwrap()
+}
+
+#[test]
+fn without_a_device_the_error_is_typed() {
+    if chorus_cuda::is_available() {
+        match chorus_cuda::device(4096) {
+            Err(Error::Unavailable {
+                backend: "cuda",
+                ordinal: 4096,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        return;
+    }
+    eprintln!("SKIPPED: no CUDA device (checking the error only)");
+    match chorus_cuda::device(0) {
+        Err(Error::Unavailable {
+            backend: "cuda", ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(chorus_cuda::gpus().unwrap().is_empty());
+}
+
+#[test]
+fn randn_gives_the_cpu_backends_bits() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = cpu();
+    for (seed, len) in [
+        (0u64, 6usize),
+        ((1 << 40) + 5, 6),
+        (42, 4099),
+        (7, 1),
+        (9, 1 << 20),
+    ] {
+        let g = Tensor::randn(&gpu, &[len], seed).unwrap();
+        let c = Tensor::randn(&cpu, &[len], seed).unwrap();
+        assert_eq!(bits(&g), bits(&c), "seed {seed}, len {len}");
+    }
+    let known: Vec<u32> = vec![
+        0x3f7dbb30, 0xbf6cb6b3, 0xbf1e1ba0, 0xbef6d1a9, 0xbe1d5355, 0x3e392a68,
+    ];
+    assert_eq!(bits(&Tensor::randn(&gpu, &[6], 0).unwrap()), known);
+}
+
+#[test]
+fn kernels_compile_once_when_64_threads_start_together() {
+    let Some(gpu) = gpu() else { return };
+    let barrier = std::sync::Barrier::new(64);
+    std::thread::scope(|s| {
+        for t in 0..64u64 {
+            let (gpu, barrier) = (&gpu, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                let x = Tensor::randn(gpu, &[16], t).unwrap();
+                x.sum_all().unwrap().item::<f32>().unwrap();
+            });
+        }
+    });
+    // Once per architecture per process (compiled, or loaded from the disk cache), however
+    // many threads and devices asked.
+    let other = chorus_cuda::device(0).unwrap();
+    Tensor::randn(&other, &[4], 1)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let (compiled, from_disk) = chorus_cuda::kernel_builds();
+    assert_eq!(
+        compiled + from_disk,
+        1,
+        "{compiled} compilations, {from_disk} disk loads"
+    );
+}
+
+#[test]
+fn ops_agree_with_the_cpu_backend() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = cpu();
+    let pair = |shape: &[usize], seed| {
+        let c = Tensor::randn(&cpu, shape, seed).unwrap();
+        (to(&gpu, &c), c)
+    };
+    let (ga, ca) = pair(&[3, 5, 7], 1);
+    let (gb, cb) = pair(&[7, 4], 2);
+    let (gc, cc) = pair(&[5, 1], 3);
+    // Matmul: batched with a broadcast rhs, a transposed operand, 1-D operands.
+    close(&ga.matmul(&gb).unwrap(), &ca.matmul(&cb).unwrap(), 1e-5);
+    let (gt, ct) = (gb.transpose(0, 1).unwrap(), cb.transpose(0, 1).unwrap());
+    close(&gt.matmul(&gb).unwrap(), &ct.matmul(&cb).unwrap(), 1e-5);
+    let (gv, cv) = pair(&[7], 4);
+    close(&gv.matmul(&gb).unwrap(), &cv.matmul(&cb).unwrap(), 1e-5);
+    // A column slice (strides (7, 2) after narrow+transpose) goes through a copy.
+    let gs = ga.narrow(2, 1, 4).unwrap().transpose(1, 2).unwrap();
+    let cs = ca.narrow(2, 1, 4).unwrap().transpose(1, 2).unwrap();
+    close(&gs.matmul(&ga).unwrap(), &cs.matmul(&ca).unwrap(), 1e-5);
+    // Elementwise with broadcasting, unary, softmax family, reductions.
+    close(&ga.add(&gc).unwrap(), &ca.add(&cc).unwrap(), 0.0);
+    close(&ga.div(&gc).unwrap(), &ca.div(&cc).unwrap(), 0.0);
+    for (g, c) in [
+        (ga.relu().unwrap(), ca.relu().unwrap()),
+        (ga.gelu().unwrap(), ca.gelu().unwrap()),
+        (ga.tanh().unwrap(), ca.tanh().unwrap()),
+        (ga.exp().unwrap(), ca.exp().unwrap()),
+        (ga.softmax(1).unwrap(), ca.softmax(1).unwrap()),
+        (ga.log_softmax(-1).unwrap(), ca.log_softmax(-1).unwrap()),
+        (
+            ga.sum(&[0, 2], true).unwrap(),
+            ca.sum(&[0, 2], true).unwrap(),
+        ),
+        (ga.mean(&[1], false).unwrap(), ca.mean(&[1], false).unwrap()),
+        (ga.prod(&[2], false).unwrap(), ca.prod(&[2], false).unwrap()),
+        (ga.sum_all().unwrap(), ca.sum_all().unwrap()),
+        (
+            ga.permute(&[2, 0, 1]).unwrap().contiguous().unwrap(),
+            ca.permute(&[2, 0, 1]).unwrap().contiguous().unwrap(),
+        ),
+        (
+            Tensor::cat(&[&ga, &ga], 1).unwrap(),
+            Tensor::cat(&[&ca, &ca], 1).unwrap(),
+        ),
+    ] {
+        close(&g, &c, 1e-5);
+    }
+    let (gm, gi) = ga.max_dim(1, false).unwrap();
+    let (cm, ci) = ca.max_dim(1, false).unwrap();
+    close(&gm, &cm, 0.0);
+    assert_eq!(gi.to_vec::<i64>().unwrap(), ci.to_vec::<i64>().unwrap());
+    // Norms, conv (depthwise, pointwise, strided/padded), pool, attention with masks.
+    let (gx, cx) = pair(&[2, 6, 9, 9], 5);
+    let (gw, cw) = pair(&[6], 6);
+    close(
+        &gx.group_norm(3, Some(&gw), Some(&gw), 1e-5).unwrap(),
+        &cx.group_norm(3, Some(&cw), Some(&cw), 1e-5).unwrap(),
+        1e-4,
+    );
+    let (gl, cl) = pair(&[9], 7);
+    close(
+        &gx.layer_norm(Some(&gl), Some(&gl), 1e-5).unwrap(),
+        &cx.layer_norm(Some(&cl), Some(&cl), 1e-5).unwrap(),
+        1e-4,
+    );
+    for (wshape, stride, pad, groups) in [
+        ([6, 1, 3, 3], 1, 1, 6),
+        ([4, 6, 1, 1], 1, 0, 1),
+        ([4, 3, 3, 2], 2, 1, 2),
+    ] {
+        let (gk, ck) = pair(&wshape, 8);
+        let (gb, cb) = pair(&[wshape[0]], 9);
+        close(
+            &gx.conv2d(&gk, Some(&gb), [stride, stride], [pad, pad], groups)
+                .unwrap(),
+            &cx.conv2d(&ck, Some(&cb), [stride, stride], [pad, pad], groups)
+                .unwrap(),
+            1e-4,
+        );
+    }
+    close(
+        &gx.adaptive_avg_pool2d([4, 3]).unwrap(),
+        &cx.adaptive_avg_pool2d([4, 3]).unwrap(),
+        1e-6,
+    );
+    let (gq, cq) = pair(&[2, 4, 8, 16], 10);
+    close(
+        &Tensor::scaled_dot_product_attention(&gq, &gq, &gq, None, true).unwrap(),
+        &Tensor::scaled_dot_product_attention(&cq, &cq, &cq, None, true).unwrap(),
+        1e-4,
+    );
+}
+
+#[test]
+fn large_reductions_run_in_two_passes_and_agree() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = cpu();
+    let c = Tensor::randn(&cpu, &[3, 300_000], 11).unwrap();
+    let g = to(&gpu, &c);
+    close(&g.sum_all().unwrap(), &c.sum_all().unwrap(), 1e-5);
+    close(
+        &g.mean(&[1], false).unwrap(),
+        &c.mean(&[1], false).unwrap(),
+        1e-5,
+    );
+    close(&g.max_all().unwrap(), &c.max_all().unwrap(), 0.0);
+    close(&g.min_all().unwrap(), &c.min_all().unwrap(), 0.0);
+    // Deterministic: the same reduction twice gives the same bits.
+    assert_eq!(bits(&g.sum_all().unwrap()), bits(&g.sum_all().unwrap()));
+}
+
+#[test]
+fn a_bad_index_fails_its_stream_only() {
+    let Some(gpu) = gpu() else { return };
+    let table = Tensor::randn(&gpu, &[4, 3], 1).unwrap();
+    let ok = Tensor::from_slice(&gpu, &[3i64, 0], &[2]).unwrap();
+    assert_eq!(table.index_select(0, &ok).unwrap().shape(), &[2, 3]);
+    let other = gpu.stream(3).unwrap();
+    let bad_stream = gpu.stream(2).unwrap();
+    let err = gpu.with_stream(&bad_stream, || {
+        let bad = Tensor::from_slice(&gpu, &[1i64, 9], &[2]).unwrap();
+        table.index_select(0, &bad).unwrap().to_vec::<f32>()
+    });
+    match err {
+        Err(Error::Device { source, .. }) => assert!(source.to_string().contains('9'), "{source}"),
+        other => panic!("{other:?}"),
+    }
+    // Another stream is unaffected.
+    gpu.with_stream(&other, || {
+        let x = Tensor::randn(&gpu, &[8], 3).unwrap();
+        assert_eq!(x.to_vec::<f32>().unwrap().len(), 8);
+    });
+}
+
+#[test]
+fn timing_events_measure_gpu_work() {
+    let Some(gpu) = gpu() else { return };
+    let (start, end) = (gpu.timing_event().unwrap(), gpu.timing_event().unwrap());
+    let s = gpu.current_stream().unwrap();
+    start.record(&s).unwrap();
+    let x = Tensor::randn(&gpu, &[1024, 1024], 1).unwrap();
+    let _y = x.matmul(&x).unwrap();
+    end.record(&s).unwrap();
+    end.synchronize(std::time::Duration::from_secs(10)).unwrap();
+    let dt = start.elapsed(&end).unwrap();
+    assert!(
+        dt > std::time::Duration::ZERO && dt < std::time::Duration::from_secs(10),
+        "{dt:?}"
+    );
+}
