@@ -7,6 +7,8 @@
 //!
 //! The model is built from seeded random weights (the numbers do not matter for speed); every
 //! linear layer runs as one GEMM with its bias and ReLU fused.
+//!
+//! `chorus bench batching` runs the dynamic batching benchmark instead (`bench_batching.rs`).
 
 use crate::device::{self, DeviceChoice};
 use chorus::{Device, Tensor, UnaryOp};
@@ -14,15 +16,33 @@ use clap::Args;
 use std::process::ExitCode;
 use std::time::Instant;
 
+#[path = "bench_batching.rs"]
+mod batching;
+
 /// Arguments of `chorus bench`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
+    /// The benchmark: `mlp` (batch and thread sweeps of the MLP) or `batching` (the dynamic
+    /// batching queue against direct calls; see the batching options below).
+    #[arg(value_enum, default_value_t = Suite::Mlp)]
+    suite: Suite,
     /// Device to run on (`cpu`, `auto`).
     #[arg(long, default_value = "cpu", value_parser = device::parse)]
     device: DeviceChoice,
     /// Print one JSON object (the same keys as the PyTorch script's output).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    batching: batching::BatchingArgs,
+}
+
+/// The benchmarks of `chorus bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Suite {
+    /// The MLP batch and thread sweeps (the default).
+    Mlp,
+    /// The dynamic batching queue (`bench_batching.rs`).
+    Batching,
 }
 
 /// The MLP: `(weight [out, in], bias [out], relu?)` per layer.
@@ -60,6 +80,9 @@ fn forward_sync(mlp: &Mlp, device: &Device, x: &Tensor) -> chorus::Result<()> {
 }
 
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.suite == Suite::Batching {
+        return batching::run(&args.device, args.json, &args.batching);
+    }
     let device = device::build(&args.device)?;
     let mlp = Mlp::new(&device)?;
     let mut batching = Vec::new();

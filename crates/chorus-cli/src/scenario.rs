@@ -11,11 +11,13 @@
 //! [`Scenario::ALL`], its work in [`Scenario::round`] and its result names in
 //! [`Scenario::outputs`].
 
+use chorus::batch::{BatchConfig, BatchError, BatchQueue};
 use chorus::nn;
 use chorus::{Device, Result, Tensor};
+use std::time::Duration;
 
 /// The scenarios planned but not written yet, named in the error for an unknown name.
-const PLANNED: [&str; 1] = ["batching"];
+const PLANNED: [&str; 0] = [];
 
 /// One kind of round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +41,19 @@ pub(crate) enum Scenario {
     /// Two post-norm transformer encoder layers (d = 256, 4 heads, feed-forward 1024), one
     /// model shared by every thread, on `randn([4, 32, 256])`; results: sum and max.
     Transformer,
+    /// The MLP of [`Scenario::Mlp`] behind one dynamic batching queue shared by every thread:
+    /// each round submits `randn([1, 512])` and waits for its rows; results: the output and
+    /// where it ran (batch number, row offset, batch rows). Verified against direct calls of
+    /// the model on the main thread: bit-for-bit on the same batch, and within the op
+    /// tolerance on the row alone ([`Scenario::batch_reference`]).
+    Batching,
 }
 
 /// Models shared by every thread of a model scenario, built once per run from seeded weights.
 pub(crate) struct Models {
     model: Box<dyn nn::Module>,
+    /// The queue of [`Scenario::Batching`], running the same model.
+    queue: Option<BatchQueue>,
 }
 
 impl std::fmt::Debug for Models {
@@ -70,14 +80,27 @@ impl Models {
             Tensor::randn(device, shape, seed)?.mul(&scale)
         };
         let model: Box<dyn nn::Module> = match scenario {
-            Scenario::Mlp => {
+            Scenario::Mlp | Scenario::Batching => {
                 let sizes = [512, 1024, 1024, 512];
                 let mut named = Vec::new();
                 for (i, w) in sizes.windows(2).enumerate() {
                     named.push((format!("{}.weight", 2 * i), param(&[w[1], w[0]], w[0])?));
                     named.push((format!("{}.bias", 2 * i), param(&[w[1]], w[0])?));
                 }
-                Box::new(nn::Mlp::load(&nn::Weights::from_tensors(named), &sizes)?)
+                let mlp = nn::Mlp::load(&nn::Weights::from_tensors(named), &sizes)?;
+                if scenario == Scenario::Batching {
+                    let queue = batch_queue(device, mlp.clone()).map_err(|e| {
+                        nn::NnError::InvalidConfig {
+                            what: "batch queue",
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    return Ok(Some(Models {
+                        model: Box::new(mlp),
+                        queue: Some(queue),
+                    }));
+                }
+                Box::new(mlp)
             }
             Scenario::Transformer => {
                 let (d, ff) = (256, 1024);
@@ -110,7 +133,45 @@ impl Models {
             }
             _ => return Ok(None),
         };
-        Ok(Some(Models { model }))
+        Ok(Some(Models { model, queue: None }))
+    }
+}
+
+/// The queue of [`Scenario::Batching`]: batches of up to 32 rows, 0.5 ms delay, 2 workers,
+/// room for every thread's request.
+fn batch_queue(device: &Device, mlp: nn::Mlp) -> std::result::Result<BatchQueue, BatchError> {
+    let config = BatchConfig::builder(device)
+        .max_batch(32)
+        .max_delay(Duration::from_micros(500))
+        .workers(2)
+        .max_queue(65_536)
+        .input_shape(Some(vec![512]))
+        .build()?;
+    BatchQueue::new(mlp, config)
+}
+
+/// A batch queue's error as a runtime error (the round's error type).
+fn batch_error(e: BatchError) -> chorus::Error {
+    match e {
+        BatchError::Device { source, .. } => source,
+        BatchError::Model { source, .. } => nn_error(&source),
+        other => model_error(other.to_string()),
+    }
+}
+
+/// A model's error as a runtime error.
+fn nn_error(e: &nn::NnError) -> chorus::Error {
+    match e {
+        nn::NnError::Core(e) => e.clone(),
+        other => model_error(other.to_string()),
+    }
+}
+
+fn model_error(reason: String) -> chorus::Error {
+    chorus::Error::InvalidShape {
+        op: "batch queue",
+        shape: vec![1, 512],
+        reason,
     }
 }
 
@@ -138,13 +199,14 @@ pub(crate) struct RoundKey {
 
 impl Scenario {
     /// Every scenario, in the order listed to the user.
-    pub(crate) const ALL: [Scenario; 6] = [
+    pub(crate) const ALL: [Scenario; 7] = [
         Scenario::Matmul,
         Scenario::Attention,
         Scenario::Conv,
         Scenario::Reduce,
         Scenario::Mlp,
         Scenario::Transformer,
+        Scenario::Batching,
     ];
 
     /// The name used by `--scenario`.
@@ -156,6 +218,7 @@ impl Scenario {
             Scenario::Reduce => "reduce",
             Scenario::Mlp => "mlp",
             Scenario::Transformer => "transformer",
+            Scenario::Batching => "batching",
         }
     }
 
@@ -171,10 +234,14 @@ impl Scenario {
         } else {
             ""
         };
+        let planned_list = if PLANNED.is_empty() {
+            String::new()
+        } else {
+            format!(" (planned: {})", PLANNED.join(", "))
+        };
         Err(format!(
-            "unknown scenario `{name}`{planned}; known scenarios: {} (planned: {})",
+            "unknown scenario `{name}`{planned}; known scenarios: {}{planned_list}",
             known.join(", "),
-            PLANNED.join(", ")
         ))
     }
 
@@ -187,6 +254,7 @@ impl Scenario {
             Scenario::Conv => &["logits"],
             Scenario::Mlp => &["output"],
             Scenario::Transformer => &["sum", "max"],
+            Scenario::Batching => &["output", "batch"],
             Scenario::Reduce => &[
                 "sum",
                 "sum_dim1",
@@ -266,6 +334,19 @@ impl Scenario {
                     near_one.prod(&[2], false)?,
                 ])
             }
+            Scenario::Batching => {
+                let queue = p
+                    .models
+                    .and_then(|m| m.queue.as_ref())
+                    .expect("the batching scenario runs with its queue built");
+                let x = Tensor::randn(device, &[1, 512], seed_for(p.seed, key, 0))?;
+                let (y, info) = queue
+                    .submit(x)
+                    .and_then(|t| t.wait_with_info())
+                    .map_err(batch_error)?;
+                let at = [info.batch as i64, info.offset as i64, info.rows as i64];
+                Ok(vec![y, Tensor::from_slice(device, &at, &[3])?])
+            }
             Scenario::Mlp | Scenario::Transformer => {
                 let model = p
                     .models
@@ -291,6 +372,39 @@ impl Scenario {
                 }
             }
         }
+    }
+}
+
+impl Scenario {
+    /// The direct single-threaded reference of [`Scenario::Batching`] for the rounds `keys`,
+    /// which ran together in one batch, in row order: the model called directly on the
+    /// concatenation of their inputs (bit-identical to the batch by construction), and on each
+    /// input alone (equal within the op tolerance), as `(batch output, [row outputs])`.
+    ///
+    /// # Errors
+    /// An op or model error.
+    pub(crate) fn batch_reference(
+        device: &Device,
+        p: &Params<'_>,
+        keys: &[RoundKey],
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let model = &p
+            .models
+            .expect("the batching scenario runs with its model built")
+            .model;
+        let run = |x: &Tensor| {
+            model
+                .forward(x)
+                .map_err(|e| nn_error(&e))
+                .and_then(|y| y.to_vec::<f32>())
+        };
+        let inputs = keys
+            .iter()
+            .map(|&k| Tensor::randn(device, &[1, 512], seed_for(p.seed, k, 0)))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = run(&Tensor::cat(&inputs.iter().collect::<Vec<_>>(), 0)?)?;
+        let alone = inputs.iter().map(run).collect::<Result<Vec<_>>>()?;
+        Ok((batch, alone))
     }
 }
 
@@ -335,12 +449,12 @@ mod tests {
         assert_eq!(Scenario::parse(" MatMul "), Ok(Scenario::Matmul));
         let e = Scenario::parse("nope").unwrap_err();
         assert!(
-            e.contains("known scenarios: matmul, attention, conv, reduce, mlp, transformer"),
+            e.contains(
+                "known scenarios: matmul, attention, conv, reduce, mlp, transformer, batching"
+            ),
             "{e}"
         );
-        assert!(Scenario::parse("batching")
-            .unwrap_err()
-            .contains("not written yet"));
+        assert_eq!(Scenario::parse("batching"), Ok(Scenario::Batching));
     }
 
     #[test]

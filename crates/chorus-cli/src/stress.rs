@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use chorus::{Device, MemoryStats, Tensor};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -113,7 +114,11 @@ pub(crate) fn run(args: &StressArgs) -> anyhow::Result<ExitCode> {
 
     // Verification, not timed.
     let kept = runs.iter().map(|r| r.results.len() as u64).sum();
-    let check = verify(&device, args.scenario, &params, &runs, kept);
+    let check = if args.scenario == Scenario::Batching {
+        verify_batching(&device, &params, &runs, kept)
+    } else {
+        verify(&device, args.scenario, &params, &runs, kept)
+    };
     drop(runs);
 
     report_errors("error", &op_errors);
@@ -250,6 +255,114 @@ fn verify(
                 .push(format!("{at}: recomputing on the main thread: {e}")),
         }
         bar.inc(1);
+    }
+    bar.finish_and_clear();
+    v
+}
+
+/// Verification of [`Scenario::Batching`]: the rounds are regrouped by the batch they ran in
+/// (their `batch` result: batch number, row offset, rows of the batch), and each batch is
+/// recomputed on the main thread by a direct call of the model on the concatenation of its
+/// rounds' inputs, which must give the same bits; each round's output must also be within the
+/// op tolerance (rtol = atol = 1e-4, as the golden MLP cases) of a direct call on its input
+/// alone, since a different batch may round differently.
+fn verify_batching(
+    device: &Device,
+    params: &Params<'_>,
+    runs: &[ThreadRun],
+    kept: u64,
+) -> Verification {
+    /// One round's output and where it ran.
+    struct Placed {
+        offset: i64,
+        rows: i64,
+        key: RoundKey,
+        output: Vec<f32>,
+    }
+    let bar = progress_bar(kept, "verify");
+    let mut v = Verification::default();
+    let at = |key: &RoundKey| format!("thread {}, iteration {}", key.thread, key.iter);
+    let mut batches: BTreeMap<i64, Vec<Placed>> = BTreeMap::new();
+    for (key, results) in runs.iter().flat_map(|r| r.results.iter()) {
+        let read = match results.as_slice() {
+            [y, place] => y
+                .to_vec::<f32>()
+                .and_then(|y| Ok((y, place.to_vec::<i64>()?))),
+            _ => {
+                v.errors
+                    .push(format!("{}: {} results, want 2", at(key), results.len()));
+                bar.inc(1);
+                continue;
+            }
+        };
+        match read {
+            Ok((output, place)) if place.len() == 3 => {
+                batches.entry(place[0]).or_default().push(Placed {
+                    offset: place[1],
+                    rows: place[2],
+                    key: *key,
+                    output,
+                });
+            }
+            Ok(_) => v
+                .errors
+                .push(format!("{}: malformed batch result", at(key))),
+            Err(e) => v
+                .errors
+                .push(format!("{}: reading the result: {e}", at(key))),
+        }
+    }
+    for (batch, mut members) in batches {
+        members.sort_by_key(|m| m.offset);
+        let rows = members[0].rows;
+        let contiguous = members
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.offset == i as i64 && m.rows == rows);
+        if !contiguous || members.len() as i64 != rows {
+            v.errors.push(format!(
+                "batch {batch}: rows do not add up ({} rounds for {rows} rows)",
+                members.len()
+            ));
+            bar.inc(members.len() as u64);
+            continue;
+        }
+        let keys: Vec<RoundKey> = members.iter().map(|m| m.key).collect();
+        match Scenario::batch_reference(device, params, &keys) {
+            Ok((whole, alone)) => {
+                let width = whole.len() / members.len().max(1);
+                for (i, m) in members.iter().enumerate() {
+                    let here = format!("{} (batch {batch}, row {i})", at(&m.key));
+                    let before = v.mismatches.len();
+                    let want = whole[i * width..(i + 1) * width].to_vec();
+                    compare(
+                        &here,
+                        &["output"],
+                        std::slice::from_ref(&m.output),
+                        &[want],
+                        &mut v.mismatches,
+                    );
+                    let worst = m
+                        .output
+                        .iter()
+                        .zip(&alone[i])
+                        .map(|(g, w)| (g - w).abs() - 1e-4 * w.abs())
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    if m.output.len() != alone[i].len() || worst > 1e-4 {
+                        v.mismatches.push(format!(
+                            "{here}: differs from a direct batch-1 call beyond the op tolerance"
+                        ));
+                    }
+                    if v.mismatches.len() == before {
+                        v.verified += 1;
+                    }
+                }
+            }
+            Err(e) => v.errors.push(format!(
+                "batch {batch}: recomputing on the main thread: {e}"
+            )),
+        }
+        bar.inc(members.len() as u64);
     }
     bar.finish_and_clear();
     v

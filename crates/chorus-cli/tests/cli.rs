@@ -347,3 +347,68 @@ fn seed_scenarios_mlp_and_transformer() {
         assert_eq!(v["verified"], 12, "{scenario}");
     }
 }
+
+/// The batching round: 8 threads share one queue; every output is bit-identical to a direct
+/// call on its batch and within tolerance of a direct batch-1 call.
+#[test]
+fn stress_scenario_batching() {
+    let v = json_ok(&chorus(
+        &[
+            "stress",
+            "--scenario",
+            "batching",
+            "--threads",
+            "8",
+            "--iters",
+            "5",
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(v["scenario"], "batching");
+    assert_eq!(v["ops"], 40);
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["verified"], 40);
+}
+
+/// `chorus bench batching` on a tiny sweep: one row per (max_batch, max_delay), both baselines.
+#[test]
+fn bench_batching_json() {
+    let v = json_ok(&chorus(
+        &[
+            "bench",
+            "batching",
+            "--clients",
+            "4",
+            "--requests",
+            "3",
+            "--max-batch",
+            "2,4",
+            "--max-delay-ms",
+            "0,0.5",
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(v["clients"], 4);
+    assert!(v["direct_threads"]["samples_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["direct_batch"].as_array().unwrap().len(), 2);
+    let rows = v["batching"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        assert!(r["samples_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["mean_batch"].as_f64().unwrap() >= 1.0, "{r}");
+        assert!(
+            r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+}
+
+#[test]
+fn bench_rejects_an_unknown_suite() {
+    fails_naming(
+        &chorus(&["bench", "nope"], &[]),
+        &["nope", "mlp", "batching"],
+    );
+}

@@ -1,0 +1,374 @@
+//! `chorus bench batching`: the dynamic batching queue (`chorus::batch`) on the MLP
+//! 512→1024→1024→512 (ReLU, the weights of `chorus bench`), against two direct baselines.
+//!
+//! - **Queue**: `--clients` threads each send `--requests` batch-1 requests one after another
+//!   (`randn([1, 512])`, then `infer`, which returns once the request's rows are computed),
+//!   through one queue per (`max_batch`, `max_delay`) of the sweep, with `--workers` workers.
+//! - **(a) direct, many threads**: the same threads call the model directly with batch 1
+//!   (`randn([1, 512])`, forward, synchronize the thread's stream), as `chorus bench` does.
+//! - **(b) direct, one thread, batch B**: one thread runs forward + synchronize on
+//!   `randn([B, 512])` for B = each `max_batch`.
+//!
+//! Each timed phase starts after a warm-up (5 requests per client, 3 forwards for (b)) and a
+//! barrier, and stops when the last client has its last result. Throughput is samples (rows)
+//! per second; latency is per request (per forward for (b)), from the call until its result is
+//! computed: p50 and p99 over every request of the phase. Ratios are queue throughput over
+//! (a) and over (b) at the same B; the latency bound of the target is
+//! `max_delay + 3 × (b)'s forward time at B`.
+
+use crate::device::{self, DeviceChoice};
+use chorus::batch::{BatchConfig, BatchQueue};
+use chorus::nn::{self, Module};
+use chorus::{Device, Tensor};
+use clap::Args;
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// Options of `chorus bench batching` (ignored by the other suites).
+#[derive(Debug, Args)]
+pub(crate) struct BatchingArgs {
+    /// Batching: client threads, each sending batch-1 requests one at a time.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    clients: u64,
+    /// Batching: the `max_batch` values to sweep (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "8,32,128,512",
+        value_name = "LIST"
+    )]
+    max_batch: Vec<usize>,
+    /// Batching: the `max_delay` values to sweep, in milliseconds (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,0.5,2",
+        value_name = "LIST"
+    )]
+    max_delay_ms: Vec<f64>,
+    /// Batching: requests per client in each timed phase.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+    /// Batching: worker threads of the queue (each on its own stream).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
+    workers: u64,
+}
+
+/// Throughput and latency of one timed phase.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    samples_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Measured {
+    fn from(samples: u64, elapsed: Duration, mut latencies: Vec<Duration>) -> Measured {
+        latencies.sort_unstable();
+        let q = |q: f64| {
+            if latencies.is_empty() {
+                return Duration::ZERO;
+            }
+            let i = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+            latencies[i - 1]
+        };
+        Measured {
+            samples_per_s: samples as f64 / elapsed.as_secs_f64().max(1e-9),
+            p50: q(0.50),
+            p99: q(0.99),
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The MLP of `chorus bench` (same seeds, same scaling) as an `nn::Mlp`.
+fn mlp(device: &Device) -> anyhow::Result<nn::Mlp> {
+    let sizes = [512usize, 1024, 1024, 512];
+    let layers = sizes
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| -> anyhow::Result<nn::Linear> {
+            let scale = Tensor::full(device, &[1], 1.0 / (w[0] as f32).sqrt())?;
+            let weight = Tensor::randn(device, &[w[1], w[0]], 100 + i as u64)?.mul(&scale)?;
+            let bias = Tensor::randn(device, &[w[1]], 200 + i as u64)?.mul(&scale)?;
+            Ok(nn::Linear::new(weight, Some(bias))?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(nn::Mlp::new(layers)?)
+}
+
+/// Runs `clients` threads, each doing `warmup` untimed then `requests` timed calls of
+/// `call(client, request)`, which returns the latency of one request. Returns the timed
+/// phase's wall time (barrier to last result) and every latency.
+fn clients(
+    clients: u64,
+    warmup: u64,
+    requests: u64,
+    call: &(dyn Fn(u64, u64) -> anyhow::Result<Duration> + Sync),
+    after_warmup: &(dyn Fn() + Sync),
+) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    let n = usize::try_from(clients)?;
+    let start = Barrier::new(n + 1);
+    let warm = Barrier::new(n + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let (start, warm) = (&start, &warm);
+                s.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let mut out = Vec::with_capacity(requests as usize);
+                    let mut failure = None;
+                    for i in 0..warmup {
+                        if let Err(e) = call(c, 1_000_000 + i) {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                    warm.wait();
+                    start.wait();
+                    for i in 0..requests {
+                        match call(c, i) {
+                            Ok(l) => out.push(l),
+                            Err(e) => {
+                                failure.get_or_insert(e);
+                            }
+                        }
+                    }
+                    failure.map_or(Ok(out), Err)
+                })
+            })
+            .collect();
+        warm.wait();
+        after_warmup();
+        start.wait();
+        let t0 = Instant::now();
+        let mut all = Vec::new();
+        let mut failure = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(ls)) => all.extend(ls),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(_) => {
+                    failure.get_or_insert(anyhow::anyhow!("a client thread panicked"));
+                }
+            }
+        }
+        let elapsed = t0.elapsed();
+        failure.map_or(Ok((elapsed, all)), Err)
+    })
+}
+
+/// The seed of client `c`'s request `i`.
+fn seed(c: u64, i: u64) -> u64 {
+    c * 10_000_000 + i
+}
+
+/// (a): every client calls the model directly with batch 1 and waits for its stream.
+fn direct_threads(device: &Device, model: &nn::Mlp, a: &BatchingArgs) -> anyhow::Result<Measured> {
+    let call = |c: u64, i: u64| -> anyhow::Result<Duration> {
+        let x = Tensor::randn(device, &[1, 512], seed(c, i))?;
+        let t0 = Instant::now();
+        model.forward(&x)?;
+        device.current_stream()?.synchronize()?;
+        Ok(t0.elapsed())
+    };
+    let (elapsed, latencies) = clients(a.clients, 5, a.requests, &call, &|| {})?;
+    Ok(Measured::from(a.clients * a.requests, elapsed, latencies))
+}
+
+/// (b): one thread, forward + synchronize on batch `b`.
+fn direct_batch(
+    device: &Device,
+    model: &nn::Mlp,
+    b: usize,
+    samples: u64,
+) -> anyhow::Result<Measured> {
+    let x = Tensor::randn(device, &[b, 512], 7)?;
+    let stream = device.current_stream()?;
+    for _ in 0..3 {
+        model.forward(&x)?;
+        stream.synchronize()?;
+    }
+    let n = (samples / b as u64).clamp(10, 2000);
+    let mut latencies = Vec::with_capacity(n as usize);
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        model.forward(&x)?;
+        stream.synchronize()?;
+        latencies.push(t.elapsed());
+    }
+    Ok(Measured::from(n * b as u64, t0.elapsed(), latencies))
+}
+
+/// One queue configuration: its throughput and client-side latency, and the queue's mean batch.
+fn queued(
+    device: &Device,
+    model: &nn::Mlp,
+    a: &BatchingArgs,
+    max_batch: usize,
+    max_delay: Duration,
+) -> anyhow::Result<(Measured, f64, u64)> {
+    let cfg = BatchConfig::builder(device)
+        .max_batch(max_batch)
+        .max_delay(max_delay)
+        .workers(usize::try_from(a.workers)?)
+        .max_queue(usize::try_from(a.clients)?.max(1) * 2)
+        .input_shape(Some(vec![512]))
+        .build()?;
+    let queue = BatchQueue::new(model.clone(), cfg)?;
+    let call = |c: u64, i: u64| -> anyhow::Result<Duration> {
+        let x = Tensor::randn(device, &[1, 512], seed(c, i))?;
+        let t0 = Instant::now();
+        queue.infer(x)?;
+        Ok(t0.elapsed())
+    };
+    let (elapsed, latencies) = clients(a.clients, 5, a.requests, &call, &|| queue.reset_stats())?;
+    let stats = queue.stats();
+    queue.shutdown(chorus::batch::ShutdownMode::Drain);
+    Ok((
+        Measured::from(a.clients * a.requests, elapsed, latencies),
+        stats.mean_batch_size,
+        stats.batches,
+    ))
+}
+
+/// Runs `chorus bench batching`.
+///
+/// # Errors
+/// A device that cannot start, invalid sweep values, or a failed request or forward.
+pub(crate) fn run(
+    choice: &DeviceChoice,
+    as_json: bool,
+    a: &BatchingArgs,
+) -> anyhow::Result<ExitCode> {
+    if let Some(&d) = a
+        .max_delay_ms
+        .iter()
+        .find(|d| !(d.is_finite() && **d >= 0.0))
+    {
+        anyhow::bail!("--max-delay-ms: {d} is not a delay in milliseconds");
+    }
+    let device = device::build(choice)?;
+    let model = mlp(&device)?;
+    let total = a.clients * a.requests;
+
+    let threads = direct_threads(&device, &model, a)?;
+    let mut per_batch = Vec::new();
+    for &b in &a.max_batch {
+        anyhow::ensure!(b > 0, "--max-batch: 0 is not a batch size");
+        per_batch.push((b, direct_batch(&device, &model, b, total)?));
+    }
+    let mut rows = Vec::new();
+    for &(b, direct) in &per_batch {
+        for &d in &a.max_delay_ms {
+            let delay = Duration::from_secs_f64(d / 1e3);
+            let (m, mean_batch, batches) = queued(&device, &model, a, b, delay)?;
+            let bound = delay + 3 * direct.p50;
+            rows.push(json!({
+                "max_batch": b,
+                "max_delay_ms": d,
+                "samples_per_s": m.samples_per_s,
+                "p50_ms": ms(m.p50),
+                "p99_ms": ms(m.p99),
+                "mean_batch": mean_batch,
+                "batches": batches,
+                "vs_direct_threads": m.samples_per_s / threads.samples_per_s,
+                "vs_direct_batch": m.samples_per_s / direct.samples_per_s,
+                "p99_bound_ms": ms(bound),
+                "p99_within_bound": m.p99 <= bound,
+            }));
+        }
+    }
+    let out = json!({
+        "device": device.id().to_string(),
+        "device_description": device.describe(),
+        "model": "mlp 512-1024-1024-512",
+        "clients": a.clients,
+        "requests_per_client": a.requests,
+        "workers": a.workers,
+        "direct_threads": {
+            "threads": a.clients,
+            "samples_per_s": threads.samples_per_s,
+            "p50_ms": ms(threads.p50),
+            "p99_ms": ms(threads.p99),
+        },
+        "direct_batch": per_batch.iter().map(|(b, m)| json!({
+            "batch": b,
+            "samples_per_s": m.samples_per_s,
+            "forward_ms": ms(m.p50),
+        })).collect::<Vec<_>>(),
+        "batching": rows,
+    });
+    if as_json {
+        println!("{out}");
+    } else {
+        print_text(&out);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(out: &Value) {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "Dynamic batching, MLP 512-1024-1024-512, on {} ({})",
+        out["device"].as_str().unwrap_or("?"),
+        out["device_description"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{} clients x {} batch-1 requests per configuration, {} workers",
+        out["clients"], out["requests_per_client"], out["workers"]
+    );
+    let t = &out["direct_threads"];
+    println!(
+        "(a) {} threads calling the model directly, batch 1: {:.0} samples/s, p50 {:.3} ms, p99 {:.3} ms",
+        t["threads"],
+        f(&t["samples_per_s"]),
+        f(&t["p50_ms"]),
+        f(&t["p99_ms"])
+    );
+    for b in out["direct_batch"].as_array().into_iter().flatten() {
+        println!(
+            "(b) one thread, batch {:>4}: {:>9.0} samples/s, {:.3} ms per forward",
+            b["batch"].as_u64().unwrap_or(0),
+            f(&b["samples_per_s"]),
+            f(&b["forward_ms"])
+        );
+    }
+    println!(
+        "{:>9} {:>9} {:>11} {:>8} {:>8} {:>10} {:>7} {:>7} {:>12}",
+        "max_batch",
+        "delay ms",
+        "samples/s",
+        "p50 ms",
+        "p99 ms",
+        "mean batch",
+        "x (a)",
+        "x (b)",
+        "p99 bound ms"
+    );
+    for r in out["batching"].as_array().into_iter().flatten() {
+        println!(
+            "{:>9} {:>9} {:>11.0} {:>8.3} {:>8.3} {:>10.1} {:>7.2} {:>7.2} {:>12.3} {}",
+            r["max_batch"].as_u64().unwrap_or(0),
+            f(&r["max_delay_ms"]),
+            f(&r["samples_per_s"]),
+            f(&r["p50_ms"]),
+            f(&r["p99_ms"]),
+            f(&r["mean_batch"]),
+            f(&r["vs_direct_threads"]),
+            f(&r["vs_direct_batch"]),
+            f(&r["p99_bound_ms"]),
+            if r["p99_within_bound"].as_bool() == Some(true) {
+                "ok"
+            } else {
+                "over"
+            }
+        );
+    }
+}
