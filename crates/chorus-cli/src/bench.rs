@@ -5,6 +5,8 @@
 //! - `mlp_b1_threads`: 1, 2, 4, 8, 16, 64 threads sharing the model, each doing
 //!   `max(20, 1000 / threads)` iterations of `randn([1, 512])` + forward + read-back.
 //!
+//! With a GPU device the suite of `torch_cuda_baseline.py` runs instead (`bench_cuda.rs`).
+//!
 //! The model is built from seeded random weights (the numbers do not matter for speed); every
 //! linear layer runs as one GEMM with its bias and ReLU fused.
 //!
@@ -26,7 +28,8 @@ pub(crate) struct BenchArgs {
     /// batching queue against direct calls; see the batching options below).
     #[arg(value_enum, default_value_t = Suite::Mlp)]
     suite: Suite,
-    /// Device to run on (`cpu`, `auto`).
+    /// Device to run on (`cpu`, `cuda`, `auto`). A GPU runs the suite of
+    /// `torch_cuda_baseline.py` (see `bench_cuda.rs`), the CPU that of `torch_cpu_baseline.py`.
     #[arg(long, default_value = "cpu", value_parser = device::parse)]
     device: DeviceChoice,
     /// Print one JSON object (the same keys as the PyTorch script's output).
@@ -82,6 +85,11 @@ fn forward_sync(mlp: &Mlp, device: &Device, x: &Tensor) -> chorus::Result<()> {
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.suite == Suite::Batching {
         return batching::run(&args.device, args.json, &args.batching);
+    }
+    if device::is_gpu(args.device.kind) {
+        let out = crate::bench_cuda::run(&args.device, args.json)?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
     }
     let device = device::build(&args.device)?;
     let mlp = Mlp::new(&device)?;

@@ -28,8 +28,7 @@ pub(crate) fn parse(name: &str) -> Result<DeviceChoice, String> {
 
 /// The lowercase name of a backend (`cpu`).
 pub(crate) fn backend_name(kind: BackendKind) -> String {
-    // `BackendKind` is non-exhaustive and has no name method; its Debug form is the variant.
-    format!("{kind:?}").to_ascii_lowercase()
+    kind.name().to_string()
 }
 
 /// The names of the compiled-in backends.
@@ -52,4 +51,27 @@ pub(crate) fn build(choice: &DeviceChoice) -> anyhow::Result<Device> {
         .backend(choice.kind)
         .build()
         .with_context(|| format!("starting device `{}`", choice.name))
+}
+
+/// As [`build`], with at least `streams` streams unless `CHORUS_STREAMS` says otherwise (so
+/// that every thread of a benchmark gets its own stream).
+///
+/// # Errors
+/// As [`build`].
+pub(crate) fn build_with_streams(choice: &DeviceChoice, streams: usize) -> anyhow::Result<Device> {
+    let mut builder = Device::builder()
+        .from_env()
+        .context("reading the CHORUS_* environment variables")?;
+    if std::env::var_os("CHORUS_STREAMS").is_none() {
+        builder = builder.streams(streams);
+    }
+    builder
+        .backend(choice.kind)
+        .build()
+        .with_context(|| format!("starting device `{}`", choice.name))
+}
+
+/// Whether `kind` is a GPU backend.
+pub(crate) fn is_gpu(kind: BackendKind) -> bool {
+    kind.name() != "cpu"
 }

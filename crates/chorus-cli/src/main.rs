@@ -10,6 +10,7 @@
 //! command-line usage error (from clap).
 
 mod bench;
+mod bench_cuda;
 mod device;
 mod human;
 mod info;

@@ -65,6 +65,11 @@ impl std::fmt::Debug for Models {
 }
 
 impl Models {
+    /// The shared model.
+    pub(crate) fn model(&self) -> &dyn nn::Module {
+        &*self.model
+    }
+
     /// The model `scenario` runs, if it runs one.
     ///
     /// # Errors

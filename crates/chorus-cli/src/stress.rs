@@ -45,7 +45,7 @@ pub(crate) struct StressArgs {
     /// Side of the square operands.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     size: u64,
-    /// Device to run on: a compiled-in backend (`cpu`) or `auto`.
+    /// Device to run on: a compiled-in backend (`cpu`, `cuda`) or `auto`.
     #[arg(long, default_value = "cpu", value_parser = device::parse, value_name = "DEVICE")]
     device: DeviceChoice,
     /// Base seed of every random input.

@@ -16,6 +16,7 @@
 //! `chorus_core::tensor`'s matmul).
 
 use crate::driver::Context;
+use crate::lt::Lt;
 use crate::memory::Segment;
 use chorus_core::kernel::MatOperand;
 use chorus_core::{BackendError, BackendResult, DevicePtr};
@@ -52,6 +53,8 @@ pub(crate) fn warm_up(ctx: &Arc<Context>) -> BackendResult<()> {
 #[derive(Debug)]
 pub(crate) struct Blas {
     handle: cublas::cublasHandle_t,
+    /// cuBLASLt for GEMMs with a fused epilogue, sharing the workspace (same stream).
+    pub(crate) lt: Lt,
     _workspace: Segment,
     ctx: Arc<Context>,
 }
@@ -90,8 +93,17 @@ impl Blas {
             unsafe { cublas::cublasCreate_v2(&mut handle) },
             "cublasCreate",
         )?;
+        let lt = match Lt::new(ctx, (ws_ptr.0, WORKSPACE_BYTES)) {
+            Ok(lt) => lt,
+            Err(e) => {
+                // SAFETY: created above, not used yet.
+                let _ = unsafe { cublas::cublasDestroy_v2(handle) };
+                return Err(e);
+            }
+        };
         let blas = Blas {
             handle,
+            lt,
             _workspace: workspace,
             ctx: Arc::clone(ctx),
         };

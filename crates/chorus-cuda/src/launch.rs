@@ -148,6 +148,23 @@ unsafe fn raw(
     blocks: u32,
     params: &mut [*mut c_void],
 ) -> BackendResult<()> {
+    // SAFETY: forwarded contract.
+    unsafe { raw_with(stream, module, f, blocks, BLOCK, params) }
+}
+
+/// As [`raw`] with `threads` per block (a multiple of 32, at most 1024: what the ROW kernels
+/// accept).
+///
+/// # Safety
+/// As [`raw`].
+unsafe fn raw_with(
+    stream: &CudaStream,
+    module: &Module,
+    f: Func,
+    blocks: u32,
+    threads: u32,
+    params: &mut [*mut c_void],
+) -> BackendResult<()> {
     // SAFETY: caller's contract; the function belongs to the loaded module of this context.
     let r = unsafe {
         cudarc::driver::sys::cuLaunchKernel(
@@ -155,7 +172,7 @@ unsafe fn raw(
             blocks,
             1,
             1,
-            BLOCK,
+            threads,
             1,
             1,
             0,
@@ -253,9 +270,26 @@ pub(crate) unsafe fn launch(
                         &mut [arg(&mut o), arg(&mut c), arg(&mut z)],
                     )?;
                 } else {
-                    stream
-                        .blas()?
-                        .sgemm(lhs, rhs, *out, [*batch, *m, *n, *k], tf32)
+                    let blas = stream.blas()?;
+                    if *batch == 1 && (epilogue.bias.is_some() || epilogue.act.is_some()) {
+                        let fused = blas
+                            .lt
+                            .matmul(
+                                stream.raw,
+                                lhs,
+                                rhs,
+                                *out,
+                                [*m, *n, *k],
+                                epilogue.bias,
+                                epilogue.act,
+                                tf32,
+                            )
+                            .map_err(|e| stream.fail(e))?;
+                        if fused {
+                            return Ok(());
+                        }
+                    }
+                    blas.sgemm(lhs, rhs, *out, [*batch, *m, *n, *k], tf32)
                         .map_err(|e| stream.fail(e))?;
                 }
                 if epilogue.bias.is_none() && epilogue.act.is_none() {
@@ -378,11 +412,18 @@ pub(crate) unsafe fn launch(
                 {
                     return split_reduce(stream, module, code, s, kept, red, o, n_out, n_red);
                 }
-                raw(
+                // Few long rows: a full-size block per row reads four times as fast.
+                let threads = if n_out <= 64 && n_red >= 4096 {
+                    1024
+                } else {
+                    BLOCK
+                };
+                raw_with(
                     stream,
                     module,
                     f,
                     row_grid(n_out),
+                    threads,
                     &mut [
                         arg(&mut code),
                         arg(&mut s),
@@ -696,7 +737,7 @@ pub(crate) unsafe fn launch(
 const SPLIT_MAX_OUTPUTS: u64 = 512;
 /// ... and at least this many reduced elements per output run in two passes, so that more than
 /// one block works on each output.
-const SPLIT_MIN_REDUCED: u64 = 1 << 18;
+const SPLIT_MIN_REDUCED: u64 = 1 << 17;
 
 /// An f32 reduction in two passes (`reduce_partial_f32`, `reduce_finish_f32`): each output's
 /// reduced elements are split into `parts` chunks folded by separate blocks into double partial

@@ -1,7 +1,7 @@
 //! The CUDA backend through the public API. Without a GPU each test prints `SKIPPED` and checks
 //! only that asking for a device gives a typed error (never a panic).
 
-use chorus_core::{Device, Error, Tensor};
+use chorus_core::{Device, Error, Tensor, UnaryOp};
 
 /// CUDA device 0, or `None` (with a `SKIPPED` line) without a GPU.
 fn gpu() -> Option<Device> {
@@ -204,6 +204,40 @@ fn ops_agree_with_the_cpu_backend() {
         &Tensor::scaled_dot_product_attention(&cq, &cq, &cq, None, true).unwrap(),
         1e-4,
     );
+}
+
+#[test]
+fn fused_linear_epilogues_agree() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = cpu();
+    let x = Tensor::randn(&cpu, &[5, 48], 21).unwrap();
+    let w = Tensor::randn(&cpu, &[40, 48], 22).unwrap();
+    let b = Tensor::randn(&cpu, &[40], 23).unwrap();
+    let (gx, gw, gb) = (to(&gpu, &x), to(&gpu, &w), to(&gpu, &b));
+    for act in [
+        None,
+        Some(UnaryOp::Relu),
+        Some(UnaryOp::GeluTanh),
+        Some(UnaryOp::Gelu),
+    ] {
+        for bias in [true, false] {
+            let (cb, gbias) = if bias {
+                (Some(&b), Some(&gb))
+            } else {
+                (None, None)
+            };
+            let want = x.linear_act(&w, cb, act).unwrap();
+            let got = gx.linear_act(&gw, gbias, act).unwrap();
+            close(&got, &want, 1e-4);
+            // Same shape, same algorithm: bit-identical on a second run.
+            assert_eq!(bits(&got), bits(&gx.linear_act(&gw, gbias, act).unwrap()));
+        }
+    }
+    // A row view at an odd offset takes the plain path and agrees too.
+    let (cv, gv) = (x.narrow(0, 1, 3).unwrap(), gx.narrow(0, 1, 3).unwrap());
+    let want = cv.linear_act(&w, Some(&b), Some(UnaryOp::Relu)).unwrap();
+    let got = gv.linear_act(&gw, Some(&gb), Some(UnaryOp::Relu)).unwrap();
+    close(&got, &want, 1e-4);
 }
 
 #[test]

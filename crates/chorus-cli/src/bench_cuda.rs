@@ -1,0 +1,147 @@
+//! The GPU suite of `chorus bench` (the default for `--device cuda`), measured exactly as
+//! PyTorch's side measures it in `../shared/bench/torch_cuda_baseline.py`, so the two can run
+//! side by side in one job on the GPU machine:
+//! - `threads`: the transformer block (d=256, 4 heads, 2 layers, input 4×32×256) and the MLP
+//!   512→1024→1024→512 at batch 1, from 1, 2, 4, 8, 16, 32, 64 threads sharing one model,
+//!   each thread on its own stream; an iteration is `x = randn(...)`, `model(x).sum().item()`;
+//!   `max(20, 400 / threads)` (transformer) or `max(50, 2000 / threads)` (MLP) iterations after
+//!   one warm-up round, timed from a barrier;
+//! - `batching`: one thread, the MLP at batch 1 … 4096, 20 warm-up forwards then 500 timed
+//!   `model(x).sum().item()`.
+//!
+//! (The seed's stress rounds are `chorus stress --device cuda --json`.) The output's keys are the
+//! PyTorch script's, so `scripts/compare-bench` can pair the rows.
+
+use crate::device::{self, DeviceChoice};
+use crate::scenario::{Models, Scenario};
+use chorus::{Device, Tensor};
+use serde_json::{json, Value};
+use std::sync::Barrier;
+use std::time::Instant;
+
+const THREADS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// One workload of the thread sweep.
+struct Workload {
+    name: &'static str,
+    scenario: Scenario,
+    input: &'static [usize],
+    iters: fn(usize) -> usize,
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        name: "transformer_d256_h4_L2_x4x32",
+        scenario: Scenario::Transformer,
+        input: &[4, 32, 256],
+        iters: |t| (400 / t).max(20),
+    },
+    Workload {
+        name: "mlp_512_1024_1024_512_b1",
+        scenario: Scenario::Mlp,
+        input: &[1, 512],
+        iters: |t| (2000 / t).max(50),
+    },
+];
+
+/// `model(x).sum().item()`: one synchronous forward, as the PyTorch script does it.
+fn forward_item(models: &Models, x: &Tensor) -> anyhow::Result<f32> {
+    Ok(models.model().forward(x)?.sum_all()?.item::<f32>()?)
+}
+
+/// Forwards per second from `threads` threads sharing `models`.
+fn thread_round(
+    device: &Device,
+    models: &Models,
+    w: &Workload,
+    threads: usize,
+) -> anyhow::Result<Value> {
+    let iters = (w.iters)(threads);
+    let barrier = Barrier::new(threads + 1);
+    let mut errors = 0;
+    let t0 = std::thread::scope(|s| -> anyhow::Result<Instant> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || -> anyhow::Result<()> {
+                    let seed = |i: usize| (t * 1_000_003 + i) as u64;
+                    let warm = Tensor::randn(device, w.input, seed(usize::MAX / 2 - t));
+                    let ok = warm
+                        .map_err(anyhow::Error::from)
+                        .and_then(|x| forward_item(models, &x));
+                    barrier.wait();
+                    ok?;
+                    for i in 0..iters {
+                        let x = Tensor::randn(device, w.input, seed(i))?;
+                        forward_item(models, &x)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        for h in handles {
+            if h.join().expect("bench thread panicked").is_err() {
+                errors += 1;
+            }
+        }
+        Ok(t0)
+    })?;
+    let dt = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "threads": threads,
+        "ops_per_s": (threads * iters) as f64 / dt,
+        "errors": errors,
+        "workload": w.name,
+        "per_thread_stream": true,
+    }))
+}
+
+/// Samples per second of the MLP at each batch size, one thread.
+fn batching(device: &Device) -> anyhow::Result<Vec<Value>> {
+    let models = Models::build(device, Scenario::Mlp)?.expect("the mlp scenario has a model");
+    let mut rows = Vec::new();
+    for b in [1usize, 8, 64, 256, 1024, 4096] {
+        let x = Tensor::randn(device, &[b, 512], 7)?;
+        for _ in 0..20 {
+            forward_item(&models, &x)?;
+        }
+        let n = 500;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            forward_item(&models, &x)?;
+        }
+        let dt = t0.elapsed().as_secs_f64() / f64::from(n);
+        rows.push(json!({"batch": b, "latency_ms": dt * 1e3, "samples_per_s": b as f64 / dt}));
+    }
+    Ok(rows)
+}
+
+/// Runs the suite on `choice` and returns the result object.
+pub(crate) fn run(choice: &DeviceChoice, quiet: bool) -> anyhow::Result<Value> {
+    let device = device::build_with_streams(choice, THREADS[THREADS.len() - 1] + 1)?;
+    let mut threads = Vec::new();
+    for w in &WORKLOADS {
+        let models = Models::build(&device, w.scenario)?.expect("model scenarios have a model");
+        for &t in &THREADS {
+            let row = thread_round(&device, &models, w, t)?;
+            if !quiet {
+                eprintln!("{row}");
+            }
+            threads.push(row);
+        }
+    }
+    let batching = batching(&device)?;
+    if !quiet {
+        for b in &batching {
+            eprintln!("{b}");
+        }
+    }
+    Ok(json!({
+        "device": device.id().to_string(),
+        "description": device.describe(),
+        "threads": threads,
+        "batching": batching,
+    }))
+}
