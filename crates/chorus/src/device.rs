@@ -254,6 +254,13 @@ impl DeviceBuilder {
         self.build_without_env()
     }
 
+    #[cfg_attr(
+        not(any(feature = "cpu", feature = "cuda")),
+        expect(
+            unused_variables,
+            reason = "with no backend compiled in, `kind` has no value to use `config` with"
+        )
+    )]
     fn build_without_env(self) -> Result<Device> {
         let config = self.config.build()?;
         let kind = self.kind.ok_or(Error::Config {
