@@ -61,9 +61,15 @@ fn info_text() {
     let o = chorus(&["info"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
+    let backends = out
+        .lines()
+        .find(|l| l.starts_with("backends compiled in: "))
+        .unwrap_or_else(|| panic!("no backends line in:\n{out}"));
+    assert!(backends.contains("cpu"), "{backends}");
+    // Without a GPU (or without the cuda feature) `auto` is the CPU.
+    let gpu = out.contains("cuda:0 ");
     for needle in [
-        "backends compiled in: cpu",
-        "cpu:0#",
+        if gpu { "cuda:0#" } else { "cpu:0#" },
         "count",
         "32",
         "thread cache",
