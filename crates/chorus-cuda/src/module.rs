@@ -19,7 +19,7 @@ use cudarc::nvrtc::sys::{self as nvrtc, nvrtcResult};
 use std::ffi::{c_char, CStr, CString};
 
 /// The CUDA C source of every non-BLAS kernel.
-pub const SOURCE: &str = include_str!("kernels.cu");
+pub(crate) const SOURCE: &str = include_str!("kernels.cu");
 
 macro_rules! functions {
     ($($variant:ident = $name:literal,)*) => {
