@@ -44,13 +44,7 @@ pub(crate) fn backend_names() -> Vec<String> {
 /// # Errors
 /// An invalid `CHORUS_*` variable (the message names it) or a backend that cannot start.
 pub(crate) fn build(choice: &DeviceChoice) -> anyhow::Result<Device> {
-    let builder = Device::builder()
-        .from_env()
-        .context("reading the CHORUS_* environment variables")?;
-    builder
-        .backend(choice.kind)
-        .build()
-        .with_context(|| format!("starting device `{}`", choice.name))
+    start(choice, |b| b)
 }
 
 /// As [`build`], with at least `streams` streams unless `CHORUS_STREAMS` says otherwise (so
@@ -59,13 +53,24 @@ pub(crate) fn build(choice: &DeviceChoice) -> anyhow::Result<Device> {
 /// # Errors
 /// As [`build`].
 pub(crate) fn build_with_streams(choice: &DeviceChoice, streams: usize) -> anyhow::Result<Device> {
-    let mut builder = Device::builder()
+    start(choice, |b| {
+        if std::env::var_os("CHORUS_STREAMS").is_none() {
+            b.streams(streams)
+        } else {
+            b
+        }
+    })
+}
+
+/// The environment's builder, adjusted by `adjust`, started on the chosen backend.
+fn start(
+    choice: &DeviceChoice,
+    adjust: impl FnOnce(chorus::DeviceBuilder) -> chorus::DeviceBuilder,
+) -> anyhow::Result<Device> {
+    let builder = Device::builder()
         .from_env()
         .context("reading the CHORUS_* environment variables")?;
-    if std::env::var_os("CHORUS_STREAMS").is_none() {
-        builder = builder.streams(streams);
-    }
-    builder
+    adjust(builder)
         .backend(choice.kind)
         .build()
         .with_context(|| format!("starting device `{}`", choice.name))

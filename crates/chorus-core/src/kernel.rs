@@ -66,6 +66,59 @@ impl View {
     }
 }
 
+/// Row-major contiguous strides of `shape` (in elements).
+pub fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for d in (1..shape.len()).rev() {
+        strides[d - 1] = strides[d] * shape[d];
+    }
+    strides
+}
+
+/// `shape` with the strides of `N` operands over it simplified, for backends walking views:
+/// size-1 dimensions are dropped and neighbours that step as one in every operand (outer
+/// stride = inner stride × inner extent) are merged. Row-major element order and every
+/// element's offsets are unchanged; a contiguous operand ends up as one dimension of stride 1.
+///
+/// # Panics
+/// When a stride list's length differs from the shape's.
+pub fn coalesce<const N: usize>(
+    shape: &[usize],
+    strides: [&[usize]; N],
+) -> (Vec<usize>, [Vec<usize>; N]) {
+    for s in &strides {
+        assert_eq!(
+            s.len(),
+            shape.len(),
+            "strides {s:?} do not match shape {shape:?}"
+        );
+    }
+    let mut out_shape: Vec<usize> = Vec::with_capacity(shape.len());
+    let mut out: [Vec<usize>; N] = std::array::from_fn(|_| Vec::with_capacity(shape.len()));
+    for (d, &n) in shape.iter().enumerate() {
+        if n == 1 {
+            continue;
+        }
+        let mergeable = !out_shape.is_empty()
+            && strides
+                .iter()
+                .zip(&out)
+                .all(|(s, merged)| s[d].checked_mul(n) == merged.last().copied());
+        if mergeable {
+            *out_shape.last_mut().expect("non-empty") *= n;
+        } else {
+            out_shape.push(n);
+        }
+        for (s, merged) in strides.iter().zip(&mut out) {
+            match merged.last_mut() {
+                Some(last) if mergeable => *last = s[d],
+                _ => merged.push(s[d]),
+            }
+        }
+    }
+    (out_shape, out)
+}
+
 /// One matrix operand of a batched matmul: element `[b, i, j]` is at
 /// `ptr + b * batch_stride + i * row_stride + j * col_stride`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -465,5 +518,33 @@ impl Kernel {
             Kernel::IndexSelect { .. } => "index_select",
             Kernel::CopyInto { .. } => "copy_into",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesce_merges_and_drops() {
+        let (s, v) = coalesce(&[2, 1, 3, 4], [&[12, 99, 4, 1], &[0, 7, 0, 1]]);
+        assert_eq!((s, v), (vec![6, 4], [vec![4, 1], vec![0, 1]]));
+        let (s, v) = coalesce(&[2, 3, 4], [&row_major_strides(&[2, 3, 4])]);
+        assert_eq!((s, v), (vec![24], [vec![1]]));
+        // Nothing merges in a transposed view.
+        let (s, v) = coalesce(&[3, 2], [&[1, 3], &[2, 1]]);
+        assert_eq!((s, v), (vec![3, 2], [vec![1, 3], vec![2, 1]]));
+        // A broadcast scalar against a contiguous output: one dim of stride 0.
+        let (s, v) = coalesce(&[2, 1, 5], [&[0, 0, 0], &[5, 5, 1]]);
+        assert_eq!((s, v), (vec![10], [vec![0], vec![1]]));
+        // All ones: rank 0.
+        let (s, v) = coalesce(&[1, 1], [&[7, 3]]);
+        assert_eq!((s, v), (vec![], [vec![]]));
+    }
+
+    #[test]
+    fn row_major() {
+        assert_eq!(row_major_strides(&[2, 3, 4]), vec![12, 4, 1]);
+        assert_eq!(row_major_strides(&[]), Vec::<usize>::new());
     }
 }

@@ -2,15 +2,6 @@
 
 use crate::error::{Error, Result};
 
-/// Row-major strides of `shape`.
-pub(crate) fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
-
 /// Number of elements, checked.
 pub(crate) fn numel(op: &'static str, shape: &[usize]) -> Result<usize> {
     shape

@@ -30,14 +30,19 @@ use cudarc::driver::sys::CUstream;
 /// 32 streams at 256 MiB while leaving the algorithms for small and medium GEMMs unchanged).
 const WORKSPACE_BYTES: usize = 8 << 20;
 
-/// Initializes cuBLAS once (a throwaway handle), so that the first GEMM of a stream does not
-/// pay for loading the library.
+/// Checks that cuBLAS and cuBLASLt can be loaded and initializes cuBLAS once (a throwaway
+/// handle), so that the first GEMM of a stream does not pay for loading the library.
 pub(crate) fn warm_up(ctx: &Arc<Context>) -> BackendResult<()> {
-    if !crate::driver::cublas_present() {
-        return Err(BackendError::Call {
-            api: "dlopen(libcublas)",
-            message: "cuBLAS is not installed on this machine".into(),
-        });
+    for (present, lib) in [
+        (crate::driver::cublas_present(), "libcublas"),
+        (crate::driver::cublaslt_present(), "libcublasLt"),
+    ] {
+        if !present {
+            return Err(BackendError::Call {
+                api: "dlopen",
+                message: format!("{lib} (cuBLAS) is not installed on this machine"),
+            });
+        }
     }
     ctx.bind()?;
     let mut handle = std::ptr::null_mut();
@@ -79,12 +84,7 @@ fn status(s: cublasStatus_t, api: &'static str) -> BackendResult<()> {
 impl Blas {
     /// A handle bound to `stream`.
     pub(crate) fn new(ctx: &Arc<Context>, stream: CUstream) -> BackendResult<Blas> {
-        if !crate::driver::cublas_present() {
-            return Err(BackendError::Call {
-                api: "dlopen(libcublas)",
-                message: "cuBLAS is not installed on this machine".into(),
-            });
-        }
+        // cuBLAS and cuBLASLt are present: the backend checked in `warm_up` when it started.
         ctx.bind()?;
         let (workspace, ws_ptr) = Segment::alloc(ctx, WORKSPACE_BYTES)?;
         let mut handle = std::ptr::null_mut();
@@ -130,7 +130,8 @@ impl Blas {
     ///
     /// # Safety
     /// The operands address live device memory of their extents; `out` is writable for
-    /// `batch * m * n` f32 and overlaps neither; both are ordered on this handle's stream.
+    /// `batch * m * n` f32 and overlaps neither; both are ordered on this handle's stream. The
+    /// context is current on the calling thread (`Backend::launch` bound it).
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn sgemm(
         &self,
@@ -159,7 +160,6 @@ impl Blas {
             cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
-        self.ctx.bind()?;
         status(
             // SAFETY: caller's contract for the pointers and extents; `layout` checked that each
             // leading dimension covers its matrix; alpha/beta are host scalars (the handle's
@@ -197,29 +197,19 @@ impl Blas {
 }
 
 /// cuBLAS operation and leading dimension of a row-major `rows × cols` operand, seen as the
-/// column-major transpose cuBLAS multiplies with.
+/// column-major transpose cuBLAS multiplies with ([`MatOperand::blas_layout`]).
 fn layout(op: &MatOperand, rows: usize, cols: usize) -> BackendResult<(cublasOperation_t, usize)> {
-    let (rs, cs) = (op.row_stride, op.col_stride);
-    // Adjacent columns: the row-major matrix is column-major cols×rows, ld = row stride.
-    if cs == 1 || cols <= 1 {
-        let ld = if rows <= 1 { cols.max(1) } else { rs };
-        if ld >= cols.max(1) {
-            return Ok((cublasOperation_t::CUBLAS_OP_N, ld));
-        }
+    match op.blas_layout(rows, cols) {
+        Some((false, ld)) => Ok((cublasOperation_t::CUBLAS_OP_N, ld)),
+        Some((true, ld)) => Ok((cublasOperation_t::CUBLAS_OP_T, ld)),
+        None => Err(BackendError::Call {
+            api: "cublasGemmStridedBatchedEx",
+            message: format!(
+                "operand {rows}×{cols} with strides ({}, {}) has no BLAS layout (the front-end makes such operands contiguous)",
+                op.row_stride, op.col_stride
+            ),
+        }),
     }
-    // Adjacent rows: column-major rows×cols with ld = column stride, transposed.
-    if rs == 1 || rows <= 1 {
-        let ld = if cols <= 1 { rows.max(1) } else { cs };
-        if ld >= rows.max(1) {
-            return Ok((cublasOperation_t::CUBLAS_OP_T, ld));
-        }
-    }
-    Err(BackendError::Call {
-        api: "cublasGemmStridedBatchedEx",
-        message: format!(
-            "operand {rows}×{cols} with strides ({rs}, {cs}) has no BLAS layout (the front-end makes such operands contiguous)"
-        ),
-    })
 }
 
 impl Drop for Blas {

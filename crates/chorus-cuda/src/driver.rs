@@ -23,6 +23,12 @@ pub(crate) fn cublas_present() -> bool {
     unsafe { cudarc::cublas::sys::is_culib_present() }
 }
 
+/// Whether cuBLASLt can be loaded.
+pub(crate) fn cublaslt_present() -> bool {
+    // SAFETY: as `driver_present`.
+    unsafe { cudarc::cublaslt::sys::is_culib_present() }
+}
+
 /// Whether NVRTC can be loaded.
 pub(crate) fn nvrtc_present() -> bool {
     // SAFETY: as `driver_present`.
@@ -119,14 +125,13 @@ impl Context {
             unsafe { sys::cuDeviceGet(&mut device, ordinal as i32) },
             "cuDeviceGet",
         )?;
-        if let Some(flags) = sched_flags()? {
-            check(
-                // SAFETY: valid device handle. Sets how host threads wait for the GPU (spin, yield
-                // or block); applies to the primary context from now on.
-                unsafe { sys::cuDevicePrimaryCtxSetFlags_v2(device, flags) },
-                "cuDevicePrimaryCtxSetFlags",
-            )?;
-        }
+        let flags = sched_flags()?;
+        check(
+            // SAFETY: valid device handle. Sets how host threads wait for the GPU (spin, yield or
+            // block); applies to the primary context from now on.
+            unsafe { sys::cuDevicePrimaryCtxSetFlags_v2(device, flags) },
+            "cuDevicePrimaryCtxSetFlags",
+        )?;
         let mut raw = std::ptr::null_mut();
         check(
             // SAFETY: `device` is a valid device handle; writes one context handle, which we
@@ -208,7 +213,7 @@ impl Drop for Context {
 /// waiting thread spins but yields its core, measured best with many threads on the H100
 /// machine: the MLP at 16 threads 101.7k forwards/s vs 93.2k with the driver's `auto`, which
 /// spins without yielding, and 58k with `blocking`), `auto`, `spin` or `blocking`.
-fn sched_flags() -> BackendResult<Option<u32>> {
+fn sched_flags() -> BackendResult<u32> {
     use sys::CUctx_flags as F;
     let v = std::env::var("CHORUS_CUDA_SCHED").unwrap_or_default();
     let flag = match v.trim().to_ascii_lowercase().as_str() {
@@ -224,7 +229,7 @@ fn sched_flags() -> BackendResult<Option<u32>> {
             })
         }
     };
-    Ok(Some(flag as u32))
+    Ok(flag as u32)
 }
 
 /// Runs `f`, and with `CHORUS_CUDA_TRACE` set prints how long it took (one-time setup steps:

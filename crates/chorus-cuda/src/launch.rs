@@ -1,15 +1,17 @@
 //! Kernel descriptors to CUDA work: GEMMs go to the stream's cuBLAS handle, everything else to
 //! the NVRTC kernels of `kernels.cu` (see that file for each kernel's launch shape).
 //!
-//! Strided views are passed as [`Dims`] after *coalescing*: size-1 dimensions are dropped and
-//! neighbours that step as one (`stride[d] == stride[d + 1] * shape[d + 1]` in every view of
-//! the kernel) are merged, so a contiguous operand arrives as one dimension of stride 1 and the
+//! Strided views are passed as [`Dims`] after *coalescing* (`chorus_core::kernel::coalesce`):
+//! size-1 dimensions are dropped and neighbours that step as one in every view of the kernel
+//! are merged, so a contiguous operand arrives as one dimension of stride 1 and the
 //! kernels' index arithmetic stays short. A view that still has more than [`MAX_DIMS`]
 //! dimensions is refused with an error naming the kernel.
 
 use crate::module::{Func, Module};
 use crate::stream::CudaStream;
-use chorus_core::kernel::{ArgOp, BinaryOp, Kernel, ReduceOp, Scalar, UnaryOp, View};
+use chorus_core::kernel::{
+    coalesce, row_major_strides, ArgOp, BinaryOp, Kernel, ReduceOp, Scalar, UnaryOp, View,
+};
 use chorus_core::{BackendError, BackendResult, DType, DevicePtr};
 use std::ffi::c_void;
 
@@ -50,42 +52,6 @@ impl Dims {
         }
         Ok(d)
     }
-}
-
-/// Drops size-1 dimensions and merges neighbours that step as one in every view.
-pub(crate) fn coalesce(shape: &[usize], views: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
-    let mut out_shape: Vec<usize> = Vec::with_capacity(shape.len());
-    let mut out: Vec<Vec<usize>> = vec![Vec::with_capacity(shape.len()); views.len()];
-    for (d, &n) in shape.iter().enumerate() {
-        if n == 1 {
-            continue;
-        }
-        let mergeable = out_shape.last().is_some()
-            && views
-                .iter()
-                .zip(&out)
-                .all(|(v, o)| *o.last().expect("same length as out_shape") == v[d] * n);
-        if mergeable {
-            *out_shape.last_mut().expect("checked") *= n;
-            for (v, o) in views.iter().zip(out.iter_mut()) {
-                *o.last_mut().expect("checked") = v[d];
-            }
-        } else {
-            out_shape.push(n);
-            for (v, o) in views.iter().zip(out.iter_mut()) {
-                o.push(v[d]);
-            }
-        }
-    }
-    (out_shape, out)
-}
-
-fn contiguous(shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        strides[d] = strides[d + 1] * shape[d + 1];
-    }
-    strides
 }
 
 /// A pointer to one kernel argument, for cuLaunchKernel's parameter array.
@@ -241,7 +207,7 @@ pub(crate) unsafe fn launch(
                 let dst = View {
                     ptr: *out,
                     shape: src.shape.clone(),
-                    strides: contiguous(&src.shape),
+                    strides: row_major_strides(&src.shape),
                 };
                 copy(stream, module, name, src, &dst, *dtype)
             }
@@ -338,8 +304,8 @@ pub(crate) unsafe fn launch(
                 if n == 0 {
                     return Ok(());
                 }
-                let dense = contiguous(&lhs.shape);
-                let (shape, s) = coalesce(&lhs.shape, &[&lhs.strides, &rhs.strides, &dense]);
+                let dense = row_major_strides(&lhs.shape);
+                let (shape, s) = coalesce(&lhs.shape, [&lhs.strides, &rhs.strides, &dense]);
                 let mut ad = Dims::new(name, &shape, &s[0])?;
                 let mut bd = Dims::new(name, &shape, &s[1])?;
                 let (mut a, mut b, mut o) = (lhs.ptr.0, rhs.ptr.0, out.0);
@@ -380,14 +346,14 @@ pub(crate) unsafe fn launch(
                     ReduceOp::Prod => 4,
                     other => return Err(unsupported(name, format!("{other:?}"))),
                 };
-                let strides = contiguous(shape);
+                let strides = row_major_strides(shape);
                 let split = |keep: bool| {
                     let (sh, st): (Vec<usize>, Vec<usize>) = (0..shape.len())
                         .filter(|d| dims.contains(d) != keep)
                         .map(|d| (shape[d], strides[d]))
                         .unzip();
-                    let (sh, st) = coalesce(&sh, &[&st]);
-                    (sh, st.into_iter().next().expect("one view"))
+                    let (sh, [st]) = coalesce(&sh, [&st]);
+                    (sh, st)
                 };
                 let (ks, kst) = split(true);
                 let (rs, rst) = split(false);
@@ -823,7 +789,7 @@ unsafe fn copy(
     if n == 0 {
         return Ok(());
     }
-    let (shape, s) = coalesce(&src.shape, &[&src.strides, &dst.strides]);
+    let (shape, s) = coalesce(&src.shape, [&src.strides, &dst.strides]);
     let mut sd = Dims::new(name, &shape, &s[0])?;
     let mut dd = Dims::new(name, &shape, &s[1])?;
     let (mut a, mut b) = (src.ptr.0, dst.ptr.0);
@@ -848,21 +814,6 @@ unsafe fn copy(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn coalesce_merges_contiguous_and_drops_ones() {
-        let (s, v) = coalesce(&[2, 3, 4], &[&[12, 4, 1]]);
-        assert_eq!((s, v), (vec![24], vec![vec![1]]));
-        // A transposed view does not merge.
-        let (s, v) = coalesce(&[3, 2], &[&[1, 3], &[2, 1]]);
-        assert_eq!((s, v), (vec![3, 2], vec![vec![1, 3], vec![2, 1]]));
-        // Broadcast scalar against a contiguous output: merges into one dim of stride 0.
-        let (s, v) = coalesce(&[2, 1, 5], &[&[0, 0, 0], &[5, 5, 1]]);
-        assert_eq!((s, v), (vec![10], vec![vec![0], vec![1]]));
-        // All ones: rank 0.
-        let (s, v) = coalesce(&[1, 1], &[&[7, 3]]);
-        assert_eq!((s, v), (vec![], vec![vec![]]));
-    }
 
     #[test]
     fn dims_refuse_too_many() {

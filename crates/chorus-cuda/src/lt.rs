@@ -141,13 +141,7 @@ unsafe fn set_desc<T>(desc: lt::cublasLtMatmulDesc_t, attr: Desc, v: &T) -> Back
 impl Lt {
     /// A handle for one stream, sharing that stream's cuBLAS workspace (`(address, bytes)`).
     pub(crate) fn new(ctx: &Arc<Context>, workspace: (u64, usize)) -> BackendResult<Lt> {
-        // SAFETY: as `driver_present`: only opens the library.
-        if !unsafe { lt::is_culib_present() } {
-            return Err(BackendError::Call {
-                api: "dlopen(libcublasLt)",
-                message: "cuBLASLt is not installed on this machine".into(),
-            });
-        }
+        // The library is present: the backend checked in `blas::warm_up` when it started.
         ctx.bind()?;
         let mut handle = std::ptr::null_mut();
         // SAFETY: the context is current; writes one handle, destroyed in Drop.
@@ -164,7 +158,7 @@ impl Lt {
     /// Returns `Ok(false)` when this GEMM has no fused form (the caller runs the plain path).
     ///
     /// # Safety
-    /// As `Blas::sgemm`, plus `bias` (if any) readable for `n` f32.
+    /// As `Blas::sgemm` (the context is current), plus `bias` (if any) readable for `n` f32.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn matmul(
         &self,
@@ -204,7 +198,6 @@ impl Lt {
             epi,
             tf32,
         };
-        self.ctx.bind()?;
         let mut plans = self.plans.lock();
         let plan = match plans.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

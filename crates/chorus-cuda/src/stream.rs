@@ -72,7 +72,7 @@ impl CudaStream {
             err_word,
             err_dev,
             staging: RankedMutex::new(rank::BACKEND_STAGING, None),
-            scratch: RankedMutex::new(rank::BACKEND_STAGING, None),
+            scratch: RankedMutex::new(rank::BACKEND_SCRATCH, None),
             failed: AtomicBool::new(false),
             sticky: RankedMutex::new(rank::BACKEND_STREAM_ERROR, None),
         })
@@ -136,6 +136,11 @@ impl CudaStream {
     pub(crate) fn synchronize(&self, timeout: Option<Duration>) -> BackendResult<bool> {
         self.healthy()?;
         self.bind()?;
+        self.wait(timeout)
+    }
+
+    /// [`CudaStream::synchronize`] for callers that checked the stream and bound the context.
+    fn wait(&self, timeout: Option<Duration>) -> BackendResult<bool> {
         let done = match timeout {
             None => self
                 .track(
@@ -184,7 +189,7 @@ impl CudaStream {
         self.bind()?;
         let mut out = vec![0u8; len];
         if len == 0 {
-            self.synchronize(None)?;
+            self.wait(None)?;
             return Ok(out);
         }
         if len > MAX_STAGING {
@@ -195,7 +200,7 @@ impl CudaStream {
                 unsafe { sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr().cast(), src, len, self.raw) },
                 "cuMemcpyDtoHAsync",
             )?;
-            self.synchronize(None)?;
+            self.wait(None)?;
             return Ok(out);
         }
         let mut staging = self.staging.lock();
@@ -213,7 +218,7 @@ impl CudaStream {
             unsafe { sys::cuMemcpyDtoHAsync_v2(buf.host().cast(), src, len, self.raw) },
             "cuMemcpyDtoHAsync",
         )?;
-        self.synchronize(None)?;
+        self.wait(None)?;
         // SAFETY: the copy completed (stream synchronized); `buf` holds `len` initialized bytes
         // and `out` has room for them; they do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(buf.host(), out.as_mut_ptr(), len) };

@@ -57,6 +57,9 @@ pub const BACKEND_STREAM_ERROR: LockRank = r(75, "backend stream error");
 pub const BACKEND_STREAM_DONE: LockRank = r(80, "backend stream done");
 /// A backend stream's GEMM plans (cuBLASLt descriptors per shape; a leaf lock).
 pub const BACKEND_PLANS: LockRank = r(71, "backend GEMM plans");
+/// A backend stream's scratch memory for multi-pass kernels (held while they are enqueued;
+/// a failure then records the stream's sticky error).
+pub const BACKEND_SCRATCH: LockRank = r(73, "backend scratch");
 /// A backend stream's read staging buffer (held across the copy and the stream synchronization,
 /// which may record the stream's sticky error).
 pub const BACKEND_STAGING: LockRank = r(72, "backend read staging");

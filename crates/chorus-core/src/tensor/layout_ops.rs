@@ -5,8 +5,9 @@ use super::check::{need_dtype, same_device, same_dtype, split_at};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::kernel::row_major_strides;
 use crate::kernel::{ArgOp, Kernel, ReduceOp, View};
-use crate::shape::{contiguous_strides, dim};
+use crate::shape::dim;
 
 impl Tensor {
     /// Reorders the dimensions (a view): dimension `i` of the result is dimension `dims[i]`.
@@ -140,7 +141,7 @@ impl Tensor {
         let rt = first.rt();
         let s = rt.current_stream()?;
         let out = Tensor::empty_on(rt, s, &shape, first.dtype, OP)?;
-        let strides = contiguous_strides(&shape);
+        let strides = row_major_strides(&shape);
         let mut at = 0;
         let mut last = Ok(());
         for t in tensors {
@@ -228,7 +229,7 @@ impl Tensor {
         let rows = weight.index_select(0, &flat)?;
         let mut shape = indices.shape.clone();
         shape.push(weight.shape[1]);
-        let strides = contiguous_strides(&shape);
+        let strides = row_major_strides(&shape);
         Ok(rows.restride(shape, strides))
     }
 

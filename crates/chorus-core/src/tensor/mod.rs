@@ -14,9 +14,10 @@ pub(crate) mod storage;
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{DeviceId, Error, Result};
+use crate::kernel::row_major_strides;
 use crate::kernel::{Kernel, Scalar, View};
 use crate::runtime::RuntimeObj;
-use crate::shape::{contiguous_strides, numel};
+use crate::shape::numel;
 use chorus_sync::Arc;
 use storage::Storage;
 
@@ -75,7 +76,7 @@ impl Tensor {
             tensor: Tensor {
                 storage,
                 shape: shape.to_vec(),
-                strides: contiguous_strides(shape),
+                strides: row_major_strides(shape),
                 offset: 0,
                 dtype,
             },

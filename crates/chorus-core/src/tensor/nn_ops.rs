@@ -5,8 +5,9 @@ use super::check::{need_dtype, same_device, split_at};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::kernel::row_major_strides;
 use crate::kernel::{Epilogue, Kernel, MatOperand, UnaryOp};
-use crate::shape::{broadcast, broadcast_strides, contiguous_strides, dim};
+use crate::shape::{broadcast, broadcast_strides, dim};
 
 fn f32_only(op: &'static str, t: &Tensor) -> Result<()> {
     need_dtype(op, t, DType::F32)
@@ -452,7 +453,7 @@ impl Tensor {
             mask: mask.as_ref().map(|m| crate::kernel::View {
                 ptr: m.ptr(),
                 shape: vec![outer, sdim],
-                strides: contiguous_strides(&[outer, sdim]),
+                strides: row_major_strides(&[outer, sdim]),
             }),
         };
         let probs = Tensor::launch(rt, s, kern, probs)?;

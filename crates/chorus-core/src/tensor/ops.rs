@@ -9,8 +9,9 @@ use super::check::{need_dtype, same_device, same_dtype, supported};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::kernel::row_major_strides;
 use crate::kernel::{BinaryOp, DevicePtr, Epilogue, Kernel, MatOperand, ReduceOp};
-use crate::shape::{broadcast, broadcast_strides, contiguous_strides, dims, flatten_run, numel};
+use crate::shape::{broadcast, broadcast_strides, dims, flatten_run, numel};
 
 impl Tensor {
     /// A contiguous tensor with the same elements (this tensor itself if already contiguous).
@@ -79,7 +80,7 @@ impl Tensor {
             )));
         }
         let base = self.contiguous()?;
-        let strides = contiguous_strides(&new);
+        let strides = row_major_strides(&new);
         Ok(base.restride(new, strides))
     }
 
@@ -176,7 +177,7 @@ impl Tensor {
         if self.rank() == 1 {
             final_shape.remove(final_shape.len() - if rhs.rank() == 1 { 1 } else { 2 });
         }
-        let strides = contiguous_strides(&final_shape);
+        let strides = row_major_strides(&final_shape);
         Ok(t.restride(final_shape, strides))
     }
 
@@ -273,7 +274,7 @@ impl Tensor {
             let shape: Vec<usize> = (0..self.rank())
                 .map(|d| if ds.contains(&d) { 1 } else { self.shape[d] })
                 .collect();
-            let strides = contiguous_strides(&shape);
+            let strides = row_major_strides(&shape);
             return Ok(t.restride(shape, strides));
         }
         Ok(t)

@@ -3,14 +3,7 @@
 //! to the caller's tight loop, so no per-element division or modulo is needed), optionally in
 //! cache-sized tiles when an operand is read across rows (transposed views).
 
-/// Row-major contiguous strides of `shape`.
-pub(crate) fn row_major_strides(shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![1; shape.len()];
-    for d in (1..shape.len()).rev() {
-        strides[d - 1] = strides[d] * shape[d];
-    }
-    strides
-}
+pub(crate) use chorus_core::kernel::row_major_strides;
 
 /// A shape with the strides of `N` operands over it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,48 +15,14 @@ pub(crate) struct Layout<const N: usize> {
 }
 
 impl<const N: usize> Layout<N> {
-    /// `shape` with the operands' `strides` simplified: size-1 dimensions are dropped and
-    /// neighbouring dimensions that are contiguous with each other in every operand are merged.
-    /// Row-major element order and every element's offsets are unchanged.
+    /// `shape` with the operands' `strides` simplified ([`chorus_core::kernel::coalesce`]):
+    /// row-major element order and every element's offsets are unchanged.
     ///
     /// # Panics
     /// When a stride list's length differs from the shape's.
     pub(crate) fn coalesce(shape: &[usize], strides: [&[usize]; N]) -> Layout<N> {
-        for s in &strides {
-            assert_eq!(
-                s.len(),
-                shape.len(),
-                "strides {s:?} do not match shape {shape:?}"
-            );
-        }
-        let mut out = Layout {
-            shape: Vec::new(),
-            strides: std::array::from_fn(|_| Vec::new()),
-        };
-        for (d, &n) in shape.iter().enumerate() {
-            if n == 1 {
-                continue;
-            }
-            // Outer dim (size p, stride sp) and this one (size n, stride s) merge into one of size
-            // p * n and stride s when sp == s * n, for every operand.
-            let mergeable = !out.shape.is_empty()
-                && strides
-                    .iter()
-                    .zip(&out.strides)
-                    .all(|(s, merged)| s[d].checked_mul(n) == merged.last().copied());
-            if mergeable {
-                *out.shape.last_mut().expect("non-empty") *= n;
-            } else {
-                out.shape.push(n);
-            }
-            for (s, merged) in strides.iter().zip(&mut out.strides) {
-                match merged.last_mut() {
-                    Some(last) if mergeable => *last = s[d],
-                    _ => merged.push(s[d]),
-                }
-            }
-        }
-        out
+        let (shape, strides) = chorus_core::kernel::coalesce(shape, strides);
+        Layout { shape, strides }
     }
 
     /// Length of a row (the innermost extent; 1 for a 0-d layout).
