@@ -12,13 +12,26 @@
 //!
 //! `exit` is set when the stream is dropped; the worker drains what is queued, then leaves.
 //!
+//! # Who runs the commands
+//! Commands run asynchronously on the stream's worker thread, which a push wakes. A host thread
+//! that would otherwise block until the stream reaches a target (`synchronize`, a read-back, an
+//! event wait without a timeout) runs the queued commands itself instead of sleeping while the
+//! worker wakes up (a wake-up costs tens of microseconds, as much as a small kernel). Order is
+//! kept by one rule: only the holder of `running` takes commands, always all queued ones, from
+//! the front. Whoever clears `running` with commands left notifies `work`, so the worker never
+//! sleeps while there is work nobody runs. Worker threads of other streams (a cross-stream wait)
+//! and waits with a timeout only wait.
+//!
 //! # Fields
-//! - `queue` (`BACKEND_STREAM`): commands, `enqueued`, `exit`; the worker sleeps on `work`.
+//! - `queue` (`BACKEND_STREAM`): commands, `enqueued`, `exit`, `running`; the worker sleeps on
+//!   `work` while there is nothing it may take.
 //! - `completed`: written by the worker only.
-//! - `done_lock` (`BACKEND_STREAM_DONE`) + `done`: host threads waiting for a target. A waiter
-//!   announces itself in `waiters` before it checks `completed`; the worker bumps `completed`
-//!   before it reads `waiters`; both use SeqCst, so either the waiter sees the new count or the
-//!   worker sees the waiter and notifies under the lock (no lost wake-up).
+//! - `done_lock` (`BACKEND_STREAM_DONE`, holding the count of waiters) + `done`: threads
+//!   waiting for a target. A waiter counts itself and checks `completed` under the lock; the
+//!   thread running commands bumps `completed`, then takes the lock and notifies if anyone
+//!   waits. So either the waiter's check comes after the bump (and sees it) or the runner's
+//!   critical section comes after the waiter's (and sees the waiter): no lost wake-up, with
+//!   only acquire/release ordering (the loom models check it, `loom_stream.rs`).
 //! - `error` (`BACKEND_STREAM_ERROR`): the sticky error.
 
 use crate::kernels;
@@ -28,8 +41,8 @@ use chorus_sync::{rank, thread, Arc, Condvar, RankedMutex};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-std::thread_local! {
-    /// Address of the `StreamShared` whose worker is the current thread (0 elsewhere).
+chorus_sync::thread_local! {
+    /// Address of the `StreamShared` whose commands the current thread runs (0 elsewhere).
     static WORKER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
@@ -62,6 +75,8 @@ struct Queue {
     cmds: VecDeque<Command>,
     enqueued: u64,
     exit: bool,
+    /// A thread (the worker or a waiting host thread) has taken commands and runs them.
+    running: bool,
 }
 
 /// The state a stream's handle, its worker and other streams' waits share.
@@ -72,8 +87,7 @@ pub(crate) struct StreamShared {
     queue: RankedMutex<Queue>,
     work: Condvar,
     completed: AtomicU64,
-    waiters: AtomicUsize,
-    done_lock: RankedMutex<()>,
+    done_lock: RankedMutex<usize>,
     done: Condvar,
     error: RankedMutex<Option<BackendError>>,
 }
@@ -107,7 +121,8 @@ impl StreamShared {
     }
 
     pub(crate) fn is_done(&self, target: u64) -> bool {
-        self.completed.load(Ordering::SeqCst) >= target
+        // Acquire: pairs with the runner's release, so the commands' effects are visible.
+        self.completed.load(Ordering::Acquire) >= target
     }
 
     /// Blocks until `target` commands have completed, at most `timeout`; false on timeout.
@@ -116,30 +131,92 @@ impl StreamShared {
     /// callback dropping the last tensor of a closed device), it returns at once: everything
     /// before the running command has completed, and later commands cannot run before it ends.
     pub(crate) fn wait_until(&self, target: u64, timeout: Option<Duration>) -> bool {
-        if self.is_done(target) || WORKER_OF.with(|w| w.get()) == self as *const Self as usize {
+        let on_worker = WORKER_OF.with(std::cell::Cell::get);
+        if self.is_done(target) || on_worker == self as *const Self as usize {
             return true;
         }
+        // Only a host thread waiting without a deadline helps (see the module docs).
+        let help = on_worker == 0 && timeout.is_none();
         let deadline = timeout.map(|t| Instant::now() + t);
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut g = self.done_lock.lock();
-        let ok = loop {
-            if self.is_done(target) {
-                break true;
-            }
-            match deadline {
-                None => g = self.done.wait(g),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break false;
-                    }
-                    g = self.done.wait_timeout(g, d - now).0;
+        loop {
+            if help && self.run_queued() {
+                if self.is_done(target) {
+                    return true;
                 }
+                continue;
             }
+            // Someone else runs the commands up to `target`: sleep until one completes.
+            let mut g = self.done_lock.lock();
+            *g += 1;
+            let ok = if self.is_done(target) {
+                Some(true)
+            } else {
+                match deadline {
+                    None => {
+                        g = self.done.wait(g);
+                        None
+                    }
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            Some(false)
+                        } else {
+                            g = self.done.wait_timeout(g, d - now).0;
+                            None
+                        }
+                    }
+                }
+            };
+            *g -= 1;
+            drop(g);
+            match ok {
+                Some(done) => return done,
+                None if self.is_done(target) => return true,
+                None => {}
+            }
+        }
+    }
+
+    /// Runs the queued commands on the calling thread if nobody else is running this stream's
+    /// commands; false if there was nothing this thread could take.
+    fn run_queued(&self) -> bool {
+        let mut batch = {
+            let mut q = self.queue.lock();
+            if q.running || q.cmds.is_empty() {
+                return false;
+            }
+            q.running = true;
+            std::mem::take(&mut q.cmds)
         };
-        drop(g);
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        ok
+        let outer = WORKER_OF.with(|w| w.replace(self as *const Self as usize));
+        self.run_batch(&mut batch);
+        WORKER_OF.with(|w| w.set(outer));
+        self.release();
+        true
+    }
+
+    /// Clears `running`; wakes the worker if commands were queued meanwhile.
+    fn release(&self) {
+        let mut q = self.queue.lock();
+        q.running = false;
+        let wake = !q.cmds.is_empty();
+        drop(q);
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
+    /// Runs `batch` in order, counting and announcing every completed command.
+    fn run_batch(&self, batch: &mut VecDeque<Command>) {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        for cmd in batch.drain(..) {
+            self.execute(cmd);
+            self.completed.fetch_add(1, Ordering::Release);
+            if *self.done_lock.lock() > 0 {
+                self.done.notify_all();
+            }
+        }
+        self.busy.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn error(&self) -> Option<BackendError> {
@@ -152,24 +229,17 @@ impl StreamShared {
         loop {
             {
                 let mut q = self.queue.lock();
-                while q.cmds.is_empty() && !q.exit {
+                while (q.cmds.is_empty() || q.running) && !(q.exit && q.cmds.is_empty()) {
                     q = self.work.wait(q);
                 }
                 if q.cmds.is_empty() {
                     return;
                 }
+                q.running = true;
                 std::mem::swap(&mut batch, &mut q.cmds);
             }
-            self.busy.fetch_add(1, Ordering::AcqRel);
-            for cmd in batch.drain(..) {
-                self.execute(cmd);
-                self.completed.fetch_add(1, Ordering::SeqCst);
-                if self.waiters.load(Ordering::SeqCst) > 0 {
-                    let _g = self.done_lock.lock();
-                    self.done.notify_all();
-                }
-            }
-            self.busy.fetch_sub(1, Ordering::AcqRel);
+            self.run_batch(&mut batch);
+            self.queue.lock().running = false;
         }
     }
 
@@ -254,8 +324,7 @@ impl CpuStream {
             queue: RankedMutex::new(rank::BACKEND_STREAM, Queue::default()),
             work: Condvar::new(),
             completed: AtomicU64::new(0),
-            waiters: AtomicUsize::new(0),
-            done_lock: RankedMutex::new(rank::BACKEND_STREAM_DONE, ()),
+            done_lock: RankedMutex::new(rank::BACKEND_STREAM_DONE, 0),
             done: Condvar::new(),
             error: RankedMutex::new(rank::BACKEND_STREAM_ERROR, None),
         });
@@ -283,3 +352,7 @@ impl Drop for CpuStream {
         }
     }
 }
+
+#[cfg(all(test, chorus_loom))]
+#[path = "loom_stream.rs"]
+mod loom_stream;

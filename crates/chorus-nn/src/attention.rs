@@ -298,7 +298,7 @@ fn unbatch(y: Tensor, unbatched: bool) -> Result<Tensor> {
 }
 
 fn check_config(embed_dim: usize, num_heads: usize) -> Result<()> {
-    if embed_dim == 0 || num_heads == 0 || embed_dim % num_heads != 0 {
+    if embed_dim == 0 || num_heads == 0 || !embed_dim.is_multiple_of(num_heads) {
         return Err(NnError::InvalidConfig {
             what: NAME,
             reason: format!(

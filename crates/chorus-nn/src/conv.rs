@@ -85,8 +85,8 @@ impl Conv2dConfig {
         let ok = self.groups > 0
             && self.in_channels > 0
             && self.out_channels > 0
-            && self.in_channels % self.groups == 0
-            && self.out_channels % self.groups == 0
+            && self.in_channels.is_multiple_of(self.groups)
+            && self.out_channels.is_multiple_of(self.groups)
             && !self.kernel_size.contains(&0)
             && !self.stride.contains(&0);
         if ok {

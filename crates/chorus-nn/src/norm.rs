@@ -141,7 +141,12 @@ impl GroupNorm {
         bias: Option<Tensor>,
         eps: f32,
     ) -> Result<GroupNorm> {
-        if groups == 0 || channels == 0 || channels % groups != 0 || eps.is_nan() || eps < 0.0 {
+        if groups == 0
+            || channels == 0
+            || !channels.is_multiple_of(groups)
+            || eps.is_nan()
+            || eps < 0.0
+        {
             return Err(NnError::InvalidConfig {
                 what: "GroupNorm",
                 reason: format!(

@@ -115,6 +115,12 @@ mod imp {
 
 pub use imp::{atomic, cell, thread, Arc, Weak};
 pub(crate) use imp::{RawCondvar, RawGuard, RawMutex};
+/// `thread_local!` (loom's under `chorus_loom`, where every model thread needs its own value).
+#[cfg(chorus_loom)]
+pub use loom::thread_local;
+/// `thread_local!` (loom's under `chorus_loom`, where every model thread needs its own value).
+#[cfg(not(chorus_loom))]
+pub use std::thread_local;
 
 /// Plain, unranked mutex for leaf data that never nests with a runtime lock (tests, CLI).
 /// Runtime locks use [`RankedMutex`].

@@ -247,7 +247,7 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "group_norm";
         f32_only(OP, self)?;
-        if self.rank() < 2 || groups == 0 || self.shape[1] % groups != 0 {
+        if self.rank() < 2 || groups == 0 || !self.shape[1].is_multiple_of(groups) {
             return Err(Error::InvalidShape {
                 op: OP,
                 shape: self.shape.clone(),

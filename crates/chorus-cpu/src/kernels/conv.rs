@@ -49,7 +49,7 @@ impl Conv {
     fn validate(&self) {
         let c = self;
         assert!(
-            c.groups > 0 && c.c_in % c.groups == 0 && c.c_out % c.groups == 0,
+            c.groups > 0 && c.c_in.is_multiple_of(c.groups) && c.c_out.is_multiple_of(c.groups),
             "conv2d: {} groups do not divide {} -> {} channels",
             c.groups,
             c.c_in,

@@ -1,12 +1,12 @@
-//! The `Matmul` kernel: batched f32 matrix products through the `gemm` crate, one call per batch
-//! entry. A large product may use several cores when its stream is alone on the device
+//! The `Matmul` kernel: batched f32 matrix products, one call per batch entry: products with few
+//! rows in `linear`'s layout through `rowdot`, the others through the `gemm` crate. A large product may use several cores when its stream is alone on the device
 //! (`super::gemm_parallelism`); `gemm` splits rows and columns, never the sum over `k`, so the
 //! bits are the same either way (tested below).
 //!
 //! A fused epilogue (`out = act(out + bias)`, `linear`'s bias and activation) runs row by row
 //! right after the GEMM of each batch entry, while that entry's output is still in cache.
 
-use super::{host, slice, slice_mut, unary};
+use super::{host, rowdot, slice, slice_mut, unary};
 use chorus_core::kernel::{DevicePtr, Epilogue, MatOperand};
 
 /// Sizes of a batched matmul.
@@ -69,6 +69,24 @@ pub(super) unsafe fn matmul(
         host::<f32>(rhs.ptr).cast_const(),
     );
     for (b, dst) in out.chunks_exact_mut(d.m * d.n).enumerate() {
+        if rowdot::applies(d.m, lhs.col_stride, rhs.row_stride) {
+            // SAFETY: lhs rows are `k` contiguous f32 at `row_stride`; `rhs` is `Wᵀ` with W's
+            // rows `k` contiguous f32 at `col_stride` (caller's contract for batch entry `b`);
+            // `dst` is `m * n` writable, unaliased f32; the bias is `n` readable f32.
+            unsafe {
+                rowdot::matmul(
+                    l.add(b * lhs.batch_stride),
+                    lhs.row_stride,
+                    r.add(b * rhs.batch_stride),
+                    rhs.col_stride,
+                    dst.as_mut_ptr(),
+                    (d.m, d.n, d.k),
+                    epilogue,
+                    super::parallelism(),
+                )
+            };
+            continue;
+        }
         // SAFETY: `dst` is `m * n` writable f32, row-major (column stride 1, row stride n); the
         // operands of batch entry `b` start at `b * batch_stride` and are readable at every offset
         // gemm computes from the given strides (caller's contract); `read_dst` is false, so `dst`

@@ -1,9 +1,11 @@
 //! The CPU backend's compute kernels: [`execute`] runs one [`Kernel`] descriptor synchronously
-//! on host memory, on the calling thread (a stream worker), and never spawns threads.
+//! on host memory, on the calling thread (a stream worker, or a host thread waiting for the
+//! stream). Only a matrix product may share its work with the threads of the global pool that
+//! `gemm` uses, and only when the stream runs alone ([`set_parallelism`]).
 //!
 //! Every kernel is deterministic: the same descriptor over the same input bytes gives the same
-//! output bytes on every run (matmul and conv2d use `gemm` without parallelism; reductions,
-//! softmax and norm statistics accumulate in a fixed order).
+//! output bytes on every run, with or without helpers (matrix products split rows and columns,
+//! never the sum over `k`; reductions, softmax and norm statistics accumulate in a fixed order).
 
 mod arg;
 mod conv;
@@ -17,6 +19,7 @@ mod norm;
 mod pool;
 mod randn;
 mod reduce;
+mod rowdot;
 mod softmax;
 mod strided;
 #[cfg(test)]
@@ -42,6 +45,11 @@ pub(crate) fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelis
     } else {
         gemm::Parallelism::None
     }
+}
+
+/// The cores the calling thread's kernels may use (see [`set_parallelism`]).
+pub(crate) fn parallelism() -> usize {
+    PARALLELISM.with(std::cell::Cell::get)
 }
 
 std::thread_local! {

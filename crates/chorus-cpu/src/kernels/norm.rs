@@ -119,7 +119,7 @@ pub(super) unsafe fn group_norm(
     eps: f32,
 ) {
     assert!(
-        g.groups > 0 && g.channels % g.groups == 0,
+        g.groups > 0 && g.channels.is_multiple_of(g.groups),
         "group_norm: {} groups do not divide {} channels",
         g.groups,
         g.channels
