@@ -1,11 +1,14 @@
 //! The `Matmul` kernel: batched f32 matrix products, one call per batch entry: products with few
-//! rows in `linear`'s layout through `rowdot`, the others through the `gemm` crate. A large product may use several cores when its stream is alone on the device
+//! rows in `linear`'s layout through `rowdot`, products with many rows through `packed` on
+//! AVX-512, the others through the `gemm` crate. A large product may use several cores when its stream is alone on the device
 //! (`super::gemm_parallelism`); `gemm` splits rows and columns, never the sum over `k`, so the
 //! bits are the same either way (tested below).
 //!
 //! A fused epilogue (`out = act(out + bias)`, `linear`'s bias and activation) runs row by row
 //! right after the GEMM of each batch entry, while that entry's output is still in cache.
 
+#[cfg(target_arch = "x86_64")]
+use super::packed;
 use super::{host, rowdot, slice, slice_mut, unary};
 use chorus_core::kernel::{DevicePtr, Epilogue, MatOperand};
 
@@ -79,6 +82,28 @@ pub(super) unsafe fn matmul(
                     lhs.row_stride,
                     r.add(b * rhs.batch_stride),
                     rhs.col_stride,
+                    dst.as_mut_ptr(),
+                    (d.m, d.n, d.k),
+                    epilogue,
+                    super::parallelism(),
+                )
+            };
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if d.m > 64 && packed::available() {
+            let mat = |base: *const f32, b: usize, op: &MatOperand| packed::Mat {
+                ptr: base.wrapping_add(b * op.batch_stride),
+                rs: op.row_stride,
+                cs: op.col_stride,
+            };
+            // SAFETY: AVX-512F checked; operands readable at every in-range element of batch
+            // entry `b`, `dst` `m * n` writable and unaliased, bias `n` readable (caller's
+            // contract).
+            unsafe {
+                packed::matmul(
+                    mat(l, b, lhs),
+                    mat(r, b, rhs),
                     dst.as_mut_ptr(),
                     (d.m, d.n, d.k),
                     epilogue,

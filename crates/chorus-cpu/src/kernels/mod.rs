@@ -16,10 +16,13 @@ mod im2col;
 mod index;
 mod matmul;
 mod norm;
+#[cfg(target_arch = "x86_64")]
+mod packed;
 mod pool;
 mod randn;
 mod reduce;
 mod rowdot;
+mod share;
 mod softmax;
 mod strided;
 #[cfg(test)]
