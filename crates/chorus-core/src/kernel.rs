@@ -383,6 +383,9 @@ pub enum Kernel {
     LayerNorm {
         /// Input.
         src: DevicePtr,
+        /// Added to the input element by element before normalizing (`[rows, n]` like it),
+        /// if any: a residual connection fused into the norm.
+        residual: Option<DevicePtr>,
         /// Output.
         out: DevicePtr,
         /// `[n]` scale, if any.

@@ -630,13 +630,22 @@ __device__ __forceinline__ void block_stats(const float* __restrict__ x, u64 len
     rstd = 1.0 / ::sqrt(var + (double)eps);
 }
 
-extern "C" __global__ void layer_norm_f32(const float* __restrict__ src, float* __restrict__ out,
-                                          const float* __restrict__ weight, const float* __restrict__ bias, u64 rows,
-                                          u64 n, float eps) {
+// With a residual (non-null), the row's input is src + residual, summed in float first exactly as
+// the add kernel does and written to the output row, which the rest then reads (every element is
+// read and rewritten by the thread that wrote it; block_stats' reductions order the reads).
+extern "C" __global__ void layer_norm_f32(const float* __restrict__ src, const float* __restrict__ residual,
+                                          float* out, const float* __restrict__ weight,
+                                          const float* __restrict__ bias, u64 rows, u64 n, float eps) {
     if (n == 0) return;
     FOR_EACH_ROW(row, rows) {
         const float* x = src + row * n;
         float* y = out + row * n;
+        if (residual) {
+            const float* r = residual + row * n;
+            FOR_MY_PART(j, n) y[j] = x[j] + r[j];
+            __syncthreads();
+            x = y;
+        }
         double mean, rstd;
         block_stats(x, n, eps, mean, rstd);
         FOR_MY_PART(j, n) {

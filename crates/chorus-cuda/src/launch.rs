@@ -496,6 +496,7 @@ pub(crate) unsafe fn launch(
             }
             Kernel::LayerNorm {
                 src,
+                residual,
                 out,
                 weight,
                 bias,
@@ -507,6 +508,7 @@ pub(crate) unsafe fn launch(
                     return Ok(());
                 }
                 let (mut s, mut o, mut w, mut b) = (src.0, out.0, ptr(*weight), ptr(*bias));
+                let mut r = ptr(*residual);
                 let (mut rows, mut n, mut eps) = (*rows as u64, *n as u64, *eps);
                 raw(
                     stream,
@@ -515,6 +517,7 @@ pub(crate) unsafe fn launch(
                     row_grid(rows),
                     &mut [
                         arg(&mut s),
+                        arg(&mut r),
                         arg(&mut o),
                         arg(&mut w),
                         arg(&mut b),

@@ -7,7 +7,7 @@
 //! # Protocol
 //! Self-attention ([`MultiheadAttention::forward_masked`]) projects `x` `[B, L, E]` with one
 //! linear kernel to `[B, L, 3E]`, views it as `[B, L, 3, H, Dh]`, permutes to
-//! `[3, B, H, L, Dh]` and takes q, k and v from the first dimension (each made contiguous),
+//! `[3, B, H, L, Dh]` (one contiguous copy) and takes q, k and v from its first dimension,
 //! runs [`Tensor::scaled_dot_product_attention`] (scale `1/sqrt(Dh)`, optional keep-mask and
 //! causal mask), permutes back to `[B, L, H, Dh]`, reshapes to `[B, L, E]` and applies
 //! `out_proj`. Attention with different query, key and value inputs
@@ -148,10 +148,12 @@ impl MultiheadAttention {
         let mask = self.mask(key_keep_mask, b, l, unbatched)?;
         let (h, dh) = (self.num_heads, self.head_dim());
         let qkv = x3.linear(&self.in_proj_weight, self.in_proj_bias.as_ref())?;
-        // [B, L, 3E] -> [B, L, 3, H, Dh] -> [3, B, H, L, Dh]
+        // [B, L, 3E] -> [B, L, 3, H, Dh] -> [3, B, H, L, Dh], made contiguous in one copy, so
+        // that q, k and v are contiguous views of it.
         let qkv = qkv
             .reshape(&[b as isize, l as isize, 3, h as isize, dh as isize])?
-            .permute(&[2, 0, 3, 1, 4])?;
+            .permute(&[2, 0, 3, 1, 4])?
+            .contiguous()?;
         let head = |i: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(0, i, 1)?

@@ -90,8 +90,19 @@ impl LayerNorm {
     }
 }
 
-impl Module for LayerNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl LayerNorm {
+    /// The norm of `x + residual` (a residual connection followed by this norm) in one kernel,
+    /// bit for bit `self.forward(&x.add(residual)?)` ([`Tensor::add_layer_norm`]).
+    ///
+    /// # Errors
+    /// [`NnError::InvalidInput`] when the last dimension of `x` is not the normalized size;
+    /// [`NnError::Core`] when the two do not broadcast, or for device errors.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.check(x)?;
+        Ok(x.add_layer_norm(residual, self.weight.as_ref(), self.bias.as_ref(), self.eps)?)
+    }
+
+    fn check(&self, x: &Tensor) -> Result<()> {
         if x.shape().last() != Some(&self.size) {
             return Err(NnError::InvalidInput {
                 module: "LayerNorm",
@@ -99,6 +110,13 @@ impl Module for LayerNorm {
                 reason: format!("the last dimension must be {}", self.size),
             });
         }
+        Ok(())
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check(x)?;
         Ok(x.layer_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps)?)
     }
 }

@@ -231,8 +231,9 @@ impl TransformerEncoderLayer {
             let x = x.add(&attn(&self.norm1.forward(x)?)?)?;
             Ok(x.add(&ff(&self.norm2.forward(&x)?)?)?)
         } else {
-            let x = self.norm1.forward(&x.add(&attn(x)?)?)?;
-            self.norm2.forward(&x.add(&ff(&x)?)?)
+            // Each residual add is fused into the norm after it (bit for bit the same).
+            let x = self.norm1.forward_add(x, &attn(x)?)?;
+            self.norm2.forward_add(&x, &ff(&x)?)
         }
     }
 }

@@ -221,3 +221,48 @@ fn constructors_reshape_and_views() {
         },
     );
 }
+
+#[test]
+fn add_layer_norm_is_add_then_layer_norm_bit_for_bit() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let (rows, n) = (5, 300);
+            let x = Tensor::randn(&dev, &[rows, n], 1).unwrap();
+            let r = Tensor::randn(&dev, &[rows, n], 2).unwrap();
+            let w = Tensor::randn(&dev, &[n], 3).unwrap();
+            let b = Tensor::randn(&dev, &[n], 4).unwrap();
+            let bits = |t: Tensor| -> Vec<u32> {
+                t.to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            for (w, b) in [(None, None), (Some(&w), Some(&b))] {
+                let fused = x.add_layer_norm(&r, w, b, 1e-5).unwrap();
+                let plain = x.add(&r).unwrap().layer_norm(w, b, 1e-5).unwrap();
+                assert_eq!(bits(fused), bits(plain));
+            }
+            // A strided operand is made contiguous first; a broadcast one takes the plain path.
+            let rt = r
+                .transpose(0, 1)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .transpose(0, 1)
+                .unwrap();
+            let fused = x.add_layer_norm(&rt, None, None, 1e-5).unwrap();
+            let plain = x.add(&r).unwrap().layer_norm(None, None, 1e-5).unwrap();
+            assert_eq!(bits(fused), bits(plain));
+            let row = r.narrow(0, 0, 1).unwrap();
+            let fused = x.add_layer_norm(&row, None, None, 1e-5).unwrap();
+            let plain = x.add(&row).unwrap().layer_norm(None, None, 1e-5).unwrap();
+            assert_eq!(bits(fused), bits(plain));
+            // Bad parameters are typed errors, as for layer_norm.
+            assert!(x
+                .add_layer_norm(&r, Some(&b.narrow(0, 0, 7).unwrap()), None, 1e-5)
+                .is_err());
+        },
+    );
+}

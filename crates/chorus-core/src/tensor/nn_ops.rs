@@ -207,6 +207,12 @@ impl Tensor {
         bias: Option<&Tensor>,
         eps: f32,
     ) -> Result<Tensor> {
+        self.layer_norm_check(weight, bias)?;
+        self.layer_norm_kernel(None, weight, bias, eps)
+    }
+
+    /// The checks of [`Tensor::layer_norm`].
+    fn layer_norm_check(&self, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<()> {
         const OP: &str = "layer_norm";
         f32_only(OP, self)?;
         let n = *self.shape.last().ok_or(Error::InvalidShape {
@@ -215,15 +221,50 @@ impl Tensor {
             reason: "needs at least one dimension".into(),
         })?;
         param(OP, self, weight, n)?;
-        param(OP, self, bias, n)?;
+        param(OP, self, bias, n)
+    }
+
+    /// Layer norm of `self + residual` (a residual connection followed by a norm, as in a
+    /// transformer layer) in one kernel: the result is bit for bit `self.add(residual)?
+    /// .layer_norm(weight, bias, eps)`, without writing the sum to memory and reading it back.
+    /// Shapes that differ are broadcast by that unfused path.
+    ///
+    /// # Errors
+    /// As [`Tensor::add`] and [`Tensor::layer_norm`].
+    pub fn add_layer_norm(
+        &self,
+        residual: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        if self.shape != residual.shape || self.dtype() != residual.dtype() {
+            return self.add(residual)?.layer_norm(weight, bias, eps);
+        }
+        self.layer_norm_check(weight, bias)?;
+        self.layer_norm_kernel(Some(residual), weight, bias, eps)
+    }
+
+    /// The `LayerNorm` kernel of `self (+ residual)`; arguments checked by the callers.
+    fn layer_norm_kernel(
+        &self,
+        residual: Option<&Tensor>,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        const OP: &str = "layer_norm";
+        let n = *self.shape.last().expect("checked by layer_norm");
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
+        let res = residual.map(|r| r.input_on(s)).transpose()?;
         let w = weight.map(|w| w.input_on(s)).transpose()?;
         let b = bias.map(|b| b.input_on(s)).transpose()?;
         let out = Tensor::empty_on(rt, s, &self.shape, DType::F32, OP)?;
         let k = Kernel::LayerNorm {
             src: src.ptr(),
+            residual: res.as_ref().map(Tensor::ptr),
             out: out.tensor.ptr(),
             weight: w.as_ref().map(Tensor::ptr),
             bias: b.as_ref().map(Tensor::ptr),

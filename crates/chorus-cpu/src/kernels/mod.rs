@@ -163,6 +163,7 @@ pub(crate) unsafe fn execute(kernel: &Kernel) {
         }
         Kernel::LayerNorm {
             src,
+            residual,
             out,
             weight,
             bias,
@@ -170,9 +171,9 @@ pub(crate) unsafe fn execute(kernel: &Kernel) {
             n,
             eps,
         } => {
-            // SAFETY: forwarded contract: `src` readable and `out` writable for `rows * n` f32,
-            // weight and bias readable for `n` f32, no overlap.
-            unsafe { norm::layer_norm(*src, *out, *weight, *bias, [*rows, *n], *eps) }
+            // SAFETY: forwarded contract: `src` (and a residual) readable and `out` writable for
+            // `rows * n` f32, weight and bias readable for `n` f32, no overlap.
+            unsafe { norm::layer_norm(*src, *residual, *out, *weight, *bias, [*rows, *n], *eps) }
         }
         Kernel::GroupNorm {
             src,

@@ -34,14 +34,17 @@ fn stats(x: &[f32], eps: f32) -> (f64, f64) {
     (mean, 1.0 / (var + f64::from(eps)).sqrt())
 }
 
-/// Layer norm of the `[rows, n]` `src` over its last axis.
+/// Layer norm of the `[rows, n]` `src` (plus `residual`, if any, summed in f32 first exactly as
+/// the `add` kernel does) over its last axis.
 ///
 /// # Safety
-/// `src` is readable, aligned f32 for `rows * n` elements, `weight` and `bias` (if any) for `n`;
+/// `src` (and `residual`, if any) is readable, aligned f32 for `rows * n` elements, `weight`
+/// and `bias` (if any) for `n`;
 /// `out` is valid and aligned for `rows * n` f32 writes, overlaps no input and is not otherwise
 /// accessed during the call.
 pub(super) unsafe fn layer_norm(
     src: DevicePtr,
+    residual: Option<DevicePtr>,
     out: DevicePtr,
     weight: Option<DevicePtr>,
     bias: Option<DevicePtr>,
@@ -57,10 +60,22 @@ pub(super) unsafe fn layer_norm(
     let weight = weight.map(|w| unsafe { slice::<f32>(w, n) });
     // SAFETY: caller's contract: a bias is `n` readable f32.
     let bias = bias.map(|b| unsafe { slice::<f32>(b, n) });
+    // SAFETY: caller's contract: a residual is `len` readable f32.
+    let residual = residual.map(|r| unsafe { slice::<f32>(r, len) });
     if len == 0 {
         return;
     }
-    for (x, y) in src.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+    let mut sum = vec![0.0f32; if residual.is_some() { n } else { 0 }];
+    for (i, (x, y)) in src.chunks_exact(n).zip(out.chunks_exact_mut(n)).enumerate() {
+        let x = match residual {
+            Some(r) => {
+                for ((s, &a), &b) in sum.iter_mut().zip(x).zip(&r[i * n..][..n]) {
+                    *s = a + b;
+                }
+                &sum[..]
+            }
+            None => x,
+        };
         let (mean, rstd) = stats(x, eps);
         let norm = |v: f32| (f64::from(v) - mean) * rstd;
         match (weight, bias) {
@@ -192,6 +207,7 @@ mod tests {
         let mut y = vec![f32::NAN; rows * n];
         let kernel = Kernel::LayerNorm {
             src: ptr(&x),
+            residual: None,
             out: ptr_mut(&mut y),
             weight: opt(&w),
             bias: opt(&b),
