@@ -43,7 +43,9 @@ use std::time::{Duration, Instant};
 
 chorus_sync::thread_local! {
     /// Address of the `StreamShared` whose commands the current thread runs (0 elsewhere).
-    static WORKER_OF: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    // Not `const { }`: loom's `thread_local!` (the models' build) does not take that form.
+    #[allow(clippy::missing_const_for_thread_local)]
+    static WORKER_OF: std::cell::Cell<usize> = std::cell::Cell::new(0);
 }
 
 /// A slot for the bytes of a read-back.
