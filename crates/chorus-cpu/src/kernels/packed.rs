@@ -177,6 +177,7 @@ unsafe fn columns(
     epilogue: Epilogue,
     panel: &mut Vec<f32>,
 ) {
+    // Sized once per thread; `pack` writes every element the tiles read.
     panel.resize(k * NR, 0.0);
     let mut j = cols.start;
     while j < cols.end {
@@ -188,18 +189,20 @@ unsafe fn columns(
         unsafe { panel_rows(lhs, panel.as_ptr(), m, k, out.wrapping_add(j), n, w) };
         j += w;
     }
-    if epilogue.bias.is_some() || epilogue.act.is_some() {
-        // SAFETY: a bias is `n` readable f32 (caller's contract).
-        let bias = epilogue
-            .bias
-            .map(|b| unsafe { &super::slice::<f32>(b, n)[cols.clone()] });
-        for i in 0..m {
-            // SAFETY: row `i`'s columns `cols` are ours and were written above.
-            let row =
-                unsafe { std::slice::from_raw_parts_mut(out.add(i * n + cols.start), cols.len()) };
-            unary::bias_act(row, bias, epilogue.act);
-        }
-    }
+    // SAFETY: the columns `cols` of the `m` rows are ours and were written above; a bias is `n`
+    // readable f32 (caller's contract).
+    unsafe { unary::epilogue_columns(out, (m, n), cols, epilogue) };
+}
+
+std::thread_local! {
+    /// The calling thread's panel buffer, kept between calls (a panel is `k × NR` f32: 128 KiB
+    /// at k = 1024, which a fresh allocation would also zero on every call).
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's panel buffer (`columns` never nests, so it is free).
+fn with_panel<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    PANEL.with(|p| f(&mut p.borrow_mut()))
 }
 
 /// `out = act(lhs @ rhs + bias)`, `lhs` `[m, k]`, `rhs` `[k, n]`, `out` `[m, n]` contiguous;
@@ -221,7 +224,7 @@ pub(super) unsafe fn matmul(
     let chunks = n.div_ceil(chunk);
     if cores <= 1 || chunks <= 1 || m * n * k < PARALLEL_MIN_WORK {
         // SAFETY: caller's contract, all columns.
-        unsafe { columns(lhs, rhs, out, (m, n, k), 0..n, epilogue, &mut Vec::new()) };
+        unsafe { with_panel(|p| columns(lhs, rhs, out, (m, n, k), 0..n, epilogue, p)) };
         return;
     }
     let (lhs, rhs, out) = (Shared(lhs), Shared(rhs), Shared(out));
@@ -230,15 +233,17 @@ pub(super) unsafe fn matmul(
         // SAFETY: caller's contract; `share` runs every chunk exactly once before `run`
         // returns, and chunks cover disjoint columns.
         unsafe {
-            columns(
-                lhs.0,
-                rhs.0,
-                out.0,
-                (m, n, k),
-                c * chunk..((c + 1) * chunk).min(n),
-                epilogue,
-                &mut Vec::new(),
-            )
+            with_panel(|p| {
+                columns(
+                    lhs.0,
+                    rhs.0,
+                    out.0,
+                    (m, n, k),
+                    c * chunk..((c + 1) * chunk).min(n),
+                    epilogue,
+                    p,
+                )
+            })
         };
     });
 }

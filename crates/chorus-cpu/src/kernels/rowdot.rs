@@ -256,18 +256,9 @@ unsafe fn columns(
     for j in j..cols.end {
         block(j, 1);
     }
-    if epilogue.bias.is_some() || epilogue.act.is_some() {
-        // SAFETY: the bias, if any, is `n` readable f32 (caller's contract via `matmul`).
-        let bias = epilogue
-            .bias
-            .map(|b| unsafe { &super::slice::<f32>(b, n)[cols.clone()] });
-        for i in 0..m {
-            // SAFETY: row `i`'s columns `cols` are ours and were written above.
-            let row =
-                unsafe { std::slice::from_raw_parts_mut(out.add(i * n + cols.start), cols.len()) };
-            unary::bias_act(row, bias, epilogue.act);
-        }
-    }
+    // SAFETY: the columns `cols` of the `m` rows are ours and were written above; a bias is `n`
+    // readable f32 (caller's contract via `matmul`).
+    unsafe { unary::epilogue_columns(out, (m, n), cols, epilogue) };
 }
 
 /// Columns per chunk handed out by `share`.

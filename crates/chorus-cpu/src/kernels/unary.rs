@@ -78,6 +78,33 @@ fn map(src: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
     }
 }
 
+/// [`bias_act`] on columns `cols` of every row of the `[m, n]` row-major `out` (the part of a
+/// product one thread computed), if the epilogue does anything.
+///
+/// # Safety
+/// Columns `cols` of rows `0..m` of `out` are valid for reads and writes and accessed by no one
+/// else during the call; a bias is `n` readable f32.
+pub(super) unsafe fn epilogue_columns(
+    out: *mut f32,
+    (m, n): (usize, usize),
+    cols: std::ops::Range<usize>,
+    epilogue: chorus_core::kernel::Epilogue,
+) {
+    if epilogue.bias.is_none() && epilogue.act.is_none() {
+        return;
+    }
+    // SAFETY: caller's contract: a bias is `n` readable f32.
+    let bias = epilogue
+        .bias
+        .map(|b| unsafe { &slice::<f32>(b, n)[cols.clone()] });
+    for i in 0..m {
+        // SAFETY: caller's contract: row `i`'s columns `cols` are ours.
+        let row =
+            unsafe { std::slice::from_raw_parts_mut(out.add(i * n + cols.start), cols.len()) };
+        bias_act(row, bias, epilogue.act);
+    }
+}
+
 /// The matmul epilogue on one output row: `row[j] = act(row[j] + bias[j])` (no addition without
 /// a bias, identity without an activation).
 ///
