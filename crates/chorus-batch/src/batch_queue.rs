@@ -11,23 +11,25 @@
 
 use crate::config::{BatchConfig, ShutdownMode};
 use crate::error::{BatchError, Result};
+use crate::host::{BatchInput, Input};
 use crate::queue::{Phase, Policy, Push, Queue};
 use crate::slot::{self, Abandon, Completer, Take};
 use crate::stats::{BatchStats, Stats};
 use crate::ticket::{Outcome, Ticket};
 use crate::worker;
-use chorus_core::{DType, Tensor};
+use chorus_core::DType;
 use chorus_nn::Module;
 use chorus_sync::atomic::AtomicU64;
 use chorus_sync::{rank, thread, Arc, RankedMutex};
 
-/// What requests are grouped by: the per-row shape and the dtype.
-pub(crate) type Key = (Vec<usize>, DType);
+/// What requests are grouped by: the per-row shape, the dtype, and whether the input is in
+/// host memory.
+pub(crate) type Key = (Vec<usize>, DType, bool);
 
 /// A request waiting in the queue or running in a batch.
 #[derive(Debug)]
 pub(crate) struct Request {
-    pub(crate) input: Tensor,
+    pub(crate) input: Input,
     pub(crate) done: Completer<Outcome>,
 }
 
@@ -178,11 +180,13 @@ impl BatchQueue {
     }
 
     /// Checks a request before it is queued.
-    fn check(&self, input: &Tensor) -> Result<()> {
+    fn check(&self, input: &Input) -> Result<()> {
         let cfg = &self.shared.config;
-        let (expected, got) = (cfg.device.id(), input.device_id());
-        if expected != got {
-            return Err(BatchError::DeviceMismatch { expected, got });
+        if let Input::Device(t) = input {
+            let (expected, got) = (cfg.device.id(), t.device_id());
+            if expected != got {
+                return Err(BatchError::DeviceMismatch { expected, got });
+            }
         }
         let shape = input.shape();
         let Some((&rows, row_shape)) = shape.split_first() else {
@@ -215,21 +219,31 @@ impl BatchQueue {
     }
 
     /// Submits one request without waiting: `input`'s dimension 0 is the batch (1 row, or up
-    /// to `max_batch`). Requests whose shapes differ past dimension 0, or whose dtypes differ,
-    /// are never put in the same batch.
+    /// to `max_batch`). The input is a [`Tensor`](chorus_core::Tensor) on the queue's device
+    /// (the result is its rows of the batch's output, on the device) or a
+    /// [`HostTensor`](crate::HostTensor) (the result is a host tensor; the batch is uploaded
+    /// and read back with one copy each, see [`crate::host`]). Requests whose shapes differ
+    /// past dimension 0, whose dtypes differ, or that are of different kinds, are never put in
+    /// the same batch.
     ///
     /// # Errors
     /// Rejected at once, nothing queued: [`BatchError::QueueFull`] and
     /// [`BatchError::Shutdown`] hand the input back; [`BatchError::DeviceMismatch`],
     /// [`BatchError::InvalidInput`] (0-d, or no rows), [`BatchError::TooManyRows`],
     /// [`BatchError::ShapeMismatch`] (against [`BatchConfig::input_shape`]) name the problem.
-    pub fn submit(&self, input: Tensor) -> Result<Ticket> {
+    pub fn submit<I: BatchInput>(&self, input: I) -> Result<Ticket<I::Output>> {
+        let input: Input = input.into();
         if let Err(e) = self.check(&input) {
             self.shared.stats.rejected();
             return Err(e);
         }
-        let rows = input.shape()[0];
-        let key = (input.shape()[1..].to_vec(), input.dtype());
+        let shape = input.shape();
+        let rows = shape[0];
+        let key = (
+            shape[1..].to_vec(),
+            input.dtype(),
+            matches!(input, Input::Host(_)),
+        );
         let (done, rx) = slot::channel();
         match self.shared.queue.push(key, rows, Request { input, done }) {
             Push::Queued { id, enqueued } => Ok(Ticket::new(
@@ -259,7 +273,7 @@ impl BatchQueue {
     ///
     /// # Errors
     /// Those of [`BatchQueue::submit`] and [`Ticket::wait`].
-    pub fn infer(&self, input: Tensor) -> Result<Tensor> {
+    pub fn infer<I: BatchInput>(&self, input: I) -> Result<I::Output> {
         self.submit(input)?.wait()
     }
 

@@ -6,7 +6,8 @@
 //! [`BatchError::ModelPanicked`], [`BatchError::OutputRows`]) are delivered to every request of
 //! that batch and to no other.
 
-use chorus_core::{DeviceId, Tensor};
+use crate::host::Input;
+use chorus_core::{DType, DeviceId};
 use chorus_nn::NnError;
 use chorus_sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub enum BatchError {
     #[error("batch queue is full ({capacity} requests waiting); the input is handed back")]
     QueueFull {
         /// The rejected input, unchanged.
-        input: Tensor,
+        input: Input,
         /// The queue's capacity (`max_queue`).
         capacity: usize,
     },
@@ -28,7 +29,7 @@ pub enum BatchError {
     #[error("batch queue is shut down")]
     Shutdown {
         /// The request's input, handed back.
-        input: Tensor,
+        input: Input,
     },
     /// The input's shape past the batch dimension is not the one the queue was configured for
     /// ([`BatchConfig::input_shape`](crate::BatchConfig::input_shape)).
@@ -54,6 +55,14 @@ pub enum BatchError {
         rows: usize,
         /// The queue's `max_batch`.
         max_batch: usize,
+    },
+    /// A host tensor's elements were asked for as another type than its dtype.
+    #[error("host tensor of dtype {expected} read as {got}")]
+    DTypeMismatch {
+        /// The tensor's dtype.
+        expected: DType,
+        /// The requested element type.
+        got: DType,
     },
     /// The input lives on another device than the queue's.
     #[error("input lives on {got}, the batch queue runs on {expected}")]
@@ -139,7 +148,7 @@ pub enum BatchError {
 impl BatchError {
     /// The input handed back by a rejection ([`BatchError::QueueFull`],
     /// [`BatchError::Shutdown`]), if this error carries one.
-    pub fn into_input(self) -> Option<Tensor> {
+    pub fn into_input(self) -> Option<Input> {
         match self {
             BatchError::QueueFull { input, .. } | BatchError::Shutdown { input } => Some(input),
             _ => None,

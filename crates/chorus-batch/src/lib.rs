@@ -7,6 +7,11 @@
 //! - [`BatchQueue::infer`] blocks until the request's result is there;
 //!   [`BatchQueue::submit`] returns a [`Ticket`] to wait on (with or without a time limit),
 //!   poll, or `.await` (it is a [`Future`](std::future::Future); no async runtime needed).
+//! - A request is a [`Tensor`](chorus_core::Tensor) on the queue's device (its result is a view
+//!   of the batch's output there) or a [`HostTensor`] in host memory (its result is a host
+//!   tensor too). Host requests are what a server receives and sends; they cost the device no
+//!   work of their own: a batch of them is uploaded with one copy and read back with one
+//!   ([`host`]), which is what lets a batch serve many threads on a GPU at the GPU's pace.
 //! - Worker threads ([`BatchConfig::workers`]), each on a stream of its own (bound by the
 //!   device's stream policy), concatenate the requests of a batch along dimension 0, run one
 //!   forward pass, split the output and complete each request with exactly its rows. A request's
@@ -116,6 +121,7 @@
 mod batch_queue;
 mod config;
 mod error;
+pub mod host;
 mod queue;
 mod slot;
 mod stats;
@@ -128,5 +134,6 @@ mod tests;
 pub use batch_queue::BatchQueue;
 pub use config::{BatchConfig, BatchConfigBuilder, ShutdownMode, MAX_WORKERS};
 pub use error::{BatchError, Result};
+pub use host::{BatchInput, BatchOutput, HostTensor, Input};
 pub use stats::{BatchStats, Latency};
 pub use ticket::{BatchInfo, Ticket};

@@ -11,10 +11,12 @@
 
 use crate::batch_queue::Shared;
 use crate::error::{BatchError, Result};
+use crate::host::{BatchOutput, Input};
 use crate::slot::{Receiver, Take};
 use chorus_core::Tensor;
 use chorus_sync::Arc;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -22,10 +24,10 @@ use std::time::{Duration, Instant};
 /// The outcome of one request.
 pub(crate) type Outcome = Result<Done>;
 
-/// A request's rows and where they ran.
+/// A request's rows (of its input's kind: on the device or in host memory) and where they ran.
 #[derive(Debug)]
 pub(crate) struct Done {
-    pub(crate) output: Tensor,
+    pub(crate) output: Input,
     pub(crate) info: BatchInfo,
 }
 
@@ -53,8 +55,10 @@ pub struct BatchInfo {
 /// A submitted request: wait for its result (blocking, with or without a time limit), poll
 /// it, or `.await` it (it is a [`Future`]; no async runtime is needed).
 ///
-/// The result is the request's own rows of its batch's output (a view of that output), already
-/// computed when the ticket completes. Dropping a ticket does not cancel the request.
+/// The result (`O`: a [`Tensor`] for a device request, a [`HostTensor`](crate::HostTensor) for a
+/// host request) is the request's own rows of its batch's output (a view of that output on
+/// the device, or a copy in host memory), already computed when the ticket completes. Dropping
+/// a ticket does not cancel the request.
 ///
 /// # Examples
 /// ```
@@ -71,7 +75,7 @@ pub struct BatchInfo {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct Ticket {
+pub struct Ticket<O = Tensor> {
     rx: Receiver<Outcome>,
     shared: Arc<Shared>,
     id: u64,
@@ -80,16 +84,17 @@ pub struct Ticket {
     deadline: Option<Instant>,
     taken: bool,
     info: Option<BatchInfo>,
+    output: PhantomData<fn() -> O>,
 }
 
-impl Ticket {
+impl<O: BatchOutput> Ticket<O> {
     pub(crate) fn new(
         rx: Receiver<Outcome>,
         shared: Arc<Shared>,
         id: u64,
         rows: usize,
         enqueued: Instant,
-    ) -> Ticket {
+    ) -> Ticket<O> {
         let deadline = shared.config.timeout.and_then(|t| enqueued.checked_add(t));
         Ticket {
             rx,
@@ -99,6 +104,7 @@ impl Ticket {
             deadline,
             taken: false,
             info: None,
+            output: PhantomData,
         }
     }
 
@@ -125,7 +131,7 @@ impl Ticket {
     /// or its batch's failure ([`BatchError::Model`], [`BatchError::Device`],
     /// [`BatchError::ModelPanicked`], [`BatchError::OutputRows`]); [`BatchError::ResultTaken`]
     /// if an earlier call took the result.
-    pub fn wait(mut self) -> Result<Tensor> {
+    pub fn wait(mut self) -> Result<O> {
         self.wait_until(None).unwrap_or(Err(BatchError::Abandoned))
     }
 
@@ -133,7 +139,7 @@ impl Ticket {
     ///
     /// # Errors
     /// As [`Ticket::wait`].
-    pub fn wait_with_info(mut self) -> Result<(Tensor, BatchInfo)> {
+    pub fn wait_with_info(mut self) -> Result<(O, BatchInfo)> {
         let out = self
             .wait_until(None)
             .unwrap_or(Err(BatchError::Abandoned))?;
@@ -152,7 +158,7 @@ impl Ticket {
     ///
     /// # Errors
     /// As [`Ticket::wait`], inside the `Some`.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<Tensor>> {
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<O>> {
         let until = Instant::now().checked_add(timeout);
         self.wait_until(until)
     }
@@ -161,7 +167,7 @@ impl Ticket {
     ///
     /// # Errors
     /// As [`Ticket::wait`], inside the `Some`.
-    pub fn try_wait(&mut self) -> Option<Result<Tensor>> {
+    pub fn try_wait(&mut self) -> Option<Result<O>> {
         if self.taken {
             return Some(Err(BatchError::ResultTaken));
         }
@@ -170,7 +176,7 @@ impl Ticket {
     }
 
     /// Waits until the result is there or `until` passes (`None`: no limit).
-    fn wait_until(&mut self, until: Option<Instant>) -> Option<Result<Tensor>> {
+    fn wait_until(&mut self, until: Option<Instant>) -> Option<Result<O>> {
         loop {
             if self.taken {
                 return Some(Err(BatchError::ResultTaken));
@@ -191,13 +197,14 @@ impl Ticket {
     }
 
     /// Maps what the slot gave to the caller's answer, remembering a taken result.
-    fn finish(&mut self, take: Take<Outcome>) -> Option<Result<Tensor>> {
+    fn finish(&mut self, take: Take<Outcome>) -> Option<Result<O>> {
         match take {
             Take::Ready(out) => {
                 self.taken = true;
-                Some(out.map(|done| {
+                Some(out.and_then(|done| {
                     self.info = Some(done.info);
-                    done.output
+                    // A request's result is always of its input's kind (worker.rs).
+                    O::from_input(done.output).ok_or(BatchError::Abandoned)
                 }))
             }
             Take::Taken => {
@@ -229,8 +236,8 @@ impl Ticket {
     }
 }
 
-impl Future for Ticket {
-    type Output = Result<Tensor>;
+impl<O: BatchOutput> Future for Ticket<O> {
+    type Output = Result<O>;
 
     /// Ready with the result once its batch has run; a poll after that gives
     /// [`BatchError::ResultTaken`].

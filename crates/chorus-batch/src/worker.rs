@@ -2,14 +2,19 @@
 //! them until the queue stops it.
 //!
 //! # One batch
-//! 1. Concatenate the inputs along dimension 0 on the worker's stream (one input is used as
-//!    it is); the inputs were written on their submitters' streams, and the tensor layer
-//!    orders the worker's stream after those writes.
+//! A batch's requests are all device requests or all host requests (the queue's key says
+//! which).
+//! 1. Device requests: concatenate the inputs along dimension 0 on the worker's stream (one
+//!    input is used as it is); the inputs were written on their submitters' streams, and the
+//!    tensor layer orders the worker's stream after those writes. Host requests: copy their
+//!    bytes into one buffer and upload it with one copy on the worker's stream.
 //! 2. Run the model once, on the worker's stream, with no lock held.
-//! 3. Check that the output has the batch's rows along dimension 0 and split it into one view
-//!    per request, in submission order: each request gets exactly its rows.
-//! 4. Wait for the worker's stream, so that the results are computed when the tickets complete
-//!    and a device error of the batch's kernels fails this batch (and no other request).
+//! 3. Check that the output has the batch's rows along dimension 0.
+//! 4. Device requests: split the output into one view per request, in submission order, then
+//!    wait for the worker's stream. Host requests: read the whole output back with one copy
+//!    (which waits for the stream), then cut it into one host tensor per request. Either way
+//!    each request gets exactly its rows, computed when its ticket completes, and a device
+//!    error of the batch's kernels fails this batch (and no other request).
 //! 5. Count the batch in the statistics, then complete every request of the batch: all with
 //!    their rows, or all with the batch's error.
 //!
@@ -21,6 +26,7 @@
 use crate::batch_queue::{Request, Shared};
 use crate::config::ShutdownMode;
 use crate::error::{BatchError, Result};
+use crate::host::{HostTensor, Input};
 use crate::queue::{Next, Queued};
 use crate::slot::Completer;
 use crate::ticket::{BatchInfo, Done};
@@ -140,18 +146,15 @@ fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Reques
 fn forward(
     shared: &Shared,
     stream: &Stream,
-    inputs: &[Tensor],
+    inputs: &[Input],
     rows: &[usize],
     total: usize,
-) -> Result<Vec<Tensor>> {
+) -> Result<Vec<Input>> {
     let device = |source| BatchError::Device {
         rows: total,
         source,
     };
-    let x = match inputs {
-        [one] => one.clone(),
-        many => Tensor::cat(&many.iter().collect::<Vec<_>>(), 0).map_err(device)?,
-    };
+    let x = gather(shared, inputs, total).map_err(device)?;
     let y = shared.model.forward(&x).map_err(|e| BatchError::Model {
         rows: total,
         source: Arc::new(e),
@@ -162,13 +165,55 @@ fn forward(
             got: y.shape().to_vec(),
         });
     }
+    if matches!(inputs.first(), Some(Input::Host(_))) {
+        return scatter_host(&y, rows).map_err(device);
+    }
     let parts = if rows.len() == 1 {
         vec![y]
     } else {
         y.split(rows, 0).map_err(device)?
     };
     stream.synchronize().map_err(device)?;
-    Ok(parts)
+    Ok(parts.into_iter().map(Input::Device).collect())
+}
+
+/// Step 1: the batch's input on the worker's stream.
+fn gather(shared: &Shared, inputs: &[Input], total: usize) -> chorus_core::Result<Tensor> {
+    let mut tensors = Vec::new();
+    let mut bytes = Vec::new();
+    for input in inputs {
+        match input {
+            Input::Device(t) => tensors.push(t),
+            Input::Host(h) => bytes.extend_from_slice(h.as_bytes()),
+        }
+    }
+    match (tensors.as_slice(), inputs.first()) {
+        ([], Some(Input::Host(first))) => {
+            let mut shape = first.shape().to_vec();
+            shape[0] = total;
+            Tensor::from_bytes(&shared.config.device, bytes, &shape, first.dtype())
+        }
+        ([one], _) => Ok((*one).clone()),
+        (many, _) => Tensor::cat(many, 0),
+    }
+}
+
+/// Step 4 for host requests: the output read back with one copy (waiting for the worker's
+/// stream) and cut into each request's rows.
+fn scatter_host(y: &Tensor, rows: &[usize]) -> chorus_core::Result<Vec<Input>> {
+    let bytes = y.to_bytes()?;
+    let total: usize = rows.iter().sum();
+    let row_bytes = bytes.len() / total;
+    let mut shape = y.shape().to_vec();
+    let mut out = Vec::with_capacity(rows.len());
+    let mut at = 0;
+    for &n in rows {
+        shape[0] = n;
+        let part = bytes[at..at + n * row_bytes].to_vec();
+        at += n * row_bytes;
+        out.push(Input::Host(HostTensor::from_rows(part, &shape, y.dtype())));
+    }
+    Ok(out)
 }
 
 /// The message of a contained panic.

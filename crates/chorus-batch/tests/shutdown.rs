@@ -31,7 +31,11 @@ fn shutdown_while_submitting(mode: ShutdownMode) -> (u64, u64, u64) {
                         let ticket = match queue.submit(input.clone()) {
                             Ok(ticket) => ticket,
                             Err(BatchError::Shutdown { input: back }) => {
-                                assert_eq!(back.data_ptr(), input.data_ptr(), "handed back");
+                                assert_eq!(
+                                    back.as_tensor().unwrap().data_ptr(),
+                                    input.data_ptr(),
+                                    "handed back"
+                                );
                                 return (ok, failed, 1);
                             }
                             Err(e) => panic!("thread {t}: {e}"),
@@ -44,7 +48,11 @@ fn shutdown_while_submitting(mode: ShutdownMode) -> (u64, u64, u64) {
                             }
                             Err(BatchError::Shutdown { input: back }) => {
                                 assert_eq!(mode, ShutdownMode::Fail, "drain runs every request");
-                                assert_eq!(back.data_ptr(), input.data_ptr(), "handed back");
+                                assert_eq!(
+                                    back.as_tensor().unwrap().data_ptr(),
+                                    input.data_ptr(),
+                                    "handed back"
+                                );
                                 failed += 1;
                             }
                             Err(e) => panic!("thread {t}: {e}"),

@@ -2,12 +2,20 @@
 //! 512→1024→1024→512 (ReLU, the weights of `chorus bench`), against two direct baselines.
 //!
 //! - **Queue**: `--clients` threads each send `--requests` batch-1 requests one after another
-//!   (`randn([1, 512])`, then `infer`, which returns once the request's rows are computed),
-//!   through one queue per (`max_batch`, `max_delay`) of the sweep, with `--workers` workers.
-//! - **(a) direct, many threads**: the same threads call the model directly with batch 1
-//!   (`randn([1, 512])`, forward, synchronize the thread's stream), as `chorus bench` does.
-//! - **(b) direct, one thread, batch B**: one thread runs forward + synchronize on
-//!   `randn([B, 512])` for B = each `max_batch`.
+//!   (`infer`, which returns once the request's rows are computed), through one queue per
+//!   (`max_batch`, `max_delay`) of the sweep, with `--workers` workers.
+//! - **(a) direct, many threads**: the same threads call the model directly with batch 1.
+//! - **(b) direct, one thread, batch B**: one thread calls the model directly on B rows, for
+//!   B = each `max_batch`.
+//!
+//! `--input` says where requests come from and results go, the same for all three:
+//! - `host` (the default; what a server does): a request is a row of 512 f32 in host memory
+//!   and its result is read back to host memory. Queue: `infer(HostTensor)`, which returns a
+//!   `HostTensor`. Direct: `Tensor::from_slice`, forward, `to_vec` (which waits for the
+//!   result).
+//! - `device`: a request is `randn([1, 512])` made on the client's stream and its result stays
+//!   on the device. Queue: `infer(Tensor)`. Direct: forward, then synchronize the thread's
+//!   stream.
 //!
 //! Each timed phase starts after a warm-up (5 requests per client, 3 forwards for (b)) and a
 //! barrier, and stops when the last client has its last result. Throughput is samples (rows)
@@ -17,10 +25,11 @@
 //! `max_delay + 3 × (b)'s forward time at B`.
 
 use crate::device::{self, DeviceChoice};
+use chorus::batch::HostTensor;
 use chorus::batch::{BatchConfig, BatchQueue};
 use chorus::nn::{self, Module};
 use chorus::{Device, Tensor};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::sync::Barrier;
@@ -54,6 +63,18 @@ pub(crate) struct BatchingArgs {
     /// Batching: worker threads of the queue (each on its own stream).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
     workers: u64,
+    /// Batching: where requests come from and results go (host memory, or the device).
+    #[arg(long, value_enum, default_value_t = InputKind::Host)]
+    input: InputKind,
+}
+
+/// Where a request's input and result live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum InputKind {
+    /// Rows in host memory; results read back to host memory.
+    Host,
+    /// Rows made on the client's stream; results stay on the device.
+    Device,
 }
 
 /// Throughput and latency of one timed phase.
@@ -168,42 +189,77 @@ fn seed(c: u64, i: u64) -> u64 {
     c * 10_000_000 + i
 }
 
-/// (a): every client calls the model directly with batch 1 and waits for its stream.
+/// `rows` host rows of 512 values in [-1, 1) from `seed` (a xorshift generator: cheap, so that
+/// making a request's data costs the client next to nothing).
+fn host_rows(seed: u64, rows: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..rows * 512)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// A direct forward on `rows` rows made from `seed`, timed from the call until the result is
+/// there (on the host for `Host`, computed on the device for `Device`).
+fn direct_call(
+    device: &Device,
+    model: &nn::Mlp,
+    kind: InputKind,
+    seed: u64,
+    rows: usize,
+) -> anyhow::Result<Duration> {
+    match kind {
+        InputKind::Host => {
+            let data = host_rows(seed, rows);
+            let t0 = Instant::now();
+            let x = Tensor::from_slice(device, &data, &[rows, 512])?;
+            std::hint::black_box(model.forward(&x)?.to_vec::<f32>()?);
+            Ok(t0.elapsed())
+        }
+        InputKind::Device => {
+            let x = Tensor::randn(device, &[rows, 512], seed)?;
+            let stream = device.current_stream()?;
+            stream.synchronize()?; // the input is made before the clock starts
+            let t0 = Instant::now();
+            model.forward(&x)?;
+            stream.synchronize()?;
+            Ok(t0.elapsed())
+        }
+    }
+}
+
+/// (a): every client calls the model directly with batch 1.
 fn direct_threads(device: &Device, model: &nn::Mlp, a: &BatchingArgs) -> anyhow::Result<Measured> {
-    let call = |c: u64, i: u64| -> anyhow::Result<Duration> {
-        let x = Tensor::randn(device, &[1, 512], seed(c, i))?;
-        let t0 = Instant::now();
-        model.forward(&x)?;
-        device.current_stream()?.synchronize()?;
-        Ok(t0.elapsed())
-    };
+    let call = |c: u64, i: u64| direct_call(device, model, a.input, seed(c, i), 1);
     let (elapsed, latencies) = clients(a.clients, 5, a.requests, &call, &|| {})?;
     Ok(Measured::from(a.clients * a.requests, elapsed, latencies))
 }
 
-/// (b): one thread, forward + synchronize on batch `b`.
+/// (b): one thread, direct calls on batch `b`.
 fn direct_batch(
     device: &Device,
     model: &nn::Mlp,
+    kind: InputKind,
     b: usize,
     samples: u64,
 ) -> anyhow::Result<Measured> {
-    let x = Tensor::randn(device, &[b, 512], 7)?;
-    let stream = device.current_stream()?;
-    for _ in 0..3 {
-        model.forward(&x)?;
-        stream.synchronize()?;
+    for i in 0..3 {
+        direct_call(device, model, kind, 7 + i, b)?;
     }
     let n = (samples / b as u64).clamp(10, 2000);
     let mut latencies = Vec::with_capacity(n as usize);
-    let t0 = Instant::now();
-    for _ in 0..n {
-        let t = Instant::now();
-        model.forward(&x)?;
-        stream.synchronize()?;
-        latencies.push(t.elapsed());
+    let mut busy = Duration::ZERO;
+    for i in 0..n {
+        let l = direct_call(device, model, kind, 7 + i, b)?;
+        busy += l;
+        latencies.push(l);
     }
-    Ok(Measured::from(n * b as u64, t0.elapsed(), latencies))
+    // Throughput over the timed calls only (making the input is the client's business).
+    Ok(Measured::from(n * b as u64, busy, latencies))
 }
 
 /// One queue configuration: its throughput and client-side latency, and the queue's mean batch.
@@ -223,10 +279,20 @@ fn queued(
         .build()?;
     let queue = BatchQueue::new(model.clone(), cfg)?;
     let call = |c: u64, i: u64| -> anyhow::Result<Duration> {
-        let x = Tensor::randn(device, &[1, 512], seed(c, i))?;
-        let t0 = Instant::now();
-        queue.infer(x)?;
-        Ok(t0.elapsed())
+        match a.input {
+            InputKind::Host => {
+                let x = HostTensor::new(&host_rows(seed(c, i), 1), &[1, 512])?;
+                let t0 = Instant::now();
+                std::hint::black_box(queue.infer(x)?.to_vec::<f32>()?);
+                Ok(t0.elapsed())
+            }
+            InputKind::Device => {
+                let x = Tensor::randn(device, &[1, 512], seed(c, i))?;
+                let t0 = Instant::now();
+                queue.infer(x)?;
+                Ok(t0.elapsed())
+            }
+        }
     };
     let (elapsed, latencies) = clients(a.clients, 5, a.requests, &call, &|| queue.reset_stats())?;
     let stats = queue.stats();
@@ -262,7 +328,7 @@ pub(crate) fn run(
     let mut per_batch = Vec::new();
     for &b in &a.max_batch {
         anyhow::ensure!(b > 0, "--max-batch: 0 is not a batch size");
-        per_batch.push((b, direct_batch(&device, &model, b, total)?));
+        per_batch.push((b, direct_batch(&device, &model, a.input, b, total)?));
     }
     let mut rows = Vec::new();
     for &(b, direct) in &per_batch {
@@ -292,6 +358,7 @@ pub(crate) fn run(
         "clients": a.clients,
         "requests_per_client": a.requests,
         "workers": a.workers,
+        "input": format!("{:?}", a.input).to_lowercase(),
         "direct_threads": {
             "threads": a.clients,
             "samples_per_s": threads.samples_per_s,
@@ -321,8 +388,11 @@ fn print_text(out: &Value) {
         out["device_description"].as_str().unwrap_or("?")
     );
     println!(
-        "{} clients x {} batch-1 requests per configuration, {} workers",
-        out["clients"], out["requests_per_client"], out["workers"]
+        "{} clients x {} batch-1 requests per configuration, {} workers, {} input",
+        out["clients"],
+        out["requests_per_client"],
+        out["workers"],
+        out["input"].as_str().unwrap_or("?")
     );
     let t = &out["direct_threads"];
     println!(

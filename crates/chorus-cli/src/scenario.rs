@@ -11,7 +11,7 @@
 //! [`Scenario::ALL`], its work in [`Scenario::round`] and its result names in
 //! [`Scenario::outputs`].
 
-use chorus::batch::{BatchConfig, BatchError, BatchQueue};
+use chorus::batch::{BatchConfig, BatchError, BatchQueue, HostTensor};
 use chorus::nn;
 use chorus::{Device, Result, Tensor};
 use std::time::Duration;
@@ -42,8 +42,9 @@ pub(crate) enum Scenario {
     /// model shared by every thread, on `randn([4, 32, 256])`; results: sum and max.
     Transformer,
     /// The MLP of [`Scenario::Mlp`] behind one dynamic batching queue shared by every thread:
-    /// each round submits `randn([1, 512])` and waits for its rows; results: the output and
-    /// where it ran (batch number, row offset, batch rows). Verified against direct calls of
+    /// each round submits `randn([1, 512])` and waits for its rows (odd iterations as a host
+    /// request: the input copied to host memory, the result copied back to the device);
+    /// results: the output and where it ran (batch number, row offset, batch rows). Verified against direct calls of
     /// the model on the main thread: bit-for-bit on the same batch, and within the op
     /// tolerance on the row alone ([`Scenario::batch_reference`]).
     Batching,
@@ -345,10 +346,18 @@ impl Scenario {
                     .and_then(|m| m.queue.as_ref())
                     .expect("the batching scenario runs with its queue built");
                 let x = Tensor::randn(device, &[1, 512], seed_for(p.seed, key, 0))?;
-                let (y, info) = queue
-                    .submit(x)
-                    .and_then(|t| t.wait_with_info())
-                    .map_err(batch_error)?;
+                let (y, info) = if key.iter % 2 == 1 {
+                    let (y, info) = queue
+                        .submit(HostTensor::from_tensor(&x)?)
+                        .and_then(|t| t.wait_with_info())
+                        .map_err(batch_error)?;
+                    (y.to_device(device)?, info)
+                } else {
+                    queue
+                        .submit(x)
+                        .and_then(|t| t.wait_with_info())
+                        .map_err(batch_error)?
+                };
                 let at = [info.batch as i64, info.offset as i64, info.rows as i64];
                 Ok(vec![y, Tensor::from_slice(device, &at, &[3])?])
             }

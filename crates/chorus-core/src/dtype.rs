@@ -68,16 +68,50 @@ macro_rules! element {
         impl Element for $t {
             const DTYPE: DType = $d;
             fn to_bytes(values: &[Self]) -> Vec<u8> {
-                values.iter().flat_map(|v| v.to_le_bytes()).collect()
+                if cfg!(target_endian = "little") {
+                    // SAFETY: `$t` is a primitive number without padding, so its slice is
+                    // `size_of_val(values)` initialized bytes at the same address, which is
+                    // valid for reads while `values` is borrowed; on a little-endian target
+                    // they are the little-endian encoding.
+                    unsafe {
+                        std::slice::from_raw_parts(
+                            values.as_ptr().cast::<u8>(),
+                            std::mem::size_of_val(values),
+                        )
+                    }
+                    .to_vec()
+                } else {
+                    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+                }
             }
             fn from_bytes(bytes: &[u8]) -> Vec<Self> {
-                bytes
-                    .chunks_exact(std::mem::size_of::<$t>())
-                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk of element size")))
-                    .collect()
+                const SIZE: usize = std::mem::size_of::<$t>();
+                let n = bytes.len() / SIZE;
+                if cfg!(target_endian = "little") {
+                    let mut out = Vec::<$t>::with_capacity(n);
+                    // SAFETY: `out` has room for `n` elements, `n * SIZE` bytes, which `bytes`
+                    // holds (a separate allocation, so no overlap); every bit pattern is a
+                    // valid `$t`, and on a little-endian target the bytes are its encoding, so
+                    // after the copy the first `n` elements are initialized.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            out.as_mut_ptr().cast::<u8>(),
+                            n * SIZE,
+                        );
+                        out.set_len(n);
+                    }
+                    out
+                } else {
+                    bytes
+                        .chunks_exact(SIZE)
+                        .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk of element size")))
+                        .collect()
+                }
             }
         }
     };
 }
+
 element!(f32, DType::F32);
 element!(i64, DType::I64);

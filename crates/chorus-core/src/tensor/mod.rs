@@ -107,7 +107,6 @@ impl Tensor {
     /// # Errors
     /// [`Error::LengthMismatch`] if `data.len()` is not the product of `shape`; allocation errors.
     pub fn from_slice<T: Element>(device: &Device, data: &[T], shape: &[usize]) -> Result<Tensor> {
-        let rt = device.rt();
         let n = numel("from_slice", shape)?;
         if n != data.len() {
             return Err(Error::LengthMismatch {
@@ -116,11 +115,43 @@ impl Tensor {
                 shape: shape.to_vec(),
             });
         }
+        Tensor::from_bytes(device, T::to_bytes(data), shape, T::DTYPE)
+    }
+
+    /// A tensor of `dtype` with `shape` holding `bytes`: its elements in row-major order,
+    /// little-endian, as [`Tensor::to_bytes`] returns them. One copy to the device, on the
+    /// current stream.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedDType`] for f16/bf16 (as [`Tensor::empty`]);
+    /// [`Error::LengthMismatch`] (`len` counted in bytes) if `bytes` is not `shape`'s element
+    /// count times the element size; allocation errors.
+    pub fn from_bytes(
+        device: &Device,
+        bytes: Vec<u8>,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        if !matches!(dtype, DType::F32 | DType::I64) {
+            return Err(Error::UnsupportedDType {
+                op: "from_bytes",
+                dtype,
+            });
+        }
+        let n = numel("from_bytes", shape)?;
+        if n.checked_mul(dtype.size()) != Some(bytes.len()) {
+            return Err(Error::LengthMismatch {
+                op: "from_bytes",
+                len: bytes.len(),
+                shape: shape.to_vec(),
+            });
+        }
+        let rt = device.rt();
         let s = rt.current_stream()?;
-        let out = Tensor::empty_on(rt, s, shape, T::DTYPE, "from_slice")?;
-        // SAFETY: the destination is the fresh block of `out`, exactly `n * size` bytes long,
-        // written only by this copy and kept alive by `out`.
-        unsafe { rt.write(s, out.tensor.storage.ptr(), T::to_bytes(data))? };
+        let out = Tensor::empty_on(rt, s, shape, dtype, "from_bytes")?;
+        // SAFETY: the destination is the fresh block of `out`, exactly `bytes.len()` bytes
+        // long (checked above), written only by this copy and kept alive by `out`.
+        unsafe { rt.write(s, out.tensor.storage.ptr(), bytes)? };
         Ok(out.tensor)
     }
 
@@ -284,6 +315,16 @@ impl Tensor {
                 got: T::DTYPE,
             });
         }
+        Ok(T::from_bytes(&self.to_bytes()?))
+    }
+
+    /// Copies the elements to the host as bytes (row-major order, little-endian; what
+    /// [`Tensor::from_bytes`] takes), waiting for the work that produces them: one copy from
+    /// the device on the current stream, after making a strided view contiguous there.
+    ///
+    /// # Errors
+    /// A device error (this also reports an earlier failure of the current stream).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let rt = self.rt();
         let s = rt.current_stream()?;
         let t = self.contiguous_on(s)?;
@@ -292,8 +333,7 @@ impl Tensor {
         // SAFETY: `t` is contiguous, so its `bytes` bytes from the view's first element lie
         // inside its storage, which `t` keeps alive during this blocking read; `use_on`
         // ordered `s` after the write.
-        let raw = unsafe { rt.read(s, t.view().ptr, bytes)? };
-        Ok(T::from_bytes(&raw))
+        unsafe { rt.read(s, t.view().ptr, bytes) }
     }
 
     /// The single value of a one-element tensor.
