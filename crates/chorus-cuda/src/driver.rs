@@ -209,15 +209,18 @@ impl Drop for Context {
     }
 }
 
-/// How host threads wait for the GPU, from `CHORUS_CUDA_SCHED`: `yield` (the default: a
-/// waiting thread spins but yields its core, measured best with many threads on the H100
-/// machine: the MLP at 16 threads 101.7k forwards/s vs 93.2k with the driver's `auto`, which
-/// spins without yielding, and 58k with `blocking`), `auto`, `spin` or `blocking`.
+/// How host threads wait for the GPU, from `CHORUS_CUDA_SCHED`: `hybrid` (the default: a
+/// waiting thread spins but yields its core, as with `yield`, while at most one thread per
+/// core waits that way; further waiting threads sleep, see `stream.rs`), `yield` (every
+/// waiting thread spins and yields: measured best of the driver's modes with many threads on
+/// the H100 machine: the MLP at 16 threads 101.7k forwards/s vs 93.2k with the driver's
+/// `auto`, which spins without yielding, and 58k with `blocking`), `auto`, `spin` or
+/// `blocking`.
 fn sched_flags() -> BackendResult<u32> {
     use sys::CUctx_flags as F;
     let v = std::env::var("CHORUS_CUDA_SCHED").unwrap_or_default();
     let flag = match v.trim().to_ascii_lowercase().as_str() {
-        "" => F::CU_CTX_SCHED_YIELD,
+        "" | "hybrid" => F::CU_CTX_SCHED_YIELD,
         "auto" => F::CU_CTX_SCHED_AUTO,
         "spin" => F::CU_CTX_SCHED_SPIN,
         "yield" => F::CU_CTX_SCHED_YIELD,
@@ -225,11 +228,22 @@ fn sched_flags() -> BackendResult<u32> {
         _ => {
             return Err(BackendError::Call {
                 api: "CHORUS_CUDA_SCHED",
-                message: format!("`{v}` is not yield, auto, spin or blocking"),
+                message: format!("`{v}` is not hybrid, yield, auto, spin or blocking"),
             })
         }
     };
     Ok(flag as u32)
+}
+
+/// Whether waiting threads beyond one per core sleep instead of spinning (`CHORUS_CUDA_SCHED`
+/// unset or `hybrid`).
+pub(crate) fn cap_spinning() -> bool {
+    // sync-shim: allowed (computed once; reading it is a plain load)
+    static CAP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let v = std::env::var("CHORUS_CUDA_SCHED").unwrap_or_default();
+        matches!(v.trim().to_ascii_lowercase().as_str(), "" | "hybrid")
+    })
 }
 
 /// Runs `f`, and with `CHORUS_CUDA_TRACE` set prints how long it took (one-time setup steps:

@@ -1,6 +1,15 @@
 //! A pool stream: a non-blocking `CUstream`, its cuBLAS handle (created on the first GEMM),
 //! a page-locked staging buffer for reads, and the stream's error state.
 //!
+//! Waiting (in the default `hybrid` mode of `CHORUS_CUDA_SCHED`, `driver.rs`): a host thread
+//! that waits for a stream without a time limit spins, yielding its core (the context's
+//! `CU_CTX_SCHED_YIELD`, lowest latency), while no more threads than the machine has cores are
+//! waiting that way; the threads beyond go to sleep on a
+//! blocking-synchronization event recorded on the stream instead, so that 64 waiting threads
+//! on 16 cores do not take the cores from the threads that launch work. (Recording the event
+//! again from another thread before this one waits only makes this one wait for more work of
+//! the same stream, never less.)
+//!
 //! Errors: a failed driver call on the stream, or a kernel that reports bad input through the
 //! stream's *error word* (page-locked host memory mapped into the device, written by a kernel
 //! such as `index_select` when an index is out of range), make the stream's error sticky: every
@@ -15,7 +24,27 @@ use chorus_core::{BackendError, BackendResult};
 use chorus_sync::atomic::{AtomicBool, Ordering};
 use chorus_sync::{rank, Arc, RankedMutex};
 use cudarc::driver::sys::{self, CUresult};
+// sync-shim: allowed (a process-wide counter of spinning waiters; not loom-modelled)
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
+
+/// Threads spinning in [`CudaStream::wait`] now, over all streams.
+// sync-shim: allowed (see the import)
+static SPINNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Most threads that wait by spinning at once: the machine's cores (no limit unless the
+/// waiting mode is `hybrid`, `driver::cap_spinning`).
+fn max_spinning() -> usize {
+    // sync-shim: allowed (computed once; reading it is a plain load)
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        if crate::driver::cap_spinning() {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            usize::MAX
+        }
+    })
+}
 
 /// Staging buffers above this size are not kept; larger reads go to pageable memory directly.
 const MAX_STAGING: usize = 16 << 20;
@@ -35,6 +64,8 @@ pub struct CudaStream {
     scratch: RankedMutex<Option<Segment>>,
     failed: AtomicBool,
     sticky: RankedMutex<Option<BackendError>>,
+    /// A `CU_EVENT_BLOCKING_SYNC` event that threads beyond [`max_spinning`] sleep on.
+    sleep_event: sys::CUevent,
 }
 
 // SAFETY: a CUstream handle may be used from any thread with its context current; the driver
@@ -65,6 +96,16 @@ impl CudaStream {
             }
         };
         let err_dev = err_word.device_ptr()?;
+        let mut sleep_event = std::ptr::null_mut();
+        let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
+            | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        // SAFETY: the context is current; writes one event handle, destroyed in Drop.
+        let r = unsafe { sys::cuEventCreate(&mut sleep_event, flags) };
+        if let Err(e) = check(r, "cuEventCreate") {
+            // SAFETY: created above, nothing enqueued yet.
+            let _ = unsafe { sys::cuStreamDestroy_v2(raw) };
+            return Err(e);
+        }
         Ok(CudaStream {
             raw,
             ctx: Arc::clone(ctx),
@@ -75,6 +116,7 @@ impl CudaStream {
             scratch: RankedMutex::new(rank::BACKEND_SCRATCH, None),
             failed: AtomicBool::new(false),
             sticky: RankedMutex::new(rank::BACKEND_STREAM_ERROR, None),
+            sleep_event,
         })
     }
 
@@ -142,13 +184,25 @@ impl CudaStream {
     /// [`CudaStream::synchronize`] for callers that checked the stream and bound the context.
     fn wait(&self, timeout: Option<Duration>) -> BackendResult<bool> {
         let done = match timeout {
-            None => self
-                .track(
+            None => {
+                let spin = SPINNING.fetch_add(1, Ordering::Relaxed) < max_spinning();
+                let r = if spin {
                     // SAFETY: live stream, context current.
-                    unsafe { sys::cuStreamSynchronize(self.raw) },
-                    "cuStreamSynchronize",
-                )
-                .map(|()| true)?,
+                    let r = unsafe { sys::cuStreamSynchronize(self.raw) };
+                    check(r, "cuStreamSynchronize")
+                } else {
+                    // SAFETY: live event and stream of the current context; the event is
+                    // this stream's, destroyed only with it.
+                    let r = unsafe { sys::cuEventRecord(self.sleep_event, self.raw) };
+                    check(r, "cuEventRecord").and_then(|()| {
+                        // SAFETY: as above.
+                        let r = unsafe { sys::cuEventSynchronize(self.sleep_event) };
+                        check(r, "cuEventSynchronize")
+                    })
+                };
+                SPINNING.fetch_sub(1, Ordering::Relaxed);
+                r.map_err(|e| self.fail(e)).map(|()| true)?
+            }
             Some(t) => poll(t, || {
                 // SAFETY: live stream, context current.
                 match unsafe { sys::cuStreamQuery(self.raw) } {
@@ -251,9 +305,12 @@ impl Drop for CudaStream {
         // The cuBLAS handle goes first, while its stream still exists.
         drop(self.blas.take());
         if self.ctx.bind().is_ok() {
-            // SAFETY: the runtime synchronizes every stream before dropping it; the stream was
-            // created once and is destroyed once.
-            let _ = unsafe { sys::cuStreamDestroy_v2(self.raw) };
+            // SAFETY: the runtime synchronizes every stream before dropping it, so nothing
+            // waits on the event; event and stream were created once and are destroyed once.
+            unsafe {
+                let _ = sys::cuEventDestroy_v2(self.sleep_event);
+                let _ = sys::cuStreamDestroy_v2(self.raw);
+            }
         }
     }
 }
