@@ -135,5 +135,5 @@ pub use batch_queue::BatchQueue;
 pub use config::{BatchConfig, BatchConfigBuilder, ShutdownMode, MAX_WORKERS};
 pub use error::{BatchError, Result};
 pub use host::{BatchInput, BatchOutput, HostTensor, Input};
-pub use stats::{BatchStats, Latency};
+pub use stats::{BatchStats, Latency, Phases};
 pub use ticket::{BatchInfo, Ticket};

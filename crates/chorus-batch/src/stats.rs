@@ -141,6 +141,27 @@ pub struct BatchStats {
     pub peak_queue_depth: usize,
     /// Latency of the requests that got their result.
     pub latency: Latency,
+    /// Where the time went, as means (0 before the first batch).
+    pub phases: Phases,
+}
+
+/// Where a batch queue's time goes ([`BatchStats::phases`]): how long requests wait for a
+/// worker, and the steps of a worker's batch (see the worker's protocol in the crate docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Phases {
+    /// Mean per request: from submission until a worker took its batch.
+    pub queued: Duration,
+    /// Mean per batch: concatenating the inputs (device requests) or uploading them in one
+    /// copy (host requests).
+    pub gather: Duration,
+    /// Mean per batch: the model's forward pass as seen by the host (enqueueing its work).
+    pub forward: Duration,
+    /// Mean per batch: splitting the output and waiting for the worker's stream (device
+    /// requests), or reading the output back and cutting it (host requests).
+    pub finish: Duration,
+    /// Mean per batch: completing the requests' tickets (waking their threads).
+    pub complete: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +176,9 @@ struct Counters {
     /// Batches by rows (index = rows).
     sizes: Vec<u64>,
     latency: Histogram,
+    /// Sums over batches (`queued`: over requests) of the phases, and batches completed.
+    phases: Phases,
+    completed: u64,
 }
 
 impl Counters {
@@ -169,6 +193,8 @@ impl Counters {
             rejected: 0,
             sizes: vec![0; max_batch + 1],
             latency: Histogram::new(),
+            phases: Phases::default(),
+            completed: 0,
         }
     }
 }
@@ -189,10 +215,20 @@ impl Stats {
     }
 
     /// A batch of `rows` rows ran; `latencies` of its requests if it succeeded, else it
-    /// failed `requests` requests.
-    pub(crate) fn batch(&self, rows: usize, requests: usize, latencies: Option<&[Duration]>) {
+    /// failed `requests` requests; `phases` are its times (`queued` summed over its requests).
+    pub(crate) fn batch(
+        &self,
+        rows: usize,
+        requests: usize,
+        latencies: Option<&[Duration]>,
+        phases: &Phases,
+    ) {
         let mut c = self.inner.lock();
         c.batches += 1;
+        c.phases.queued += phases.queued;
+        c.phases.gather += phases.gather;
+        c.phases.forward += phases.forward;
+        c.phases.finish += phases.finish;
         c.rows += rows as u64;
         if let Some(n) = c.sizes.get_mut(rows) {
             *n += 1;
@@ -206,6 +242,13 @@ impl Stats {
             }
             None => c.failed += requests as u64,
         }
+    }
+
+    /// A batch's tickets were completed in `d`.
+    pub(crate) fn completed(&self, d: Duration) {
+        let mut c = self.inner.lock();
+        c.phases.complete += d;
+        c.completed += 1;
     }
 
     pub(crate) fn timed_out(&self, n: usize) {
@@ -256,6 +299,25 @@ impl Stats {
                 p95: h.quantile(0.95),
                 p99: h.quantile(0.99),
                 max: Duration::from_nanos(h.max_ns),
+            },
+            phases: {
+                let per = |d: Duration, n: u64| {
+                    if n == 0 {
+                        Duration::ZERO
+                    } else {
+                        d / u32::try_from(n).unwrap_or(u32::MAX)
+                    }
+                };
+                let p = &c.phases;
+                // Requests of failed batches waited too: count them with the others.
+                let waited = c.requests + c.failed;
+                Phases {
+                    queued: per(p.queued, waited),
+                    gather: per(p.gather, c.batches),
+                    forward: per(p.forward, c.batches),
+                    finish: per(p.finish, c.batches),
+                    complete: per(p.complete, c.completed),
+                }
             },
         }
     }

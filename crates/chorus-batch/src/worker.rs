@@ -18,6 +18,9 @@
 //! 5. Count the batch in the statistics, then complete every request of the batch: all with
 //!    their rows, or all with the batch's error.
 //!
+//! The time of each step goes into the statistics ([`Phases`](crate::Phases)), along with how
+//! long the batch's requests waited before the worker took them.
+//!
 //! A panic of the model is contained in step 2 and fails the batch with
 //! [`BatchError::ModelPanicked`]; the worker goes on. Should a worker thread itself unwind (a
 //! bug), it shuts the queue down in [`ShutdownMode::Fail`] so that no request is left waiting
@@ -29,6 +32,7 @@ use crate::error::{BatchError, Result};
 use crate::host::{HostTensor, Input};
 use crate::queue::{Next, Queued};
 use crate::slot::Completer;
+use crate::stats::Phases;
 use crate::ticket::{BatchInfo, Done};
 use chorus_core::{Stream, Tensor};
 use chorus_sync::atomic::Ordering;
@@ -94,6 +98,14 @@ fn expire(shared: &Shared, expired: Vec<Queued<Request>>) {
 /// Runs one batch and completes its requests (module docs).
 fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Request>>) {
     let number = shared.batches.fetch_add(1, Ordering::Relaxed) + 1;
+    let start = Instant::now();
+    let mut phases = Phases {
+        queued: batch
+            .iter()
+            .map(|q| start.saturating_duration_since(q.enqueued))
+            .sum(),
+        ..Phases::default()
+    };
     let rows: Vec<usize> = batch.iter().map(|q| q.rows).collect();
     let total: usize = rows.iter().sum();
     let mut inputs = Vec::with_capacity(batch.len());
@@ -103,7 +115,7 @@ fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Reques
         pending.push((q.enqueued, q.item.done));
     }
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        forward(shared, stream, &inputs, &rows, total)
+        forward(shared, stream, &inputs, &rows, total, &mut phases)
     }))
     .unwrap_or_else(|panic| {
         Err(BatchError::ModelPanicked {
@@ -119,7 +131,9 @@ fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Reques
                 .iter()
                 .map(|(enqueued, _)| done.saturating_duration_since(*enqueued))
                 .collect();
-            shared.stats.batch(total, pending.len(), Some(&latencies));
+            shared
+                .stats
+                .batch(total, pending.len(), Some(&latencies), &phases);
             let mut info = BatchInfo {
                 batch: number,
                 offset: 0,
@@ -132,9 +146,10 @@ fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Reques
                 completer.complete(Ok(Done { output, info }));
                 info.offset += n;
             }
+            shared.stats.completed(done.elapsed());
         }
         Err(e) => {
-            shared.stats.batch(total, pending.len(), None);
+            shared.stats.batch(total, pending.len(), None, &phases);
             for (_, completer) in pending {
                 completer.complete(Err(e.clone()));
             }
@@ -149,32 +164,45 @@ fn forward(
     inputs: &[Input],
     rows: &[usize],
     total: usize,
+    phases: &mut Phases,
 ) -> Result<Vec<Input>> {
     let device = |source| BatchError::Device {
         rows: total,
         source,
     };
+    let mut lap = Instant::now();
+    let mut split = || {
+        let now = Instant::now();
+        let d = now - lap;
+        lap = now;
+        d
+    };
     let x = gather(shared, inputs, total).map_err(device)?;
+    phases.gather = split();
     let y = shared.model.forward(&x).map_err(|e| BatchError::Model {
         rows: total,
         source: Arc::new(e),
     })?;
+    phases.forward = split();
     if y.shape().first() != Some(&total) {
         return Err(BatchError::OutputRows {
             rows: total,
             got: y.shape().to_vec(),
         });
     }
-    if matches!(inputs.first(), Some(Input::Host(_))) {
-        return scatter_host(&y, rows).map_err(device);
-    }
-    let parts = if rows.len() == 1 {
-        vec![y]
+    let parts = if matches!(inputs.first(), Some(Input::Host(_))) {
+        scatter_host(&y, rows).map_err(device)?
     } else {
-        y.split(rows, 0).map_err(device)?
+        let parts = if rows.len() == 1 {
+            vec![y]
+        } else {
+            y.split(rows, 0).map_err(device)?
+        };
+        stream.synchronize().map_err(device)?;
+        parts.into_iter().map(Input::Device).collect()
     };
-    stream.synchronize().map_err(device)?;
-    Ok(parts.into_iter().map(Input::Device).collect())
+    phases.finish = split();
+    Ok(parts)
 }
 
 /// Step 1: the batch's input on the worker's stream.

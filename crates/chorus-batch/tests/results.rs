@@ -47,6 +47,19 @@ fn one_batch_is_bit_identical_to_the_direct_call_on_its_concatenation() {
     assert_eq!(stats.latency.count, 4);
     let l = stats.latency;
     assert!(l.p50 <= l.p95 && l.p95 <= l.p99 && l.p99 <= l.max, "{l:?}");
+    // Every phase of the one batch was timed (the requests waited for the eighth row).
+    let p = stats.phases;
+    assert!(
+        p.queued > Duration::ZERO && p.gather > Duration::ZERO,
+        "{p:?}"
+    );
+    assert!(
+        p.forward > Duration::ZERO && p.finish > Duration::ZERO,
+        "{p:?}"
+    );
+    assert!(p.complete > Duration::ZERO, "{p:?}");
+    queue.reset_stats();
+    assert_eq!(queue.stats().phases, chorus_batch::Phases::default());
 }
 
 #[test]

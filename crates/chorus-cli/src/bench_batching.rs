@@ -262,14 +262,15 @@ fn direct_batch(
     Ok(Measured::from(n * b as u64, busy, latencies))
 }
 
-/// One queue configuration: its throughput and client-side latency, and the queue's mean batch.
+/// One queue configuration: its throughput and client-side latency, and the queue's
+/// statistics.
 fn queued(
     device: &Device,
     model: &nn::Mlp,
     a: &BatchingArgs,
     max_batch: usize,
     max_delay: Duration,
-) -> anyhow::Result<(Measured, f64, u64)> {
+) -> anyhow::Result<(Measured, chorus::batch::BatchStats)> {
     let cfg = BatchConfig::builder(device)
         .max_batch(max_batch)
         .max_delay(max_delay)
@@ -299,8 +300,7 @@ fn queued(
     queue.shutdown(chorus::batch::ShutdownMode::Drain);
     Ok((
         Measured::from(a.clients * a.requests, elapsed, latencies),
-        stats.mean_batch_size,
-        stats.batches,
+        stats,
     ))
 }
 
@@ -334,7 +334,9 @@ pub(crate) fn run(
     for &(b, direct) in &per_batch {
         for &d in &a.max_delay_ms {
             let delay = Duration::from_secs_f64(d / 1e3);
-            let (m, mean_batch, batches) = queued(&device, &model, a, b, delay)?;
+            let (m, stats) = queued(&device, &model, a, b, delay)?;
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            let p = stats.phases;
             let bound = delay + 3 * direct.p50;
             rows.push(json!({
                 "max_batch": b,
@@ -342,8 +344,15 @@ pub(crate) fn run(
                 "samples_per_s": m.samples_per_s,
                 "p50_ms": ms(m.p50),
                 "p99_ms": ms(m.p99),
-                "mean_batch": mean_batch,
-                "batches": batches,
+                "mean_batch": stats.mean_batch_size,
+                "batches": stats.batches,
+                "phases_us": {
+                    "queued": us(p.queued),
+                    "gather": us(p.gather),
+                    "forward": us(p.forward),
+                    "finish": us(p.finish),
+                    "complete": us(p.complete),
+                },
                 "vs_direct_threads": m.samples_per_s / threads.samples_per_s,
                 "vs_direct_batch": m.samples_per_s / direct.samples_per_s,
                 "p99_bound_ms": ms(bound),
@@ -439,6 +448,24 @@ fn print_text(out: &Value) {
             } else {
                 "over"
             }
+        );
+    }
+    println!("where the time went (queue statistics, means in us: per request for queued, per batch otherwise)");
+    println!(
+        "{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "max_batch", "delay ms", "queued", "gather", "forward", "finish", "complete"
+    );
+    for r in out["batching"].as_array().into_iter().flatten() {
+        let p = &r["phases_us"];
+        println!(
+            "{:>9} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            r["max_batch"].as_u64().unwrap_or(0),
+            f(&r["max_delay_ms"]),
+            f(&p["queued"]),
+            f(&p["gather"]),
+            f(&p["forward"]),
+            f(&p["finish"]),
+            f(&p["complete"])
         );
     }
 }
