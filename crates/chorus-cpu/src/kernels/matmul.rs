@@ -1,6 +1,7 @@
-//! The `Matmul` kernel: batched f32 matrix products, one call per batch entry: products with few
-//! rows in `linear`'s layout through `rowdot`, products with many rows through `packed` on
-//! AVX-512, the others through the `gemm` crate. A large product may use several cores when its stream is alone on the device
+//! The `Matmul` kernel: batched f32 matrix products, one call per batch entry: products of at
+//! least `packed::MIN_ROWS` rows through `packed` on AVX-512, products with fewer rows (at most 64
+//! where there is no AVX-512) in `linear`'s layout through `rowdot`, the others through the `gemm`
+//! crate. A large product may use several cores when its stream is alone on the device
 //! (`super::gemm_parallelism`); `gemm` splits rows and columns, never the sum over `k`, so the
 //! bits are the same either way (tested below).
 //!
@@ -72,26 +73,8 @@ pub(super) unsafe fn matmul(
         host::<f32>(rhs.ptr).cast_const(),
     );
     for (b, dst) in out.chunks_exact_mut(d.m * d.n).enumerate() {
-        if rowdot::applies(d.m, lhs.col_stride, rhs.row_stride) {
-            // SAFETY: lhs rows are `k` contiguous f32 at `row_stride`; `rhs` is `Wᵀ` with W's
-            // rows `k` contiguous f32 at `col_stride` (caller's contract for batch entry `b`);
-            // `dst` is `m * n` writable, unaliased f32; the bias is `n` readable f32.
-            unsafe {
-                rowdot::matmul(
-                    l.add(b * lhs.batch_stride),
-                    lhs.row_stride,
-                    r.add(b * rhs.batch_stride),
-                    rhs.col_stride,
-                    dst.as_mut_ptr(),
-                    (d.m, d.n, d.k),
-                    epilogue,
-                    super::parallelism(),
-                )
-            };
-            continue;
-        }
         #[cfg(target_arch = "x86_64")]
-        if d.m > 64 && packed::available() {
+        if d.m >= packed::MIN_ROWS && packed::available() {
             let mat = |base: *const f32, b: usize, op: &MatOperand| packed::Mat {
                 ptr: base.wrapping_add(b * op.batch_stride),
                 rs: op.row_stride,
@@ -104,6 +87,24 @@ pub(super) unsafe fn matmul(
                 packed::matmul(
                     mat(l, b, lhs),
                     mat(r, b, rhs),
+                    dst.as_mut_ptr(),
+                    (d.m, d.n, d.k),
+                    epilogue,
+                    super::parallelism(),
+                )
+            };
+            continue;
+        }
+        if rowdot::applies(d.m, lhs.col_stride, rhs.row_stride) {
+            // SAFETY: lhs rows are `k` contiguous f32 at `row_stride`; `rhs` is `Wᵀ` with W's
+            // rows `k` contiguous f32 at `col_stride` (caller's contract for batch entry `b`);
+            // `dst` is `m * n` writable, unaliased f32; the bias is `n` readable f32.
+            unsafe {
+                rowdot::matmul(
+                    l.add(b * lhs.batch_stride),
+                    lhs.row_stride,
+                    r.add(b * rhs.batch_stride),
+                    rhs.col_stride,
                     dst.as_mut_ptr(),
                     (d.m, d.n, d.k),
                     epilogue,

@@ -1,29 +1,59 @@
-//! Matrix products with many rows on AVX-512: `out = act(lhs @ rhs + bias)` with `rhs` copied
-//! into panels of [`NR`] columns (contiguous along `k`, zero past `n`) and a register tile of
-//! up to [`MR`] rows × [`NR`] columns accumulated over the whole of `k`.
+//! Matrix products with many rows on AVX-512: `out = act(lhs @ rhs + bias)`, both operands
+//! copied into the layouts the register tile reads (the BLIS scheme):
 //!
-//! Every output is one chain of fused multiply-adds over `p = 0, 1, …, k - 1` in order, started
-//! from zero ([`reference`]). So its bits depend on its row of `lhs`, its column of `rhs` and
-//! `k` only: not on `m`, the tiling, or how the panels are split among cores.
+//! - `lhs`, [`LHS_BLOCK`] f32 at most at a time (a block of rows), once per block, shared among
+//!   the cores like the panels (the first chunks of the block, which the others wait for): the
+//!   rows of each tile (`h` = [`MR`] rows, fewer at the end) as one sliver of `k` steps of `h`
+//!   f32 (`[p][r]`), so the tile reads them through one pointer;
+//! - `rhs`, by whichever thread computes those columns: [`KC`] rows at a time of a panel of
+//!   [`NR`] columns (`[p][c]`, zeros past `n`), which stay in L1 while every tile of the block
+//!   runs over them. `linear`'s `Wᵀ` (unit row stride) is read along `W`'s rows and transposed
+//!   16 × 16 in registers.
+//!
+//! A register tile of `h` rows × [`NR`] columns runs over one panel's `KC` rows of `p`, storing
+//! its sums to `out`; the tile of the next `KC` rows starts from them. So every output is still
+//! one chain of fused multiply-adds over `p = 0, 1, …, k - 1` in order, started from zero
+//! ([`reference`]), and its bits depend on its row of `lhs`, its column of `rhs` and `k` only:
+//! not on `m`, the blocking, the tiling, or how the panels are split among cores.
+//!
+//! The chunks of a block are shared among cores ([`share`]); its helpers linger for [`LINGER`]
+//! after a product, for the next one (the next layer's) comes at once.
 //!
 //! Machines without AVX-512 use `gemm` instead (`super::matmul`).
 
 use super::share::{self, Shared};
 use super::unary;
 use chorus_core::kernel::Epilogue;
+use chorus_sync::atomic::{AtomicUsize, Ordering};
+use chorus_sync::Arc;
 use std::arch::x86_64::{
-    __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_set1_ps,
-    _mm512_setzero_ps, _mm512_storeu_ps,
+    __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
+    _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_storeu_ps,
+    _mm512_unpackhi_ps, _mm512_unpacklo_ps,
 };
 
 /// Rows of the register tile (2·MR accumulators + 2 panel registers + 1 broadcast ≤ 32).
 const MR: usize = 14;
 /// Columns of a panel (two AVX-512 registers).
-pub(super) const NR: usize = 32;
+const NR: usize = 32;
+/// Steps of `p` per panel block (`KC × NR` f32: 32 KiB, in L1 while the tiles use it).
+const KC: usize = 256;
+/// Most f32 of packed `lhs` at a time (1 MiB, in L2 with the panels), unless `k` is so long
+/// that one tile of rows takes more.
+const LHS_BLOCK: usize = 1 << 18;
+/// Rows of `lhs` per packing chunk (whole tiles).
+const PACK_ROWS: usize = 2 * MR;
 /// Panels per chunk that one thread takes at a time.
-const CHUNK_PANELS: usize = 2;
-/// Below this many multiply-adds a product runs on one core.
+const CHUNK_PANELS: usize = 1;
+/// How long the helpers wait for the next product when done with one's chunks (`share`).
+const LINGER: std::time::Duration = std::time::Duration::from_micros(50);
+/// Below this many multiply-adds a block runs on one core.
 const PARALLEL_MIN_WORK: usize = 1 << 20;
+
+/// Fewest rows of a product this module runs (`super::matmul`): with fewer, `rowdot`'s tiles
+/// are as fast or faster in `linear`'s layout (measured at k, n of 512 and 1024, 1 and 2 cores:
+/// about even at 20 rows, these 10-30 % faster at 24 and 25-50 % at 32).
+pub(super) const MIN_ROWS: usize = 24;
 
 /// Whether this machine runs these products (else `gemm` does).
 pub(super) fn available() -> bool {
@@ -44,160 +74,273 @@ pub(super) struct Mat {
     pub(super) cs: usize,
 }
 
-/// `R` rows × `NR` columns of `lhs @ panel`, stored to `out` (row stride `n`, `cols` ≤ NR valid
-/// columns).
+/// Rows of the tile that starts with `left` rows to go: [`MR`] while that many are left, then the
+/// largest of 8, 4, 2, 1 that fits. Packing and tiling walk the rows alike with it.
+fn tile_height(left: usize) -> usize {
+    match left {
+        MR.. => MR,
+        8.. => 8,
+        4.. => 4,
+        2.. => 2,
+        _ => 1,
+    }
+}
+
+/// The 16 × 16 transpose: element `c` of result `r` is element `r` of `rows[c]`.
+#[target_feature(enable = "avx512f")]
+fn transpose(rows: [__m512; 16]) -> [__m512; 16] {
+    // Pairs of rows interleaved, then quadruples: `u[4g + c]`, 128-bit lane `l` holds rows
+    // `4g..4g + 4` of column `c + 4l`.
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (rows[i & !1], rows[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (g, c) = (i / 4, i % 4);
+        let (a, b) = (t[4 * g + (c / 2)], t[4 * g + 2 + (c / 2)]);
+        if c % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    // 128-bit lanes gathered from `u[c]` and `u[4 + c]`: `v[c]` holds lanes 0, 2 of each
+    // (columns `c` and `c + 8`, rows 0..8), `v[4 + c]` lanes 1, 3 (columns `c + 4`, `c + 12`);
+    // `v[8..]` likewise from `u[8..]`, rows 8..16.
+    let v: [__m512; 16] = std::array::from_fn(|i| {
+        let (half, odd, c) = (i / 8, (i / 4) % 2, i % 4);
+        let (a, b) = (u[8 * half + c], u[8 * half + 4 + c]);
+        if odd == 0 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xDD>(a, b)
+        }
+    });
+    // Column `c + 4l`: its rows 0..8 from `v[..8]`, rows 8..16 from `v[8..]`.
+    std::array::from_fn(|j| {
+        let (c, l) = (j % 4, j / 4);
+        let (a, b) = (v[4 * (l % 2) + c], v[8 + 4 * (l % 2) + c]);
+        if l < 2 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xDD>(a, b)
+        }
+    })
+}
+
+/// Packs rows `part` (from a multiple of [`MR`] to one or to `rows`: whole tiles) of the `rows`
+/// rows of `lhs` (`k` columns), whose packing starts at `buf`: the tile of `h` rows that starts
+/// at row `t` as `buf[t * k + p * h + r]` = `lhs[t + r, p]`.
 ///
 /// # Safety
-/// AVX-512F is present; `lhs` rows `0..R` are readable at columns `0..k`; `panel` holds
-/// `k * NR` f32; `out` is writable at rows `0..R`, columns `0..cols`.
+/// AVX-512F is present; `lhs` is readable at `[i, p]` for every `i` in `part`, `p < k`; `buf`
+/// is writable at `part.start * k..part.end * k` and nobody else accesses those f32 during the
+/// call.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_lhs(lhs: Mat, rows: usize, k: usize, part: std::ops::Range<usize>, buf: *mut f32) {
+    // SAFETY: caller's contract.
+    let buf = unsafe { std::slice::from_raw_parts_mut(buf.add(part.start * k), part.len() * k) };
+    let mut t = part.start;
+    while t < part.end {
+        let h = tile_height(rows - t);
+        let src = lhs.ptr.wrapping_add(t * lhs.rs);
+        let sliver = &mut buf[(t - part.start) * k..][..h * k];
+        let mut p = 0;
+        if lhs.cs == 1 {
+            // Rows along `k`: 16 steps of each row at a time, transposed (rows past `h` unused).
+            let mask = ((1u32 << h) - 1) as u16;
+            while p + 16 <= k {
+                let block = std::array::from_fn(|r| {
+                    if r < h {
+                        // SAFETY: row `t + r < rows`, columns `p..p + 16 <= k`: readable.
+                        unsafe { _mm512_loadu_ps(src.add(r * lhs.rs + p)) }
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                for (q, col) in transpose(block).into_iter().enumerate() {
+                    // SAFETY: the mask writes `h` f32 at `(p + q) * h`, inside the sliver of
+                    // `k * h` since `p + q < k`.
+                    unsafe {
+                        _mm512_mask_storeu_ps(sliver.as_mut_ptr().add((p + q) * h), mask, col)
+                    };
+                }
+                p += 16;
+            }
+        }
+        for p in p..k {
+            for (r, v) in sliver[p * h..][..h].iter_mut().enumerate() {
+                // SAFETY: row `t + r < rows`, column `p < k`: readable (caller's contract).
+                *v = unsafe { *src.add(r * lhs.rs + p * lhs.cs) };
+            }
+        }
+        t += h;
+    }
+}
+
+/// Packs `rhs[k0 + p, j + c]` for `p < kc`, `c < w` into `panel[p * NR + c]`, zeros for
+/// `w <= c < NR`.
+///
+/// # Safety
+/// AVX-512F is present; `rhs` is readable at those elements; `panel` holds `kc * NR` f32.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_rhs(rhs: Mat, (j, w): (usize, usize), (k0, kc): (usize, usize), panel: &mut [f32]) {
+    let panel = &mut panel[..kc * NR];
+    if w < NR {
+        panel.fill(0.0);
+    }
+    let at = |p: usize, c: usize| rhs.ptr.wrapping_add((k0 + p) * rhs.rs + (j + c) * rhs.cs);
+    if rhs.cs == 1 {
+        for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
+            // SAFETY: `p < kc`: row `k0 + p` is readable at the `w` contiguous columns `j..j + w`.
+            row[..w].copy_from_slice(unsafe { std::slice::from_raw_parts(at(p, 0), w) });
+        }
+        return;
+    }
+    // Columns `0..wide` and steps `0..deep` go 16 × 16 through registers when the columns run
+    // along `k` (`linear`'s `Wᵀ`); the rest one by one.
+    let (wide, deep) = if rhs.rs == 1 {
+        (w / 16 * 16, kc / 16 * 16)
+    } else {
+        (0, 0)
+    };
+    for c0 in (0..wide).step_by(16) {
+        for p0 in (0..deep).step_by(16) {
+            // SAFETY: columns `c0..c0 + 16 <= w`, steps `p0..p0 + 16 <= kc`: readable, 16
+            // contiguous f32 per column (unit row stride).
+            let block = std::array::from_fn(|c| unsafe { _mm512_loadu_ps(at(p0, c0 + c)) });
+            for (q, row) in transpose(block).into_iter().enumerate() {
+                // SAFETY: `(p0 + q) * NR + c0 + 16 <= kc * NR`.
+                unsafe { _mm512_storeu_ps(panel.as_mut_ptr().add((p0 + q) * NR + c0), row) };
+            }
+        }
+    }
+    for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
+        let from = if p < deep { wide } else { 0 };
+        for (c, v) in row[..w].iter_mut().enumerate().skip(from) {
+            // SAFETY: `p < kc`, `c < w`: readable (caller's contract).
+            *v = unsafe { *at(p, c) };
+        }
+    }
+}
+
+/// `R` rows × `NR` columns of `out` (row stride `n`, `cols` ≤ NR valid columns): each output's
+/// chain of fused multiply-adds continued over `kc` steps of `a` (`[p][r]`) and `panel`
+/// (`[p][c]`) from its stored value, or started from zero when not `resume`.
+///
+/// # Safety
+/// AVX-512F is present; `a` holds `kc * R` f32; `panel` holds `kc * NR` f32; `out` is readable
+/// (when `resume`) and writable at rows `0..R`, columns `0..cols`.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const R: usize>(
-    lhs: Mat,
+    a: *const f32,
     panel: *const f32,
-    k: usize,
+    kc: usize,
     out: *mut f32,
-    n: usize,
-    cols: usize,
+    (n, cols): (usize, usize),
+    resume: bool,
 ) {
+    let mask = |from: usize| {
+        let c = cols.saturating_sub(from).min(16);
+        ((1u32 << c) - 1) as u16
+    };
+    let masks = [mask(0), mask(16)];
     let mut acc: [[__m512; 2]; R] = [[_mm512_setzero_ps(); 2]; R];
-    let mut a: [*const f32; R] = std::array::from_fn(|r| lhs.ptr.wrapping_add(r * lhs.rs));
-    for p in 0..k {
-        // SAFETY: the panel holds `k * NR` f32 and `p < k`.
+    if resume {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (h, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row `r`, columns `16h..` masked to `0..cols`: readable.
+                *acc = unsafe { _mm512_maskz_loadu_ps(masks[h], out.add(r * n + 16 * h)) };
+            }
+        }
+    }
+    for p in 0..kc {
+        // SAFETY: the panel holds `kc * NR` f32 and `p < kc`.
         let (b0, b1) = unsafe {
             let b = panel.add(p * NR);
             (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16)))
         };
-        for r in 0..R {
-            // SAFETY: row `r` of `lhs` is readable at column `p < k`.
-            let x = _mm512_set1_ps(unsafe { *a[r] });
-            acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
-            a[r] = a[r].wrapping_add(lhs.cs);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `a` holds `kc * R` f32 and `p * R + r < kc * R`.
+            let x = _mm512_set1_ps(unsafe { *a.add(p * R + r) });
+            acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        let dst = out.wrapping_add(r * n);
-        // SAFETY: row `r` of `out` is writable at columns `0..cols`; the masks cover exactly
-        // those of the two registers.
-        unsafe {
-            if cols == NR {
-                _mm512_storeu_ps(dst, acc[0]);
-                _mm512_storeu_ps(dst.add(16), acc[1]);
-            } else {
-                let mask = |from: usize| {
-                    let c = cols.saturating_sub(from).min(16);
-                    ((1u32 << c) - 1) as u16
-                };
-                _mm512_mask_storeu_ps(dst, mask(0), acc[0]);
-                _mm512_mask_storeu_ps(dst.add(16), mask(16), acc[1]);
-            }
+        for (h, acc) in acc.iter().enumerate() {
+            // SAFETY: row `r`, columns `16h..` masked to `0..cols`: writable.
+            unsafe { _mm512_mask_storeu_ps(out.add(r * n + 16 * h), masks[h], *acc) };
         }
     }
 }
 
-/// Rows `0..m` of one panel: tiles of `MR` rows, the rest in smaller tiles (the bits of a row
-/// do not depend on the tile it is in).
+/// Output columns `cols` (whole panels, the last possibly partial) of `rows` rows whose `lhs`
+/// is packed at `a` ([`pack_lhs`]).
 ///
 /// # Safety
-/// As [`tile`] for rows `0..m`.
-unsafe fn panel_rows(
-    lhs: Mat,
-    panel: *const f32,
-    m: usize,
-    k: usize,
-    out: *mut f32,
-    n: usize,
-    cols: usize,
-) {
-    let mut i = 0;
-    while i < m {
-        let rows = (m - i).min(MR);
-        let l = Mat {
-            ptr: lhs.ptr.wrapping_add(i * lhs.rs),
-            ..lhs
-        };
-        let o = out.wrapping_add(i * n);
-        // SAFETY: caller's contract for rows `i..i + taken`; AVX-512F present.
-        let taken = unsafe {
-            match rows {
-                MR => {
-                    tile::<MR>(l, panel, k, o, n, cols);
-                    MR
-                }
-                8..MR => {
-                    tile::<8>(l, panel, k, o, n, cols);
-                    8
-                }
-                4..8 => {
-                    tile::<4>(l, panel, k, o, n, cols);
-                    4
-                }
-                2..4 => {
-                    tile::<2>(l, panel, k, o, n, cols);
-                    2
-                }
-                _ => {
-                    tile::<1>(l, panel, k, o, n, cols);
-                    1
-                }
-            }
-        };
-        i += taken;
-    }
-}
-
-/// Copies columns `j..j + w` of `rhs` (`k` rows) into `panel` as `k` rows of `NR` (zeros past
-/// `w`), row by row (measured: faster than following `rhs`'s contiguous dimension when that is `k`).
-///
-/// # Safety
-/// `rhs` is readable at `[p, j + c]` for every `p < k`, `c < w`; `panel` holds `k * NR` f32.
-unsafe fn pack(rhs: Mat, j: usize, w: usize, k: usize, panel: &mut [f32]) {
-    if w < NR {
-        panel.fill(0.0);
-    }
-    for p in 0..k {
-        for (c, v) in panel[p * NR..][..w].iter_mut().enumerate() {
-            // SAFETY: `p < k`, `c < w`: readable (caller's contract).
-            *v = unsafe { *rhs.ptr.add(p * rhs.rs + (j + c) * rhs.cs) };
-        }
-    }
-}
-
-/// Output columns `j0..j1` (whole panels, the last possibly partial) of the product.
-///
-/// # Safety
-/// As [`matmul`], for those columns; only they are written.
+/// AVX-512F is present; `a` holds `rows * k` packed f32; `rhs` is readable at `[p, j]` for
+/// `p < k`, `j` in `cols`; `out` (row stride `n`) is writable at rows `0..rows`, columns `cols`,
+/// and not otherwise accessed; a bias is `n` readable f32.
 #[allow(clippy::too_many_arguments)]
 unsafe fn columns(
-    lhs: Mat,
+    a: *const f32,
     rhs: Mat,
     out: *mut f32,
-    (m, n, k): (usize, usize, usize),
+    (rows, n, k): (usize, usize, usize),
     cols: std::ops::Range<usize>,
     epilogue: Epilogue,
     panel: &mut Vec<f32>,
 ) {
-    // Sized once per thread; `pack` writes every element the tiles read.
-    panel.resize(k * NR, 0.0);
+    // Sized once per thread; `pack_rhs` writes every element the tiles read.
+    panel.resize(KC * NR, 0.0);
     let mut j = cols.start;
     while j < cols.end {
         let w = (cols.end - j).min(NR);
-        // SAFETY: columns `j..j + w` are in range (caller's contract); the panel was sized.
-        unsafe { pack(rhs, j, w, k, panel) };
-        // SAFETY: caller's contract; the panel holds `k * NR` f32; AVX-512F was checked by
-        // `matmul`'s caller (`available`).
-        unsafe { panel_rows(lhs, panel.as_ptr(), m, k, out.wrapping_add(j), n, w) };
+        for k0 in (0..k).step_by(KC) {
+            let kc = (k - k0).min(KC);
+            // SAFETY: columns `j..j + w`, steps `k0..k0 + kc` are in range (caller's contract);
+            // the panel holds `KC * NR` f32; AVX-512F is present.
+            unsafe { pack_rhs(rhs, (j, w), (k0, kc), panel) };
+            let mut t = 0;
+            while t < rows {
+                let h = tile_height(rows - t);
+                // The tile's sliver from step `k0` on, and its first output.
+                let (s, o) = (a.wrapping_add(t * k + k0 * h), out.wrapping_add(t * n + j));
+                let (b, shape, resume) = (panel.as_ptr(), (n, w), k0 > 0);
+                // SAFETY: the sliver holds `k * h` f32 from `t * k`, so `kc * h` from step `k0`;
+                // the panel `kc * NR`; rows `t..t + h` and columns `j..j + w` of `out` are ours
+                // and, when resuming, were written by the previous block; AVX-512F is present.
+                unsafe {
+                    match h {
+                        MR => tile::<MR>(s, b, kc, o, shape, resume),
+                        8 => tile::<8>(s, b, kc, o, shape, resume),
+                        4 => tile::<4>(s, b, kc, o, shape, resume),
+                        2 => tile::<2>(s, b, kc, o, shape, resume),
+                        _ => tile::<1>(s, b, kc, o, shape, resume),
+                    }
+                }
+                t += h;
+            }
+        }
         j += w;
     }
-    // SAFETY: the columns `cols` of the `m` rows are ours and were written above; a bias is `n`
-    // readable f32 (caller's contract).
-    unsafe { unary::epilogue_columns(out, (m, n), cols, epilogue) };
+    // SAFETY: the columns `cols` of the `rows` rows are ours and were written above; a bias is
+    // `n` readable f32 (caller's contract).
+    unsafe { unary::epilogue_columns(out, (rows, n), cols, epilogue) };
 }
 
 std::thread_local! {
-    /// The calling thread's panel buffer, kept between calls (a panel is `k × NR` f32: 128 KiB
-    /// at k = 1024, which a fresh allocation would also zero on every call).
+    /// The calling thread's panel buffer, kept between calls (`KC × NR` f32, which a fresh
+    /// allocation would also zero on every call).
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's packed `lhs`, kept between calls ([`LHS_BLOCK`] f32, or one tile of
+    /// rows where `k` is longer).
+    static LHS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with this thread's panel buffer (`columns` never nests, so it is free).
@@ -205,8 +348,18 @@ fn with_panel<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     PANEL.with(|p| f(&mut p.borrow_mut()))
 }
 
+/// Adds one to its counter when dropped, with release ordering (a packing chunk's writes happen
+/// before a computing chunk sees it counted).
+struct Count<'a>(&'a AtomicUsize);
+
+impl Drop for Count<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 /// `out = act(lhs @ rhs + bias)`, `lhs` `[m, k]`, `rhs` `[k, n]`, `out` `[m, n]` contiguous;
-/// panels shared among up to `cores` cores.
+/// blocks of rows one after the other, the panels of each shared among up to `cores` cores.
 ///
 /// # Safety
 /// AVX-512F is present ([`available`]); `lhs` and `rhs` are readable at every in-range element;
@@ -220,31 +373,75 @@ pub(super) unsafe fn matmul(
     epilogue: Epilogue,
     cores: usize,
 ) {
+    // As few blocks as keep each within `LHS_BLOCK` (a tile at least), of even heights.
+    let blocks = m.div_ceil((LHS_BLOCK / k.max(1)).max(MR)).max(1);
+    let block_rows = m.div_ceil(blocks);
     let chunk = CHUNK_PANELS * NR;
     let chunks = n.div_ceil(chunk);
-    if cores <= 1 || chunks <= 1 || m * n * k < PARALLEL_MIN_WORK {
-        // SAFETY: caller's contract, all columns.
-        unsafe { with_panel(|p| columns(lhs, rhs, out, (m, n, k), 0..n, epilogue, p)) };
-        return;
-    }
-    let (lhs, rhs, out) = (Shared(lhs), Shared(rhs), Shared(out));
-    share::run(chunks, cores - 1, move |c| {
-        let (lhs, rhs, out) = (lhs, rhs, out);
-        // SAFETY: caller's contract; `share` runs every chunk exactly once before `run`
-        // returns, and chunks cover disjoint columns.
-        unsafe {
-            with_panel(|p| {
-                columns(
-                    lhs.0,
-                    rhs.0,
-                    out.0,
-                    (m, n, k),
-                    c * chunk..((c + 1) * chunk).min(n),
-                    epilogue,
-                    p,
-                )
-            })
-        };
+    // `columns` never runs `matmul`, so the buffer is free.
+    LHS.with(|buf| {
+        let buf = &mut *buf.borrow_mut();
+        let mut i = 0;
+        while i < m {
+            let rows = (m - i).min(block_rows);
+            if buf.len() < rows * k {
+                buf.resize(rows * k, 0.0);
+            }
+            let block = Mat {
+                ptr: lhs.ptr.wrapping_add(i * lhs.rs),
+                ..lhs
+            };
+            let (a, o) = (buf.as_mut_ptr(), out.wrapping_add(i * n));
+            if cores <= 1 || chunks <= 1 || rows * n * k < PARALLEL_MIN_WORK {
+                // SAFETY: rows `i..i + rows` of `lhs` are readable (caller's contract); `buf`
+                // holds `rows * k` f32; AVX-512F is present.
+                unsafe { pack_lhs(block, rows, k, 0..rows, a) };
+                // SAFETY: caller's contract for rows `i..i + rows`, all columns; `a` holds
+                // them packed.
+                unsafe { with_panel(|p| columns(a, rhs, o, (rows, n, k), 0..n, epilogue, p)) };
+            } else {
+                let packs = rows.div_ceil(PACK_ROWS);
+                let packed = Arc::new(AtomicUsize::new(0));
+                let (a, block, rhs, o) = (Shared(a), Shared(block), Shared(rhs), Shared(o));
+                share::run(packs + chunks, cores - 1, LINGER, move |c| {
+                    let (a, block, rhs, o) = (a, block, rhs, o);
+                    if c < packs {
+                        // Counted done even if it panics (`share` then panics after the rest).
+                        let _done = Count(&packed);
+                        let part = c * PACK_ROWS..((c + 1) * PACK_ROWS).min(rows);
+                        // SAFETY: as above, for the rows `part` (whole tiles, from a multiple
+                        // of `MR`) and their part of `buf`, which only this chunk writes;
+                        // `share` runs every chunk exactly once before `run` returns (`buf` is
+                        // not touched until then).
+                        unsafe { pack_lhs(block.0, rows, k, part, a.0) };
+                        return;
+                    }
+                    // Chunks are claimed in order, so every packing chunk is claimed, by a
+                    // thread running it: this wait ends.
+                    while packed.load(Ordering::Acquire) < packs {
+                        std::hint::spin_loop();
+                    }
+                    let c = c - packs;
+                    // SAFETY: caller's contract for rows `i..i + rows`, the chunk's columns
+                    // (disjoint from every other chunk's); `a` holds the rows packed (all
+                    // packing chunks are done, acquire above) and is not written any more.
+                    unsafe {
+                        with_panel(|p| {
+                            columns(
+                                a.0,
+                                rhs.0,
+                                o.0,
+                                (rows, n, k),
+                                c * chunk..((c + 1) * chunk).min(n),
+                                epilogue,
+                                p,
+                            )
+                        })
+                    };
+                });
+            }
+            i += rows;
+        }
     });
 }
 
@@ -253,28 +450,22 @@ mod tests {
     use super::*;
     use crate::kernels::test_util::Rng;
 
-    /// `lhs @ rhs` for row-major `lhs` `[m, k]` and `rhs` given transposed or not.
-    fn check(m: usize, n: usize, k: usize, rhs_transposed: bool, cores: usize) -> Vec<f32> {
+    /// Row-major `[rows, cols]` over `data`, or column-major when `transposed`.
+    fn mat(data: &[f32], rows: usize, cols: usize, transposed: bool) -> Mat {
+        let (rs, cs) = if transposed { (1, rows) } else { (cols, 1) };
+        Mat {
+            ptr: data.as_ptr(),
+            rs,
+            cs,
+        }
+    }
+
+    /// `lhs @ rhs`, each operand given transposed or not, checked bit for bit against
+    /// [`reference`].
+    fn check(m: usize, n: usize, k: usize, transposed: (bool, bool), cores: usize) -> Vec<f32> {
         let mut rng = Rng::new((m * 7 + n * 13 + k) as u64);
         let (a, b) = (rng.f32s(m * k), rng.f32s(k * n));
-        let rhs = if rhs_transposed {
-            Mat {
-                ptr: b.as_ptr(),
-                rs: 1,
-                cs: k,
-            }
-        } else {
-            Mat {
-                ptr: b.as_ptr(),
-                rs: n,
-                cs: 1,
-            }
-        };
-        let lhs = Mat {
-            ptr: a.as_ptr(),
-            rs: k,
-            cs: 1,
-        };
+        let (lhs, rhs) = (mat(&a, m, k, transposed.0), mat(&b, k, n, transposed.1));
         let mut out = vec![f32::NAN; m * n];
         // SAFETY: AVX-512F checked by the callers; buffers sized for the call.
         unsafe {
@@ -289,12 +480,13 @@ mod tests {
         };
         for i in 0..m {
             for j in 0..n {
+                let ai = (0..k).map(|p| a[i * lhs.rs + p * lhs.cs]);
                 let bj = (0..k).map(|p| b[p * rhs.rs + j * rhs.cs]);
-                let r = reference(a[i * k..][..k].iter().copied(), bj);
+                let r = reference(ai, bj);
                 assert_eq!(
                     out[i * n + j].to_bits(),
                     r.to_bits(),
-                    "[{i}, {j}] of {m}x{n}x{k}"
+                    "[{i}, {j}] of {m}x{n}x{k} {transposed:?}"
                 );
             }
         }
@@ -307,10 +499,19 @@ mod tests {
             eprintln!("SKIPPED: no AVX-512F on this machine");
             return;
         }
-        for &(m, n, k) in &[(1, 1, 1), (15, 33, 7), (29, 64, 100), (130, 70, 256)] {
-            for t in [false, true] {
-                check(m, n, k, t, 1);
-                check(m, n, k, t, 3);
+        // Tails of rows, columns (a partial panel, one with a partial 16-column group) and `k`
+        // (a partial `KC` block, steps past the last 16); `k = 1800` takes two blocks of rows.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (15, 33, 7),
+            (29, 64, 100),
+            (130, 70, 256),
+            (67, 50, 300),
+            (150, 40, 1800),
+        ] {
+            for transposed in [(false, false), (false, true), (true, false), (true, true)] {
+                check(m, n, k, transposed, 1);
+                check(m, n, k, transposed, 3);
             }
         }
     }
@@ -321,8 +522,46 @@ mod tests {
             eprintln!("SKIPPED: no AVX-512F on this machine");
             return;
         }
-        let big = check(100, 300, 512, true, 2);
-        let alone = check(100, 300, 512, true, 1);
+        let big = check(100, 300, 512, (false, true), 2);
+        let alone = check(100, 300, 512, (false, true), 1);
         assert_eq!(big, alone);
+    }
+
+    /// GFLOP/s of `linear`'s layout (`x @ Wᵀ`) at MLP sizes on 1 and 2 cores: `cargo test
+    /// --release -p chorus-cpu --lib packed::tests::throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a benchmark"]
+    fn throughput() {
+        if !available() {
+            eprintln!("SKIPPED: no AVX-512F on this machine");
+            return;
+        }
+        for (m, n, k) in [(64, 1024, 1024), (256, 1024, 512), (256, 1024, 1024)] {
+            let mut rng = Rng::new(1);
+            let (a, b) = (rng.f32s(m * k), rng.f32s(n * k));
+            // The output 64-byte aligned, as the runtime's buffers are.
+            let mut out = vec![0f32; m * n + 16];
+            let skip = out.as_ptr().align_offset(64);
+            for cores in [1, 2] {
+                let mut run = || {
+                    let (lhs, rhs) = (mat(&a, m, k, false), mat(&b, k, n, true));
+                    // SAFETY: AVX-512F checked; buffers sized for the call.
+                    unsafe {
+                        let o = out.as_mut_ptr().add(skip);
+                        matmul(lhs, rhs, o, (m, n, k), Epilogue::default(), cores)
+                    }
+                };
+                let mut best = f64::MAX;
+                for _ in 0..10 {
+                    let t = std::time::Instant::now();
+                    for _ in 0..20 {
+                        run();
+                    }
+                    best = best.min(t.elapsed().as_secs_f64() / 20.0);
+                }
+                let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
+                eprintln!("{m}x{k} @ ({n}x{k})ᵀ, {cores} core(s): {gflops:.1} GFLOP/s");
+            }
+        }
     }
 }

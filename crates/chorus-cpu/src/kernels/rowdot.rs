@@ -289,7 +289,7 @@ pub(super) unsafe fn matmul(
         return;
     }
     let (x, w, out) = (Shared(x), Shared(w), Shared(out));
-    share::run(chunks, cores - 1, move |c| {
+    share::run(chunks, cores - 1, std::time::Duration::ZERO, move |c| {
         let (x, w, out) = (x, w, out);
         // SAFETY: caller's contract; `share` runs every chunk exactly once before `run` returns
         // (so while the caller's borrows last), and chunks cover disjoint columns.
