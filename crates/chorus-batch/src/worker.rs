@@ -171,19 +171,19 @@ fn forward(
         source,
     };
     let mut lap = Instant::now();
-    let mut split = || {
+    let mut next_lap = || {
         let now = Instant::now();
         let d = now - lap;
         lap = now;
         d
     };
     let x = gather(shared, inputs, total).map_err(device)?;
-    phases.gather = split();
+    phases.gather = next_lap();
     let y = shared.model.forward(&x).map_err(|e| BatchError::Model {
         rows: total,
         source: Arc::new(e),
     })?;
-    phases.forward = split();
+    phases.forward = next_lap();
     if y.shape().first() != Some(&total) {
         return Err(BatchError::OutputRows {
             rows: total,
@@ -201,7 +201,7 @@ fn forward(
         stream.synchronize().map_err(device)?;
         parts.into_iter().map(Input::Device).collect()
     };
-    phases.finish = split();
+    phases.finish = next_lap();
     Ok(parts)
 }
 

@@ -110,29 +110,25 @@ fn host_and_device_requests_are_never_mixed() {
                 .unwrap(),
         );
     }
-    let host_batches: Vec<u64> = host
+    // Each kind's results as (values, where it ran), in submission order.
+    let host: Vec<(Vec<f32>, BatchInfo)> = host
         .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let (y, info) = t.wait_with_info().unwrap();
-            assert_eq!(y.to_vec::<f32>().unwrap(), vec![2.0 * i as f32; 2]);
-            assert_eq!((info.rows, info.requests, info.offset), (4, 4, i));
-            info.batch
-        })
-        .collect();
-    let dev_batches: Vec<u64> = dev
+        .map(|t| t.wait_with_info().map(|(y, at)| (y.to_vec().unwrap(), at)))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let dev: Vec<(Vec<f32>, BatchInfo)> = dev
         .into_iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let (y, info) = t.wait_with_info().unwrap();
-            assert_eq!(y.to_vec::<f32>().unwrap(), vec![2.0 * i as f32; 2]);
+        .map(|t| t.wait_with_info().map(|(y, at)| (y.to_vec().unwrap(), at)))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for results in [&host, &dev] {
+        for (i, (y, info)) in results.iter().enumerate() {
+            assert_eq!(y, &vec![2.0 * i as f32; 2]);
             assert_eq!((info.rows, info.requests, info.offset), (4, 4, i));
-            info.batch
-        })
-        .collect();
-    assert!(host_batches.iter().all(|&b| b == host_batches[0]));
-    assert!(dev_batches.iter().all(|&b| b == dev_batches[0]));
-    assert_ne!(host_batches[0], dev_batches[0]);
+            assert_eq!(info.batch, results[0].1.batch, "one batch per kind");
+        }
+    }
+    assert_ne!(host[0].1.batch, dev[0].1.batch);
     assert_eq!(queue.stats().batch_sizes, vec![(4, 2)]);
 }
 

@@ -4,11 +4,10 @@
 //! Waiting (in the default `hybrid` mode of `CHORUS_CUDA_SCHED`, `driver.rs`): a host thread
 //! that waits for a stream without a time limit spins, yielding its core (the context's
 //! `CU_CTX_SCHED_YIELD`, lowest latency), while no more threads than the machine has cores are
-//! waiting that way; the threads beyond go to sleep on a
-//! blocking-synchronization event recorded on the stream instead, so that 64 waiting threads
-//! on 16 cores do not take the cores from the threads that launch work. (Recording the event
-//! again from another thread before this one waits only makes this one wait for more work of
-//! the same stream, never less.)
+//! waiting that way; the threads beyond sleep on a blocking-synchronization event recorded on
+//! the stream instead, so that 64 waiting threads on 16 cores do not take the cores from the
+//! threads that launch work. (Another thread recording the event again before this one waits
+//! only makes this one wait for more work of the same stream, never less.)
 //!
 //! Errors: a failed driver call on the stream, or a kernel that reports bad input through the
 //! stream's *error word* (page-locked host memory mapped into the device, written by a kernel
