@@ -45,10 +45,7 @@ impl HostTensor {
     /// [`BatchError::InvalidInput`] if `bytes.len()` is not `shape`'s element count times the
     /// element size.
     pub fn from_bytes(bytes: Vec<u8>, shape: &[usize], dtype: DType) -> Result<HostTensor> {
-        let len = shape
-            .iter()
-            .try_fold(dtype.size(), |n, &d| n.checked_mul(d));
-        if len != Some(bytes.len()) {
+        if byte_len(shape, dtype) != Some(bytes.len()) {
             return Err(BatchError::InvalidInput {
                 shape: shape.to_vec(),
                 reason: "the data's length is not the shape's element count",
@@ -63,12 +60,7 @@ impl HostTensor {
 
     /// A host tensor of rows cut from a batch's output: `bytes` fill `shape` by construction.
     pub(crate) fn from_rows(bytes: Vec<u8>, shape: &[usize], dtype: DType) -> HostTensor {
-        debug_assert_eq!(
-            Some(bytes.len()),
-            shape
-                .iter()
-                .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
-        );
+        debug_assert_eq!(byte_len(shape, dtype), Some(bytes.len()));
         HostTensor {
             bytes,
             shape: shape.to_vec(),
@@ -129,6 +121,13 @@ impl HostTensor {
         }
         Ok(T::from_bytes(&self.bytes))
     }
+}
+
+/// Bytes of a tensor of `shape` and `dtype`; `None` if that overflows.
+fn byte_len(shape: &[usize], dtype: DType) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
 }
 
 /// What a request carries: a tensor on the queue's device, or one in host memory. Requests of

@@ -86,12 +86,16 @@ impl Histogram {
     }
 
     fn mean(&self) -> Duration {
-        if self.count == 0 {
-            return Duration::ZERO;
-        }
-        let ns = self.sum_ns / u128::from(self.count);
-        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+        mean(self.sum_ns, self.count)
     }
+}
+
+/// `sum_ns / n` as a duration (zero when `n` is).
+fn mean(sum_ns: u128, n: u64) -> Duration {
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(u64::try_from(sum_ns / u128::from(n)).unwrap_or(u64::MAX))
 }
 
 /// Latency of the requests that got their result, from submission until their batch's
@@ -301,13 +305,7 @@ impl Stats {
                 max: Duration::from_nanos(h.max_ns),
             },
             phases: {
-                let per = |d: Duration, n: u64| {
-                    if n == 0 {
-                        Duration::ZERO
-                    } else {
-                        d / u32::try_from(n).unwrap_or(u32::MAX)
-                    }
-                };
+                let per = |d: Duration, n: u64| mean(d.as_nanos(), n);
                 let p = &c.phases;
                 // Requests of failed batches waited too: count them with the others.
                 let waited = c.requests + c.failed;

@@ -206,23 +206,26 @@ fn forward(
 }
 
 /// Step 1: the batch's input on the worker's stream.
+/// (Every input of a batch is of the kind of its first: the queue's key says which.)
 fn gather(shared: &Shared, inputs: &[Input], total: usize) -> chorus_core::Result<Tensor> {
-    let mut tensors = Vec::new();
-    let mut bytes = Vec::new();
-    for input in inputs {
-        match input {
-            Input::Device(t) => tensors.push(t),
-            Input::Host(h) => bytes.extend_from_slice(h.as_bytes()),
+    if let Some(Input::Host(first)) = inputs.first() {
+        let hosts = || inputs.iter().filter_map(Input::as_host);
+        let mut bytes = Vec::with_capacity(hosts().map(|h| h.as_bytes().len()).sum());
+        for h in hosts() {
+            bytes.extend_from_slice(h.as_bytes());
         }
+        let mut shape = first.shape().to_vec();
+        shape[0] = total;
+        return Tensor::from_bytes(&shared.config.device, bytes, &shape, first.dtype());
     }
-    match (tensors.as_slice(), inputs.first()) {
-        ([], Some(Input::Host(first))) => {
-            let mut shape = first.shape().to_vec();
-            shape[0] = total;
-            Tensor::from_bytes(&shared.config.device, bytes, &shape, first.dtype())
-        }
-        ([one], _) => Ok((*one).clone()),
-        (many, _) => Tensor::cat(many, 0),
+    match inputs
+        .iter()
+        .filter_map(Input::as_tensor)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [one] => Ok((*one).clone()),
+        many => Tensor::cat(many, 0),
     }
 }
 
