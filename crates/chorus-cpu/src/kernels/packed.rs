@@ -24,12 +24,14 @@
 use super::share::{self, Shared};
 use super::unary;
 use chorus_core::kernel::Epilogue;
+use chorus_core::kernel::UnaryOp;
 use chorus_sync::atomic::{AtomicUsize, Ordering};
 use chorus_sync::Arc;
 use std::arch::x86_64::{
-    __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
-    _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_storeu_ps,
-    _mm512_unpackhi_ps, _mm512_unpacklo_ps,
+    __m512, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_fmadd_ps, _mm512_loadu_ps,
+    _mm512_mask_mov_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_storeu_ps,
+    _mm512_unpackhi_ps, _mm512_unpacklo_ps, _CMP_LT_OQ,
 };
 
 /// Rows of the register tile (2·MR accumulators + 2 panel registers + 1 broadcast ≤ 32).
@@ -228,13 +230,40 @@ unsafe fn pack_rhs(rhs: Mat, (j, w): (usize, usize), (k0, kc): (usize, usize), p
     }
 }
 
+/// The epilogue the last block of a tile applies in registers before storing: `act(sum + bias)`
+/// as [`unary::bias_act`] computes it, for the activations it has here.
+#[derive(Clone, Copy)]
+struct Finish {
+    /// The bias from the tile's first column, or null.
+    bias: *const f32,
+    /// `max(x, 0)` after the bias (`x < 0 ? 0 : x`, NaN kept), else none.
+    relu: bool,
+}
+
+impl Finish {
+    /// The part of `epilogue` the tiles apply (`None`: all of it runs after them, per row).
+    fn of(epilogue: Epilogue) -> Option<Finish> {
+        let relu = match epilogue.act {
+            None => false,
+            Some(UnaryOp::Relu) => true,
+            Some(_) => return None,
+        };
+        let bias = epilogue
+            .bias
+            .map_or(std::ptr::null(), |b| super::host::<f32>(b).cast_const());
+        Some(Finish { bias, relu })
+    }
+}
+
 /// `R` rows × `NR` columns of `out` (row stride `n`, `cols` ≤ NR valid columns): each output's
 /// chain of fused multiply-adds continued over `kc` steps of `a` (`[p][r]`) and `panel`
-/// (`[p][c]`) from its stored value, or started from zero when not `resume`.
+/// (`[p][c]`) from its stored value, or started from zero when not `resume`; `finish`, if any,
+/// applied before storing (the last block).
 ///
 /// # Safety
 /// AVX-512F is present; `a` holds `kc * R` f32; `panel` holds `kc * NR` f32; `out` is readable
-/// (when `resume`) and writable at rows `0..R`, columns `0..cols`.
+/// (when `resume`) and writable at rows `0..R`, columns `0..cols`; a finish's bias, if not null,
+/// is readable at `0..cols`.
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const R: usize>(
     a: *const f32,
@@ -243,6 +272,7 @@ unsafe fn tile<const R: usize>(
     out: *mut f32,
     (n, cols): (usize, usize),
     resume: bool,
+    finish: Option<Finish>,
 ) {
     let mask = |from: usize| {
         let c = cols.saturating_sub(from).min(16);
@@ -269,6 +299,27 @@ unsafe fn tile<const R: usize>(
             let x = _mm512_set1_ps(unsafe { *a.add(p * R + r) });
             acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
             acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+        }
+    }
+    if let Some(f) = finish {
+        let bias: [__m512; 2] = std::array::from_fn(|h| {
+            if f.bias.is_null() {
+                _mm512_setzero_ps()
+            } else {
+                // SAFETY: columns `16h..` masked to `0..cols`: readable (contract).
+                unsafe { _mm512_maskz_loadu_ps(masks[h], f.bias.add(16 * h)) }
+            }
+        });
+        for acc in &mut acc {
+            for (acc, b) in acc.iter_mut().zip(bias) {
+                if !f.bias.is_null() {
+                    *acc = _mm512_add_ps(*acc, b);
+                }
+                if f.relu {
+                    let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(*acc, _mm512_setzero_ps());
+                    *acc = _mm512_mask_mov_ps(*acc, below, _mm512_setzero_ps());
+                }
+            }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
@@ -298,6 +349,7 @@ unsafe fn columns(
 ) {
     // Sized once per thread; `pack_rhs` writes every element the tiles read.
     panel.resize(KC * NR, 0.0);
+    let fused = Finish::of(epilogue);
     let mut j = cols.start;
     while j < cols.end {
         let w = (cols.end - j).min(NR);
@@ -312,16 +364,25 @@ unsafe fn columns(
                 // The tile's sliver from step `k0` on, and its first output.
                 let (s, o) = (a.wrapping_add(t * k + k0 * h), out.wrapping_add(t * n + j));
                 let (b, shape, resume) = (panel.as_ptr(), (n, w), k0 > 0);
+                let fin = fused.filter(|_| k0 + kc == k).map(|f| Finish {
+                    bias: if f.bias.is_null() {
+                        f.bias
+                    } else {
+                        f.bias.wrapping_add(j)
+                    },
+                    ..f
+                });
                 // SAFETY: the sliver holds `k * h` f32 from `t * k`, so `kc * h` from step `k0`;
                 // the panel `kc * NR`; rows `t..t + h` and columns `j..j + w` of `out` are ours
-                // and, when resuming, were written by the previous block; AVX-512F is present.
+                // and, when resuming, were written by the previous block; a bias is `n`
+                // readable f32, so from column `j` on `w`; AVX-512F is present.
                 unsafe {
                     match h {
-                        MR => tile::<MR>(s, b, kc, o, shape, resume),
-                        8 => tile::<8>(s, b, kc, o, shape, resume),
-                        4 => tile::<4>(s, b, kc, o, shape, resume),
-                        2 => tile::<2>(s, b, kc, o, shape, resume),
-                        _ => tile::<1>(s, b, kc, o, shape, resume),
+                        MR => tile::<MR>(s, b, kc, o, shape, resume, fin),
+                        8 => tile::<8>(s, b, kc, o, shape, resume, fin),
+                        4 => tile::<4>(s, b, kc, o, shape, resume, fin),
+                        2 => tile::<2>(s, b, kc, o, shape, resume, fin),
+                        _ => tile::<1>(s, b, kc, o, shape, resume, fin),
                     }
                 }
                 t += h;
@@ -329,9 +390,11 @@ unsafe fn columns(
         }
         j += w;
     }
-    // SAFETY: the columns `cols` of the `rows` rows are ours and were written above; a bias is
-    // `n` readable f32 (caller's contract).
-    unsafe { unary::epilogue_columns(out, (rows, n), cols, epilogue) };
+    if fused.is_none() {
+        // SAFETY: the columns `cols` of the `rows` rows are ours and were written above; a bias
+        // is `n` readable f32 (caller's contract).
+        unsafe { unary::epilogue_columns(out, (rows, n), cols, epilogue) };
+    }
 }
 
 std::thread_local! {
@@ -525,6 +588,45 @@ mod tests {
         let big = check(100, 300, 512, (false, true), 2);
         let alone = check(100, 300, 512, (false, true), 1);
         assert_eq!(big, alone);
+    }
+
+    /// The epilogue fused into the tiles (bias, relu; NaN, -0 and partial panels included) and
+    /// the one run after them (gelu) give the bits of the product followed by `bias_act`.
+    #[test]
+    fn fused_epilogue_is_bias_act_after_the_product() {
+        if !available() {
+            eprintln!("SKIPPED: no AVX-512F on this machine");
+            return;
+        }
+        let (m, n, k) = (40, 70, 300);
+        let mut rng = Rng::new(9);
+        let (mut a, b, mut bias) = (rng.f32s(m * k), rng.f32s(k * n), rng.f32s(n));
+        a[5 * k + 3] = f32::NAN;
+        bias[1] = -0.0;
+        bias[2] = f32::NAN;
+        let (lhs, rhs) = (mat(&a, m, k, false), mat(&b, k, n, true));
+        let run = |epilogue: Epilogue| {
+            let mut out = vec![f32::NAN; m * n];
+            // SAFETY: AVX-512F checked; buffers sized for the call; the bias holds `n` f32.
+            unsafe { matmul(lhs, rhs, out.as_mut_ptr(), (m, n, k), epilogue, 2) };
+            out
+        };
+        let plain = run(Epilogue::default());
+        let ptr = chorus_core::kernel::DevicePtr(bias.as_ptr() as u64);
+        for bias_ptr in [None, Some(ptr)] {
+            for act in [None, Some(UnaryOp::Relu), Some(UnaryOp::Gelu)] {
+                let mut want = plain.clone();
+                for row in want.chunks_exact_mut(n) {
+                    unary::bias_act(row, bias_ptr.map(|_| &bias[..]), act);
+                }
+                let got = run(Epilogue {
+                    bias: bias_ptr,
+                    act,
+                });
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "bias {bias_ptr:?}, act {act:?}");
+            }
+        }
     }
 
     /// GFLOP/s of `linear`'s layout (`x @ Wᵀ`) at MLP sizes on 1 and 2 cores: `cargo test
