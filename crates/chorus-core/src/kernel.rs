@@ -10,6 +10,7 @@
 //! element of the view; a broadcast dimension has stride 0; outputs are contiguous (row-major)
 //! and never overlap inputs.
 
+pub use crate::derived::Derived;
 use crate::dtype::DType;
 
 /// An address in a device's memory. Its meaning belongs to the backend: a host address on the
@@ -289,6 +290,10 @@ pub enum Kernel {
         k: usize,
         /// Fused epilogue: `out = act(out + bias)` with `bias` an `[n]` vector, if any.
         epilogue: Epilogue,
+        /// The cache of `rhs`'s storage, when `rhs` is the same matrix for every batch entry
+        /// and worth preparing once for many products (`linear`'s weight): a backend may keep
+        /// `rhs` there in the layout its kernel reads ([`Derived`]).
+        rhs_derived: Option<Derived>,
     },
     /// Elementwise `out = lhs op rhs`; both views are already broadcast to `lhs.shape` (equal
     /// to `rhs.shape`), out is contiguous of that shape.

@@ -13,6 +13,7 @@ mod alloc;
 mod backend;
 mod completion;
 mod config;
+mod derived;
 mod device;
 pub mod dtype;
 mod error;

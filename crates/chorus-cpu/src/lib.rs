@@ -5,8 +5,16 @@
 //! hazard that exists on a GPU (use after free across streams, missing waits, reuse before
 //! completion) exists here too and is exercised by the tests. Memory is 256-byte aligned host
 //! memory handed out in segments; events are (stream, command count) pairs; host callbacks run
-//! on the stream's worker. Matmul uses the `gemm` crate, single-threaded per stream, so results
-//! do not depend on how many threads run.
+//! on the stream's worker.
+//!
+//! Matmul (`kernels/matmul.rs`): products of 24 rows or more run the packed register-tile
+//! kernel on AVX-512 (`kernels/packed.rs`), fewer rows `rowdot`, other machines the `gemm`
+//! crate; a product may share its chunks with idle cores when its stream is alone on the
+//! device. Every output is computed the same way whichever thread computes it, so results do
+//! not depend on how many threads or streams run. A weight `linear` multiplies with 24 rows or
+//! more (on AVX-512) is packed once and kept in its storage's cache (`chorus_core::kernel::Derived`):
+//! host memory as large as the weight, outside the allocator and its statistics, freed with
+//! the weight.
 //!
 //! # Examples
 //! ```

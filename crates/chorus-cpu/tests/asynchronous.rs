@@ -77,6 +77,7 @@ fn launch_returns_before_the_kernel_runs() {
                 n: 8,
                 k: 8,
                 epilogue: Default::default(),
+                rhs_derived: None,
             },
         )
     }

@@ -221,6 +221,7 @@ pub(crate) unsafe fn launch(
                 n,
                 k,
                 epilogue,
+                ..
             } => {
                 let count = (*batch as u64) * (*m as u64) * (*n as u64);
                 if count == 0 {

@@ -266,3 +266,52 @@ fn add_layer_norm_is_add_then_layer_norm_bit_for_bit() {
         },
     );
 }
+
+/// `linear` gives the same bits on its first call (when a backend may prepare the weight, e.g.
+/// the CPU's packed copy), on later calls, from many threads at once and for each weight that
+/// is a view into one storage (PyTorch's packed `in_proj_weight`) as for a copy of it; and
+/// what `matmul`, `add` and `relu` give, within rounding.
+#[test]
+fn linear_gives_the_same_bits_first_later_and_from_many_threads() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let (rows, d_in, d_out) = (64, 128, 96);
+            let x = Tensor::randn(&dev, &[rows, d_in], 1).unwrap();
+            let packed = Tensor::randn(&dev, &[3 * d_out, d_in], 2).unwrap();
+            let b = Tensor::randn(&dev, &[d_out], 3).unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let v = t.to_vec::<f32>().unwrap();
+                v.iter().map(|v| v.to_bits()).collect()
+            };
+            let relu = Some(chorus::UnaryOp::Relu);
+            for part in 0..3 {
+                let w = packed.narrow(0, part * d_out, d_out).unwrap();
+                let first = bits(&x.linear_act(&w, Some(&b), relu).unwrap());
+                let copy =
+                    Tensor::from_slice(&dev, &w.to_vec::<f32>().unwrap(), &[d_out, d_in]).unwrap();
+                assert_eq!(bits(&x.linear_act(&copy, Some(&b), relu).unwrap()), first);
+                std::thread::scope(|s| {
+                    for _ in 0..8 {
+                        s.spawn(|| {
+                            for _ in 0..5 {
+                                let y = x.linear_act(&w, Some(&b), relu).unwrap();
+                                assert_eq!(bits(&y), first, "part {part}");
+                            }
+                        });
+                    }
+                });
+                let plain = x
+                    .matmul(&w.transpose(0, 1).unwrap())
+                    .unwrap()
+                    .add(&b)
+                    .unwrap()
+                    .relu()
+                    .unwrap();
+                let want: Vec<f32> = plain.to_vec().unwrap();
+                let got: Vec<f32> = first.iter().map(|&u| f32::from_bits(u)).collect();
+                close(&got, &want);
+            }
+        },
+    );
+}

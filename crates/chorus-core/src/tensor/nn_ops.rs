@@ -141,6 +141,7 @@ impl Tensor {
                 bias: b.as_ref().map(Tensor::ptr),
                 act,
             },
+            rhs_derived: Some(w.storage.derived()),
         };
         Tensor::launch(rt, s, k, out)
     }

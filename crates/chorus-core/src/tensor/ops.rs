@@ -166,6 +166,7 @@ impl Tensor {
             n,
             k,
             epilogue: Epilogue::default(),
+            rhs_derived: None,
         };
         let t = Tensor::launch(rt, s, k, out)?;
         drop((a.1, b.1));

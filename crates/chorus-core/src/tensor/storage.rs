@@ -18,16 +18,19 @@
 //! work after the wait. The `Arc` around the storage orders every `use_on` before the drop.
 
 use crate::alloc::Block;
+use crate::derived::Derived;
 use crate::error::Result;
 use crate::kernel::DevicePtr;
 use crate::runtime::RuntimeObj;
 use chorus_sync::atomic::{AtomicU64, Ordering};
-use chorus_sync::Arc;
+use chorus_sync::{rank, Arc, RankedMutex};
 
 pub(crate) struct Storage {
     rt: Arc<dyn RuntimeObj>,
     block: Block,
     users: Box<[AtomicU64]>,
+    /// Data backends derive from the contents (`crate::derived`), made on first request.
+    derived: RankedMutex<Option<Derived>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -46,7 +49,17 @@ impl Storage {
         let users: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
         let s = block.stream();
         users[s / 64].store(1 << (s % 64), Ordering::Relaxed);
-        Self { rt, block, users }
+        Self {
+            rt,
+            block,
+            users,
+            derived: RankedMutex::new(rank::STORAGE_DERIVED, None),
+        }
+    }
+
+    /// The handle to this storage's cache of derived data.
+    pub(crate) fn derived(&self) -> Derived {
+        self.derived.lock().get_or_insert_with(Derived::new).clone()
     }
 
     pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {

@@ -11,7 +11,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::packed;
 use super::{host, rowdot, slice, slice_mut, unary};
-use chorus_core::kernel::{DevicePtr, Epilogue, MatOperand};
+use chorus_core::kernel::{Derived, DevicePtr, Epilogue, MatOperand};
 
 /// Sizes of a batched matmul.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +31,8 @@ fn signed(stride: usize) -> isize {
     isize::try_from(stride).expect("matmul: stride exceeds isize::MAX")
 }
 
-/// `out[b] = act(lhs[b] @ rhs[b] + bias)` for `b < batch`, out contiguous `[batch, m, n]`.
+/// `out[b] = act(lhs[b] @ rhs[b] + bias)` for `b < batch`, out contiguous `[batch, m, n]`;
+/// `rhs_derived` is `rhs`'s storage's cache, where `packed` may keep `rhs` packed.
 ///
 /// # Safety
 /// `lhs` (`rhs`) is readable, aligned f32 at every `[b, i, p]` (`[b, p, j]`) offset with
@@ -44,6 +45,7 @@ pub(super) unsafe fn matmul(
     out: DevicePtr,
     d: Dims,
     epilogue: Epilogue,
+    rhs_derived: Option<&Derived>,
 ) {
     let len = d.batch * d.m * d.n;
     // SAFETY: caller's contract: `out` holds `batch * m * n` writable, unaliased f32.
@@ -91,6 +93,7 @@ pub(super) unsafe fn matmul(
                     (d.m, d.n, d.k),
                     epilogue,
                     super::parallelism(),
+                    rhs_derived.filter(|_| d.batch == 1 || rhs.batch_stride == 0),
                 )
             };
             continue;
@@ -212,6 +215,7 @@ mod tests {
                 bias: with_bias.then(|| ptr(&bias)),
                 act,
             },
+            rhs_derived: None,
         };
         // SAFETY: the operand buffers cover every offset the strides reach (`extent`), the bias
         // has `n` elements, `out` has `batch * m * n` slots.
@@ -348,6 +352,7 @@ mod tests {
             n,
             k: 0,
             epilogue: Epilogue::default(),
+            rhs_derived: None,
         };
         // SAFETY: with k == 0 the operands are never read; `out` has `batch * m * n` slots.
         unsafe { execute(&kernel(2, 3, 1, &mut out)) };
@@ -420,6 +425,7 @@ mod tests {
                 bias: Some(ptr(&bias)),
                 act: Some(UnaryOp::Relu),
             },
+            rhs_derived: None,
         };
         // SAFETY: with k == 0 the operands are never read; the bias has `n` elements, `out` has
         // `batch * m * n` slots.
@@ -456,6 +462,7 @@ mod tests {
                     n,
                     k,
                     epilogue: Default::default(),
+                    rhs_derived: None,
                 };
                 // SAFETY: the operands and the output are live Vecs of the described extents.
                 unsafe { execute(&kernel) };

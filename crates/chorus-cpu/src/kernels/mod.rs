@@ -90,6 +90,7 @@ pub(crate) unsafe fn execute(kernel: &Kernel) {
             n,
             k,
             epilogue,
+            rhs_derived,
         } => {
             let dims = matmul::Dims {
                 batch: *batch,
@@ -99,7 +100,7 @@ pub(crate) unsafe fn execute(kernel: &Kernel) {
             };
             // SAFETY: forwarded contract: operands (and the bias, `n` f32) readable and `out`
             // writable for `batch * m * n` f32 over the descriptor's extents, no overlap.
-            unsafe { matmul::matmul(lhs, rhs, *out, dims, *epilogue) }
+            unsafe { matmul::matmul(lhs, rhs, *out, dims, *epilogue, rhs_derived.as_ref()) }
         }
         Kernel::Binary {
             op,

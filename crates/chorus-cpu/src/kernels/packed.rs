@@ -8,7 +8,10 @@
 //! - `rhs`, by whichever thread computes those columns: [`KC`] rows at a time of a panel of
 //!   [`NR`] columns (`[p][c]`, zeros past `n`), which stay in L1 while every tile of the block
 //!   runs over them. `linear`'s `Wᵀ` (unit row stride) is read along `W`'s rows and transposed
-//!   16 × 16 in registers.
+//!   16 × 16 in registers. A weight (`rhs` with its storage's cache, [`Derived`]) is packed
+//!   whole the first time, all panels one after the other ([`pack_all`]), and kept in the cache
+//!   for every later product: the packed copy is as large as the weight (columns rounded up to
+//!   [`NR`]) and lives as long as the weight does.
 //!
 //! A register tile of `h` rows × [`NR`] columns runs over one panel's `KC` rows of `p`, storing
 //! its sums to `out`; the tile of the next `KC` rows starts from them. So every output is still
@@ -23,8 +26,8 @@
 
 use super::share::{self, Shared};
 use super::unary;
-use chorus_core::kernel::Epilogue;
 use chorus_core::kernel::UnaryOp;
+use chorus_core::kernel::{Derived, Epilogue};
 use chorus_sync::atomic::{AtomicUsize, Ordering};
 use chorus_sync::Arc;
 use std::arch::x86_64::{
@@ -330,17 +333,50 @@ unsafe fn tile<const R: usize>(
     }
 }
 
+/// Where a weight's packing is kept in its storage's cache: the operand as this module reads it.
+#[derive(PartialEq, Eq)]
+struct PackedKey {
+    ptr: usize,
+    rs: usize,
+    cs: usize,
+    k: usize,
+    n: usize,
+}
+
+/// `rhs` (`k × n`) packed whole: the panel of columns `q·NR..` at `q · k · NR`, its steps
+/// `[p][c]` (the [`KC`]-step blocks [`pack_rhs`] makes, one after the other).
+///
+/// # Safety
+/// AVX-512F is present; `rhs` is readable at every `[p, j]`, `p < k`, `j < n`.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_all(rhs: Mat, k: usize, n: usize) -> Vec<f32> {
+    let mut all = vec![0f32; n.div_ceil(NR) * k * NR];
+    for (q, panel) in all.chunks_exact_mut(k * NR).enumerate() {
+        let (j, w) = (q * NR, (n - q * NR).min(NR));
+        for k0 in (0..k).step_by(KC) {
+            let kc = (k - k0).min(KC);
+            // SAFETY: columns `j..j + w` and steps `k0..k0 + kc` are in range (contract); the
+            // panel holds `(k - k0) * NR >= kc * NR` f32 from step `k0`.
+            unsafe { pack_rhs(rhs, (j, w), (k0, kc), &mut panel[k0 * NR..]) };
+        }
+    }
+    all
+}
+
 /// Output columns `cols` (whole panels, the last possibly partial) of `rows` rows whose `lhs`
-/// is packed at `a` ([`pack_lhs`]).
+/// is packed at `a` ([`pack_lhs`]), with `rhs` packed here, or taken from `whole` if given
+/// ([`pack_all`]).
 ///
 /// # Safety
 /// AVX-512F is present; `a` holds `rows * k` packed f32; `rhs` is readable at `[p, j]` for
-/// `p < k`, `j` in `cols`; `out` (row stride `n`) is writable at rows `0..rows`, columns `cols`,
-/// and not otherwise accessed; a bias is `n` readable f32.
+/// `p < k`, `j` in `cols`; `whole`, if any, is `rhs` packed by [`pack_all`]; `out` (row stride
+/// `n`) is writable at rows `0..rows`, columns `cols`, and not otherwise accessed; a bias is `n`
+/// readable f32.
 #[allow(clippy::too_many_arguments)]
 unsafe fn columns(
     a: *const f32,
     rhs: Mat,
+    whole: Option<&[f32]>,
     out: *mut f32,
     (rows, n, k): (usize, usize, usize),
     cols: std::ops::Range<usize>,
@@ -355,15 +391,22 @@ unsafe fn columns(
         let w = (cols.end - j).min(NR);
         for k0 in (0..k).step_by(KC) {
             let kc = (k - k0).min(KC);
-            // SAFETY: columns `j..j + w`, steps `k0..k0 + kc` are in range (caller's contract);
-            // the panel holds `KC * NR` f32; AVX-512F is present.
-            unsafe { pack_rhs(rhs, (j, w), (k0, kc), panel) };
+            let b = match whole {
+                // `j` is a multiple of `NR`: the block's `kc * NR` f32 lie inside `whole`.
+                Some(whole) => whole[(j / NR) * k * NR + k0 * NR..][..kc * NR].as_ptr(),
+                None => {
+                    // SAFETY: columns `j..j + w`, steps `k0..k0 + kc` are in range (caller's
+                    // contract); the panel holds `KC * NR` f32; AVX-512F is present.
+                    unsafe { pack_rhs(rhs, (j, w), (k0, kc), panel) };
+                    panel.as_ptr()
+                }
+            };
             let mut t = 0;
             while t < rows {
                 let h = tile_height(rows - t);
                 // The tile's sliver from step `k0` on, and its first output.
                 let (s, o) = (a.wrapping_add(t * k + k0 * h), out.wrapping_add(t * n + j));
-                let (b, shape, resume) = (panel.as_ptr(), (n, w), k0 > 0);
+                let (shape, resume) = ((n, w), k0 > 0);
                 let fin = fused.filter(|_| k0 + kc == k).map(|f| Finish {
                     bias: if f.bias.is_null() {
                         f.bias
@@ -373,7 +416,7 @@ unsafe fn columns(
                     ..f
                 });
                 // SAFETY: the sliver holds `k * h` f32 from `t * k`, so `kc * h` from step `k0`;
-                // the panel `kc * NR`; rows `t..t + h` and columns `j..j + w` of `out` are ours
+                // the panel block at `b` `kc * NR`; rows `t..t + h` and columns `j..j + w` of `out` are ours
                 // and, when resuming, were written by the previous block; a bias is `n`
                 // readable f32, so from column `j` on `w`; AVX-512F is present.
                 unsafe {
@@ -422,12 +465,14 @@ impl Drop for Count<'_> {
 }
 
 /// `out = act(lhs @ rhs + bias)`, `lhs` `[m, k]`, `rhs` `[k, n]`, `out` `[m, n]` contiguous;
-/// blocks of rows one after the other, the panels of each shared among up to `cores` cores.
+/// blocks of rows one after the other, the panels of each shared among up to `cores` cores;
+/// `rhs` packed whole into `rhs_derived` (once) when given.
 ///
 /// # Safety
 /// AVX-512F is present ([`available`]); `lhs` and `rhs` are readable at every in-range element;
 /// a bias is `n` readable f32; `out` is valid for `m * n` f32 writes, overlaps no input and is
-/// not otherwise accessed during the call.
+/// not otherwise accessed during the call; `rhs_derived`, if any, is the cache of the storage
+/// `rhs` lies in.
 pub(super) unsafe fn matmul(
     lhs: Mat,
     rhs: Mat,
@@ -435,7 +480,19 @@ pub(super) unsafe fn matmul(
     (m, n, k): (usize, usize, usize),
     epilogue: Epilogue,
     cores: usize,
+    rhs_derived: Option<&Derived>,
 ) {
+    let key = PackedKey {
+        ptr: rhs.ptr as usize,
+        rs: rhs.rs,
+        cs: rhs.cs,
+        k,
+        n,
+    };
+    // SAFETY: AVX-512F is present and `rhs` readable (contract). The storage's contents never
+    // change while it lives, and the cache lives and dies with it (`Derived`), so a packing
+    // found under this operand's key is this operand's.
+    let whole = rhs_derived.map(|d| d.get_or_insert_with(key, || unsafe { pack_all(rhs, k, n) }));
     // As few blocks as keep each within `LHS_BLOCK` (a tile at least), of even heights.
     let blocks = m.div_ceil((LHS_BLOCK / k.max(1)).max(MR)).max(1);
     let block_rows = m.div_ceil(blocks);
@@ -461,11 +518,25 @@ pub(super) unsafe fn matmul(
                 unsafe { pack_lhs(block, rows, k, 0..rows, a) };
                 // SAFETY: caller's contract for rows `i..i + rows`, all columns; `a` holds
                 // them packed.
-                unsafe { with_panel(|p| columns(a, rhs, o, (rows, n, k), 0..n, epilogue, p)) };
+                unsafe {
+                    with_panel(|p| {
+                        columns(
+                            a,
+                            rhs,
+                            whole.as_deref().map(Vec::as_slice),
+                            o,
+                            (rows, n, k),
+                            0..n,
+                            epilogue,
+                            p,
+                        )
+                    })
+                };
             } else {
                 let packs = rows.div_ceil(PACK_ROWS);
                 let packed = Arc::new(AtomicUsize::new(0));
                 let (a, block, rhs, o) = (Shared(a), Shared(block), Shared(rhs), Shared(o));
+                let whole = whole.clone();
                 share::run(packs + chunks, cores - 1, LINGER, move |c| {
                     let (a, block, rhs, o) = (a, block, rhs, o);
                     if c < packs {
@@ -493,6 +564,7 @@ pub(super) unsafe fn matmul(
                             columns(
                                 a.0,
                                 rhs.0,
+                                whole.as_deref().map(Vec::as_slice),
                                 o.0,
                                 (rows, n, k),
                                 c * chunk..((c + 1) * chunk).min(n),
@@ -524,23 +596,44 @@ mod tests {
     }
 
     /// `lhs @ rhs`, each operand given transposed or not, checked bit for bit against
-    /// [`reference`].
+    /// [`reference`]: `rhs` packed by the product itself, then packed whole into a cache (the
+    /// first cached call) and taken from it (the second).
     fn check(m: usize, n: usize, k: usize, transposed: (bool, bool), cores: usize) -> Vec<f32> {
         let mut rng = Rng::new((m * 7 + n * 13 + k) as u64);
         let (a, b) = (rng.f32s(m * k), rng.f32s(k * n));
         let (lhs, rhs) = (mat(&a, m, k, transposed.0), mat(&b, k, n, transposed.1));
-        let mut out = vec![f32::NAN; m * n];
-        // SAFETY: AVX-512F checked by the callers; buffers sized for the call.
-        unsafe {
-            matmul(
-                lhs,
-                rhs,
-                out.as_mut_ptr(),
-                (m, n, k),
-                Epilogue::default(),
-                cores,
-            )
+        let cache = Derived::new();
+        let run = |derived: Option<&Derived>| {
+            let mut out = vec![f32::NAN; m * n];
+            let dims = (m, n, k);
+            // SAFETY: AVX-512F checked by the callers; buffers sized for the call; the cache
+            // is only ever used with `b`.
+            unsafe {
+                matmul(
+                    lhs,
+                    rhs,
+                    out.as_mut_ptr(),
+                    dims,
+                    Epilogue::default(),
+                    cores,
+                    derived,
+                )
+            };
+            out
         };
+        let out = run(None);
+        assert_eq!(
+            run(Some(&cache)),
+            out,
+            "{m}x{n}x{k} {transposed:?}, packing it"
+        );
+        assert_eq!(cache.len(), 1);
+        assert_eq!(
+            run(Some(&cache)),
+            out,
+            "{m}x{n}x{k} {transposed:?}, from the cache"
+        );
+        assert_eq!(cache.len(), 1);
         for i in 0..m {
             for j in 0..n {
                 let ai = (0..k).map(|p| a[i * lhs.rs + p * lhs.cs]);
@@ -608,7 +701,7 @@ mod tests {
         let run = |epilogue: Epilogue| {
             let mut out = vec![f32::NAN; m * n];
             // SAFETY: AVX-512F checked; buffers sized for the call; the bias holds `n` f32.
-            unsafe { matmul(lhs, rhs, out.as_mut_ptr(), (m, n, k), epilogue, 2) };
+            unsafe { matmul(lhs, rhs, out.as_mut_ptr(), (m, n, k), epilogue, 2, None) };
             out
         };
         let plain = run(Epilogue::default());
@@ -644,13 +737,16 @@ mod tests {
             // The output 64-byte aligned, as the runtime's buffers are.
             let mut out = vec![0f32; m * n + 16];
             let skip = out.as_ptr().align_offset(64);
-            for cores in [1, 2] {
+            let cache = Derived::new();
+            for (cores, cached) in [(1, false), (1, true), (2, false), (2, true)] {
                 let mut run = || {
                     let (lhs, rhs) = (mat(&a, m, k, false), mat(&b, k, n, true));
-                    // SAFETY: AVX-512F checked; buffers sized for the call.
+                    let (dims, derived) = ((m, n, k), cached.then_some(&cache));
+                    // SAFETY: AVX-512F checked; buffers sized for the call; the cache is only
+                    // used with `b`.
                     unsafe {
                         let o = out.as_mut_ptr().add(skip);
-                        matmul(lhs, rhs, o, (m, n, k), Epilogue::default(), cores)
+                        matmul(lhs, rhs, o, dims, Epilogue::default(), cores, derived)
                     }
                 };
                 let mut best = f64::MAX;
@@ -662,7 +758,12 @@ mod tests {
                     best = best.min(t.elapsed().as_secs_f64() / 20.0);
                 }
                 let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
-                eprintln!("{m}x{k} @ ({n}x{k})ᵀ, {cores} core(s): {gflops:.1} GFLOP/s");
+                let how = if cached {
+                    "weight packed once"
+                } else {
+                    "packed per call"
+                };
+                eprintln!("{m}x{k} @ ({n}x{k})ᵀ, {cores} core(s), {how}: {gflops:.1} GFLOP/s");
             }
         }
     }
