@@ -65,6 +65,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn describe(&self) -> String;
     /// Total device memory in bytes, if known.
     fn total_memory(&self) -> Option<usize>;
+    /// Whether [`Kernel::Attention`] runs here for `s` keys of `e` features and values of `ev`
+    /// (else `scaled_dot_product_attention` is a matmul, a softmax and a matmul). None by
+    /// default: a backend opts in where one kernel beats three (a GPU's launch cost).
+    fn fuses_attention(&self, s: usize, e: usize, ev: usize) -> bool {
+        let _ = (s, e, ev);
+        false
+    }
 
     /// Creates stream number `index` of the pool (0 is the default stream).
     ///

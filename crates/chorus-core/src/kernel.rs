@@ -235,6 +235,30 @@ pub enum Scalar {
     I64(i64),
 }
 
+/// [`Kernel::Attention`]: for every batch index `b` (row-major over the batch dims) and query
+/// `i < l`, `out[b, i, :] = Σ_{j < s} p_j v[b, j, :]` with
+/// `p = softmax(scale · (q[b, i, :] · k[b, j, :]))` over `j`, entries dropped as
+/// [`Kernel::Softmax`] drops them (causal: `j > i`; mask: where it is 0) and a query with every
+/// key dropped all NaN. Views may have any strides (the heads of a packed projection are read
+/// in place); `out` is a view into a fresh block, its elements disjoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attention {
+    /// Queries `[batch.., l, e]`.
+    pub q: View,
+    /// Keys `[batch.., s, e]`.
+    pub k: View,
+    /// Values `[batch.., s, ev]`.
+    pub v: View,
+    /// Output `[batch.., l, ev]`.
+    pub out: View,
+    /// Factor applied to every score before the softmax.
+    pub scale: f32,
+    /// Causal masking (`j <= i` kept).
+    pub causal: bool,
+    /// Keep-mask, i64 `[batch.., l, s]` (broadcast with zero strides).
+    pub mask: Option<View>,
+}
+
 /// One unit of device work. See the module docs for conventions.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -365,6 +389,9 @@ pub enum Kernel {
         /// Keep-mask view, i64, shaped `[outer, n]` (broadcast with zero strides).
         mask: Option<View>,
     },
+    /// Scaled dot-product attention in one kernel, for backends that have it
+    /// (`Backend::fuses_attention`); boxed, as it is much larger than the other kernels.
+    Attention(Box<Attention>),
     /// Values and i64 indices of the max/min along the middle axis of the contiguous tensor
     /// `[outer, n, inner]` (f32), written contiguous as `[outer, inner]`.
     ArgReduce {
@@ -518,6 +545,7 @@ impl Kernel {
             Kernel::Reduce { .. } => "reduce",
             Kernel::Unary { .. } => "unary",
             Kernel::Softmax { .. } => "softmax",
+            Kernel::Attention(_) => "attention",
             Kernel::ArgReduce { .. } => "arg_reduce",
             Kernel::LayerNorm { .. } => "layer_norm",
             Kernel::GroupNorm { .. } => "group_norm",

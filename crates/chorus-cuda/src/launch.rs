@@ -55,7 +55,7 @@ impl Dims {
 }
 
 /// A pointer to one kernel argument, for cuLaunchKernel's parameter array.
-fn arg<T>(v: &mut T) -> *mut c_void {
+pub(crate) fn arg<T>(v: &mut T) -> *mut c_void {
     (v as *mut T).cast()
 }
 
@@ -115,20 +115,20 @@ unsafe fn raw(
     params: &mut [*mut c_void],
 ) -> BackendResult<()> {
     // SAFETY: forwarded contract.
-    unsafe { raw_with(stream, module, f, blocks, BLOCK, params) }
+    unsafe { raw_with(stream, module, f, (blocks, BLOCK, 0), params) }
 }
 
 /// As [`raw`] with `threads` per block (a multiple of 32, at most 1024: what the ROW kernels
-/// accept).
+/// accept) and `shared` bytes of dynamic shared memory per block.
 ///
 /// # Safety
-/// As [`raw`].
-unsafe fn raw_with(
+/// As [`raw`]; `shared` is what the kernel reads and writes of its dynamic shared memory, and
+/// within the device's limit for a default launch (48 KiB).
+pub(crate) unsafe fn raw_with(
     stream: &CudaStream,
     module: &Module,
     f: Func,
-    blocks: u32,
-    threads: u32,
+    (blocks, threads, shared): (u32, u32, u32),
     params: &mut [*mut c_void],
 ) -> BackendResult<()> {
     // SAFETY: caller's contract; the function belongs to the loaded module of this context.
@@ -141,7 +141,7 @@ unsafe fn raw_with(
             threads,
             1,
             1,
-            0,
+            shared,
             stream.raw,
             params.as_mut_ptr(),
             std::ptr::null_mut(),
@@ -389,8 +389,7 @@ pub(crate) unsafe fn launch(
                     stream,
                     module,
                     f,
-                    row_grid(n_out),
-                    threads,
+                    (row_grid(n_out), threads, 0),
                     &mut [
                         arg(&mut code),
                         arg(&mut s),
@@ -698,6 +697,7 @@ pub(crate) unsafe fn launch(
                     ],
                 )
             }
+            Kernel::Attention(a) => crate::attention::launch(stream, module, a),
             other => Err(unsupported(name, format!("kernel {}", other.name()))),
         }
     }

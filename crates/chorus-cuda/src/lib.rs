@@ -20,6 +20,7 @@
 //! # Ok::<(), chorus_core::Error>(())
 //! ```
 
+mod attention;
 mod blas;
 mod driver;
 mod event;
@@ -227,6 +228,10 @@ impl Backend for CudaBackend {
     }
     fn total_memory(&self) -> Option<usize> {
         self.ctx.total_memory()
+    }
+
+    fn fuses_attention(&self, s: usize, e: usize, ev: usize) -> bool {
+        attention::fuses(s, e, ev)
     }
 
     fn create_stream(&self, _index: usize) -> BackendResult<CudaStream> {

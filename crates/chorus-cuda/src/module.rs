@@ -56,6 +56,7 @@ functions! {
     IndexSelectU16 = "index_select_u16",
     IndexSelectU32 = "index_select_u32",
     IndexSelectU64 = "index_select_u64",
+    AttentionF32 = "attention_f32",
 }
 
 /// A loaded module and its functions.

@@ -7,10 +7,12 @@
 //! # Protocol
 //! Self-attention ([`MultiheadAttention::forward_masked`]) projects `x` `[B, L, E]` with one
 //! linear kernel to `[B, L, 3E]`, views it as `[B, L, 3, H, Dh]`, permutes to
-//! `[3, B, H, L, Dh]` (one contiguous copy) and takes q, k and v from its first dimension,
-//! runs [`Tensor::scaled_dot_product_attention`] (scale `1/sqrt(Dh)`, optional keep-mask and
-//! causal mask), permutes back to `[B, L, H, Dh]`, reshapes to `[B, L, E]` and applies
-//! `out_proj`. Attention with different query, key and value inputs
+//! `[3, B, H, L, Dh]` (a view) and takes q, k and v from its first dimension, runs
+//! [`Tensor::scaled_dot_product_attention`] (scale `1/sqrt(Dh)`, optional keep-mask and causal
+//! mask), permutes back to `[B, L, H, Dh]`, reshapes to `[B, L, E]` and applies `out_proj`.
+//! Where attention is one kernel (CUDA) it reads the heads in place and returns them in
+//! `[B, L, H, Dh]` order, so neither permute copies; elsewhere attention copies each head
+//! tensor once and the merge of the heads is one copy. Attention with different query, key and value inputs
 //! ([`MultiheadAttention::attend`]) projects each with its slice of the packed weight (a view,
 //! no copy). The module is immutable; see [`Module`].
 //!
@@ -148,17 +150,13 @@ impl MultiheadAttention {
         let mask = self.mask(key_keep_mask, b, l, unbatched)?;
         let (h, dh) = (self.num_heads, self.head_dim());
         let qkv = x3.linear(&self.in_proj_weight, self.in_proj_bias.as_ref())?;
-        // [B, L, 3E] -> [B, L, 3, H, Dh] -> [3, B, H, L, Dh], made contiguous in one copy, so
-        // that q, k and v are contiguous views of it.
+        // [B, L, 3E] -> [B, L, 3, H, Dh] -> [3, B, H, L, Dh], views: q, k and v are strided
+        // `[B, H, L, Dh]` views into the projection (read in place where attention is one
+        // kernel, copied by attention otherwise).
         let qkv = qkv
             .reshape(&[b as isize, l as isize, 3, h as isize, dh as isize])?
-            .permute(&[2, 0, 3, 1, 4])?
-            .contiguous()?;
-        let head = |i: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(0, i, 1)?
-                .reshape(&[b as isize, h as isize, l as isize, dh as isize])?)
-        };
+            .permute(&[2, 0, 3, 1, 4])?;
+        let head = |i: usize| -> Result<Tensor> { Ok(qkv.narrow(0, i, 1)?.squeeze(0)?) };
         let (q, k, v) = (head(0)?, head(1)?, head(2)?);
         let y = self.finish(&q, &k, &v, mask.as_ref(), causal)?;
         debug_assert_eq!(y.shape(), [b, l, e]);
@@ -210,8 +208,8 @@ impl MultiheadAttention {
         unbatch(y, unbatched)
     }
 
-    /// `t` `[B, N, E]` through projection `i` (0 query, 1 key, 2 value), as contiguous
-    /// `[B, H, N, Dh]`.
+    /// `t` `[B, N, E]` through projection `i` (0 query, 1 key, 2 value), as a `[B, H, N, Dh]`
+    /// view of the `[B, N, H, Dh]` projection.
     fn project(&self, t: &Tensor, i: usize) -> Result<Tensor> {
         let (e, h, dh) = (self.embed_dim, self.num_heads, self.head_dim());
         let (b, n) = (t.shape()[0], t.shape()[1]);
@@ -225,8 +223,7 @@ impl MultiheadAttention {
         let p = t.linear(&w, bias.as_ref())?;
         Ok(
             p.reshape(&[b as isize, n as isize, h as isize, dh as isize])?
-                .permute(&[0, 2, 1, 3])?
-                .contiguous()?,
+                .permute(&[0, 2, 1, 3])?,
         )
     }
 

@@ -315,3 +315,143 @@ fn linear_gives_the_same_bits_first_later_and_from_many_threads() {
         },
     );
 }
+
+/// Attention over the strided heads of a packed projection (what `MultiheadAttention` passes),
+/// with a causal mask, a broadcast keep-mask (one query's keys all dropped: NaN) and keys and
+/// values of other lengths, gives what the CPU's matmul, softmax and matmul give on contiguous
+/// copies, within rounding, on every backend (one kernel on CUDA); the same bits from 8
+/// threads; and heads that merge back into `[B, L, H·Dh]`.
+#[test]
+fn attention_on_strided_heads_matches_the_decomposition() {
+    let cpu = chorus::Device::cpu().unwrap();
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let (b, l, h, dh) = (2, 5, 3, 8);
+            let qkv = Tensor::randn(&dev, &[b, l, 3 * h * dh], 11).unwrap();
+            let heads = qkv
+                .reshape(&[b as isize, l as isize, 3, h as isize, dh as isize])
+                .unwrap()
+                .permute(&[2, 0, 3, 1, 4])
+                .unwrap();
+            let head = |i: usize| heads.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
+            let (q, k, v) = (head(0), head(1), head(2));
+            assert_eq!(q.shape(), [b, h, l, dh]);
+            // The keep-mask [B, 1, 1, S]: batch 1 drops keys 1 and 3 (with the causal mask
+            // too, its queries 0 and 1 keep key 0 only).
+            let keep: Vec<i64> = vec![1, 1, 1, 1, 1, 1, 0, 1, 0, 1];
+            let mask = Tensor::from_slice(&dev, &keep, &[b, 1, 1, l]).unwrap();
+            // All of batch 0's keys dropped for the second mask: NaN rows.
+            let none: Vec<i64> = vec![0, 0, 0, 0, 0, 1, 1, 1, 1, 1];
+            let none = Tensor::from_slice(&dev, &none, &[b, 1, 1, l]).unwrap();
+            // On the CPU device, from contiguous host copies.
+            let host = |t: &Tensor| {
+                let v = t.to_vec::<f32>().unwrap();
+                Tensor::from_slice(&cpu, &v, t.shape()).unwrap()
+            };
+            let host_i = |t: &Tensor| {
+                let v = t.to_vec::<i64>().unwrap();
+                Tensor::from_slice(&cpu, &v, t.shape()).unwrap()
+            };
+            let check = |got: &Tensor, want: &Tensor, what: &str| {
+                assert_eq!(got.shape(), want.shape(), "{what}");
+                let (g, w) = (got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+                for (i, (g, w)) in g.iter().zip(&w).enumerate() {
+                    assert!(
+                        (g.is_nan() && w.is_nan()) || (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{what}: element {i}: {g} vs {w}"
+                    );
+                }
+            };
+            let sdpa = Tensor::scaled_dot_product_attention;
+            let (hq, hk, hv) = (host(&q), host(&k), host(&v));
+            for (m, causal, what) in [
+                (None, false, "plain"),
+                (None, true, "causal"),
+                (Some(&mask), false, "mask"),
+                (Some(&mask), true, "mask and causal"),
+                (Some(&none), false, "no key kept"),
+            ] {
+                let got = sdpa(&q, &k, &v, m, causal).unwrap();
+                let hm = m.map(host_i);
+                let want = sdpa(&hq, &hk, &hv, hm.as_ref(), causal).unwrap();
+                check(&got, &want, what);
+            }
+            let nan = sdpa(&q, &k, &v, Some(&none), false)
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap();
+            let half = nan.len() / 2;
+            assert!(nan[..half].iter().all(|x| x.is_nan()));
+            assert!(nan[half..].iter().all(|x| x.is_finite()));
+            // Keys and values of another length, values of another width.
+            let (k7, v7) = (
+                Tensor::randn(&dev, &[b, h, 7, dh], 12).unwrap(),
+                Tensor::randn(&dev, &[b, h, 7, 5], 13).unwrap(),
+            );
+            let got = sdpa(&q, &k7, &v7, None, false).unwrap();
+            check(
+                &got,
+                &sdpa(&hq, &host(&k7), &host(&v7), None, false).unwrap(),
+                "7 keys",
+            );
+            // Long keys (CUDA: fewer rows per block), longer than one kernel takes (CUDA: the
+            // matmul, softmax and matmul).
+            for s_len in [5000, 13000] {
+                let q1 = Tensor::randn(&dev, &[1, 1, 3, 4], 14).unwrap();
+                let k1 = Tensor::randn(&dev, &[1, 1, s_len, 4], 15).unwrap();
+                let v1 = Tensor::randn(&dev, &[1, 1, s_len, 3], 16).unwrap();
+                let got = sdpa(&q1, &k1, &v1, None, true).unwrap();
+                let want = sdpa(&host(&q1), &host(&k1), &host(&v1), None, true).unwrap();
+                check(&got, &want, &format!("{s_len} keys"));
+            }
+            // The heads merge back into [B, L, H·Dh].
+            let merged = sdpa(&q, &k, &v, None, false)
+                .unwrap()
+                .permute(&[0, 2, 1, 3])
+                .unwrap()
+                .reshape(&[b as isize, l as isize, -1])
+                .unwrap();
+            let want = sdpa(&hq, &hk, &hv, None, false)
+                .unwrap()
+                .permute(&[0, 2, 1, 3])
+                .unwrap()
+                .reshape(&[b as isize, l as isize, -1])
+                .unwrap();
+            check(&merged, &want, "merged heads");
+            // The same bits from 8 threads at once.
+            let bits = |t: Tensor| -> Vec<u32> {
+                t.to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            };
+            let alone = bits(sdpa(&q, &k, &v, Some(&mask), true).unwrap());
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        for _ in 0..5 {
+                            let y = sdpa(&q, &k, &v, Some(&mask), true).unwrap();
+                            assert_eq!(bits(y), alone);
+                        }
+                    });
+                }
+            });
+        },
+    );
+}
+
+#[test]
+fn squeeze_drops_a_dimension_of_one_only() {
+    let dev = chorus::Device::cpu().unwrap();
+    let t = Tensor::randn(&dev, &[2, 1, 3], 1).unwrap();
+    assert_eq!(t.squeeze(1).unwrap().shape(), [2, 3]);
+    assert_eq!(t.squeeze(-2).unwrap().shape(), [2, 3]);
+    assert_eq!(t.squeeze(0).unwrap().shape(), [2, 1, 3]);
+    assert_eq!(
+        t.squeeze(1).unwrap().to_vec::<f32>().unwrap(),
+        t.to_vec::<f32>().unwrap()
+    );
+    assert!(t.squeeze(3).is_err());
+}

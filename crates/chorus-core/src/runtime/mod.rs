@@ -67,6 +67,7 @@ pub(crate) trait RuntimeObj: Send + Sync + 'static {
     fn config(&self) -> &Config;
     fn describe(&self) -> String;
     fn total_memory(&self) -> Option<usize>;
+    fn fuses_attention(&self, s: usize, e: usize, ev: usize) -> bool;
     fn is_closed(&self) -> bool;
     fn check_open(&self) -> Result<()>;
     fn num_streams(&self) -> usize;
@@ -271,6 +272,9 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
     fn total_memory(&self) -> Option<usize> {
         self.backend.total_memory()
+    }
+    fn fuses_attention(&self, s: usize, e: usize, ev: usize) -> bool {
+        self.backend.fuses_attention(s, e, ev)
     }
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)

@@ -63,6 +63,21 @@ impl Tensor {
         ))
     }
 
+    /// Without dimension `d` when its size is 1 (a view, as PyTorch's `squeeze(d)`); a dimension
+    /// of another size stays.
+    ///
+    /// # Errors
+    /// [`Error::InvalidDim`].
+    pub fn squeeze(&self, d: isize) -> Result<Tensor> {
+        let d = dim("squeeze", d, self.rank())?;
+        let (mut shape, mut strides) = (self.shape.clone(), self.strides.clone());
+        if shape[d] == 1 {
+            shape.remove(d);
+            strides.remove(d);
+        }
+        Ok(self.restride(shape, strides))
+    }
+
     /// Splits along `d` into pieces of the given sizes (views), which must add up to the
     /// dimension.
     ///

@@ -5,6 +5,7 @@
 //! found before anything is enqueued. Tensors are immutable: an op never changes its inputs, so
 //! a tensor (model weights, say) can be shared by any number of threads without a lock.
 
+mod attention;
 mod check;
 mod layout_ops;
 mod nn_ops;

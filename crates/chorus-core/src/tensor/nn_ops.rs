@@ -1,13 +1,12 @@
 //! Neural-network ops: linear (with fused bias and activation), activations, softmax family,
-//! normalizations, convolution, pooling and scaled dot-product attention.
+//! normalizations, convolution and pooling.
 
 use super::check::{need_dtype, same_device, split_at};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernel::row_major_strides;
 use crate::kernel::{Epilogue, Kernel, MatOperand, UnaryOp};
-use crate::shape::{broadcast, broadcast_strides, dim};
+use crate::shape::dim;
 
 fn f32_only(op: &'static str, t: &Tensor) -> Result<()> {
     need_dtype(op, t, DType::F32)
@@ -430,75 +429,5 @@ impl Tensor {
             out_hw,
         };
         Tensor::launch(rt, s, k, out)
-    }
-
-    /// Scaled dot-product attention of `q` `[.., L, E]`, `k` `[.., S, E]`, `v` `[.., S, Ev]`:
-    /// `softmax(q k^T / sqrt(E)) v`, with an optional causal mask (top-left aligned) and an
-    /// optional keep-mask (i64, 1 = attend, broadcastable to `[.., L, S]`), like PyTorch's
-    /// `scaled_dot_product_attention` with a boolean `attn_mask`.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] for incompatible shapes; [`Error::DTypeMismatch`].
-    pub fn scaled_dot_product_attention(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: Option<&Tensor>,
-        causal: bool,
-    ) -> Result<Tensor> {
-        const OP: &str = "scaled_dot_product_attention";
-        if q.rank() < 2 || k.rank() < 2 || v.rank() < 2 {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                lhs: q.shape.clone(),
-                rhs: k.shape.clone(),
-                reason: "q, k, v need at least 2 dimensions",
-            });
-        }
-        let (l, e) = (q.shape[q.rank() - 2], q.shape[q.rank() - 1]);
-        let scores = q.matmul(&k.transpose(-2, -1)?)?;
-        let sr = scores.rank();
-        let sdim = scores.shape[sr - 1];
-        let mask = match mask {
-            None => None,
-            Some(m) => {
-                same_device(OP, q, m)?;
-                need_dtype(OP, m, DType::I64)?;
-                let full = broadcast(OP, &m.shape, &scores.shape)?;
-                if full != scores.shape {
-                    return Err(Error::ShapeMismatch {
-                        op: OP,
-                        lhs: scores.shape.clone(),
-                        rhs: m.shape.clone(),
-                        reason: "mask must broadcast to [.., L, S]",
-                    });
-                }
-                let strides = broadcast_strides(&m.shape, &m.strides, &full);
-                Some(m.restride(full, strides))
-            }
-        };
-        let rt = q.rt();
-        let s = rt.current_stream()?;
-        let src = scores.input_on(s)?;
-        let mask = mask.map(|m| m.input_on(s)).transpose()?;
-        let outer = scores.len() / sdim.max(1);
-        let probs = Tensor::empty_on(rt, s, &scores.shape, DType::F32, OP)?;
-        let kern = Kernel::Softmax {
-            src: src.ptr(),
-            out: probs.tensor.ptr(),
-            outer,
-            n: sdim,
-            inner: 1,
-            scale: 1.0 / (e as f32).sqrt(),
-            log: false,
-            causal: causal.then_some(l),
-            mask: mask.as_ref().map(|m| crate::kernel::View {
-                ptr: m.ptr(),
-                shape: vec![outer, sdim],
-                strides: row_major_strides(&[outer, sdim]),
-            }),
-        };
-        let probs = Tensor::launch(rt, s, kern, probs)?;
-        probs.matmul(v)
     }
 }
