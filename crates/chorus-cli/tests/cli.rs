@@ -87,7 +87,7 @@ fn info_json() {
     assert_eq!(j["streams"]["policy"], "shared");
     assert_eq!(j["device"]["backend"], "cpu");
     assert!(j["backends"].as_array().unwrap().iter().any(|b| b == "cpu"));
-    assert_eq!(j["allocator"]["thread_cache_bytes"], 1 << 20);
+    assert_eq!(j["allocator"]["thread_cache_bytes"], 8 << 20);
     assert!(j["env"]["CHORUS_STREAMS"].is_null());
 }
 

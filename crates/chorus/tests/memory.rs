@@ -134,3 +134,43 @@ fn thread_cache_counts_survive_thread_exit() {
         },
     );
 }
+
+/// Memory another (still running) thread keeps in its cache of small blocks is given back when
+/// an allocation would otherwise fail, and that thread then goes on with a new cache.
+#[test]
+fn running_out_empties_other_threads_caches() {
+    on_every_backend(
+        |b| b.memory_limit(Some(8 << 20)).thread_cache_bytes(8 << 20),
+        |dev| {
+            let (cached, go_on) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
+            let (cached_tx, cached_rx) = cached;
+            let (go_tx, go_rx) = go_on;
+            std::thread::scope(|s| {
+                let dev = &dev;
+                // Owned by this closure: should it panic, the helper's wait ends too.
+                let go_tx = go_tx;
+                s.spawn(move || {
+                    // Six 512 KiB tensors, freed into this thread's cache (their segments stay).
+                    let ts: Vec<_> = (0..6)
+                        .map(|_| Tensor::zeros(dev, &[128 << 10], DType::F32).unwrap())
+                        .collect();
+                    dev.current_stream().unwrap().synchronize().unwrap();
+                    drop(ts);
+                    cached_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    // Still working, with a new cache.
+                    let t = Tensor::full(dev, &[128 << 10], 2.0).unwrap();
+                    assert_eq!(t.sum_all().unwrap().item::<f32>().unwrap(), 262_144.0);
+                });
+                cached_rx.recv().unwrap();
+                assert!(dev.memory_stats().reserved_bytes >= 3 << 20);
+                // 6 MiB in one block fits under the limit only once those segments are released.
+                let big = Tensor::zeros(dev, &[3 << 19], DType::F32).unwrap();
+                assert_eq!(big.sum_all().unwrap().item::<f32>().unwrap(), 0.0);
+                assert!(dev.memory_stats().reserved_bytes <= 8 << 20);
+                drop(big);
+                go_tx.send(()).unwrap();
+            });
+        },
+    );
+}

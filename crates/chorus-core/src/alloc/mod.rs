@@ -9,7 +9,9 @@
 //! 3. a new segment, within the memory limit;
 //! 4. on failure: release cached segments that are safe, retry; then synchronize the device
 //!    (lock released), mark every free complete, retry once more; then fail with
-//!    [`Error::OutOfMemory`] stating requested, allocated, cached and limit.
+//!    [`Error::OutOfMemory`] stating requested, allocated, cached and limit;
+//! 5. (runtime) on that error, retire every thread's cache (its blocks come back here) and run
+//!    steps 2-4 once more.
 //!
 //! `free(block, users)`: a block used by its owner stream alone goes back to the free index at
 //! once, tagged with that stream (reusable by it immediately, by others after a fence). A block

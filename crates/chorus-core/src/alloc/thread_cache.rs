@@ -126,6 +126,11 @@ impl ThreadCache {
         )
     }
 
+    /// Whether the cache was closed (for good: its owner then makes a new one).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSED
+    }
+
     /// Any thread: closes the cache and returns its blocks, or `None` if it was closed already.
     pub(crate) fn close(&self) -> Option<Vec<Cached>> {
         loop {

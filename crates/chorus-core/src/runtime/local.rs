@@ -91,9 +91,10 @@ pub(crate) fn current_stream(
         .unwrap_or(Ok(0))
 }
 
-/// Runs `f` on the thread's cache for device `instance`, made by `make` on first use. With
-/// `on_stream: Some(s)`, only if the thread's current stream (a guard's, else its bound one;
-/// none is bound here) is `s`.
+/// Runs `f` on the thread's cache for device `instance`, made by `make` on first use and again
+/// after another thread closed it (`Runtime::alloc` flushing every cache when memory runs out).
+/// With `on_stream: Some(s)`, only if the thread's current stream (a guard's, else its bound
+/// one; none is bound here) is `s`.
 pub(crate) fn with_cache<R>(
     instance: u64,
     rt: impl FnOnce() -> Weak<dyn RuntimeObj>,
@@ -118,6 +119,9 @@ pub(crate) fn with_cache<R>(
                 }
             }
             let e = entry(&mut l, instance, rt);
+            if e.cache.as_ref().is_some_and(|c| c.is_closed()) {
+                e.cache = None;
+            }
             let c = e.cache.get_or_insert_with(make);
             Some(f(c))
         })

@@ -19,7 +19,9 @@
 //! - `streams`, `backend`, `config`, `id`: immutable after construction.
 //! - `slots`: the exclusive pool (`crate::stream::slots`); `rr`: the shared policy's counter.
 //! - `alloc`: its own lock (`ALLOCATOR`); `events`: `EVENT_POOL`; `completion`: `COMPLETION_QUEUE`.
-//! - `caches`: registry of thread caches (`THREAD_CACHE_REGISTRY`), walked by shutdown.
+//! - `caches`: registry of thread caches (`THREAD_CACHE_REGISTRY`), walked by shutdown and by
+//!   an allocation that ran out of memory (which retires every cache, giving its blocks back,
+//!   and tries once more; owners then start new caches).
 //!
 //! # Reference cycles
 //! Work handed to the backend (host callbacks) never captures the `Runtime`: a backend thread
@@ -239,7 +241,8 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
-    /// Closes a thread cache (thread exit, shutdown or `empty_cache`, whichever comes first),
+    /// Closes a thread cache (thread exit, shutdown, `empty_cache` or running out of memory,
+    /// whichever comes first),
     /// folds its counts into the allocator's and unregisters it, all under the registry lock so
     /// that `memory_stats` counts it exactly once; then gives its blocks back.
     fn retire_cache(&self, c: &ThreadCache) {
@@ -362,7 +365,15 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
                 return Ok(self.alloc.thread_cache_hit(b));
             }
         }
-        self.alloc.alloc(self, bytes, s as u32)
+        match self.alloc.alloc(self, bytes, s as u32) {
+            // Other threads' caches may hold the memory: give it back and try once more (their
+            // owners start new caches).
+            Err(Error::OutOfMemory { .. }) if self.config.thread_cache_bytes > 0 => {
+                self.flush_thread_caches();
+                self.alloc.alloc(self, bytes, s as u32)
+            }
+            r => r,
+        }
     }
 
     fn free(&self, block: Block, users: &[u32]) {
