@@ -72,6 +72,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
         let _ = (s, e, ev);
         false
     }
+    /// Whether [`Kernel::Matmul`] gets `linear`'s weight's cache of derived data (`rhs_derived`)
+    /// to keep the weight prepared for its kernel. None by default (handing it out costs an
+    /// atomic on the weight, shared by every thread).
+    fn prepares_weights(&self) -> bool {
+        false
+    }
 
     /// Creates stream number `index` of the pool (0 is the default stream).
     ///

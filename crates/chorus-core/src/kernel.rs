@@ -315,8 +315,9 @@ pub enum Kernel {
         /// Fused epilogue: `out = act(out + bias)` with `bias` an `[n]` vector, if any.
         epilogue: Epilogue,
         /// The cache of `rhs`'s storage, when `rhs` is the same matrix for every batch entry
-        /// and worth preparing once for many products (`linear`'s weight): a backend may keep
-        /// `rhs` there in the layout its kernel reads ([`Derived`]).
+        /// and worth preparing once for many products (`linear`'s weight) and the backend asks
+        /// for it (`Backend::prepares_weights`): it may keep `rhs` there in the layout its
+        /// kernel reads ([`Derived`]).
         rhs_derived: Option<Derived>,
     },
     /// Elementwise `out = lhs op rhs`; both views are already broadcast to `lhs.shape` (equal

@@ -97,6 +97,10 @@ impl Backend for CpuBackend {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         format!("{} ({cores} cores)", cpu_model())
     }
+    fn prepares_weights(&self) -> bool {
+        kernels::prepares_weights()
+    }
+
     fn total_memory(&self) -> Option<usize> {
         let info = std::fs::read_to_string("/proc/meminfo").ok()?;
         let kb: usize = info

@@ -67,8 +67,6 @@ pub const BACKEND_STAGING: LockRank = r(72, "backend read staging");
 pub const BACKEND_REPLY: LockRank = r(85, "backend reply");
 /// The CUDA backend's process-wide registry of compiled kernel programs (a leaf lock).
 pub const BACKEND_MODULE: LockRank = r(90, "backend module registry");
-/// A storage's slot for its cache of derived data (taken alone, to create or clone the handle).
-pub const STORAGE_DERIVED: LockRank = r(95, "Storage::derived");
 /// A storage's cache of derived data (held while a backend makes an entry, e.g. packs a weight;
 /// a leaf lock).
 pub const DERIVED_ENTRIES: LockRank = r(96, "Derived::entries");

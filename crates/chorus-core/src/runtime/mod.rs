@@ -70,6 +70,7 @@ pub(crate) trait RuntimeObj: Send + Sync + 'static {
     fn describe(&self) -> String;
     fn total_memory(&self) -> Option<usize>;
     fn fuses_attention(&self, s: usize, e: usize, ev: usize) -> bool;
+    fn prepares_weights(&self) -> bool;
     fn is_closed(&self) -> bool;
     fn check_open(&self) -> Result<()>;
     fn num_streams(&self) -> usize;
@@ -278,6 +279,9 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
     fn fuses_attention(&self, s: usize, e: usize, ev: usize) -> bool {
         self.backend.fuses_attention(s, e, ev)
+    }
+    fn prepares_weights(&self) -> bool {
+        self.backend.prepares_weights()
     }
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)

@@ -140,7 +140,7 @@ impl Tensor {
                 bias: b.as_ref().map(Tensor::ptr),
                 act,
             },
-            rhs_derived: Some(w.storage.derived()),
+            rhs_derived: rt.prepares_weights().then(|| w.storage.derived()),
         };
         Tensor::launch(rt, s, k, out)
     }

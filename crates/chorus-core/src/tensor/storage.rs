@@ -16,6 +16,8 @@
 //! `users` is a bitset of stream indices; a bit is set (Release) only after the wait for that
 //! stream has been enqueued, and read with Acquire, so a thread that sees the bit enqueues its
 //! work after the wait. The `Arc` around the storage orders every `use_on` before the drop.
+//! `derived` holds the handle to the storage's cache of derived data (`crate::derived`, sound
+//! because of the write-once rule above), made on first request (a create-once cell).
 
 use crate::alloc::Block;
 use crate::derived::Derived;
@@ -23,14 +25,18 @@ use crate::error::Result;
 use crate::kernel::DevicePtr;
 use crate::runtime::RuntimeObj;
 use chorus_sync::atomic::{AtomicU64, Ordering};
-use chorus_sync::{rank, Arc, RankedMutex};
+use chorus_sync::Arc;
+
+/// A create-once cell read without a lock (std's: it is no part of any loom model).
+// sync-shim: allowed (see above)
+type Once<T> = std::sync::OnceLock<T>;
 
 pub(crate) struct Storage {
     rt: Arc<dyn RuntimeObj>,
     block: Block,
     users: Box<[AtomicU64]>,
     /// Data backends derive from the contents (`crate::derived`), made on first request.
-    derived: RankedMutex<Option<Derived>>,
+    derived: Once<Derived>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -53,13 +59,13 @@ impl Storage {
             rt,
             block,
             users,
-            derived: RankedMutex::new(rank::STORAGE_DERIVED, None),
+            derived: Once::new(),
         }
     }
 
     /// The handle to this storage's cache of derived data.
     pub(crate) fn derived(&self) -> Derived {
-        self.derived.lock().get_or_insert_with(Derived::new).clone()
+        self.derived.get_or_init(Derived::new).clone()
     }
 
     pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {

@@ -50,6 +50,15 @@ pub(crate) fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelis
     }
 }
 
+/// Whether `linear`'s weights are worth keeping prepared (packed once, `packed.rs`): on
+/// machines that run the packed kernel.
+pub(crate) fn prepares_weights() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return packed::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The cores the calling thread's kernels may use (see [`set_parallelism`]).
 pub(crate) fn parallelism() -> usize {
     PARALLELISM.with(std::cell::Cell::get)

@@ -14,7 +14,9 @@
 //!   [`NR`]) and lives as long as the weight does.
 //!
 //! A register tile of `h` rows × [`NR`] columns runs over one panel's `KC` rows of `p`, storing
-//! its sums to `out`; the tile of the next `KC` rows starts from them. So every output is still
+//! its sums to `out`; the tile of the next `KC` rows starts from them. The last one adds
+//! `linear`'s bias and applies ReLU in registers before its store ([`Finish`]; other
+//! activations run over the output afterwards). So every output is still
 //! one chain of fused multiply-adds over `p = 0, 1, …, k - 1` in order, started from zero
 //! ([`reference`]), and its bits depend on its row of `lhs`, its column of `rhs` and `k` only:
 //! not on `m`, the blocking, the tiling, or how the panels are split among cores.
@@ -26,8 +28,7 @@
 
 use super::share::{self, Shared};
 use super::unary;
-use chorus_core::kernel::UnaryOp;
-use chorus_core::kernel::{Derived, Epilogue};
+use chorus_core::kernel::{Derived, Epilogue, UnaryOp};
 use chorus_sync::atomic::{AtomicUsize, Ordering};
 use chorus_sync::Arc;
 use std::arch::x86_64::{
@@ -416,9 +417,9 @@ unsafe fn columns(
                     ..f
                 });
                 // SAFETY: the sliver holds `k * h` f32 from `t * k`, so `kc * h` from step `k0`;
-                // the panel block at `b` `kc * NR`; rows `t..t + h` and columns `j..j + w` of `out` are ours
-                // and, when resuming, were written by the previous block; a bias is `n`
-                // readable f32, so from column `j` on `w`; AVX-512F is present.
+                // the panel block at `b` holds `kc * NR`; rows `t..t + h` and columns
+                // `j..j + w` of `out` are ours and, when resuming, were written by the previous
+                // block; a bias is `n` readable f32, so `w` from column `j`; AVX-512F is present.
                 unsafe {
                     match h {
                         MR => tile::<MR>(s, b, kc, o, shape, resume, fin),
