@@ -4,11 +4,12 @@
 //! One warp per query row keeps the row's `s` scores in shared memory, up to [`WARPS`] warps
 //! (rows) per block, fewer when `s` is long: the kernel takes the sizes whose `s` f32 fit the
 //! 48 KiB a launch gets by default ([`MAX_SHARED_F32`]); longer attention is a matmul, a
-//! softmax and a matmul. Few blocks of several rows each, rather than a block per row: at
-//! many threads the GPU's block scheduling, not the arithmetic, limits small attention
-//! (measured: a block of 128 threads per row fell from 22.8k to 13.2k transformer forwards/s
-//! between 16 and 64 threads on the H100). `CHORUS_CUDA_ATTENTION=unfused` turns the kernel off
-//! (to measure what it saves).
+//! softmax and a matmul. Few blocks of several rows each rather than a block per row: small
+//! attention is mostly scheduling, not arithmetic (measured on the H100 at 64 threads, before
+//! the larger thread caches: 13.2–14.6k transformer forwards/s with a block of 128 threads per
+//! row, 16.9–17.4k with a warp per row). `CHORUS_CUDA_ATTENTION` = `fused` (the default) or
+//! `unfused` (matmul, softmax, matmul: to measure what the kernel saves); another value is an
+//! error when the device is created ([`mode`]).
 //!
 //! The views go to the kernel as they are, batch dims uncoalesced: `q`, `k`, `v`, the output
 //! and the mask share their batch dims, and a multi-head projection's heads are strided.
@@ -41,14 +42,30 @@ struct Attn {
     causal: i32,
 }
 
+/// Whether the kernel is on, from `CHORUS_CUDA_ATTENTION` (read once).
+///
+/// # Errors
+/// A value other than `fused`, `unfused` or nothing.
+pub(crate) fn mode() -> BackendResult<bool> {
+    // sync-shim: allowed (computed once; reading it is a plain load)
+    static ON: std::sync::OnceLock<BackendResult<bool>> = std::sync::OnceLock::new();
+    ON.get_or_init(|| {
+        let v = std::env::var("CHORUS_CUDA_ATTENTION").unwrap_or_default();
+        match v.trim() {
+            "" | "fused" => Ok(true),
+            "unfused" => Ok(false),
+            _ => Err(BackendError::Call {
+                api: "CHORUS_CUDA_ATTENTION",
+                message: format!("`{v}` is not fused or unfused"),
+            }),
+        }
+    })
+    .clone()
+}
+
 /// Whether the kernel runs attention over `s` keys of `e` features with values of `ev`.
 pub(crate) fn fuses(s: usize, e: usize, ev: usize) -> bool {
-    // sync-shim: allowed (computed once; reading it is a plain load)
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| {
-        std::env::var("CHORUS_CUDA_ATTENTION").map_or(true, |v| v.trim() != "unfused")
-    });
-    on && s > 0 && e > 0 && ev > 0 && s <= MAX_SHARED_F32
+    mode().unwrap_or(false) && s > 0 && e > 0 && ev > 0 && s <= MAX_SHARED_F32
 }
 
 /// Enqueues `Kernel::Attention` on `stream`.

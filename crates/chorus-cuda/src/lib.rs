@@ -178,6 +178,7 @@ impl CudaBackend {
     /// # Errors
     /// No driver, no such device, or a driver failure.
     pub fn new(ordinal: u32, options: CudaOptions) -> BackendResult<CudaBackend> {
+        attention::mode()?;
         let ctx = Arc::new(Context::retain(ordinal)?);
         let name = ctx.name();
         let backend = CudaBackend {
