@@ -4,7 +4,8 @@
 //! # Fields
 //! The counters are under one lock (`BATCH_STATS`), taken once per batch by the worker that ran
 //! it (before it completes the batch's tickets, so that a caller who has its result also sees
-//! it counted), once per rejection by the submitter, and by readers to copy a
+//! it counted; the time spent completing them is added right after, `Phases::complete`), once
+//! per rejection by the submitter, and by readers to copy a
 //! [`BatchStats`]. Latencies go into a log-linear histogram (32 buckets per power of two of
 //! nanoseconds), so percentiles are exact to about 3% and memory stays fixed however long the
 //! queue runs.
@@ -164,7 +165,9 @@ pub struct Phases {
     /// Mean per batch: splitting the output and waiting for the worker's stream (device
     /// requests), or reading the output back and cutting it (host requests).
     pub finish: Duration,
-    /// Mean per batch: completing the requests' tickets (waking their threads).
+    /// Mean per batch: completing the requests' tickets (waking their threads). Added once the
+    /// batch's tickets are completed, so it may lag the other statistics by that batch: a
+    /// caller woken by its ticket can read the statistics first.
     pub complete: Duration,
 }
 
