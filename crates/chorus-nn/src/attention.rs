@@ -12,9 +12,9 @@
 //! mask), permutes back to `[B, L, H, Dh]`, reshapes to `[B, L, E]` and applies `out_proj`.
 //! Where attention is one kernel (CUDA) it reads the heads in place and returns them in
 //! `[B, L, H, Dh]` order, so neither permute copies; elsewhere attention copies each head
-//! tensor once and the merge of the heads is one copy. Attention with different query, key and value inputs
-//! ([`MultiheadAttention::attend`]) projects each with its slice of the packed weight (a view,
-//! no copy). The module is immutable; see [`Module`].
+//! tensor once and the merge of the heads is one copy. Attention with different query, key
+//! and value inputs ([`MultiheadAttention::attend`]) projects each with its slice of the packed
+//! weight (a view, no copy). The module is immutable; see [`Module`].
 //!
 //! # Masks
 //! The key-padding mask here is a *keep*-mask: i64 `[B, S]`, 1 = attend to that key, 0 =
