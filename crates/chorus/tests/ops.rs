@@ -455,3 +455,49 @@ fn squeeze_drops_a_dimension_of_one_only() {
     );
     assert!(t.squeeze(3).is_err());
 }
+
+/// `linear` with few rows and with more (the CPU's `rowdot` and packed kernels, CUDA's fused
+/// epilogues), every epilogue, a `k` that is no multiple of 32 and a strided input: what the CPU
+/// computes, within rounding, and the same bits on every call.
+#[test]
+fn linear_with_few_and_more_rows_matches_the_cpu() {
+    let cpu = chorus::Device::cpu().unwrap();
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let (k, n) = (45, 70);
+            let w = Tensor::randn(&dev, &[n, k], 21).unwrap();
+            let b = Tensor::randn(&dev, &[n], 22).unwrap();
+            let host = |t: &Tensor| {
+                Tensor::from_slice(&cpu, &t.to_vec::<f32>().unwrap(), t.shape()).unwrap()
+            };
+            let (hw, hb) = (host(&w), host(&b));
+            for m in [1, 3, 8, 9] {
+                // Every other row of a [2m, k] tensor: rows at a stride of 2k.
+                let x = Tensor::randn(&dev, &[2 * m, k], 23 + m as u64)
+                    .unwrap()
+                    .reshape(&[m as isize, 2, k as isize])
+                    .unwrap()
+                    .narrow(1, 0, 1)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap();
+                let hx = host(&x);
+                for act in [
+                    None,
+                    Some(chorus::UnaryOp::Relu),
+                    Some(chorus::UnaryOp::Gelu),
+                ] {
+                    for bias in [None, Some(&b)] {
+                        let got = x.linear_act(&w, bias, act).unwrap();
+                        let want = hx.linear_act(&hw, bias.map(|_| &hb), act).unwrap();
+                        let g = got.to_vec::<f32>().unwrap();
+                        close(&g, &want.to_vec::<f32>().unwrap());
+                        let again = x.linear_act(&w, bias, act).unwrap();
+                        assert_eq!(again.to_vec::<f32>().unwrap(), g, "m {m}, {act:?}");
+                    }
+                }
+            }
+        },
+    );
+}
