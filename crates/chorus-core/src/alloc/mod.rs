@@ -7,11 +7,10 @@
 //!    blocks the stream may use (`pool` module docs); blocks of other streams that would fit but
 //!    are not yet known safe get a fence recorded on their stream, for next time;
 //! 3. a new segment, within the memory limit;
-//! 4. on failure: release cached segments that are safe, retry; then synchronize the device
-//!    (lock released), mark every free complete, retry once more; then fail with
-//!    [`Error::OutOfMemory`] stating requested, allocated, cached and limit;
-//! 5. (runtime) on that error, retire every thread's cache (its blocks come back here) and run
-//!    steps 2-4 once more.
+//! 4. on failure: release cached segments that are safe, retry; then (lock released) take back
+//!    the blocks every thread keeps in its cache, synchronize the device, mark every free so
+//!    far complete, retry once more; then fail with [`Error::OutOfMemory`] stating requested,
+//!    allocated, cached and limit.
 //!
 //! `free(block, users)`: a block used by its owner stream alone goes back to the free index at
 //! once, tagged with that stream (reusable by it immediately, by others after a fence). A block
@@ -49,6 +48,9 @@ pub(crate) trait MemoryDevice {
     fn drop_fence(&self, fence: Self::Fence);
     /// Waits for all streams (called with no lock held).
     fn synchronize_all(&self);
+    /// Gives back (`Allocator::release`) the blocks every thread keeps in its cache, retiring
+    /// the caches (called with no lock held).
+    fn reclaim_thread_caches(&self);
 }
 
 /// Memory statistics of one device.
@@ -169,9 +171,12 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
                     limit: self.limit,
                 });
             }
-            let upto = p.free_seq.clone();
             drop(p);
             self.c.oom_retries.fetch_add(1, Relaxed);
+            dev.reclaim_thread_caches();
+            // Every free up to here (the caches' blocks included) was enqueued before the
+            // synchronization, so its last uses are complete after it.
+            let upto = self.pools.lock().free_seq.clone();
             dev.synchronize_all();
             self.pools.lock().all_complete(&upto);
             synced = true;

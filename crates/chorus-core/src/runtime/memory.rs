@@ -10,6 +10,10 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
     type Segment = B::Segment;
     type Fence = B::Event;
 
+    fn reclaim_thread_caches(&self) {
+        self.flush_thread_caches();
+    }
+
     fn alloc_segment(&self, bytes: usize) -> Result<(B::Segment, DevicePtr), BackendError> {
         self.backend.alloc_segment(bytes)
     }

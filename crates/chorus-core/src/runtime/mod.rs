@@ -20,8 +20,8 @@
 //! - `slots`: the exclusive pool (`crate::stream::slots`); `rr`: the shared policy's counter.
 //! - `alloc`: its own lock (`ALLOCATOR`); `events`: `EVENT_POOL`; `completion`: `COMPLETION_QUEUE`.
 //! - `caches`: registry of thread caches (`THREAD_CACHE_REGISTRY`), walked by shutdown and by
-//!   an allocation that ran out of memory (which retires every cache, giving its blocks back,
-//!   and tries once more; owners then start new caches).
+//!   an allocation that ran out of memory (the allocator's step 4 retires every cache, giving
+//!   its blocks back; owners then start new caches).
 //!
 //! # Reference cycles
 //! Work handed to the backend (host callbacks) never captures the `Runtime`: a backend thread
@@ -369,15 +369,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
                 return Ok(self.alloc.thread_cache_hit(b));
             }
         }
-        match self.alloc.alloc(self, bytes, s as u32) {
-            // Other threads' caches may hold the memory: give it back and try once more (their
-            // owners start new caches).
-            Err(Error::OutOfMemory { .. }) if self.config.thread_cache_bytes > 0 => {
-                self.flush_thread_caches();
-                self.alloc.alloc(self, bytes, s as u32)
-            }
-            r => r,
-        }
+        self.alloc.alloc(self, bytes, s as u32)
     }
 
     fn free(&self, block: Block, users: &[u32]) {

@@ -36,6 +36,7 @@ impl Dev {
 impl MemoryDevice for Dev {
     type Segment = Arc<Mem>;
     type Fence = (u32, u64);
+    fn reclaim_thread_caches(&self) {}
     fn alloc_segment(&self, bytes: usize) -> Result<(Self::Segment, DevicePtr), BackendError> {
         assert_eq!(
             bytes, 512,
