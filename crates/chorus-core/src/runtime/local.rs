@@ -92,7 +92,7 @@ pub(crate) fn current_stream(
 }
 
 /// Runs `f` on the thread's cache for device `instance`, made by `make` on first use and again
-/// after another thread closed it (`Runtime::alloc` flushing every cache when memory runs out).
+/// after another thread closed it (the allocator retiring every cache when memory runs out).
 /// With `on_stream: Some(s)`, only if the thread's current stream (a guard's, else its bound
 /// one; none is bound here) is `s`.
 pub(crate) fn with_cache<R>(
