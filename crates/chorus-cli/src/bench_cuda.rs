@@ -9,12 +9,16 @@
 //! - `batching`: one thread, the MLP at batch 1 … 4096, 20 warm-up forwards then 500 timed
 //!   `model(x).sum().item()`.
 //!
+//! Both are measured twice: calling the model (`"graph": false`, what PyTorch's side does) and
+//! running a [`Graph`] of `model(x).sum()` captured by each thread before the clock starts
+//! (`"graph": true`; an iteration is then `x = randn(...)`, `graph.run(x).item()`).
+//!
 //! (The seed's stress rounds are `chorus stress --device cuda --json`.) The output's keys are the
 //! PyTorch script's, so `scripts/compare-bench` can pair the rows.
 
 use crate::device::{self, DeviceChoice};
 use crate::scenario::{Models, Scenario};
-use chorus::{Device, Tensor};
+use chorus::{DType, Device, Graph, Tensor};
 use serde_json::{json, Value};
 use std::sync::Barrier;
 use std::time::Instant;
@@ -49,12 +53,46 @@ fn forward_item(models: &Models, x: &Tensor) -> anyhow::Result<f32> {
     Ok(models.model().forward(x)?.sum_all()?.item::<f32>()?)
 }
 
+/// How a round calls the model: directly, or through a graph the thread captured.
+enum Forward<'a> {
+    Direct(&'a Models),
+    Graph(Graph),
+}
+
+impl<'a> Forward<'a> {
+    /// A graph of `model(x).sum()` for inputs of `shape` when `graph`, captured on the calling
+    /// thread's stream.
+    fn new(
+        device: &Device,
+        models: &'a Models,
+        shape: &[usize],
+        graph: bool,
+    ) -> anyhow::Result<Self> {
+        if !graph {
+            return Ok(Forward::Direct(models));
+        }
+        let g = Graph::capture(device, &[(shape, DType::F32)], |x| -> anyhow::Result<_> {
+            Ok(vec![models.model().forward(&x[0])?.sum_all()?])
+        })?;
+        Ok(Forward::Graph(g))
+    }
+
+    /// `model(x).sum().item()`.
+    fn item(&self, x: &Tensor) -> anyhow::Result<f32> {
+        match self {
+            Forward::Direct(models) => forward_item(models, x),
+            Forward::Graph(g) => Ok(g.run(&[x])?[0].item::<f32>()?),
+        }
+    }
+}
+
 /// Forwards per second from `threads` threads sharing `models`.
 fn thread_round(
     device: &Device,
     models: &Models,
     w: &Workload,
     threads: usize,
+    graph: bool,
 ) -> anyhow::Result<Value> {
     let iters = (w.iters)(threads);
     let barrier = Barrier::new(threads + 1);
@@ -66,14 +104,15 @@ fn thread_round(
                 s.spawn(move || -> anyhow::Result<()> {
                     let seed = |i: usize| (t * 1_000_003 + i) as u64;
                     let warm = Tensor::randn(device, w.input, seed(usize::MAX / 2 - t));
-                    let ok = warm
-                        .map_err(anyhow::Error::from)
-                        .and_then(|x| forward_item(models, &x));
+                    let fwd = Forward::new(device, models, w.input, graph);
+                    let ok = (fwd.as_ref().map_err(|e| anyhow::anyhow!("{e}")))
+                        .and_then(|f| f.item(&warm?));
                     barrier.wait();
                     ok?;
+                    let fwd = fwd?;
                     for i in 0..iters {
                         let x = Tensor::randn(device, w.input, seed(i))?;
-                        forward_item(models, &x)?;
+                        fwd.item(&x)?;
                     }
                     Ok(())
                 })
@@ -95,6 +134,7 @@ fn thread_round(
         "errors": errors,
         "workload": w.name,
         "per_thread_stream": true,
+        "graph": graph,
     }))
 }
 
@@ -102,18 +142,26 @@ fn thread_round(
 fn batching(device: &Device) -> anyhow::Result<Vec<Value>> {
     let models = Models::build(device, Scenario::Mlp)?.expect("the mlp scenario has a model");
     let mut rows = Vec::new();
-    for b in [1usize, 8, 64, 256, 1024, 4096] {
-        let x = Tensor::randn(device, &[b, 512], 7)?;
-        for _ in 0..20 {
-            forward_item(&models, &x)?;
+    for graph in [false, true] {
+        for b in [1usize, 8, 64, 256, 1024, 4096] {
+            let x = Tensor::randn(device, &[b, 512], 7)?;
+            let fwd = Forward::new(device, &models, &[b, 512], graph)?;
+            for _ in 0..20 {
+                fwd.item(&x)?;
+            }
+            let n = 500;
+            let t0 = Instant::now();
+            for _ in 0..n {
+                fwd.item(&x)?;
+            }
+            let dt = t0.elapsed().as_secs_f64() / f64::from(n);
+            rows.push(json!({
+                "batch": b,
+                "latency_ms": dt * 1e3,
+                "samples_per_s": b as f64 / dt,
+                "graph": graph,
+            }));
         }
-        let n = 500;
-        let t0 = Instant::now();
-        for _ in 0..n {
-            forward_item(&models, &x)?;
-        }
-        let dt = t0.elapsed().as_secs_f64() / f64::from(n);
-        rows.push(json!({"batch": b, "latency_ms": dt * 1e3, "samples_per_s": b as f64 / dt}));
     }
     Ok(rows)
 }
@@ -124,12 +172,14 @@ pub(crate) fn run(choice: &DeviceChoice, quiet: bool) -> anyhow::Result<Value> {
     let mut threads = Vec::new();
     for w in &WORKLOADS {
         let models = Models::build(&device, w.scenario)?.expect("model scenarios have a model");
-        for &t in &THREADS {
-            let row = thread_round(&device, &models, w, t)?;
-            if !quiet {
-                eprintln!("{row}");
+        for graph in [false, true] {
+            for &t in &THREADS {
+                let row = thread_round(&device, &models, w, t, graph)?;
+                if !quiet {
+                    eprintln!("{row}");
+                }
+                threads.push(row);
             }
-            threads.push(row);
         }
     }
     let batching = batching(&device)?;

@@ -13,6 +13,7 @@
 //! |---|---|---|---|
 //! | `Stream` | a worker thread running a FIFO of commands | a non-blocking `CUstream` (+ its cuBLAS handle) | an open command encoder; `flush` submits it as one command buffer to the queue |
 //! | `launch` | push a command; the worker runs the kernel | cuBLAS call or NVRTC kernel launch on the stream | record a compute pass into the encoder |
+//! | `Graph` (`launch_graph`) | one command running the recorded kernels | a CUDA graph captured from the kernels' launches on the graph's own stream; `cuGraphLaunch` | the recorded passes encoded again (none prebuilt) |
 //! | `flush` | nothing to do: commands are visible to the worker at once | nothing to do: launches are already submitted | `queue.submit` of the pending encoder |
 //! | `Event` | (stream, command count) target; complete when the worker's count passes it | `CUevent` (`CU_EVENT_DISABLE_TIMING` unless timing) | submission index of the flushed command buffer (+ timestamp query when timing) |
 //! | `record` | remember the stream's count of enqueued commands | `cuEventRecord` | flush, remember the submission index |
@@ -56,6 +57,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     type Event: Send + Sync;
     /// A raw block of device memory returned by [`Backend::alloc_segment`].
     type Segment: Send + Sync;
+    /// The executable form of a captured kernel list ([`Backend::build_graph`]).
+    type Graph: Send + Sync + 'static;
 
     /// Backend name (`cpu`, `cuda`, `wgpu`).
     fn name(&self) -> &'static str;
@@ -111,6 +114,33 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// # Errors
     /// The stream carries an earlier asynchronous error, or the launch failed.
     unsafe fn launch(&self, stream: &Self::Stream, kernel: Kernel) -> BackendResult<()>;
+    /// Builds the executable form of `kernels` (a graph's recording: run in this order, as on
+    /// one stream), or `None` to have the runtime launch them one by one at every run. The
+    /// default is `None`; the CPU backend makes one command of them, CUDA a CUDA graph.
+    ///
+    /// # Safety
+    /// Every pointer in `kernels` addresses memory that stays valid, for the kernel's extents,
+    /// as long as the returned graph lives; the graph is only launched under the contract of
+    /// [`Backend::launch`] for all of its kernels, on one stream at a time, and dropped once
+    /// the work of its launches has completed. Moreover, at the call, the memory the kernels
+    /// read holds what work enqueued before the call writes, and the memory they write is
+    /// written by nothing but these kernels: a backend may synchronize the device and run the
+    /// kernels once (on a stream of its own) while building.
+    ///
+    /// # Errors
+    /// The device refused to build it.
+    unsafe fn build_graph(&self, kernels: &[Kernel]) -> BackendResult<Option<Self::Graph>> {
+        let _ = kernels;
+        Ok(None)
+    }
+    /// Enqueues `graph` on `stream`.
+    ///
+    /// # Safety
+    /// As [`Backend::launch`] for every kernel of the graph (see [`Backend::build_graph`]).
+    ///
+    /// # Errors
+    /// As for [`Backend::launch`].
+    unsafe fn launch_graph(&self, stream: &Self::Stream, graph: &Self::Graph) -> BackendResult<()>;
     /// Enqueues a copy of `data` to `dst`.
     ///
     /// # Safety

@@ -212,6 +212,41 @@ pub enum Error {
         #[source]
         source: BackendError,
     },
+    /// An op that cannot be part of a graph was called while capturing one (or a capture or
+    /// run where none can be).
+    #[error("{op} cannot be captured in a graph: {reason}")]
+    Capture {
+        /// The op.
+        op: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A tensor made while capturing a graph (it lives in the graph's memory, which every run
+    /// rewrites) was used outside that capture.
+    #[error("a tensor made while capturing a graph is usable only inside that capture")]
+    GraphTensor,
+    /// A graph was run with another number of inputs than it was captured with.
+    #[error("the graph takes {expected} inputs, got {got}")]
+    GraphInputs {
+        /// Inputs of the capture.
+        expected: usize,
+        /// Inputs given.
+        got: usize,
+    },
+    /// A graph input differs in shape or dtype from the capture's.
+    #[error("graph input {index}: captured as {expected_dtype:?} {expected:?}, got {got_dtype:?} {got:?}")]
+    GraphInput {
+        /// Position of the input.
+        index: usize,
+        /// Shape of the capture's input.
+        expected: Vec<usize>,
+        /// Dtype of the capture's input.
+        expected_dtype: DType,
+        /// Shape given.
+        got: Vec<usize>,
+        /// Dtype given.
+        got_dtype: DType,
+    },
     /// A configuration value (builder or environment variable) is invalid.
     #[error("invalid configuration {key}={value:?}: {reason}")]
     Config {

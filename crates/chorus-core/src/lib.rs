@@ -6,6 +6,8 @@
 //!   backend: a stream pool with per-thread binding, an event pool, a stream-ordered caching
 //!   allocator with per-thread caches, completion handlers and shutdown.
 //! - [`Tensor`]: the op front-end (checks, broadcasting) that turns ops into [`Kernel`]s.
+//! - [`Graph`]: a function of tensors captured once as its kernels and run as one unit (one
+//!   CUDA graph launch on CUDA).
 //!
 //! Users normally depend on the facade crate `chorus`, which adds the device constructors.
 
@@ -19,6 +21,7 @@ pub mod dtype;
 mod error;
 mod event;
 mod event_pool;
+mod graph;
 pub mod kernel;
 mod runtime;
 mod shape;
@@ -35,6 +38,7 @@ pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{BackendError, DeviceId, Error, Result};
 pub use event::Event;
+pub use graph::Graph;
 pub use kernel::{DevicePtr, Kernel, UnaryOp};
 pub use runtime::HandlerStats;
 pub use stream::{Stream, StreamGuard};

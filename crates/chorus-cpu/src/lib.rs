@@ -86,6 +86,7 @@ impl Backend for CpuBackend {
     type Stream = CpuStream;
     type Event = CpuEvent;
     type Segment = Segment;
+    type Graph = Arc<Vec<Kernel>>;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -128,6 +129,19 @@ impl Backend for CpuBackend {
 
     unsafe fn launch(&self, stream: &CpuStream, kernel: Kernel) -> BackendResult<()> {
         stream.shared.push_work(Command::Kernel(kernel)).map(drop)
+    }
+    unsafe fn build_graph(&self, kernels: &[Kernel]) -> BackendResult<Option<Arc<Vec<Kernel>>>> {
+        Ok(Some(Arc::new(kernels.to_vec())))
+    }
+    unsafe fn launch_graph(
+        &self,
+        stream: &CpuStream,
+        graph: &Arc<Vec<Kernel>>,
+    ) -> BackendResult<()> {
+        stream
+            .shared
+            .push_work(Command::Graph(Arc::clone(graph)))
+            .map(drop)
     }
     unsafe fn write(&self, stream: &CpuStream, dst: DevicePtr, data: Vec<u8>) -> BackendResult<()> {
         stream

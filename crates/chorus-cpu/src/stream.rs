@@ -53,6 +53,8 @@ pub(crate) type ReplySlot = Arc<RankedMutex<Option<Vec<u8>>>>;
 
 pub(crate) enum Command {
     Kernel(Kernel),
+    /// A graph's kernels, run in order (stopping at the first that fails).
+    Graph(Arc<Vec<Kernel>>),
     Write {
         dst: usize,
         data: Vec<u8>,
@@ -245,32 +247,47 @@ impl StreamShared {
         }
     }
 
+    /// Runs one kernel unless the stream has failed; whether it ran and succeeded.
+    fn run_kernel(&self, k: &Kernel) -> bool {
+        if self.error.lock().is_some() {
+            return false;
+        }
+        let name = k.name();
+        // A stream alone on the device may use every core for a large kernel; with other
+        // streams busy, each keeps to its own core. (Results do not depend on it.)
+        let alone = self.busy.load(Ordering::Acquire) <= 1;
+        kernels::set_parallelism(if alone { cores() } else { 1 });
+        // SAFETY: `Backend::launch`'s contract (upheld by the runtime; for a graph, that of
+        // `Backend::launch_graph` for each of its kernels) makes every pointer valid for the
+        // kernel's extents until this command has run.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+            kernels::execute(k)
+        }));
+        if let Err(p) = r {
+            let message = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            self.error.lock().get_or_insert(BackendError::Kernel {
+                kernel: name,
+                message,
+            });
+            return false;
+        }
+        true
+    }
+
     fn execute(&self, cmd: Command) {
         match cmd {
             Command::Kernel(k) => {
-                if self.error.lock().is_some() {
-                    return;
-                }
-                let name = k.name();
-                // A stream alone on the device may use every core for a large kernel; with
-                // other streams busy, each keeps to its own core. (Results do not depend on it.)
-                let alone = self.busy.load(Ordering::Acquire) <= 1;
-                kernels::set_parallelism(if alone { cores() } else { 1 });
-                // SAFETY: `Backend::launch`'s contract (upheld by the runtime) makes every
-                // pointer valid for the kernel's extents until this command has run.
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
-                    kernels::execute(&k)
-                }));
-                if let Err(p) = r {
-                    let message = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panic".into());
-                    self.error.lock().get_or_insert(BackendError::Kernel {
-                        kernel: name,
-                        message,
-                    });
+                self.run_kernel(&k);
+            }
+            Command::Graph(ks) => {
+                for k in ks.iter() {
+                    if !self.run_kernel(k) {
+                        return;
+                    }
                 }
             }
             Command::Write { dst, data } => {

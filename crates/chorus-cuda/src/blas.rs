@@ -123,7 +123,48 @@ impl Blas {
                 "cublasSetWorkspace",
             )?;
         }
+        blas.first_products(ctx, stream)?;
         Ok(blas)
+    }
+
+    /// One small product through cuBLASLt and one through cuBLAS, waited for: a handle's first
+    /// products synchronize the device, so they happen here, at creation, where the caller
+    /// holds the graph-build lock (`crate::graph`), and never inside another thread's capture.
+    fn first_products(&self, ctx: &Arc<Context>, stream: CUstream) -> BackendResult<()> {
+        // 1×8 @ 8×8 + bias and relu, then 2×2 @ 2×2: operands in one small segment, every
+        // pointer 256-byte aligned (values unspecified; the results are not read).
+        let (seg, p) = Segment::alloc(ctx, 4096)?;
+        let op = |offset: u64, row_stride, col_stride| MatOperand {
+            ptr: DevicePtr(p.0 + offset),
+            batch_stride: 0,
+            row_stride,
+            col_stride,
+        };
+        let out = DevicePtr(p.0 + 1024);
+        let bias = Some(DevicePtr(p.0 + 2048));
+        // SAFETY: every operand, the bias and the output lie in `seg` (at most 256 bytes each
+        // from 256-aligned offsets below 4096), which lives until the stream has run both
+        // products (synchronized below); the context is current (bound by `new`).
+        unsafe {
+            let relu = Some(chorus_core::UnaryOp::Relu);
+            self.lt.matmul(
+                stream,
+                &op(0, 8, 1),
+                &op(256, 1, 8),
+                out,
+                [1, 8, 8],
+                bias,
+                relu,
+                false,
+            )?;
+            self.sgemm(&op(0, 2, 1), &op(256, 2, 1), out, [1, 2, 2, 2], false)?;
+            crate::driver::check(
+                cudarc::driver::sys::cuStreamSynchronize(stream),
+                "cuStreamSynchronize",
+            )?;
+        }
+        drop(seg);
+        Ok(())
     }
 
     /// `out[b] = lhs[b] @ rhs[b]` for f32 operands, `out` contiguous `[batch, m, n]`.
@@ -215,6 +256,9 @@ fn layout(op: &MatOperand, rows: usize, cols: usize) -> BackendResult<(cublasOpe
 impl Drop for Blas {
     fn drop(&mut self) {
         if self.ctx.bind().is_ok() {
+            // Destroying a handle synchronizes the device: not during a graph capture
+            // (`crate::graph`). Nothing that holds the lock drops a handle.
+            let _no_capture = crate::graph::building().lock();
             // SAFETY: created once in `new`, destroyed once; the stream was synchronized by the
             // runtime before streams are dropped.
             let _ = unsafe { cublas::cublasDestroy_v2(self.handle) };

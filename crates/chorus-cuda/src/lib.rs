@@ -24,6 +24,7 @@ mod attention;
 mod blas;
 mod driver;
 mod event;
+mod graph;
 mod kernel_cache;
 mod launch;
 mod lt;
@@ -212,6 +213,7 @@ impl Backend for CudaBackend {
     type Stream = CudaStream;
     type Event = CudaEvent;
     type Segment = Segment;
+    type Graph = graph::CudaGraph;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -254,6 +256,20 @@ impl Backend for CudaBackend {
         let module = self.modules.get(&self.ctx)?;
         // SAFETY: forwarded contract of Backend::launch; the context is current.
         unsafe { launch::launch(stream, module, &kernel, self.options.allow_tf32) }
+    }
+    unsafe fn build_graph(&self, kernels: &[Kernel]) -> BackendResult<Option<graph::CudaGraph>> {
+        self.ctx.bind()?;
+        let module = self.modules.get(&self.ctx)?;
+        // SAFETY: forwarded contract of Backend::build_graph.
+        unsafe { graph::build(&self.ctx, module, kernels, self.options.allow_tf32) }
+    }
+    unsafe fn launch_graph(
+        &self,
+        stream: &CudaStream,
+        graph: &graph::CudaGraph,
+    ) -> BackendResult<()> {
+        // SAFETY: forwarded contract of Backend::launch_graph.
+        unsafe { graph.launch(stream) }
     }
     unsafe fn write(
         &self,

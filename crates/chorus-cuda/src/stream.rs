@@ -61,6 +61,11 @@ pub struct CudaStream {
     staging: RankedMutex<Option<Pinned>>,
     /// Device scratch memory for multi-pass kernels, used in stream order only.
     scratch: RankedMutex<Option<Segment>>,
+    /// A graph's stream (`crate::graph`): it captures and never runs, so scratch memory that
+    /// grows keeps its old segments (the graph's nodes refer to them) instead of waiting.
+    for_graph: bool,
+    /// Those old segments.
+    retired: RankedMutex<Vec<Segment>>,
     failed: AtomicBool,
     sticky: RankedMutex<Option<BackendError>>,
     /// A `CU_EVENT_BLOCKING_SYNC` event that threads beyond [`max_spinning`] sleep on.
@@ -75,6 +80,13 @@ unsafe impl Send for CudaStream {}
 unsafe impl Sync for CudaStream {}
 
 impl CudaStream {
+    /// Creates the stream a graph is captured on (`crate::graph`).
+    pub(crate) fn create_for_graph(ctx: &Arc<Context>) -> BackendResult<CudaStream> {
+        let mut s = Self::create(ctx)?;
+        s.for_graph = true;
+        Ok(s)
+    }
+
     /// Creates a stream (non-blocking: no implicit ordering with the legacy stream).
     pub(crate) fn create(ctx: &Arc<Context>) -> BackendResult<CudaStream> {
         ctx.bind()?;
@@ -113,16 +125,21 @@ impl CudaStream {
             err_dev,
             staging: RankedMutex::new(rank::BACKEND_STAGING, None),
             scratch: RankedMutex::new(rank::BACKEND_SCRATCH, None),
+            for_graph: false,
+            retired: RankedMutex::new(rank::BACKEND_RETIRED_SCRATCH, Vec::new()),
             failed: AtomicBool::new(false),
             sticky: RankedMutex::new(rank::BACKEND_STREAM_ERROR, None),
             sleep_event,
         })
     }
 
-    /// The stream's cuBLAS handle, created on first use.
+    /// The stream's cuBLAS handle, created on first use: under the graph-build lock (a new
+    /// handle's first products synchronize the device, which would break a capture in
+    /// progress: `crate::graph`), except on a graph's own stream, whose build holds it.
     pub(crate) fn blas(&self) -> BackendResult<&Blas> {
         self.blas
             .get_or_init(|| {
+                let _no_capture = (!self.for_graph).then(|| crate::graph::building().lock());
                 crate::driver::traced("cuBLAS handle", || Blas::new(&self.ctx, self.raw))
             })
             .as_ref()
@@ -225,7 +242,10 @@ impl CudaStream {
     ) -> BackendResult<R> {
         let mut scratch = self.scratch.lock();
         if scratch.as_ref().is_none_or(|s| s.len() < bytes) {
-            if scratch.is_some() {
+            if self.for_graph {
+                // Captured nodes refer to the old buffer: it lives as long as the graph.
+                self.retired.lock().extend(scratch.take());
+            } else if scratch.is_some() {
                 // Earlier kernels of this stream may still use the old buffer.
                 self.synchronize(None)?;
             }

@@ -8,7 +8,9 @@
 //! - the thread-cache registry is held while shutdown flushes caches into the allocator;
 //! - the allocator calls into the event pool and then the backend (event record, query);
 //! - the completion queue is taken by backend callbacks and the completion thread, alone;
-//! - backend-internal locks come last: they never call back into the runtime.
+//! - backend-internal locks come last: they never call back into the runtime;
+//! - a graph's run lock is held while the run orders and enqueues its work (event pool,
+//!   allocator fences, backend); a graph's arena lock is a leaf.
 //!
 //! The batching queue's locks (chorus-batch) rank below every runtime lock: each is held only
 //! for a few field updates, never while another lock is held, a model runs, the runtime is
@@ -35,6 +37,8 @@ pub const BATCH_QUEUE: LockRank = r(4, "BatchQueue::state");
 pub const BATCH_TICKET: LockRank = r(6, "Ticket::slot");
 /// A batch queue's statistics (workers record each batch, readers copy them).
 pub const BATCH_STATS: LockRank = r(8, "BatchQueue::stats");
+/// A graph's runs (held while one run orders and enqueues its copies and its kernels).
+pub const GRAPH_RUNS: LockRank = r(15, "Graph::runs");
 /// Exclusive stream-slot pool: waiting for a slot when all are taken.
 pub const STREAM_SLOT_WAIT: LockRank = r(10, "StreamSlots::wait");
 /// Registry of per-thread block caches (shutdown walks it).
@@ -47,6 +51,9 @@ pub const EVENT_POOL: LockRank = r(40, "EventPool::free");
 pub const COMPLETION_QUEUE: LockRank = r(50, "Completion::queue");
 /// Error slot of a stream (sticky device error).
 pub const STREAM_ERROR: LockRank = r(55, "Stream::error");
+/// The CUDA backend's graph building (one capture at a time; held while the build launches
+/// kernels, so below every backend stream lock).
+pub const BACKEND_GRAPH_BUILD: LockRank = r(58, "backend graph build");
 /// A backend's event state (CPU backend: recorded target and timestamp).
 pub const BACKEND_EVENT: LockRank = r(60, "backend event");
 /// A backend's stream queue (CPU backend: the worker's command queue).
@@ -60,6 +67,8 @@ pub const BACKEND_PLANS: LockRank = r(71, "backend GEMM plans");
 /// A backend stream's scratch memory for multi-pass kernels (held while they are enqueued;
 /// a failure then records the stream's sticky error).
 pub const BACKEND_SCRATCH: LockRank = r(73, "backend scratch");
+/// A graph stream's old scratch buffers (CUDA; a leaf lock taken under `BACKEND_SCRATCH`).
+pub const BACKEND_RETIRED_SCRATCH: LockRank = r(74, "backend retired scratch");
 /// A backend stream's read staging buffer (held across the copy and the stream synchronization,
 /// which may record the stream's sticky error).
 pub const BACKEND_STAGING: LockRank = r(72, "backend read staging");
@@ -67,6 +76,8 @@ pub const BACKEND_STAGING: LockRank = r(72, "backend read staging");
 pub const BACKEND_REPLY: LockRank = r(85, "backend reply");
 /// The CUDA backend's process-wide registry of compiled kernel programs (a leaf lock).
 pub const BACKEND_MODULE: LockRank = r(90, "backend module registry");
+/// A graph's memory: its blocks and which of them are free (a leaf lock).
+pub const GRAPH_ARENA: LockRank = r(94, "graph arena");
 /// A storage's cache of derived data (held while a backend makes an entry, e.g. packs a weight;
 /// a leaf lock).
 pub const DERIVED_ENTRIES: LockRank = r(96, "Derived::entries");

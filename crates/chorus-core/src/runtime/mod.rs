@@ -99,9 +99,47 @@ pub(crate) trait RuntimeObj: Send + Sync + 'static {
     unsafe fn read(&self, s: usize, src: DevicePtr, len: usize) -> Result<Vec<u8>>;
     /// Makes later work on `consumer` wait for all work enqueued on `producer` so far.
     fn order_after(&self, producer: usize, consumer: usize) -> Result<()>;
+    /// The executable form of a graph's recording (`crate::graph`); `s` is the capture's
+    /// stream (for errors).
+    ///
+    /// # Safety
+    /// As `Backend::build_graph`.
+    unsafe fn build_graph(&self, s: usize, kernels: Vec<Kernel>) -> Result<GraphExec>;
+    /// Enqueues a graph built by this runtime on stream `s`.
+    ///
+    /// # Safety
+    /// As `Backend::launch_graph`.
+    unsafe fn launch_graph(&self, s: usize, exec: &GraphExec) -> Result<()>;
+    /// Drops `exec` once the work enqueued on stream `s` so far has completed (on the
+    /// completion thread); leaks it if that cannot be known (a closed device or a broken
+    /// stream), since its device resources may still be in use.
+    fn drop_after(&self, s: usize, exec: GraphExec);
     fn shutdown(&self);
     /// A thread that used this device exits (called from its thread-local destructor).
     fn thread_exit(&self, stream: Option<usize>, exclusive: bool, cache: Option<Arc<ThreadCache>>);
+}
+
+/// A graph's executable form, type-erased (`Exec<B::Graph>` inside).
+pub(crate) type GraphExec = Box<dyn std::any::Any + Send + Sync>;
+
+/// What a runtime builds from a graph's recording.
+struct Exec<G> {
+    /// The backend's form, if it has one.
+    native: Option<G>,
+    /// The recording (launched one by one without a native form).
+    kernels: Vec<Kernel>,
+}
+
+/// Leaks its contents when dropped unless taken: the payload of a host callback whose drop
+/// without running would mean the stream's work may still use the contents.
+struct LeakUnlessTaken(Option<GraphExec>);
+
+impl Drop for LeakUnlessTaken {
+    fn drop(&mut self) {
+        if let Some(exec) = self.0.take() {
+            std::mem::forget(exec);
+        }
+    }
 }
 
 /// The runtime of one device over backend `B`.
@@ -455,6 +493,52 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         self.events
             .release(ev, false, |e| self.backend.reset_event(e));
         res
+    }
+
+    unsafe fn build_graph(&self, s: usize, kernels: Vec<Kernel>) -> Result<GraphExec> {
+        self.check_open()?;
+        // SAFETY: forwarded from the caller.
+        let native = unsafe { self.backend.build_graph(&kernels) }.map_err(self.dev_err(s))?;
+        Ok(Box::new(Exec { native, kernels }))
+    }
+
+    unsafe fn launch_graph(&self, s: usize, exec: &GraphExec) -> Result<()> {
+        self.check_open()?;
+        let stream = self.stream(s)?;
+        let exec = exec
+            .downcast_ref::<Exec<B::Graph>>()
+            .expect("a graph runs on the runtime that built it");
+        match &exec.native {
+            // SAFETY: forwarded from the caller.
+            Some(g) => unsafe { self.backend.launch_graph(stream, g) }.map_err(self.dev_err(s)),
+            None => {
+                for k in &exec.kernels {
+                    // SAFETY: forwarded from the caller (each kernel of the graph).
+                    unsafe { self.backend.launch(stream, k.clone()) }.map_err(self.dev_err(s))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn drop_after(&self, s: usize, exec: GraphExec) {
+        let Ok(stream) = self.stream(s) else {
+            return std::mem::forget(exec);
+        };
+        if self.is_closed() {
+            return std::mem::forget(exec);
+        }
+        let completion = Arc::clone(&self.completion);
+        let mut payload = LeakUnlessTaken(Some(exec));
+        let cb = Box::new(move || {
+            // The stream's work before this point has completed: the completion thread may
+            // drop it (or the queue, if it has exited).
+            if let Some(exec) = payload.0.take() {
+                completion.push(Box::new(move || drop(exec)));
+            }
+        });
+        // On failure the callback is dropped without running and leaks the executable form.
+        let _ = self.backend.host_callback(stream, cb);
     }
 
     fn shutdown(&self) {

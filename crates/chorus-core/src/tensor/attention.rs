@@ -135,7 +135,7 @@ fn fused(
     let mask = mask.map(|m| scores_mask(OP, q, m, &scores)).transpose()?;
     let s = rt.current_stream()?;
     for t in [q, k, v].into_iter().chain(mask.as_ref()) {
-        t.storage.use_on(s)?;
+        t.use_on(s)?;
     }
     // The output's dims in memory: the batch dims and `L` in the order of `q`'s strides
     // (largest first; ties, such as dims of one element, keep their order), `Ev` last.

@@ -160,7 +160,7 @@ impl Tensor {
         let mut at = 0;
         let mut last = Ok(());
         for t in tensors {
-            t.storage.use_on(s)?;
+            t.use_on(s)?;
             let region = View {
                 ptr: out
                     .tensor
@@ -181,7 +181,7 @@ impl Tensor {
             // SAFETY: `region` lies inside `out`'s fresh block (its extent along `dd` is the
             // part's slot, the other extents equal `out`'s), regions of different parts are
             // disjoint, and `t` is a live tensor ordered on `s`; see `Tensor::launch`.
-            last = unsafe { rt.launch(s, k) };
+            last = unsafe { Tensor::enqueue(rt, s, k) };
             if last.is_err() {
                 break;
             }

@@ -71,8 +71,10 @@ impl Tensor {
         let bytes = n
             .checked_mul(dtype.size())
             .ok_or(Error::SizeOverflow { what: op })?;
-        let block = rt.alloc(bytes, s)?;
-        let storage = Arc::new(Storage::new(Arc::clone(rt), block));
+        let storage = match crate::graph::alloc(rt, bytes, s) {
+            Some(storage) => Arc::new(storage?),
+            None => Arc::new(Storage::new(Arc::clone(rt), rt.alloc(bytes, s)?)),
+        };
         Ok(Out {
             tensor: Tensor {
                 storage,
@@ -99,8 +101,32 @@ impl Tensor {
         // output are held until after the enqueue, and a storage's block is only reused after
         // its users' work has completed (allocator protocol), so the memory stays valid until
         // the stream has run the kernel.
-        unsafe { rt.launch(s, kernel)? };
+        unsafe { Tensor::enqueue(rt, s, kernel)? };
         Ok(out.tensor)
+    }
+
+    /// Launches `kernel` on stream `s`, or appends it to the thread's recording when it
+    /// captures a graph of this device (`crate::graph`).
+    ///
+    /// # Safety
+    /// As `Backend::launch`.
+    pub(crate) unsafe fn enqueue(rt: &Arc<dyn RuntimeObj>, s: usize, kernel: Kernel) -> Result<()> {
+        let instance = rt.id().instance;
+        if crate::graph::recording(instance) {
+            return crate::graph::record(instance, kernel);
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { rt.launch(s, kernel) }
+    }
+
+    /// The storage (for the graph module).
+    pub(crate) fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// Orders stream `s` after this tensor's write (`Storage::use_on`).
+    pub(crate) fn use_on(&self, s: usize) -> Result<()> {
+        Storage::use_on(&self.storage, s)
     }
 
     /// A tensor holding `data` with `shape`.
@@ -149,11 +175,20 @@ impl Tensor {
         }
         let rt = device.rt();
         let s = rt.current_stream()?;
-        let out = Tensor::empty_on(rt, s, shape, dtype, "from_bytes")?;
-        // SAFETY: the destination is the fresh block of `out`, exactly `bytes.len()` bytes
-        // long (checked above), written only by this copy and kept alive by `out`.
-        unsafe { rt.write(s, out.tensor.storage.ptr(), bytes)? };
-        Ok(out.tensor)
+        // Not from a capture's memory: data from the host is written now, once, and a graph
+        // that uses it keeps it as a constant (`crate::graph`).
+        let block = rt.alloc(bytes.len(), s)?;
+        let storage = Arc::new(Storage::new(Arc::clone(rt), block));
+        // SAFETY: the destination is the fresh block of `storage`, exactly `bytes.len()` bytes
+        // long (checked above), written only by this copy and kept alive by `storage`.
+        unsafe { rt.write(s, storage.ptr(), bytes)? };
+        Ok(Tensor {
+            storage,
+            shape: shape.to_vec(),
+            strides: row_major_strides(shape),
+            offset: 0,
+            dtype,
+        })
     }
 
     /// A tensor whose contents are unspecified (whatever the reused memory held; never
@@ -295,7 +330,7 @@ impl Tensor {
     /// This tensor contiguous and ordered on stream `s`: what a kernel reading it needs.
     pub(crate) fn input_on(&self, s: usize) -> Result<Tensor> {
         let t = self.contiguous_on(s)?;
-        t.storage.use_on(s)?;
+        t.use_on(s)?;
         Ok(t)
     }
 
@@ -324,12 +359,20 @@ impl Tensor {
     /// the device on the current stream, after making a strided view contiguous there.
     ///
     /// # Errors
-    /// A device error (this also reports an earlier failure of the current stream).
+    /// A device error (this also reports an earlier failure of the current stream);
+    /// [`Error::Capture`] while capturing a graph of this device; [`Error::GraphTensor`] for a
+    /// tensor made during a capture.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let rt = self.rt();
+        if crate::graph::recording(rt.id().instance) {
+            return Err(Error::Capture {
+                op: "to_bytes",
+                reason: "nothing runs during a capture, so there is nothing to read back",
+            });
+        }
         let s = rt.current_stream()?;
         let t = self.contiguous_on(s)?;
-        t.storage.use_on(s)?;
+        t.use_on(s)?;
         let bytes = t.len() * t.dtype.size();
         // SAFETY: `t` is contiguous, so its `bytes` bytes from the view's first element lie
         // inside its storage, which `t` keeps alive during this blocking read; `use_on`

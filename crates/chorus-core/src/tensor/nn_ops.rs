@@ -140,7 +140,7 @@ impl Tensor {
                 bias: b.as_ref().map(Tensor::ptr),
                 act,
             },
-            rhs_derived: rt.prepares_weights().then(|| w.storage.derived()),
+            rhs_derived: rt.prepares_weights().then(|| w.storage.derived()).flatten(),
         };
         Tensor::launch(rt, s, k, out)
     }

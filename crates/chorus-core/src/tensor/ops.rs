@@ -31,7 +31,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         let rt = self.rt();
-        self.storage.use_on(s)?;
+        self.use_on(s)?;
         let out = Tensor::empty_on(rt, s, &self.shape, self.dtype, "contiguous")?;
         let k = Kernel::Copy {
             src: self.view(),
@@ -189,8 +189,8 @@ impl Tensor {
         let shape = broadcast(name, &self.shape, &rhs.shape)?;
         let rt = self.rt();
         let s = rt.current_stream()?;
-        self.storage.use_on(s)?;
-        rhs.storage.use_on(s)?;
+        self.use_on(s)?;
+        rhs.use_on(s)?;
         let mut lv = self.view();
         lv.strides = broadcast_strides(&self.shape, &self.strides, &shape);
         lv.shape.clone_from(&shape);
@@ -260,7 +260,7 @@ impl Tensor {
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.contiguous_on(s)?;
-        src.storage.use_on(s)?;
+        src.use_on(s)?;
         let out = Tensor::empty_on(rt, s, &kept, self.dtype, name)?;
         let k = Kernel::Reduce {
             op,
@@ -342,7 +342,7 @@ fn operand(t: &Tensor, batch_shape: &[usize], s: usize) -> Result<(MatOperand, T
     let bstrides = broadcast_strides(&t.shape[..r - 2], &t.strides[..r - 2], batch_shape);
     let (_, batch_stride) =
         flatten_run(batch_shape, &bstrides).expect("flattenable after materializing");
-    t.storage.use_on(s)?;
+    t.use_on(s)?;
     let v = t.view();
     Ok((
         MatOperand {

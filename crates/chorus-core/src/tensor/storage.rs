@@ -18,10 +18,15 @@
 //! work after the wait. The `Arc` around the storage orders every `use_on` before the drop.
 //! `derived` holds the handle to the storage's cache of derived data (`crate::derived`, sound
 //! because of the write-once rule above), made on first request (a create-once cell).
+//!
+//! A storage of a graph's memory (`arena` is set; `crate::graph`) is the exception: every run
+//! of the graph rewrites it, so it has no derived data, is usable only inside its capture
+//! (`use_on` fails elsewhere) and gives its block back to the graph's arena when it drops.
 
 use crate::alloc::Block;
 use crate::derived::Derived;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::graph::Arena;
 use crate::kernel::DevicePtr;
 use crate::runtime::RuntimeObj;
 use chorus_sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +42,8 @@ pub(crate) struct Storage {
     users: Box<[AtomicU64]>,
     /// Data backends derive from the contents (`crate::derived`), made on first request.
     derived: Once<Derived>,
+    /// The graph whose memory this is (module docs).
+    arena: Option<Arc<Arena>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -60,12 +67,28 @@ impl Storage {
             block,
             users,
             derived: Once::new(),
+            arena: None,
         }
     }
 
-    /// The handle to this storage's cache of derived data.
-    pub(crate) fn derived(&self) -> Derived {
-        self.derived.get_or_init(Derived::new).clone()
+    /// Wraps a block of a graph's arena (module docs).
+    pub(crate) fn in_arena(rt: Arc<dyn RuntimeObj>, block: Block, arena: Arc<Arena>) -> Self {
+        let mut storage = Self::new(rt, block);
+        storage.arena = Some(arena);
+        storage
+    }
+
+    /// The handle to this storage's cache of derived data (none for a graph's storage).
+    pub(crate) fn derived(&self) -> Option<Derived> {
+        if self.arena.is_some() {
+            return None;
+        }
+        Some(self.derived.get_or_init(Derived::new).clone())
+    }
+
+    /// The graph whose memory this is.
+    pub(crate) fn arena(&self) -> Option<&Arc<Arena>> {
+        self.arena.as_ref()
     }
 
     pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {
@@ -80,22 +103,33 @@ impl Storage {
         self.block.stream()
     }
 
-    /// Orders stream `s` after the write and records `s` as a user (module docs).
-    pub(crate) fn use_on(&self, s: usize) -> Result<()> {
+    /// Orders stream `s` after the write and records `s` as a user (module docs); while the
+    /// thread captures a graph, checks and notes the input instead (`crate::graph`).
+    pub(crate) fn use_on(this: &Arc<Storage>, s: usize) -> Result<()> {
+        if let Some(r) = crate::graph::on_use(this) {
+            return r;
+        }
+        if this.arena.is_some() {
+            return Err(Error::GraphTensor);
+        }
         let (w, bit) = (s / 64, 1u64 << (s % 64));
-        if self.users[w].load(Ordering::Acquire) & bit != 0 {
+        if this.users[w].load(Ordering::Acquire) & bit != 0 {
             return Ok(());
         }
-        if s != self.writer() {
-            self.rt.order_after(self.writer(), s)?;
+        if s != this.writer() {
+            this.rt.order_after(this.writer(), s)?;
         }
-        self.users[w].fetch_or(bit, Ordering::Release);
+        this.users[w].fetch_or(bit, Ordering::Release);
         Ok(())
     }
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
+        if let Some(arena) = &self.arena {
+            arena.put(self.block);
+            return;
+        }
         let mut users = Vec::new();
         for (w, word) in self.users.iter().enumerate() {
             let mut bits = word.load(Ordering::Acquire);

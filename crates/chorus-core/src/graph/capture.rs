@@ -1,0 +1,228 @@
+//! Recording a graph: the thread's recorder, and the graph's own memory (its arena).
+//!
+//! # Protocol
+//! While a thread runs the function given to [`Graph::capture`](super::Graph::capture), it
+//! holds a [`Recorder`] for that device in a thread-local slot. The tensor front-end asks this
+//! module at three points of every op, and nothing is enqueued on the device:
+//! - [`alloc`]: an output's block comes from the graph's [`Arena`] (a block freed earlier in
+//!   the capture, else a new one from the allocator on the capturing stream);
+//! - [`on_use`]: an input that is the graph's own is fine; any other storage (weights, a
+//!   constant made during the capture) is *external*: the graph keeps it alive and orders every
+//!   stream it runs on after its write;
+//! - [`record`]: the kernel is appended to the recording instead of being launched.
+//!
+//! A storage made from the arena is the graph's: every run rewrites it, so it is usable only
+//! inside its capture (elsewhere `Storage::use_on` fails with `Error::GraphTensor`) and it has
+//! no cache of derived data. When such a storage drops, its block goes back to the arena, where
+//! a later allocation of the same capture may take it (the recording is one ordered list, so
+//! this is stream-ordered reuse). The arena gives every block back to the allocator when it
+//! drops (after the graph and every storage of it), with the streams the graph ran on as users.
+//!
+//! # Fields
+//! `Arena::blocks` under `GRAPH_ARENA` (a leaf lock): storages of the graph may drop on any
+//! thread. `Arena::ran_on` is a bitset of streams, set by runs under the graph's run lock and
+//! read by the arena's drop.
+
+use crate::alloc::Block;
+use crate::error::{Error, Result};
+use crate::kernel::Kernel;
+use crate::runtime::RuntimeObj;
+use crate::tensor::storage::Storage;
+use chorus_sync::atomic::{AtomicU64, Ordering};
+use chorus_sync::{rank, Arc, RankedMutex};
+use std::cell::RefCell;
+
+/// The memory of one graph (module docs).
+pub(crate) struct Arena {
+    rt: Arc<dyn RuntimeObj>,
+    blocks: RankedMutex<Blocks>,
+    ran_on: Box<[AtomicU64]>,
+}
+
+#[derive(Default)]
+struct Blocks {
+    /// Every block the arena took from the allocator.
+    all: Vec<Block>,
+    /// Those no storage holds now.
+    free: Vec<Block>,
+}
+
+impl Arena {
+    pub(crate) fn new(rt: Arc<dyn RuntimeObj>) -> Arc<Arena> {
+        let words = rt.num_streams().div_ceil(64);
+        Arc::new(Arena {
+            rt,
+            blocks: RankedMutex::new(rank::GRAPH_ARENA, Blocks::default()),
+            ran_on: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// A block of at least `bytes` for stream `s`: the smallest free one that fits, else a
+    /// new one from the allocator.
+    fn take(&self, bytes: usize, s: usize) -> Result<Block> {
+        {
+            let mut b = self.blocks.lock();
+            let best = (b.free.iter().enumerate())
+                .filter(|(_, blk)| blk.size() >= bytes)
+                .min_by_key(|(_, blk)| blk.size())
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                return Ok(b.free.swap_remove(i));
+            }
+        }
+        let block = self.rt.alloc(bytes, s)?;
+        self.blocks.lock().all.push(block);
+        Ok(block)
+    }
+
+    /// A storage of the graph dropped: its block may be taken again.
+    pub(crate) fn put(&self, block: Block) {
+        self.blocks.lock().free.push(block);
+    }
+
+    /// Records that the graph ran on stream `s` (the blocks' users when they are given back).
+    pub(crate) fn ran_on(&self, s: usize) {
+        self.ran_on[s / 64].fetch_or(1 << (s % 64), Ordering::Release);
+    }
+
+    pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {
+        &self.rt
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        let mut users = Vec::new();
+        for (w, word) in self.ran_on.iter().enumerate() {
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                users.push((w * 64 + bits.trailing_zeros() as usize) as u32);
+                bits &= bits - 1;
+            }
+        }
+        let all = std::mem::take(&mut self.blocks.lock().all);
+        for block in all {
+            // The capturing stream (the block's owner) is a user too; `free` adds no event for it.
+            self.rt.free(block, &users);
+        }
+    }
+}
+
+/// What a capture has recorded so far.
+pub(crate) struct Recorder {
+    /// The device's instance number.
+    instance: u64,
+    pub(crate) arena: Arc<Arena>,
+    pub(crate) kernels: Vec<Kernel>,
+    /// Storages the kernels read that are not the graph's, each once.
+    pub(crate) externals: Vec<Arc<Storage>>,
+}
+
+std::thread_local! {
+    static RECORDER: RefCell<Option<Recorder>> = const { RefCell::new(None) };
+}
+
+/// Removes the thread's recorder when the capture ends, also by a panic.
+pub(crate) struct Recording(());
+
+impl Recording {
+    /// Starts recording for `arena`'s device on this thread.
+    pub(crate) fn start(arena: &Arc<Arena>) -> Result<Recording> {
+        let instance = arena.rt().id().instance;
+        RECORDER.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.is_some() {
+                return Err(Error::Capture {
+                    op: "Graph::capture",
+                    reason: "this thread is already capturing a graph",
+                });
+            }
+            *r = Some(Recorder {
+                instance,
+                arena: Arc::clone(arena),
+                kernels: Vec::new(),
+                externals: Vec::new(),
+            });
+            Ok(Recording(()))
+        })
+    }
+
+    /// Ends the recording and returns what it recorded.
+    pub(crate) fn finish(self) -> Recorder {
+        RECORDER
+            .with(|r| r.borrow_mut().take())
+            .expect("a Recording exists only while its recorder is installed")
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        // After `finish` the slot is already empty. `try_with`: a thread-local destructor
+        // cannot observe a recording (it is a stack guard), but never panic in a drop.
+        let _ = RECORDER.try_with(|r| r.borrow_mut().take());
+    }
+}
+
+/// Runs `f` on the thread's recorder if it records for device `instance`.
+fn with<R>(instance: u64, f: impl FnOnce(&mut Recorder) -> R) -> Option<R> {
+    RECORDER
+        .try_with(|r| {
+            let mut r = r.borrow_mut();
+            match r.as_mut() {
+                Some(rec) if rec.instance == instance => Some(f(rec)),
+                _ => None,
+            }
+        })
+        .ok()
+        .flatten()
+}
+
+/// Whether this thread is capturing a graph of device `instance`.
+pub(crate) fn recording(instance: u64) -> bool {
+    with(instance, |_| ()).is_some()
+}
+
+/// While recording on `rt`: a storage of `bytes` from the graph's arena; `None` otherwise.
+pub(crate) fn alloc(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: usize) -> Option<Result<Storage>> {
+    let arena = with(rt.id().instance, |rec| Arc::clone(&rec.arena))?;
+    Some(
+        arena
+            .take(bytes, s)
+            .map(|block| Storage::in_arena(Arc::clone(rt), block, arena)),
+    )
+}
+
+/// While recording on the storage's device: checks and notes an input (module docs); `None`
+/// otherwise.
+pub(crate) fn on_use(storage: &Arc<Storage>) -> Option<Result<()>> {
+    with(storage.rt().id().instance, |rec| match storage.arena() {
+        Some(a) if std::ptr::eq::<Arena>(&**a, &*rec.arena) => Ok(()),
+        Some(_) => Err(Error::GraphTensor),
+        None => {
+            if !rec
+                .externals
+                .iter()
+                .any(|e| std::ptr::eq::<Storage>(&**e, &**storage))
+            {
+                rec.externals.push(Arc::clone(storage));
+            }
+            Ok(())
+        }
+    })
+}
+
+/// Appends `k` to the thread's recording for device `instance` (the caller checked
+/// [`recording`]).
+pub(crate) fn record(instance: u64, k: Kernel) -> Result<()> {
+    if matches!(k, Kernel::Randn { .. }) {
+        return Err(Error::Capture {
+            op: "randn",
+            reason: "a graph would give the same numbers at every run; make them outside and \
+                     pass them in",
+        });
+    }
+    with(instance, |rec| rec.kernels.push(k)).ok_or(Error::Capture {
+        op: "record",
+        reason: "this thread is not capturing a graph of this device",
+    })
+}

@@ -1,0 +1,159 @@
+//! Graphs on CUDA: a graph's kernels (`chorus_core::Graph`) captured into one CUDA graph.
+//!
+//! `build` first runs the kernels once, for real, on a stream of the graph's own, after
+//! synchronizing the context (so that what they read is complete and what they write, the
+//! graph's own memory, is idle: `Backend::build_graph`'s contract). It then launches them
+//! again, in order, while that stream *captures* (`cuStreamBeginCapture`, relaxed mode), which
+//! records them instead of running them, and instantiates the result.
+//!
+//! # What may not happen during a capture
+//! A cuBLAS handle's first products synchronize the device, and a device synchronization
+//! anywhere in the process invalidates a capture in progress (measured on the H100: a new
+//! stream's first cuBLASLt product on another thread made `cuStreamEndCapture` fail with
+//! `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`; allocating or freeing device or page-locked memory,
+//! creating streams and products on handles that had made one small product of each kind
+//! before did not; destroying a cuBLAS handle did, as `compute-sanitizer` showed). Hence
+//! [`building`]: a process-wide lock (all devices share the primary contexts) held by every
+//! build, by every new handle (`CudaStream::blas`) while it is created and makes those first
+//! two small products (the warm-up run above does the same for the graph's own handle before
+//! its capture), and around destroying a handle, a graph or a module. Concurrent builds are
+//! serialized by it too. The graph keeps that stream: the nodes refer to its cuBLAS
+//! workspace (8 MiB) and scratch memory, which must live as long as the graph and are used by
+//! one launch at a time (the runtime runs a graph on one stream at a time, in order). A graph
+//! with `index_select`, whose kernel reports a bad index through the error word of the stream
+//! it was launched on, is not built (the runtime then launches its kernels one by one on the
+//! running stream, where the error is seen).
+
+use crate::driver::{check, Context};
+use crate::launch;
+use crate::module::Module;
+use crate::stream::CudaStream;
+use chorus_core::{BackendResult, Kernel};
+use chorus_sync::{rank, Arc, RankedMutex};
+use cudarc::driver::sys;
+
+/// The lock of one graph build or new cuBLAS handle at a time (module docs).
+pub(crate) fn building() -> &'static RankedMutex<()> {
+    // sync-shim: allowed (a create-once cell for a process-wide lock; not loom-modelled)
+    static BUILDING: std::sync::OnceLock<RankedMutex<()>> = std::sync::OnceLock::new();
+    BUILDING.get_or_init(|| RankedMutex::new(rank::BACKEND_GRAPH_BUILD, ()))
+}
+
+/// An instantiated CUDA graph and the stream it was captured on.
+#[derive(Debug)]
+pub struct CudaGraph {
+    exec: sys::CUgraphExec,
+    stream: CudaStream,
+}
+
+// SAFETY: a CUgraphExec handle may be launched from any thread with its context current (the
+// driver orders launches of one graph); it is destroyed once, in Drop. `CudaStream` is Send +
+// Sync.
+unsafe impl Send for CudaGraph {}
+// SAFETY: as above.
+unsafe impl Sync for CudaGraph {}
+
+/// Captures `kernels` into a CUDA graph (module docs); `None` when the graph must not be one.
+///
+/// # Safety
+/// As `Backend::build_graph`.
+pub(crate) unsafe fn build(
+    ctx: &Arc<Context>,
+    module: &Module,
+    kernels: &[Kernel],
+    tf32: bool,
+) -> BackendResult<Option<CudaGraph>> {
+    if kernels.is_empty()
+        || kernels
+            .iter()
+            .any(|k| matches!(k, Kernel::IndexSelect { .. }))
+    {
+        return Ok(None);
+    }
+    // The stream is made before the lock is taken, so that an early return drops (and
+    // destroys the cuBLAS handle of) the stream after releasing it.
+    let stream = CudaStream::create_for_graph(ctx)?;
+    let _one_at_a_time = building().lock();
+    // The warm-up run (module docs).
+    // SAFETY: the context is current (`create_for_graph` bound it).
+    check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")?;
+    // SAFETY: the caller's contract: the pointers are valid, what the kernels read is complete
+    // once the context is synchronized, and what they write is the graph's alone.
+    unsafe { launch_all(&stream, module, kernels, tf32)? };
+    stream.synchronize(None)?;
+    let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+    // SAFETY: a live stream of the current context (`create_for_graph` bound it), idle.
+    let r = unsafe { sys::cuStreamBeginCapture_v2(stream.raw, mode) };
+    check(r, "cuStreamBeginCapture")?;
+    // SAFETY: the caller's contract covers every pointer for as long as the graph lives; the
+    // capturing stream records the launches without running them.
+    let launched = unsafe { launch_all(&stream, module, kernels, tf32) };
+    let mut graph = std::ptr::null_mut();
+    // SAFETY: the stream is capturing (begun above); writes one graph handle (null if the
+    // capture failed), destroyed below.
+    let ended = check(
+        unsafe { sys::cuStreamEndCapture(stream.raw, &mut graph) },
+        "cuStreamEndCapture",
+    );
+    let built = launched.and(ended).and_then(|()| {
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: `graph` is the complete graph of the capture; writes one exec handle.
+        check(
+            unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) },
+            "cuGraphInstantiate",
+        )
+        .map(|()| exec)
+    });
+    if !graph.is_null() {
+        // SAFETY: the graph of the capture, destroyed once; the exec does not need it.
+        let _ = unsafe { sys::cuGraphDestroy(graph) };
+    }
+    Ok(Some(CudaGraph {
+        exec: built?,
+        stream,
+    }))
+}
+
+/// Launches `kernels` in order on `stream`.
+///
+/// # Safety
+/// As `launch::launch` for each kernel.
+unsafe fn launch_all(
+    stream: &CudaStream,
+    module: &Module,
+    kernels: &[Kernel],
+    tf32: bool,
+) -> BackendResult<()> {
+    for k in kernels {
+        // SAFETY: forwarded from the caller.
+        unsafe { launch::launch(stream, module, k, tf32)? };
+    }
+    Ok(())
+}
+
+impl CudaGraph {
+    /// Enqueues the graph on `stream`.
+    ///
+    /// # Safety
+    /// As `Backend::launch_graph`.
+    pub(crate) unsafe fn launch(&self, stream: &CudaStream) -> BackendResult<()> {
+        stream.healthy()?;
+        stream.bind()?;
+        // SAFETY: a live exec and stream of the current context; the caller orders the launch.
+        let r = unsafe { sys::cuGraphLaunch(self.exec, stream.raw) };
+        stream.track(r, "cuGraphLaunch")
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        if self.stream.bind().is_ok() {
+            // Not during a capture (module docs); released before the stream drops, whose
+            // cuBLAS handle takes the lock again.
+            let _no_capture = building().lock();
+            // SAFETY: the runtime drops a graph once its launches have completed; created once,
+            // destroyed once. The stream (and its workspace) drops after it.
+            let _ = unsafe { sys::cuGraphExecDestroy(self.exec) };
+        }
+    }
+}
