@@ -26,6 +26,7 @@ fn public_handles_are_send_and_sync() {
     send_sync::<chorus::Stream>();
     send_sync::<chorus::Event>();
     send_sync::<chorus::Tensor>();
+    send_sync::<chorus::Graph>();
     send_sync::<chorus::Config>();
     send_sync::<chorus::MemoryStats>();
     send_sync::<chorus::HandlerStats>();
