@@ -61,6 +61,8 @@ pub(crate) struct Blas {
     /// cuBLASLt for GEMMs with a fused epilogue, sharing the workspace (same stream).
     pub(crate) lt: Lt,
     _workspace: Segment,
+    /// Operands of the first products (`first_products`).
+    _scratch: Option<Segment>,
     ctx: Arc<Context>,
 }
 
@@ -105,6 +107,7 @@ impl Blas {
             handle,
             lt,
             _workspace: workspace,
+            _scratch: None,
             ctx: Arc::clone(ctx),
         };
         // SAFETY: live handle and stream; the workspace is device memory of the given size
@@ -123,17 +126,22 @@ impl Blas {
                 "cublasSetWorkspace",
             )?;
         }
-        blas.first_products(ctx, stream)?;
+        let mut blas = blas;
+        // Best effort: the handle works without them; a later capture would then report an
+        // invalidated capture as a typed error rather than this handle failing every product.
+        let _ = blas.first_products(ctx, stream);
         Ok(blas)
     }
 
-    /// One small product through cuBLASLt and one through cuBLAS, waited for: a handle's first
-    /// products synchronize the device, so they happen here, at creation, where the caller
-    /// holds the graph-build lock (`crate::graph`), and never inside another thread's capture.
-    fn first_products(&self, ctx: &Arc<Context>, stream: CUstream) -> BackendResult<()> {
+    /// One small product through cuBLASLt and one through cuBLAS: a handle's first products
+    /// synchronize the device (inside the call), so they happen here, at creation, where the
+    /// caller holds the graph-build lock shared (`crate::graph`), never inside a capture.
+    fn first_products(&mut self, ctx: &Arc<Context>, stream: CUstream) -> BackendResult<()> {
         // 1×8 @ 8×8 + bias and relu, then 2×2 @ 2×2: operands in one small segment, every
-        // pointer 256-byte aligned (values unspecified; the results are not read).
+        // pointer 256-byte aligned (values unspecified; the results are not read). The
+        // segment lives as long as the handle (the products run after this returns).
         let (seg, p) = Segment::alloc(ctx, 4096)?;
+        self._scratch = Some(seg);
         let op = |offset: u64, row_stride, col_stride| MatOperand {
             ptr: DevicePtr(p.0 + offset),
             batch_stride: 0,
@@ -142,9 +150,9 @@ impl Blas {
         };
         let out = DevicePtr(p.0 + 1024);
         let bias = Some(DevicePtr(p.0 + 2048));
-        // SAFETY: every operand, the bias and the output lie in `seg` (at most 256 bytes each
-        // from 256-aligned offsets below 4096), which lives until the stream has run both
-        // products (synchronized below); the context is current (bound by `new`).
+        // SAFETY: every operand, the bias and the output lie in the segment (at most 256
+        // bytes each from 256-aligned offsets below 4096), which the handle keeps until it is
+        // dropped, after its stream was synchronized; the context is current (bound by `new`).
         unsafe {
             let relu = Some(chorus_core::UnaryOp::Relu);
             self.lt.matmul(
@@ -158,12 +166,7 @@ impl Blas {
                 false,
             )?;
             self.sgemm(&op(0, 2, 1), &op(256, 2, 1), out, [1, 2, 2, 2], false)?;
-            crate::driver::check(
-                cudarc::driver::sys::cuStreamSynchronize(stream),
-                "cuStreamSynchronize",
-            )?;
         }
-        drop(seg);
         Ok(())
     }
 
@@ -256,9 +259,8 @@ fn layout(op: &MatOperand, rows: usize, cols: usize) -> BackendResult<(cublasOpe
 impl Drop for Blas {
     fn drop(&mut self) {
         if self.ctx.bind().is_ok() {
-            // Destroying a handle synchronizes the device: not during a graph capture
-            // (`crate::graph`). Nothing that holds the lock drops a handle.
-            let _no_capture = crate::graph::building().lock();
+            // Destroying a handle synchronizes the device, so the owner drops it under the
+            // graph-build lock, shared (`CudaStream`'s drop; `new` and `CudaStream::blas` hold it).
             // SAFETY: created once in `new`, destroyed once; the stream was synchronized by the
             // runtime before streams are dropped.
             let _ = unsafe { cublas::cublasDestroy_v2(self.handle) };

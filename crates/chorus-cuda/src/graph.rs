@@ -13,11 +13,12 @@
 //! `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED`; allocating or freeing device or page-locked memory,
 //! creating streams and products on handles that had made one small product of each kind
 //! before did not; destroying a cuBLAS handle did, as `compute-sanitizer` showed). Hence
-//! [`building`]: a process-wide lock (all devices share the primary contexts) held by every
-//! build, by every new handle (`CudaStream::blas`) while it is created and makes those first
-//! two small products (the warm-up run above does the same for the graph's own handle before
-//! its capture), and around destroying a handle, a graph or a module. Concurrent builds are
-//! serialized by it too. The graph keeps that stream: the nodes refer to its cuBLAS
+//! [`building`]: a process-wide reader-writer lock (all devices share the primary contexts).
+//! A build holds it exclusively (so builds are serialized too); a new handle
+//! (`CudaStream::blas`) holds it shared while it is created and makes those first two small
+//! products (the warm-up run above does the same for the graph's own handle before its
+//! capture), and so does destroying a handle, a graph or a module. Shared, so that the first
+//! products of many new handles (each a device synchronization) overlap instead of queueing. The graph keeps that stream: the nodes refer to its cuBLAS
 //! workspace (8 MiB) and scratch memory, which must live as long as the graph and are used by
 //! one launch at a time (the runtime runs a graph on one stream at a time, in order). A graph
 //! with `index_select`, whose kernel reports a bad index through the error word of the stream
@@ -29,14 +30,40 @@ use crate::launch;
 use crate::module::Module;
 use crate::stream::CudaStream;
 use chorus_core::{BackendResult, Kernel};
-use chorus_sync::{rank, Arc, RankedMutex};
+use chorus_sync::Arc;
 use cudarc::driver::sys;
 
-/// The lock of one graph build or new cuBLAS handle at a time (module docs).
-pub(crate) fn building() -> &'static RankedMutex<()> {
-    // sync-shim: allowed (a create-once cell for a process-wide lock; not loom-modelled)
-    static BUILDING: std::sync::OnceLock<RankedMutex<()>> = std::sync::OnceLock::new();
-    BUILDING.get_or_init(|| RankedMutex::new(rank::BACKEND_GRAPH_BUILD, ()))
+/// The process-wide lock that keeps device synchronizations out of captures (module docs).
+///
+/// A std `RwLock` (not a ranked lock: it has two modes, and no ranked lock is held when it is
+/// taken; the build holds it while its launches take backend locks, which rank above
+/// everything the build holds).
+#[allow(clippy::disallowed_types)] // chorus-sync has no reader-writer lock; see the docs
+// sync-shim: allowed (see the docs)
+pub(crate) struct Building(std::sync::RwLock<()>);
+
+impl Building {
+    /// Taken by a build: no other build, and nothing that synchronizes the device, meanwhile.
+    pub(crate) fn exclusive(&self) -> impl Drop + '_ {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    /// Taken by what synchronizes the device (a new cuBLAS handle's first products, destroying
+    /// a handle, a graph or a module): any number at once, never during a build.
+    pub(crate) fn shared(&self) -> impl Drop + '_ {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The lock (module docs).
+#[allow(clippy::disallowed_types)] // as `Building`
+pub(crate) fn building() -> &'static Building {
+    // sync-shim: allowed (a process-wide lock; not loom-modelled)
+    static BUILDING: Building = Building(std::sync::RwLock::new(()));
+    &BUILDING
 }
 
 /// An instantiated CUDA graph and the stream it was captured on.
@@ -73,7 +100,7 @@ pub(crate) unsafe fn build(
     // The stream is made before the lock is taken, so that an early return drops (and
     // destroys the cuBLAS handle of) the stream after releasing it.
     let stream = CudaStream::create_for_graph(ctx)?;
-    let _one_at_a_time = building().lock();
+    let _one_at_a_time = building().exclusive();
     // The warm-up run (module docs).
     // SAFETY: the context is current (`create_for_graph` bound it).
     check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")?;
@@ -150,7 +177,7 @@ impl Drop for CudaGraph {
         if self.stream.bind().is_ok() {
             // Not during a capture (module docs); released before the stream drops, whose
             // cuBLAS handle takes the lock again.
-            let _no_capture = building().lock();
+            let _no_capture = building().shared();
             // SAFETY: the runtime drops a graph once its launches have completed; created once,
             // destroyed once. The stream (and its workspace) drops after it.
             let _ = unsafe { sys::cuGraphExecDestroy(self.exec) };

@@ -84,7 +84,7 @@ impl Drop for Module {
     fn drop(&mut self) {
         if self.ctx.bind().is_ok() {
             // Unloading may synchronize the device: not during another device's graph capture.
-            let _no_capture = crate::graph::building().lock();
+            let _no_capture = crate::graph::building().shared();
             // SAFETY: loaded once by cuModuleLoadData; dropped after every stream using its
             // functions has been synchronized (the backend owns the cache and drops last).
             let _ = unsafe { sys::cuModuleUnload(self.raw) };

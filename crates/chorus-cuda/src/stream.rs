@@ -133,13 +133,13 @@ impl CudaStream {
         })
     }
 
-    /// The stream's cuBLAS handle, created on first use: under the graph-build lock (a new
+    /// The stream's cuBLAS handle, created on first use: holding the graph-build lock shared (a new
     /// handle's first products synchronize the device, which would break a capture in
     /// progress: `crate::graph`), except on a graph's own stream, whose build holds it.
     pub(crate) fn blas(&self) -> BackendResult<&Blas> {
         self.blas
             .get_or_init(|| {
-                let _no_capture = (!self.for_graph).then(|| crate::graph::building().lock());
+                let _no_capture = (!self.for_graph).then(|| crate::graph::building().shared());
                 crate::driver::traced("cuBLAS handle", || Blas::new(&self.ctx, self.raw))
             })
             .as_ref()
@@ -321,8 +321,13 @@ pub(crate) fn poll(
 
 impl Drop for CudaStream {
     fn drop(&mut self) {
-        // The cuBLAS handle goes first, while its stream still exists.
-        drop(self.blas.take());
+        // The cuBLAS handle goes first, while its stream still exists; destroying it
+        // synchronizes the device, so not during a graph capture (`crate::graph`). (A graph's
+        // stream is dropped after its build or its exec released the lock.)
+        if let Some(blas) = self.blas.take() {
+            let _no_capture = crate::graph::building().shared();
+            drop(blas);
+        }
         if self.ctx.bind().is_ok() {
             // SAFETY: the runtime synchronizes every stream before dropping it, so nothing
             // waits on the event; event and stream were created once and are destroyed once.

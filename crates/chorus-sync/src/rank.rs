@@ -51,9 +51,6 @@ pub const EVENT_POOL: LockRank = r(40, "EventPool::free");
 pub const COMPLETION_QUEUE: LockRank = r(50, "Completion::queue");
 /// Error slot of a stream (sticky device error).
 pub const STREAM_ERROR: LockRank = r(55, "Stream::error");
-/// The CUDA backend's graph building (one capture at a time; held while the build launches
-/// kernels, so below every backend stream lock).
-pub const BACKEND_GRAPH_BUILD: LockRank = r(58, "backend graph build");
 /// A backend's event state (CPU backend: recorded target and timestamp).
 pub const BACKEND_EVENT: LockRank = r(60, "backend event");
 /// A backend's stream queue (CPU backend: the worker's command queue).
