@@ -38,7 +38,8 @@ use cudarc::driver::sys;
 /// A std `RwLock` (not a ranked lock: it has two modes, and no ranked lock is held when it is
 /// taken; the build holds it while its launches take backend locks, which rank above
 /// everything the build holds).
-#[allow(clippy::disallowed_types)] // chorus-sync has no reader-writer lock; see the docs
+// chorus-sync has no reader-writer lock (see above).
+#[allow(clippy::disallowed_types)]
 // sync-shim: allowed (see the docs)
 pub(crate) struct Building(std::sync::RwLock<()>);
 
@@ -59,7 +60,8 @@ impl Building {
 }
 
 /// The lock (module docs).
-#[allow(clippy::disallowed_types)] // as `Building`
+// As `Building`.
+#[allow(clippy::disallowed_types)]
 pub(crate) fn building() -> &'static Building {
     // sync-shim: allowed (a process-wide lock; not loom-modelled)
     static BUILDING: Building = Building(std::sync::RwLock::new(()));

@@ -411,3 +411,35 @@ fn captures_while_other_threads_compute() {
         },
     );
 }
+
+/// A kernel of a graph that fails on its inputs (an index out of range, known only on the
+/// device) fails the stream that ran the graph, as a direct call would, and nothing else.
+#[test]
+fn a_failing_kernel_in_a_graph_fails_its_stream_only() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let weight = Tensor::randn(&dev, &[10, 4], 1).unwrap();
+            let g = Graph::capture(&dev, &[(&[2], DType::I64)], |i| -> Result<_> {
+                Ok(vec![Tensor::embedding(&i[0], &weight)?.relu()?])
+            })
+            .unwrap();
+            let good = Tensor::from_slice(&dev, &[3_i64, 9], &[2]).unwrap();
+            let want = bits(&Tensor::embedding(&good, &weight).unwrap().relu().unwrap());
+            assert!(bits(&g.run(&[&good]).unwrap()[0]) == want);
+            let bad = Tensor::from_slice(&dev, &[3_i64, 999], &[2]).unwrap();
+            let stream = dev.stream(5).unwrap();
+            let r = dev.with_stream(&stream, || {
+                g.run(&[&bad]).and_then(|o| o[0].to_vec::<f32>())
+            });
+            match r {
+                Err(Error::Device {
+                    stream: 5, source, ..
+                }) => assert!(source.to_string().contains("999"), "{source}"),
+                other => panic!("{other:?}"),
+            }
+            // The graph and other streams go on.
+            assert!(bits(&g.run(&[&good]).unwrap()[0]) == want);
+        },
+    );
+}

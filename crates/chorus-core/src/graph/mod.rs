@@ -30,7 +30,9 @@
 //!
 //! Dropping the graph hands the backend's executable form to the completion thread once the
 //! work enqueued on the last run's stream has completed (which, by the order above, includes
-//! every run); its blocks go back to the allocator with every stream it ran on as users.
+//! every run); its blocks go back to the allocator with every stream it ran on as users. (A
+//! graph dropped after its device was shut down leaks its executable form: shutdown's wait is
+//! bounded, so its last run might still be executing.)
 
 mod capture;
 
