@@ -13,7 +13,7 @@
 
 use chorus::batch::{BatchConfig, BatchError, BatchQueue, HostTensor};
 use chorus::nn;
-use chorus::{Device, Result, Tensor};
+use chorus::{DType, Device, Graph, Result, Tensor};
 use std::time::Duration;
 
 /// The scenarios planned but not written yet, named in the error for an unknown name.
@@ -365,27 +365,72 @@ impl Scenario {
                 let model = p
                     .models
                     .expect("model scenarios run with their model built");
-                let shape = if self == Scenario::Mlp {
-                    vec![p.size.div_ceil(64), 512]
-                } else {
-                    vec![4, 32, 256]
-                };
-                let x = Tensor::randn(device, &shape, seed_for(p.seed, key, 0))?;
-                let y = model.model.forward(&x).map_err(|e| match e {
-                    nn::NnError::Core(e) => e,
-                    other => chorus::Error::InvalidShape {
-                        op: "model",
-                        shape,
-                        reason: other.to_string(),
-                    },
-                })?;
-                if self == Scenario::Mlp {
-                    Ok(vec![y])
-                } else {
-                    Ok(vec![y.sum_all()?, y.max_all()?])
-                }
+                let x = Tensor::randn(device, &self.model_input(p), seed_for(p.seed, key, 0))?;
+                self.model_outputs(model, &x)
             }
         }
+    }
+
+    /// Whether the scenario is a model's forward (which `chorus stress --graph` can capture).
+    pub(crate) fn is_model(self) -> bool {
+        matches!(self, Scenario::Mlp | Scenario::Transformer)
+    }
+
+    /// The input shape of a model scenario's forward.
+    fn model_input(self, p: &Params<'_>) -> Vec<usize> {
+        if self == Scenario::Mlp {
+            vec![p.size.div_ceil(64), 512]
+        } else {
+            vec![4, 32, 256]
+        }
+    }
+
+    /// A model scenario's results for input `x`: the output (MLP), or its sum and max.
+    fn model_outputs(self, models: &Models, x: &Tensor) -> Result<Vec<Tensor>> {
+        let y = models.model.forward(x).map_err(|e| match e {
+            nn::NnError::Core(e) => e,
+            other => chorus::Error::InvalidShape {
+                op: "model",
+                shape: x.shape().to_vec(),
+                reason: other.to_string(),
+            },
+        })?;
+        if self == Scenario::Mlp {
+            Ok(vec![y])
+        } else {
+            Ok(vec![y.sum_all()?, y.max_all()?])
+        }
+    }
+
+    /// A graph of a model scenario's forward and results ([`Scenario::round`] without its
+    /// input), captured on the calling thread's stream.
+    ///
+    /// # Errors
+    /// A capture or model error.
+    pub(crate) fn capture(self, device: &Device, p: &Params<'_>) -> Result<Graph> {
+        let models = p
+            .models
+            .expect("model scenarios run with their model built");
+        let shape = self.model_input(p);
+        Graph::capture(device, &[(&shape, DType::F32)], |x| {
+            self.model_outputs(models, &x[0])
+        })
+    }
+
+    /// [`Scenario::round`] of a model scenario with the forward run through `graph` (from
+    /// [`Scenario::capture`]): the same input, the same results, bit for bit.
+    ///
+    /// # Errors
+    /// As [`Scenario::round`].
+    pub(crate) fn graph_round(
+        self,
+        device: &Device,
+        p: &Params<'_>,
+        key: RoundKey,
+        graph: &Graph,
+    ) -> Result<Vec<Tensor>> {
+        let x = Tensor::randn(device, &self.model_input(p), seed_for(p.seed, key, 0))?;
+        graph.run(&[&x])
     }
 }
 

@@ -57,6 +57,11 @@ pub(crate) struct StressArgs {
     /// Round of work each thread repeats.
     #[arg(long, default_value = "matmul", value_parser = Scenario::parse, value_name = "NAME")]
     scenario: Scenario,
+    /// Run the model of the `mlp` or `transformer` scenario through a graph that each thread
+    /// captures before its rounds (`chorus::Graph`); verification still calls the model
+    /// directly, so every result must equal the direct call bit for bit.
+    #[arg(long)]
+    graph: bool,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
@@ -88,6 +93,13 @@ struct Verification {
 /// An invalid `CHORUS_*` variable, a device that cannot start or a thread that cannot be
 /// spawned. Errors of the work itself are counted and reported instead (exit status 1).
 pub(crate) fn run(args: &StressArgs) -> anyhow::Result<ExitCode> {
+    if args.graph && !args.scenario.is_model() {
+        anyhow::bail!(
+            "--graph runs a model's forward through a graph: use it with --scenario mlp or \
+             transformer, not {}",
+            args.scenario.name()
+        );
+    }
     let device = device::build(&args.device)?;
     let size = usize::try_from(args.size).context("--size does not fit in memory")?;
     let models =
@@ -189,9 +201,26 @@ fn worker(
         results: Vec::with_capacity(args.iters.try_into().unwrap_or(0)),
         errors: Vec::new(),
     };
+    let graph = if args.graph {
+        match args.scenario.capture(device, params) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                run.errors
+                    .push(format!("thread {thread}: capturing the graph: {e}"));
+                bar.inc(args.iters);
+                return run;
+            }
+        }
+    } else {
+        None
+    };
     for iter in 0..args.iters {
         let key = RoundKey { thread, iter };
-        match args.scenario.round(device, params, key) {
+        let round = match &graph {
+            Some(g) => args.scenario.graph_round(device, params, key, g),
+            None => args.scenario.round(device, params, key),
+        };
+        match round {
             Ok(out) => run.results.push((key, out)),
             Err(e) => run
                 .errors
@@ -488,6 +517,7 @@ impl Summary<'_> {
             "sync_every": a.sync_every,
             "seed": a.seed,
             "with_mean": a.with_mean,
+            "graph": a.graph,
             "device": a.device.name,
             "device_id": self.device.id().to_string(),
             "device_description": self.device.describe(),
@@ -522,11 +552,16 @@ impl Summary<'_> {
         };
         let outputs = a.scenario.outputs(&self.params).join("+");
         println!(
-            "scenario: {} ({}x{}, {outputs}), seed {}",
+            "scenario: {} ({}x{}, {outputs}), seed {}{}",
             a.scenario.name(),
             a.size,
             a.size,
-            a.seed
+            a.seed,
+            if a.graph {
+                ", through a graph per thread"
+            } else {
+                ""
+            }
         );
         println!(
             "device: {} ({}), {} streams, {} policy",
