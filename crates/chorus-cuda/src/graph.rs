@@ -4,7 +4,12 @@
 //! synchronizing the context (so that what they read is complete and what they write, the
 //! graph's own memory, is idle: `Backend::build_graph`'s contract). It then launches them
 //! again, in order, while that stream *captures* (`cuStreamBeginCapture`, relaxed mode), which
-//! records them instead of running them, and instantiates the result.
+//! records them instead of running them, and instantiates the result. The graph keeps that
+//! stream: the nodes refer to its cuBLAS workspace (8 MiB) and scratch memory, which must live
+//! as long as the graph and are used by one launch at a time (the runtime runs a graph on one
+//! stream at a time, in order). A graph with `index_select`, whose kernel reports a bad index
+//! through the error word of the stream it was launched on, is not built (the runtime then
+//! launches its kernels one by one on the running stream, where the error is seen).
 //!
 //! # What may not happen during a capture
 //! A cuBLAS handle's first products synchronize the device, and a device synchronization
@@ -18,12 +23,7 @@
 //! (`CudaStream::blas`) holds it shared while it is created and makes those first two small
 //! products (the warm-up run above does the same for the graph's own handle before its
 //! capture), and so does destroying a handle, a graph or a module. Shared, so that the first
-//! products of many new handles (each a device synchronization) overlap instead of queueing. The graph keeps that stream: the nodes refer to its cuBLAS
-//! workspace (8 MiB) and scratch memory, which must live as long as the graph and are used by
-//! one launch at a time (the runtime runs a graph on one stream at a time, in order). A graph
-//! with `index_select`, whose kernel reports a bad index through the error word of the stream
-//! it was launched on, is not built (the runtime then launches its kernels one by one on the
-//! running stream, where the error is seen).
+//! products of many new handles (each a device synchronization) overlap instead of queueing.
 
 use crate::driver::{check, Context};
 use crate::launch;
