@@ -23,6 +23,23 @@
 //! # Ok::<(), chorus::Error>(())
 //! ```
 //!
+//! # Graphs
+//! A function of fixed shapes (a model's forward) can be captured once and run as one unit
+//! ([`Graph`]; on CUDA one CUDA graph launch), with the same bits as the direct call:
+//! ```
+//! use chorus::nn::{Linear, Module, NnError};
+//! use chorus::{DType, Device, Graph, Tensor};
+//! let device = Device::cpu()?;
+//! let layer = Linear::new(Tensor::randn(&device, &[8, 4], 1)?, None)?;
+//! let graph = Graph::capture(&device, &[(&[2, 4], DType::F32)], |x| {
+//!     Ok::<_, NnError>(vec![layer.forward(&x[0])?])
+//! })?;
+//! let x = Tensor::randn(&device, &[2, 4], 2)?;
+//! let y = graph.run(&[&x])?;
+//! assert_eq!(y[0].to_vec::<f32>()?, layer.forward(&x)?.to_vec::<f32>()?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Settings
 //! [`Device::cpu`] reads `CHORUS_STREAMS`, `CHORUS_STREAM_POLICY`, `CHORUS_STREAM_WAIT_MS`,
 //! `CHORUS_MEMORY_LIMIT` and `CHORUS_THREAD_CACHE` (see [`Config`]); [`Device::builder`] sets
