@@ -103,13 +103,16 @@ fn thread_round(
                 let barrier = &barrier;
                 s.spawn(move || -> anyhow::Result<()> {
                     let seed = |i: usize| (t * 1_000_003 + i) as u64;
-                    let warm = Tensor::randn(device, w.input, seed(usize::MAX / 2 - t));
-                    let fwd = Forward::new(device, models, w.input, graph);
-                    let ok = (fwd.as_ref().map_err(|e| anyhow::anyhow!("{e}")))
-                        .and_then(|f| f.item(&warm?));
+                    // Capture (graph rounds) and one warm-up forward, before the clock; the
+                    // barrier is reached whatever happened, so no thread waits forever.
+                    let ready = (|| -> anyhow::Result<Forward<'_>> {
+                        let fwd = Forward::new(device, models, w.input, graph)?;
+                        let warm = Tensor::randn(device, w.input, seed(usize::MAX / 2 - t))?;
+                        fwd.item(&warm)?;
+                        Ok(fwd)
+                    })();
                     barrier.wait();
-                    ok?;
-                    let fwd = fwd?;
+                    let fwd = ready?;
                     for i in 0..iters {
                         let x = Tensor::randn(device, w.input, seed(i))?;
                         fwd.item(&x)?;
@@ -121,7 +124,8 @@ fn thread_round(
         barrier.wait();
         let t0 = Instant::now();
         for h in handles {
-            if h.join().expect("bench thread panicked").is_err() {
+            if let Err(e) = h.join().expect("bench thread panicked") {
+                eprintln!("{} ({threads} threads): {e:#}", w.name);
                 errors += 1;
             }
         }
