@@ -163,13 +163,15 @@ impl Drop for Recording {
     }
 }
 
-/// Runs `f` on the thread's recorder if it records for device `instance`.
-fn with<R>(instance: u64, f: impl FnOnce(&mut Recorder) -> R) -> Option<R> {
+/// Runs `f` on the thread's recorder if it records for `rt`'s device. The device's identity
+/// is only asked for when the thread records at all (the ops' hot path pays one thread-local
+/// lookup).
+fn with<R>(rt: &dyn RuntimeObj, f: impl FnOnce(&mut Recorder) -> R) -> Option<R> {
     RECORDER
         .try_with(|r| {
             let mut r = r.borrow_mut();
             match r.as_mut() {
-                Some(rec) if rec.instance == instance => Some(f(rec)),
+                Some(rec) if rec.instance == rt.id().instance => Some(f(rec)),
                 _ => None,
             }
         })
@@ -177,14 +179,33 @@ fn with<R>(instance: u64, f: impl FnOnce(&mut Recorder) -> R) -> Option<R> {
         .flatten()
 }
 
-/// Whether this thread is capturing a graph of device `instance`.
-pub(crate) fn recording(instance: u64) -> bool {
-    with(instance, |_| ()).is_some()
+impl Recorder {
+    /// Checks and notes a storage the recorded work reads, or a graph output (module docs):
+    /// the graph's own is fine, another graph's is an error, any other is an external.
+    pub(crate) fn note_input(&mut self, storage: &Arc<Storage>) -> Result<()> {
+        match storage.arena() {
+            Some(a) if std::ptr::eq::<Arena>(&**a, &*self.arena) => Ok(()),
+            Some(_) => Err(Error::GraphTensor),
+            None => {
+                let known =
+                    (self.externals.iter()).any(|e| std::ptr::eq::<Storage>(&**e, &**storage));
+                if !known {
+                    self.externals.push(Arc::clone(storage));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether this thread is capturing a graph of `rt`'s device.
+pub(crate) fn recording(rt: &dyn RuntimeObj) -> bool {
+    with(rt, |_| ()).is_some()
 }
 
 /// While recording on `rt`: a storage of `bytes` from the graph's arena; `None` otherwise.
 pub(crate) fn alloc(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: usize) -> Option<Result<Storage>> {
-    let arena = with(rt.id().instance, |rec| Arc::clone(&rec.arena))?;
+    let arena = with(&**rt, |rec| Arc::clone(&rec.arena))?;
     Some(
         arena
             .take(bytes, s)
@@ -192,28 +213,15 @@ pub(crate) fn alloc(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: usize) -> Option<
     )
 }
 
-/// While recording on the storage's device: checks and notes an input (module docs); `None`
-/// otherwise.
+/// While recording on the storage's device: checks and notes an input
+/// ([`Recorder::note_input`]); `None` otherwise.
 pub(crate) fn on_use(storage: &Arc<Storage>) -> Option<Result<()>> {
-    with(storage.rt().id().instance, |rec| match storage.arena() {
-        Some(a) if std::ptr::eq::<Arena>(&**a, &*rec.arena) => Ok(()),
-        Some(_) => Err(Error::GraphTensor),
-        None => {
-            if !rec
-                .externals
-                .iter()
-                .any(|e| std::ptr::eq::<Storage>(&**e, &**storage))
-            {
-                rec.externals.push(Arc::clone(storage));
-            }
-            Ok(())
-        }
-    })
+    with(&**storage.rt(), |rec| rec.note_input(storage))
 }
 
-/// Appends `k` to the thread's recording for device `instance` (the caller checked
+/// Appends `k` to the thread's recording for `rt`'s device (the caller checked
 /// [`recording`]).
-pub(crate) fn record(instance: u64, k: Kernel) -> Result<()> {
+pub(crate) fn record(rt: &dyn RuntimeObj, k: Kernel) -> Result<()> {
     if matches!(k, Kernel::Randn { .. }) {
         return Err(Error::Capture {
             op: "randn",
@@ -221,7 +229,7 @@ pub(crate) fn record(instance: u64, k: Kernel) -> Result<()> {
                      pass them in",
         });
     }
-    with(instance, |rec| rec.kernels.push(k)).ok_or(Error::Capture {
+    with(rt, |rec| rec.kernels.push(k)).ok_or(Error::Capture {
         op: "record",
         reason: "this thread is not capturing a graph of this device",
     })

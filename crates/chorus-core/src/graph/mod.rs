@@ -176,20 +176,7 @@ impl Graph {
             }
             // An output that is not the graph's (a weight returned as it is, which no kernel
             // read) is copied out at every run like the others: an external storage too.
-            match o.storage().arena() {
-                Some(a) if std::ptr::eq::<Arena>(&**a, &*arena) => {}
-                Some(_) => return Err(Error::GraphTensor),
-                None => {
-                    let st = o.storage();
-                    if !rec
-                        .externals
-                        .iter()
-                        .any(|e| std::ptr::eq::<Storage>(&**e, &**st))
-                    {
-                        rec.externals.push(Arc::clone(st));
-                    }
-                }
-            }
+            rec.note_input(o.storage())?;
         }
         let kernels = rec.kernels.len();
         // SAFETY: every pointer in the kernels lies in the graph's arena blocks (given back only
@@ -252,7 +239,7 @@ impl Graph {
             }
         }
         let rt = &self.rt;
-        if recording(rt.id().instance) {
+        if recording(&**rt) {
             return Err(Error::Capture {
                 op: OP,
                 reason: "a graph cannot run inside a capture",

@@ -123,11 +123,11 @@ pub(crate) trait RuntimeObj: Send + Sync + 'static {
 pub(crate) type GraphExec = Box<dyn std::any::Any + Send + Sync>;
 
 /// What a runtime builds from a graph's recording.
-struct Exec<G> {
-    /// The backend's form, if it has one.
-    native: Option<G>,
-    /// The recording (launched one by one without a native form).
-    kernels: Vec<Kernel>,
+enum Exec<G> {
+    /// The backend's form.
+    Native(G),
+    /// The recording, launched one by one (the backend has no form of its own for it).
+    Kernels(Vec<Kernel>),
 }
 
 /// Leaks its contents when dropped unless taken: the payload of a host callback whose drop
@@ -499,7 +499,9 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         self.check_open()?;
         // SAFETY: forwarded from the caller.
         let native = unsafe { self.backend.build_graph(&kernels) }.map_err(self.dev_err(s))?;
-        Ok(Box::new(Exec { native, kernels }))
+        Ok(Box::new(
+            native.map_or(Exec::Kernels(kernels), Exec::Native),
+        ))
     }
 
     unsafe fn launch_graph(&self, s: usize, exec: &GraphExec) -> Result<()> {
@@ -508,11 +510,13 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         let exec = exec
             .downcast_ref::<Exec<B::Graph>>()
             .expect("a graph runs on the runtime that built it");
-        match &exec.native {
-            // SAFETY: forwarded from the caller.
-            Some(g) => unsafe { self.backend.launch_graph(stream, g) }.map_err(self.dev_err(s)),
-            None => {
-                for k in &exec.kernels {
+        match exec {
+            Exec::Native(g) => {
+                // SAFETY: forwarded from the caller.
+                unsafe { self.backend.launch_graph(stream, g) }.map_err(self.dev_err(s))
+            }
+            Exec::Kernels(kernels) => {
+                for k in kernels {
                     // SAFETY: forwarded from the caller (each kernel of the graph).
                     unsafe { self.backend.launch(stream, k.clone()) }.map_err(self.dev_err(s))?;
                 }

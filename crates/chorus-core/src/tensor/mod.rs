@@ -76,14 +76,19 @@ impl Tensor {
             None => Arc::new(Storage::new(Arc::clone(rt), rt.alloc(bytes, s)?)),
         };
         Ok(Out {
-            tensor: Tensor {
-                storage,
-                shape: shape.to_vec(),
-                strides: row_major_strides(shape),
-                offset: 0,
-                dtype,
-            },
+            tensor: Tensor::whole(storage, shape, dtype),
         })
+    }
+
+    /// The contiguous tensor of `shape` filling `storage` from its start.
+    fn whole(storage: Arc<Storage>, shape: &[usize], dtype: DType) -> Tensor {
+        Tensor {
+            storage,
+            shape: shape.to_vec(),
+            strides: row_major_strides(shape),
+            offset: 0,
+            dtype,
+        }
     }
 
     /// Runs `kernel` writing `out` on stream `s`. On failure the output is dropped (its block
@@ -111,9 +116,8 @@ impl Tensor {
     /// # Safety
     /// As `Backend::launch`.
     pub(crate) unsafe fn enqueue(rt: &Arc<dyn RuntimeObj>, s: usize, kernel: Kernel) -> Result<()> {
-        let instance = rt.id().instance;
-        if crate::graph::recording(instance) {
-            return crate::graph::record(instance, kernel);
+        if crate::graph::recording(&**rt) {
+            return crate::graph::record(&**rt, kernel);
         }
         // SAFETY: forwarded from the caller.
         unsafe { rt.launch(s, kernel) }
@@ -182,13 +186,7 @@ impl Tensor {
         // SAFETY: the destination is the fresh block of `storage`, exactly `bytes.len()` bytes
         // long (checked above), written only by this copy and kept alive by `storage`.
         unsafe { rt.write(s, storage.ptr(), bytes)? };
-        Ok(Tensor {
-            storage,
-            shape: shape.to_vec(),
-            strides: row_major_strides(shape),
-            offset: 0,
-            dtype,
-        })
+        Ok(Tensor::whole(storage, shape, dtype))
     }
 
     /// A tensor whose contents are unspecified (whatever the reused memory held; never
@@ -364,7 +362,7 @@ impl Tensor {
     /// tensor made during a capture.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let rt = self.rt();
-        if crate::graph::recording(rt.id().instance) {
+        if crate::graph::recording(&**rt) {
             return Err(Error::Capture {
                 op: "to_bytes",
                 reason: "nothing runs during a capture, so there is nothing to read back",
