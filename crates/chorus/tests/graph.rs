@@ -6,15 +6,7 @@ mod common;
 
 use chorus::nn::{self, Module};
 use chorus::{DType, Device, Error, Graph, Result, Tensor};
-use common::{on_every_backend, scaled};
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
+use common::{bits, on_every_backend, scaled};
 
 /// A random parameter scaled by 1/sqrt(fan_in).
 fn param(dev: &Device, shape: &[usize], fan_in: usize, seed: u64) -> Tensor {
@@ -67,6 +59,14 @@ fn transformer(dev: &Device, d: usize, ff: usize) -> nn::TransformerEncoder {
     nn::TransformerEncoder::load(&nn::Weights::from_tensors(named), &cfg, 2, false).unwrap()
 }
 
+/// A graph of `m`'s forward for inputs of `shape`, captured on the calling thread's stream.
+fn forward_graph(dev: &Device, m: &dyn Module, shape: &[usize]) -> Graph {
+    Graph::capture(dev, &[(shape, DType::F32)], |x| {
+        Ok::<_, nn::NnError>(vec![m.forward(&x[0])?])
+    })
+    .unwrap()
+}
+
 /// A function of two inputs that goes through most kinds of kernel: a constant made during
 /// the capture, views, cat, softmax, layer norm, attention, reductions, an output that is a
 /// view and an output that is a weight returned as it is.
@@ -92,10 +92,7 @@ fn runs_give_the_bits_of_the_direct_calls() {
             // prepared weights), and the transformer block (attention, layer norms).
             let m = mlp(&dev, &[64, 96, 80, 32]);
             for rows in [1, 3, 40] {
-                let g = Graph::capture(&dev, &[(&[rows, 64], DType::F32)], |x| {
-                    Ok::<_, nn::NnError>(vec![m.forward(&x[0])?])
-                })
-                .unwrap();
+                let g = forward_graph(&dev, &m, &[rows, 64]);
                 assert_eq!(g.kernels(), 3);
                 for seed in 0..3 {
                     let x = Tensor::randn(&dev, &[rows, 64], seed).unwrap();
@@ -107,10 +104,7 @@ fn runs_give_the_bits_of_the_direct_calls() {
                 }
             }
             let tr = transformer(&dev, 32, 64);
-            let g = Graph::capture(&dev, &[(&[2, 8, 32], DType::F32)], |x| {
-                Ok::<_, nn::NnError>(vec![tr.forward(&x[0])?])
-            })
-            .unwrap();
+            let g = forward_graph(&dev, &tr, &[2, 8, 32]);
             for seed in 10..13 {
                 let x = Tensor::randn(&dev, &[2, 8, 32], seed).unwrap();
                 let want = bits(&tr.forward(&x).unwrap());
@@ -176,12 +170,7 @@ fn many_threads_own_and_shared_graphs() {
         |b| b,
         |dev| {
             let m = mlp(&dev, &[64, 256, 256, 32]);
-            let capture = || {
-                Graph::capture(&dev, &[(&[2, 64], DType::F32)], |x| {
-                    Ok::<_, nn::NnError>(vec![m.forward(&x[0])?])
-                })
-                .unwrap()
-            };
+            let capture = || forward_graph(&dev, &m, &[2, 64]);
             let iters = scaled(100);
             let inputs: Vec<Tensor> = (0..iters as u64)
                 .map(|s| Tensor::randn(&dev, &[2, 64], 1000 + s).unwrap())
@@ -335,10 +324,7 @@ fn drops_in_any_order_lose_nothing() {
             let base = dev.memory_stats().allocated_bytes;
             let s1 = dev.stream(1).unwrap();
             let outs = {
-                let g = Graph::capture(&dev, &[(&[4, 64], DType::F32)], |x| {
-                    Ok::<_, nn::NnError>(vec![m.forward(&x[0])?])
-                })
-                .unwrap();
+                let g = forward_graph(&dev, &m, &[4, 64]);
                 let mut outs = Vec::new();
                 for i in 0..scaled(20) {
                     let run = || g.run(&[&x]).unwrap().remove(0);
@@ -362,10 +348,7 @@ fn drops_in_any_order_lose_nothing() {
                 "graph memory given back"
             );
 
-            let g = Graph::capture(&dev, &[(&[4, 64], DType::F32)], |x| {
-                Ok::<_, nn::NnError>(vec![m.forward(&x[0])?])
-            })
-            .unwrap();
+            let g = forward_graph(&dev, &m, &[4, 64]);
             let y = g.run(&[&x]).unwrap().remove(0);
             drop((m, x));
             dev.shutdown();
@@ -392,10 +375,7 @@ fn captures_while_other_threads_compute() {
                 let (m, x, want, dev) = (&m, &x, &want, &dev);
                 sc.spawn(move || {
                     for i in 0..scaled(10) {
-                        let g = Graph::capture(dev, &[(&[3, 64], DType::F32)], |x| {
-                            Ok::<_, nn::NnError>(vec![m.forward(&x[0])?])
-                        })
-                        .unwrap();
+                        let g = forward_graph(dev, m, &[3, 64]);
                         assert!(bits(&g.run(&[x]).unwrap()[0]) == *want, "capture {i}");
                     }
                 });

@@ -4,7 +4,7 @@
 mod common;
 
 use chorus::Tensor;
-use common::{on_every_backend, scaled};
+use common::{bits, on_every_backend, scaled};
 
 const N: usize = 160;
 
@@ -20,11 +20,7 @@ fn freed_while_read_by_other_stream_is_not_reused_early() {
                 let want: Vec<u32> = {
                     let x = Tensor::randn(&dev, &[N, N], 11).unwrap();
                     let r = x.matmul(&x).unwrap().matmul(&x).unwrap();
-                    r.to_vec::<f32>()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect()
+                    bits(&r)
                 };
                 let mut reused = 0;
                 let warm = dev.with_stream(&a, || Tensor::randn(&dev, &[256, 256], 99).unwrap());
@@ -48,12 +44,7 @@ fn freed_while_read_by_other_stream_is_not_reused_early() {
                     if y.data_ptr() == x_ptr {
                         reused += 1;
                     }
-                    let got: Vec<u32> = r
-                        .to_vec::<f32>()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect();
+                    let got = bits(&r);
                     assert!(
                         got == want,
                         "round {round}: A's result was corrupted (cache {cache})"

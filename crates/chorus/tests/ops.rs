@@ -3,7 +3,7 @@
 mod common;
 
 use chorus::{DType, Tensor};
-use common::on_every_backend;
+use common::{bits, on_every_backend};
 
 fn t(dev: &chorus::Device, v: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_slice(dev, v, shape).unwrap()
@@ -232,17 +232,10 @@ fn add_layer_norm_is_add_then_layer_norm_bit_for_bit() {
             let r = Tensor::randn(&dev, &[rows, n], 2).unwrap();
             let w = Tensor::randn(&dev, &[n], 3).unwrap();
             let b = Tensor::randn(&dev, &[n], 4).unwrap();
-            let bits = |t: Tensor| -> Vec<u32> {
-                t.to_vec::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.to_bits())
-                    .collect()
-            };
             for (w, b) in [(None, None), (Some(&w), Some(&b))] {
                 let fused = x.add_layer_norm(&r, w, b, 1e-5).unwrap();
                 let plain = x.add(&r).unwrap().layer_norm(w, b, 1e-5).unwrap();
-                assert_eq!(bits(fused), bits(plain));
+                assert_eq!(bits(&fused), bits(&plain));
             }
             // A strided operand is made contiguous first; a broadcast one takes the plain path.
             let rt = r
@@ -254,11 +247,11 @@ fn add_layer_norm_is_add_then_layer_norm_bit_for_bit() {
                 .unwrap();
             let fused = x.add_layer_norm(&rt, None, None, 1e-5).unwrap();
             let plain = x.add(&r).unwrap().layer_norm(None, None, 1e-5).unwrap();
-            assert_eq!(bits(fused), bits(plain));
+            assert_eq!(bits(&fused), bits(&plain));
             let row = r.narrow(0, 0, 1).unwrap();
             let fused = x.add_layer_norm(&row, None, None, 1e-5).unwrap();
             let plain = x.add(&row).unwrap().layer_norm(None, None, 1e-5).unwrap();
-            assert_eq!(bits(fused), bits(plain));
+            assert_eq!(bits(&fused), bits(&plain));
             // Bad parameters are typed errors, as for layer_norm.
             assert!(x
                 .add_layer_norm(&r, Some(&b.narrow(0, 0, 7).unwrap()), None, 1e-5)
@@ -280,10 +273,6 @@ fn linear_gives_the_same_bits_first_later_and_from_many_threads() {
             let x = Tensor::randn(&dev, &[rows, d_in], 1).unwrap();
             let packed = Tensor::randn(&dev, &[3 * d_out, d_in], 2).unwrap();
             let b = Tensor::randn(&dev, &[d_out], 3).unwrap();
-            let bits = |t: &Tensor| -> Vec<u32> {
-                let v = t.to_vec::<f32>().unwrap();
-                v.iter().map(|v| v.to_bits()).collect()
-            };
             let relu = Some(chorus::UnaryOp::Relu);
             for part in 0..3 {
                 let w = packed.narrow(0, part * d_out, d_out).unwrap();
@@ -420,20 +409,13 @@ fn attention_on_strided_heads_matches_the_decomposition() {
                 .unwrap();
             check(&merged, &want, "merged heads");
             // The same bits from 8 threads at once.
-            let bits = |t: Tensor| -> Vec<u32> {
-                t.to_vec::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect()
-            };
-            let alone = bits(sdpa(&q, &k, &v, Some(&mask), true).unwrap());
+            let alone = bits(&sdpa(&q, &k, &v, Some(&mask), true).unwrap());
             std::thread::scope(|s| {
                 for _ in 0..8 {
                     s.spawn(|| {
                         for _ in 0..5 {
                             let y = sdpa(&q, &k, &v, Some(&mask), true).unwrap();
-                            assert_eq!(bits(y), alone);
+                            assert_eq!(bits(&y), alone);
                         }
                     });
                 }

@@ -37,3 +37,12 @@ pub(crate) fn scaled(n: usize) -> usize {
         .unwrap_or(1);
     (n / div.max(1)).max(1)
 }
+
+/// The bits of an f32 tensor's values, for bit-for-bit comparisons.
+pub(crate) fn bits(t: &chorus::Tensor) -> Vec<u32> {
+    t.to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_bits())
+        .collect()
+}
