@@ -45,6 +45,8 @@ pub(crate) fn warm_up(ctx: &Arc<Context>) -> BackendResult<()> {
         }
     }
     ctx.bind()?;
+    // Destroying a handle synchronizes the device: not during another device's capture.
+    let _no_capture = crate::graph::building().shared();
     let mut handle = std::ptr::null_mut();
     // SAFETY: the context is current; the handle is created and destroyed here.
     unsafe {

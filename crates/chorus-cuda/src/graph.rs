@@ -22,8 +22,10 @@
 //! A build holds it exclusively (so builds are serialized too); a new handle
 //! (`CudaStream::blas`) holds it shared while it is created and makes those first two small
 //! products (the warm-up run above does the same for the graph's own handle before its
-//! capture), and so does destroying a handle, a graph or a module. Shared, so that the first
-//! products of many new handles (each a device synchronization) overlap instead of queueing.
+//! capture), and so does destroying a handle, a graph or a module, and what a new device does
+//! (loading the module, creating and destroying a throwaway handle: seen to break a capture of
+//! another device when tests ran in parallel). Shared, so that the first products of many new
+//! handles (each a device synchronization) overlap instead of queueing.
 
 use crate::driver::{check, Context};
 use crate::launch;

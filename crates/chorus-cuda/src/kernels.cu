@@ -763,8 +763,10 @@ extern "C" __global__ void adaptive_avg_pool2d_f32(const float* __restrict__ src
 // 14. index_select_u16/_u32/_u64 (ELEMENTWISE over outer * count * inner outputs):
 // out[(o count + k) inner + i] = src[(o n + idx[k]) inner + i]. An index outside 0..n is never
 // read through: that output gets 0, and the first thread to find a bad index records it in the
-// host-mapped err (err[0] = 1 by compare-and-swap, then err[1] = the index); which bad index is
-// recorded when there are several depends on timing, the outputs do not.
+// host-mapped err: it claims err[0] (0 -> 1 by compare-and-swap), writes err[1] = the index,
+// fences and then publishes (err[0] = 2), so that a host reading err[0] == 2 (the only state it
+// trusts) reads the complete index (the host may look while the kernel still runs); which bad
+// index is recorded when there are several depends on timing, the outputs do not.
 
 template <typename T>
 __device__ __forceinline__ void index_select(const T* __restrict__ src, const i64* __restrict__ idx,
@@ -777,7 +779,11 @@ __device__ __forceinline__ void index_select(const T* __restrict__ src, const i6
         const i64 r = idx[k];
         if (r < 0 || (u64)r >= n) {
             out[e] = (T)0;
-            if (atomicCAS(&err[0], 0ULL, 1ULL) == 0ULL) err[1] = (u64)r;
+            if (atomicCAS(&err[0], 0ULL, 1ULL) == 0ULL) {
+                atomicExch(&err[1], (u64)r);
+                __threadfence_system();
+                atomicExch(&err[0], 2ULL);
+            }
         } else {
             out[e] = src[(o * n + (u64)r) * inner + i];
         }

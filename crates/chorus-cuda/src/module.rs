@@ -131,6 +131,8 @@ fn nvrtc_check(r: nvrtcResult, api: &'static str) -> BackendResult<()> {
 fn load(ctx: &Arc<Context>) -> BackendResult<Module> {
     let cubin = cubin(ctx.compute_capability()?)?;
     ctx.bind()?;
+    // Loading code into the context may synchronize it: not during another device's capture.
+    let _no_capture = crate::graph::building().shared();
     let mut raw = std::ptr::null_mut();
     check(
         // SAFETY: `cubin` is a complete cubin image produced by NVRTC for this device; the

@@ -11,7 +11,9 @@
 //!
 //! Errors: a failed driver call on the stream, or a kernel that reports bad input through the
 //! stream's *error word* (page-locked host memory mapped into the device, written by a kernel
-//! such as `index_select` when an index is out of range), make the stream's error sticky: every
+//! such as `index_select` when an index is out of range: `[state, index]`, the state 0 → 1 when a
+//! kernel claims it, → 2 once the index is written; the host, which may look while the kernel
+//! runs, believes only 2), make the stream's error sticky: every
 //! later call on this stream returns it; other streams are unaffected. (A fault that corrupts
 //! the CUDA context itself, such as an illegal address, is reported by the driver on every
 //! stream, because CUDA poisons the whole context.)
@@ -55,7 +57,7 @@ pub struct CudaStream {
     ctx: Arc<Context>,
     // sync-shim: allowed (create-once cell for the cuBLAS handle; not loom-modelled)
     blas: std::sync::OnceLock<Result<Blas, BackendError>>,
-    /// Device error word: `[flag, payload]`, written by kernels, read by the host.
+    /// Device error word: `[state, payload]`, written by kernels, read by the host (module docs).
     err_word: Pinned,
     pub(crate) err_dev: sys::CUdeviceptr,
     staging: RankedMutex<Option<Pinned>>,
@@ -156,9 +158,13 @@ impl CudaStream {
         // SAFETY: the error word is 16 bytes of page-locked memory owned by this stream, 8-byte
         // aligned; the device writes it, so it is read volatile.
         let flag = unsafe { word.read_volatile() };
-        if flag == 0 {
+        // 1: a kernel has claimed the word and is writing the index; it publishes 2 before it
+        // completes, so a check after the stream's work (a synchronization) sees 2.
+        if flag != 2 {
             return None;
         }
+        // The index was written before the flag (the kernel fenced in between): read after it.
+        chorus_sync::atomic::fence(Ordering::Acquire);
         // SAFETY: as above, second word.
         let index = unsafe { word.add(1).read_volatile() } as i64;
         Some(self.fail(BackendError::Kernel {

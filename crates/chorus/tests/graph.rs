@@ -392,6 +392,50 @@ fn captures_while_other_threads_compute() {
     );
 }
 
+/// Devices created and dropped on another thread while graphs are captured (what a new device
+/// does, such as loading its kernels, must not break a capture of another device of the same
+/// GPU: on CUDA it once made `cuStreamEndCapture` fail when tests ran in parallel).
+#[test]
+fn captures_while_devices_come_and_go() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let kind = chorus::BackendKind::parse(dev.id().backend).unwrap();
+            let m = mlp(&dev, &[64, 96, 32]);
+            let x = Tensor::randn(&dev, &[3, 64], 8).unwrap();
+            let want = bits(&m.forward(&x).unwrap());
+            let done = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|sc| {
+                let (m, x, want, dev, done) = (&m, &x, &want, &dev, &done);
+                sc.spawn(move || {
+                    // Set however this thread ends (a failed capture panics).
+                    struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+                    impl Drop for Done<'_> {
+                        fn drop(&mut self) {
+                            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    let _done = Done(done);
+                    for i in 0..scaled(10) {
+                        let g = forward_graph(dev, m, &[3, 64]);
+                        assert!(bits(&g.run(&[x]).unwrap()[0]) == *want, "capture {i}");
+                    }
+                });
+                sc.spawn(move || {
+                    let mut made = 0;
+                    while made < 2 || !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let other = Device::builder().backend(kind).build().unwrap();
+                        let y = Tensor::randn(&other, &[8, 8], made).unwrap();
+                        assert!(y.matmul(&y).unwrap().to_vec::<f32>().is_ok());
+                        other.shutdown();
+                        made += 1;
+                    }
+                });
+            });
+        },
+    );
+}
+
 /// A kernel of a graph that fails on its inputs (an index out of range, known only on the
 /// device) fails the stream that ran the graph, as a direct call would, and nothing else.
 #[test]
