@@ -26,6 +26,16 @@
 //! (loading the module, creating and destroying a throwaway handle: seen to break a capture of
 //! another device when tests ran in parallel). Shared, so that the first products of many new
 //! handles (each a device synchronization) overlap instead of queueing.
+//!
+//! Code outside chorus (another library in the process) may still synchronize the device
+//! during a capture. A broken capture is tried again, twice; if the third breaks too, the
+//! build returns no CUDA graph and the runtime launches the graph's kernels one by one (the
+//! same results, more launches; `CHORUS_CUDA_TRACE` reports it). But such synchronizations
+//! have also crashed the process inside the driver (H100, CUDA 13.0 driver: a kernel launch
+//! into a capture being broken, or destroying a stream or cuBLAS handle whose captures broke;
+//! 4 of 6 runs of the ignored test `captures_survive_foreign_device_synchronizations`, which
+//! synchronizes the device from another thread without pause). So: no device-wide
+//! synchronization by other code while `Graph::capture` runs.
 
 use crate::driver::{check, Context};
 use crate::launch;
@@ -112,16 +122,43 @@ pub(crate) unsafe fn build(
     // once the context is synchronized, and what they write is the graph's alone.
     unsafe { launch_all(&stream, module, kernels, tf32)? };
     stream.synchronize(None)?;
+    let mut failure = None;
+    for _ in 0..CAPTURE_ATTEMPTS {
+        // SAFETY: the caller's contract (as above).
+        match unsafe { capture(&stream, module, kernels, tf32) } {
+            Ok(exec) => return Ok(Some(CudaGraph { exec, stream })),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if std::env::var_os("CHORUS_CUDA_TRACE").is_some() {
+        eprintln!("chorus-cuda: graph captures failed ({failure:?}); kernel by kernel instead");
+    }
+    Ok(None)
+}
+
+/// Captures of one graph tried before it falls back to kernel-by-kernel launches.
+const CAPTURE_ATTEMPTS: usize = 3;
+
+/// One capture of `kernels` on `stream` (idle), instantiated.
+///
+/// # Safety
+/// As `build`, after its warm-up run.
+unsafe fn capture(
+    stream: &CudaStream,
+    module: &Module,
+    kernels: &[Kernel],
+    tf32: bool,
+) -> BackendResult<sys::CUgraphExec> {
     let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
     // SAFETY: a live stream of the current context (`create_for_graph` bound it), idle.
     let r = unsafe { sys::cuStreamBeginCapture_v2(stream.raw, mode) };
     check(r, "cuStreamBeginCapture")?;
     // SAFETY: the caller's contract covers every pointer for as long as the graph lives; the
     // capturing stream records the launches without running them.
-    let launched = unsafe { launch_all(&stream, module, kernels, tf32) };
+    let launched = unsafe { launch_all(stream, module, kernels, tf32) };
     let mut graph = std::ptr::null_mut();
     // SAFETY: the stream is capturing (begun above); writes one graph handle (null if the
-    // capture failed), destroyed below.
+    // capture failed), destroyed below. Ending it also ends a broken capture.
     let ended = check(
         unsafe { sys::cuStreamEndCapture(stream.raw, &mut graph) },
         "cuStreamEndCapture",
@@ -139,10 +176,7 @@ pub(crate) unsafe fn build(
         // SAFETY: the graph of the capture, destroyed once; the exec does not need it.
         let _ = unsafe { sys::cuGraphDestroy(graph) };
     }
-    Ok(Some(CudaGraph {
-        exec: built?,
-        stream,
-    }))
+    built
 }
 
 /// Launches `kernels` in order on `stream`.

@@ -1,7 +1,7 @@
 //! The CUDA backend through the public API. Without a GPU each test prints `SKIPPED` and checks
 //! only that asking for a device gives a typed error (never a panic).
 
-use chorus_core::{Device, Error, Tensor, UnaryOp};
+use chorus_core::{DType, Device, Error, Graph, Tensor, UnaryOp};
 
 /// CUDA device 0, or `None` (with a `SKIPPED` line) without a GPU.
 fn gpu() -> Option<Device> {
@@ -296,4 +296,67 @@ fn timing_events_measure_gpu_work() {
         dt > std::time::Duration::ZERO && dt < std::time::Duration::from_secs(10),
         "{dt:?}"
     );
+}
+
+/// Code outside chorus that synchronizes the whole device (here raw `cuCtxSynchronize` calls
+/// on another thread, as another library in the process might make) breaks CUDA graph
+/// captures in progress. Capturing should still give a graph with the right results (the
+/// backend tries again, then falls back to launching the kernels one by one). Ignored: on the
+/// H100 with the CUDA 13.0 driver the process crashed inside the driver in 4 of 6 runs (see
+/// `chorus-cuda`'s graph module docs); run it with `--ignored` to check another driver.
+#[test]
+#[ignore = "crashes inside the CUDA 13.0 driver (graph module docs)"]
+fn captures_survive_foreign_device_synchronizations() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(gpu) = gpu() else { return };
+    let w = Tensor::randn(&gpu, &[64, 64], 1).unwrap();
+    let x = Tensor::randn(&gpu, &[4, 64], 2).unwrap();
+    let f = |i: &Tensor| i.matmul(&w)?.relu();
+    let want = bits(&f(&x).unwrap());
+    let capture = || {
+        Graph::capture(&gpu, &[(&[4, 64], DType::F32)], |i| {
+            Ok::<_, Error>(vec![f(&i[0])?])
+        })
+        .unwrap()
+    };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Stops the other thread however this one ends.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stop = Stop(&stop);
+        let flag = stop.0;
+        s.spawn(move || foreign_synchronizations(flag));
+        for i in 0..40 {
+            assert_eq!(bits(&capture().run(&[&x]).unwrap()[0]), want, "capture {i}");
+        }
+        drop(stop);
+    });
+    assert_eq!(bits(&f(&x).unwrap()), want);
+    assert_eq!(bits(&capture().run(&[&x]).unwrap()[0]), want);
+}
+
+/// `cuCtxSynchronize` on device 0's primary context in a loop until `stop`.
+fn foreign_synchronizations(stop: &std::sync::atomic::AtomicBool) {
+    use cudarc::driver::sys;
+    let (mut dev, mut ctx) = (0, std::ptr::null_mut());
+    // SAFETY: the driver is initialized (the test made a device); each call writes one handle.
+    unsafe {
+        assert_eq!(sys::cuDeviceGet(&mut dev, 0), sys::CUresult::CUDA_SUCCESS);
+        assert_eq!(
+            sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
+            sys::CUresult::CUDA_SUCCESS
+        );
+        assert_eq!(sys::cuCtxSetCurrent(ctx), sys::CUresult::CUDA_SUCCESS);
+    }
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // SAFETY: the context is current on this thread.
+        let _ = unsafe { sys::cuCtxSynchronize() };
+    }
+    // SAFETY: retained above, released once.
+    let _ = unsafe { sys::cuDevicePrimaryCtxRelease_v2(dev) };
 }

@@ -18,6 +18,11 @@
 //! of one graph are serialized on the device: a run on another stream than the previous run
 //! waits (device-side) for it. Threads that should run in parallel capture a graph each.
 //!
+//! On CUDA, other CUDA code in the process (another library) must not synchronize the whole
+//! device while `capture` runs: that breaks the CUDA graph capture (chorus tries again, then
+//! runs the graph kernel by kernel) and has crashed the process inside the driver (chorus-cuda's
+//! graph module docs). chorus's own threads may compute meanwhile.
+//!
 //! # Protocol (runs)
 //! `runs` (lock `GRAPH_RUNS`) holds the stream of the last run (at first the capturing stream,
 //! where the graph's blocks were allocated). A run, under the lock: if its stream `s` differs,
