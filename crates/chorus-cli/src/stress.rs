@@ -6,7 +6,12 @@
 //!    result tensors and synchronizing their current stream every `--sync-every` rounds. An op
 //!    error is counted and the thread goes on with its next round. The clock stops once every
 //!    thread has finished and `Device::synchronize` has returned, as in the PyTorch baseline
-//!    (`ops/s = threads × iters / seconds`, thread start-up included).
+//!    (`ops/s = threads × iters / seconds`). With `--warmup N` each thread first runs `N`
+//!    untimed rounds (capturing its graph, with `--graph`, before them), synchronizes its
+//!    stream and waits until every thread has done so; the clock starts then. Without it
+//!    (the default) the clock starts before the threads do, so the time includes thread
+//!    start-up and what a stream's first use costs (on CUDA, creating the stream's cuBLAS
+//!    handle: up to ~0.16 s when 64 threads start at once on the H100).
 //! 2. **Verification** (not timed): each kept result is read back, and its round is run again
 //!    on the main thread, one after another, with the same seeds; any difference in the bits of
 //!    a value is an error.
@@ -25,6 +30,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How many messages of each kind (op errors, mismatches) are printed.
@@ -62,9 +68,38 @@ pub(crate) struct StressArgs {
     /// directly, so every result must equal the direct call bit for bit.
     #[arg(long)]
     graph: bool,
+    /// Untimed rounds each thread runs before the clock starts (module docs).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    warmup: u64,
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// A worker's side of the meeting before the clock starts (`--warmup`): it reports that it is
+/// ready (also when it unwinds or returns early: on drop) and waits for the start.
+struct Gate {
+    ready: Option<mpsc::Sender<()>>,
+    start: mpsc::Receiver<()>,
+}
+
+impl Gate {
+    /// Reports this thread ready and waits until the clock starts (or the phase is called off:
+    /// the main thread dropped its sender).
+    fn ready_and_wait(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
+        let _ = self.start.recv();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
+    }
 }
 
 /// What one thread of the parallel phase produced.
@@ -114,8 +149,7 @@ pub(crate) fn run(args: &StressArgs) -> anyhow::Result<ExitCode> {
 
     // Parallel phase, timed.
     let bar = progress_bar(ops, "stress");
-    let start = Instant::now();
-    let runs = run_threads(&device, args, &params, &bar)?;
+    let (runs, start) = run_threads(&device, args, &params, &bar)?;
     let mut op_errors: Vec<String> = runs.iter().flat_map(|r| r.errors.iter().cloned()).collect();
     if let Err(e) = device.synchronize() {
         op_errors.push(format!("device synchronize: {e}"));
@@ -159,21 +193,43 @@ pub(crate) fn run(args: &StressArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Runs the parallel phase: one scoped thread per `--threads`, joined before returning.
+/// Runs the parallel phase: one scoped thread per `--threads`, joined before returning; also
+/// returns when the clock started (module docs).
 fn run_threads(
     device: &Device,
     args: &StressArgs,
     params: &Params<'_>,
     bar: &ProgressBar,
-) -> anyhow::Result<Vec<ThreadRun>> {
-    std::thread::scope(|s| {
+) -> anyhow::Result<(Vec<ThreadRun>, Instant)> {
+    let mut start = Instant::now();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let runs = std::thread::scope(|s| -> anyhow::Result<Vec<ThreadRun>> {
         let mut handles = Vec::new();
+        let mut starts = Vec::new();
         for thread in 0..args.threads {
+            let gate = (args.warmup > 0).then(|| {
+                let (start_tx, start_rx) = mpsc::channel();
+                starts.push(start_tx);
+                Gate {
+                    ready: Some(ready_tx.clone()),
+                    start: start_rx,
+                }
+            });
+            // A failed spawn returns at once: dropping `starts` releases the waiting threads.
             let handle = std::thread::Builder::new()
                 .name(format!("stress-{thread}"))
-                .spawn_scoped(s, move || worker(device, args, params, thread, bar))
+                .spawn_scoped(s, move || worker(device, args, params, thread, bar, gate))
                 .with_context(|| format!("spawning stress thread {thread}"))?;
             handles.push(handle);
+        }
+        if args.warmup > 0 {
+            for _ in 0..args.threads {
+                let _ = ready_rx.recv();
+            }
+            start = Instant::now();
+            for s in &starts {
+                let _ = s.send(());
+            }
         }
         Ok(handles
             .into_iter()
@@ -186,16 +242,19 @@ fn run_threads(
                 })
             })
             .collect())
-    })
+    })?;
+    Ok((runs, start))
 }
 
-/// The rounds of one thread.
+/// The rounds of one thread: its warm-up rounds (`--warmup`; seeds after those of its timed
+/// rounds, results dropped), then the timed ones.
 fn worker(
     device: &Device,
     args: &StressArgs,
     params: &Params<'_>,
     thread: u64,
     bar: &ProgressBar,
+    mut gate: Option<Gate>,
 ) -> ThreadRun {
     let mut run = ThreadRun {
         results: Vec::with_capacity(args.iters.try_into().unwrap_or(0)),
@@ -214,13 +273,27 @@ fn worker(
     } else {
         None
     };
+    let round = |key| match &graph {
+        Some(g) => args.scenario.graph_round(device, params, key, g),
+        None => args.scenario.round(device, params, key),
+    };
+    if let Some(gate) = &mut gate {
+        for i in 0..args.warmup {
+            let iter = args.iters.saturating_add(i);
+            if let Err(e) = round(RoundKey { thread, iter }) {
+                run.errors
+                    .push(format!("thread {thread}, warm-up round {i}: {e}"));
+            }
+        }
+        if let Err(e) = device.current_stream().and_then(|s| s.synchronize()) {
+            run.errors
+                .push(format!("thread {thread}, after warm-up: synchronize: {e}"));
+        }
+        gate.ready_and_wait();
+    }
     for iter in 0..args.iters {
         let key = RoundKey { thread, iter };
-        let round = match &graph {
-            Some(g) => args.scenario.graph_round(device, params, key, g),
-            None => args.scenario.round(device, params, key),
-        };
-        match round {
+        match round(key) {
             Ok(out) => run.results.push((key, out)),
             Err(e) => run
                 .errors
@@ -518,6 +591,7 @@ impl Summary<'_> {
             "seed": a.seed,
             "with_mean": a.with_mean,
             "graph": a.graph,
+            "warmup": a.warmup,
             "device": a.device.name,
             "device_id": self.device.id().to_string(),
             "device_description": self.device.describe(),
@@ -573,6 +647,9 @@ impl Summary<'_> {
         println!("synchronize: {sync}");
         println!("threads: {}", a.threads);
         println!("iterations per thread: {}", a.iters);
+        if a.warmup > 0 {
+            println!("untimed warm-up rounds per thread: {}", a.warmup);
+        }
         println!("total operations: {}", self.ops);
         println!("seconds: {:.3}", self.seconds.as_secs_f64());
         println!("ops/s: {:.1}", self.ops_per_s());

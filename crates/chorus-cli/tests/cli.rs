@@ -159,6 +159,37 @@ fn stress_json() {
 }
 
 #[test]
+fn stress_warmup_rounds_run_before_the_clock() {
+    for extra in [
+        &["--scenario", "matmul"][..],
+        &["--scenario", "mlp", "--graph"],
+    ] {
+        let args = [
+            &["stress", "--threads", "3", "--iters", "4", "--size", "16"][..],
+            &["--warmup", "2", "--json"],
+            extra,
+        ]
+        .concat();
+        let j = json_ok(&chorus(&args, &[]));
+        assert_eq!(j["warmup"], 2);
+        assert_eq!(
+            (
+                j["ops"].as_u64(),
+                j["errors"].as_u64(),
+                j["verified"].as_u64()
+            ),
+            (Some(12), Some(0), Some(12)),
+            "{extra:?}"
+        );
+        if extra[1] == "matmul" {
+            // Each round allocates its two operands, the product and the sum: the warm-up
+            // rounds (run, not timed, not verified) are in the parallel phase's statistics.
+            assert!(j["memory"]["allocations"].as_u64().unwrap() >= (12 + 6) * 4);
+        }
+    }
+}
+
+#[test]
 fn stress_with_mean_and_no_sync() {
     let args = [
         "stress",
