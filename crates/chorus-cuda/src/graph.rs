@@ -7,7 +7,10 @@
 //! records them instead of running them, and instantiates the result. The graph keeps that
 //! stream: the nodes refer to its cuBLAS workspace (8 MiB) and scratch memory, which must live
 //! as long as the graph and are used by one launch at a time (the runtime runs a graph on one
-//! stream at a time, in order). A graph with `index_select`, whose kernel reports a bad index
+//! stream at a time, in order). When the graph is dropped (its launches complete), its stream
+//! goes back to the device's idle graph streams ([`GraphStreams`]) and the next build takes
+//! it: a build does not create a cuBLAS handle each time (nor a drop destroy one), each of
+//! which synchronizes the device. A graph with `index_select`, whose kernel reports a bad index
 //! through the error word of the stream it was launched on, is not built (the runtime then
 //! launches its kernels one by one on the running stream, where the error is seen).
 //!
@@ -42,7 +45,7 @@ use crate::launch;
 use crate::module::Module;
 use crate::stream::CudaStream;
 use chorus_core::{BackendResult, Kernel};
-use chorus_sync::Arc;
+use chorus_sync::{rank, Arc, RankedMutex};
 use cudarc::driver::sys;
 
 /// The process-wide lock that keeps device synchronizations out of captures (module docs).
@@ -80,11 +83,59 @@ pub(crate) fn building() -> &'static Building {
     &BUILDING
 }
 
+/// Idle graph streams of one device: a graph's stream (and its cuBLAS handle and workspace)
+/// goes back here when the graph is dropped, and the next build takes it, so that capturing
+/// graphs over and over does not create and destroy a cuBLAS handle each time (each of which
+/// synchronizes the device).
+#[derive(Debug)]
+pub(crate) struct GraphStreams(RankedMutex<Vec<CudaStream>>);
+
+/// Most idle graph streams kept (8 MiB of cuBLAS workspace each); more are destroyed.
+const IDLE_GRAPH_STREAMS: usize = 64;
+
+impl Default for GraphStreams {
+    fn default() -> Self {
+        GraphStreams(RankedMutex::new(rank::BACKEND_GRAPH_STREAMS, Vec::new()))
+    }
+}
+
+impl GraphStreams {
+    /// An idle graph stream of `ctx`'s device, or a new one.
+    fn take(&self, ctx: &Arc<Context>) -> BackendResult<CudaStream> {
+        match self.0.lock().pop() {
+            Some(stream) => {
+                stream.bind()?;
+                Ok(stream)
+            }
+            None => CudaStream::create_for_graph(ctx),
+        }
+    }
+
+    /// Keeps `stream` (idle: nothing enqueued on it runs any more) for a later build, unless
+    /// enough are kept already.
+    fn put(&self, stream: CudaStream) {
+        let extra = {
+            let mut idle = self.0.lock();
+            if idle.len() < IDLE_GRAPH_STREAMS {
+                idle.push(stream);
+                None
+            } else {
+                Some(stream)
+            }
+        };
+        // Destroyed (a cuBLAS handle: not during a capture, see `CudaStream`'s drop) with no
+        // lock held.
+        drop(extra);
+    }
+}
+
 /// An instantiated CUDA graph and the stream it was captured on.
 #[derive(Debug)]
 pub struct CudaGraph {
     exec: sys::CUgraphExec,
-    stream: CudaStream,
+    /// `Some` until the drop hands it back to `streams`.
+    stream: Option<CudaStream>,
+    streams: Arc<GraphStreams>,
 }
 
 // SAFETY: a CUgraphExec handle may be launched from any thread with its context current (the
@@ -100,6 +151,7 @@ unsafe impl Sync for CudaGraph {}
 /// As `Backend::build_graph`.
 pub(crate) unsafe fn build(
     ctx: &Arc<Context>,
+    streams: &Arc<GraphStreams>,
     module: &Module,
     kernels: &[Kernel],
     tf32: bool,
@@ -111,10 +163,10 @@ pub(crate) unsafe fn build(
     {
         return Ok(None);
     }
-    // The stream is made before the lock is taken, so that an early return drops (and
-    // destroys the cuBLAS handle of) the stream after releasing it.
-    let stream = CudaStream::create_for_graph(ctx)?;
-    let _one_at_a_time = building().exclusive();
+    // The stream is taken before the lock is, so that an early return drops (and destroys the
+    // cuBLAS handle of) the stream after releasing it.
+    let stream = streams.take(ctx)?;
+    let exclusive = building().exclusive();
     // The warm-up run (module docs).
     // SAFETY: the context is current (`create_for_graph` bound it).
     check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")?;
@@ -126,13 +178,23 @@ pub(crate) unsafe fn build(
     for _ in 0..CAPTURE_ATTEMPTS {
         // SAFETY: the caller's contract (as above).
         match unsafe { capture(&stream, module, kernels, tf32) } {
-            Ok(exec) => return Ok(Some(CudaGraph { exec, stream })),
+            Ok(exec) => {
+                return Ok(Some(CudaGraph {
+                    exec,
+                    stream: Some(stream),
+                    streams: Arc::clone(streams),
+                }))
+            }
             Err(e) => failure = Some(e),
         }
     }
     if std::env::var_os("CHORUS_CUDA_TRACE").is_some() {
         eprintln!("chorus-cuda: graph captures failed ({failure:?}); kernel by kernel instead");
     }
+    // Kept, not destroyed: destroying the handle of broken captures has crashed (module docs);
+    // and after the lock, which destroying an extra stream takes shared.
+    drop(exclusive);
+    streams.put(stream);
     Ok(None)
 }
 
@@ -212,13 +274,23 @@ impl CudaGraph {
 
 impl Drop for CudaGraph {
     fn drop(&mut self) {
-        if self.stream.bind().is_ok() {
-            // Not during a capture (module docs); released before the stream drops, whose
-            // cuBLAS handle takes the lock again.
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        if stream.bind().is_err() {
+            return;
+        }
+        {
+            // Not during a capture (module docs); released before the stream may be destroyed,
+            // whose cuBLAS handle takes the lock again.
             let _no_capture = building().shared();
             // SAFETY: the runtime drops a graph once its launches have completed; created once,
-            // destroyed once. The stream (and its workspace) drops after it.
+            // destroyed once. The stream (and its workspace) outlives it.
             let _ = unsafe { sys::cuGraphExecDestroy(self.exec) };
         }
+        // The nodes that referred to the stream's old scratch buffers are gone; the stream
+        // itself never ran anything after the build, so the next build may use it.
+        stream.free_retired();
+        self.streams.put(stream);
     }
 }

@@ -171,6 +171,7 @@ pub struct CudaBackend {
     modules: ModuleCache,
     options: CudaOptions,
     name: String,
+    graph_streams: Arc<graph::GraphStreams>,
 }
 
 impl CudaBackend {
@@ -187,6 +188,7 @@ impl CudaBackend {
             modules: ModuleCache::default(),
             options,
             name,
+            graph_streams: Arc::default(),
         };
         // One-time costs are paid here rather than inside the first requests: loading (or
         // compiling) the kernels, and cuBLAS's library initialization (seconds when its
@@ -261,7 +263,15 @@ impl Backend for CudaBackend {
         self.ctx.bind()?;
         let module = self.modules.get(&self.ctx)?;
         // SAFETY: forwarded contract of Backend::build_graph.
-        unsafe { graph::build(&self.ctx, module, kernels, self.options.allow_tf32) }
+        unsafe {
+            graph::build(
+                &self.ctx,
+                &self.graph_streams,
+                module,
+                kernels,
+                self.options.allow_tf32,
+            )
+        }
     }
     unsafe fn launch_graph(
         &self,

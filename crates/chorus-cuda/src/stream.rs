@@ -135,6 +135,12 @@ impl CudaStream {
         })
     }
 
+    /// Frees the scratch segments a graph's nodes referred to (`for_graph`), once that graph
+    /// is gone.
+    pub(crate) fn free_retired(&self) {
+        self.retired.lock().clear();
+    }
+
     /// The stream's cuBLAS handle, created on first use: holding the graph-build lock shared (a new
     /// handle's first products synchronize the device, which would break a capture in
     /// progress: `crate::graph`), except on a graph's own stream, whose build holds it.

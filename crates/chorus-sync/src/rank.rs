@@ -69,6 +69,8 @@ pub const BACKEND_RETIRED_SCRATCH: LockRank = r(74, "backend retired scratch");
 /// A backend stream's read staging buffer (held across the copy and the stream synchronization,
 /// which may record the stream's sticky error).
 pub const BACKEND_STAGING: LockRank = r(72, "backend read staging");
+/// The CUDA backend's idle graph streams (a leaf lock).
+pub const BACKEND_GRAPH_STREAMS: LockRank = r(77, "backend graph streams");
 /// A backend's one-shot reply slot (read-back data).
 pub const BACKEND_REPLY: LockRank = r(85, "backend reply");
 /// The CUDA backend's process-wide registry of compiled kernel programs (a leaf lock).
