@@ -8,13 +8,14 @@ use serde_json::{json, Value};
 use std::process::ExitCode;
 
 /// The environment variables the device reads, in the order they are shown.
-const ENV_VARS: [&str; 7] = [
+const ENV_VARS: [&str; 8] = [
     "CHORUS_STREAMS",
     "CHORUS_STREAM_POLICY",
     "CHORUS_STREAM_WAIT_MS",
     "CHORUS_MEMORY_LIMIT",
     "CHORUS_THREAD_CACHE",
     "CHORUS_CUDA_TF32",
+    "CHORUS_CUDA_LAZY_BLAS",
     "CHORUS_CUDA_SCHED",
 ];
 

@@ -258,6 +258,28 @@ fn large_reductions_run_in_two_passes_and_agree() {
     assert_eq!(bits(&g.sum_all().unwrap()), bits(&g.sum_all().unwrap()));
 }
 
+/// A device whose streams make their cuBLAS handles on first use (`lazy_blas`) computes the
+/// same bits as one that made them at creation, from several threads.
+#[test]
+fn lazy_cublas_handles_give_the_same_bits() {
+    let Some(eager) = gpu() else { return };
+    let options = chorus_cuda::CudaOptions::default().lazy_blas(true);
+    let lazy = chorus_cuda::device_with(0, chorus_core::Config::default(), options).unwrap();
+    let run = |dev: &Device, seed: u64| {
+        let a = Tensor::randn(dev, &[33, 70], seed).unwrap();
+        let w = Tensor::randn(dev, &[50, 70], seed + 1).unwrap();
+        let b = Tensor::randn(dev, &[50], seed + 2).unwrap();
+        let y = a.linear_act(&w, Some(&b), Some(UnaryOp::Relu)).unwrap();
+        bits(&y.matmul(&y.transpose(0, 1).unwrap()).unwrap())
+    };
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (eager, lazy) = (&eager, &lazy);
+            s.spawn(move || assert_eq!(run(lazy, t), run(eager, t), "thread {t}"));
+        }
+    });
+}
+
 #[test]
 fn a_bad_index_fails_its_stream_only() {
     let Some(gpu) = gpu() else { return };

@@ -87,7 +87,7 @@ impl Device {
     }
 
     /// CUDA device `ordinal`, with the settings of the `CHORUS_*` environment variables
-    /// (including `CHORUS_CUDA_TF32`).
+    /// (including `CHORUS_CUDA_TF32` and `CHORUS_CUDA_LAZY_BLAS`).
     ///
     /// # Errors
     /// [`Error::Unavailable`] without a CUDA driver or with no such device;
@@ -134,7 +134,8 @@ impl Device {
     /// # Errors
     /// The backend could not start.
     ///
-    /// CUDA uses device 0 and the options of `CHORUS_CUDA_TF32`; [`Device::builder`] chooses
+    /// CUDA uses device 0 and the options of `CHORUS_CUDA_TF32` and `CHORUS_CUDA_LAZY_BLAS`;
+    /// [`Device::builder`] chooses
     /// others.
     pub fn new(kind: BackendKind, config: Config) -> Result<Device> {
         Device::builder()
@@ -213,6 +214,13 @@ impl DeviceBuilder {
     #[cfg(feature = "cuda")]
     pub fn allow_tf32(mut self, allow: bool) -> Self {
         self.cuda = self.cuda.allow_tf32(allow);
+        self
+    }
+    /// On CUDA, create each stream's cuBLAS handle on its first GEMM rather than with the
+    /// device (`chorus_cuda::CudaOptions::lazy_blas`; off by default).
+    #[cfg(feature = "cuda")]
+    pub fn lazy_blas(mut self, lazy: bool) -> Self {
+        self.cuda = self.cuda.lazy_blas(lazy);
         self
     }
     /// Total number of streams (stream 0 is the default stream), 2..=1024.
