@@ -135,8 +135,7 @@ impl Device {
     /// The backend could not start.
     ///
     /// CUDA uses device 0 and the options of `CHORUS_CUDA_TF32` and `CHORUS_CUDA_LAZY_BLAS`;
-    /// [`Device::builder`] chooses
-    /// others.
+    /// [`Device::builder`] chooses others.
     pub fn new(kind: BackendKind, config: Config) -> Result<Device> {
         Device::builder()
             .config(config)
