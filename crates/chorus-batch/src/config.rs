@@ -44,6 +44,7 @@ pub struct BatchConfig {
     pub(crate) preferred: Vec<usize>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) input_shape: Option<Vec<usize>>,
+    pub(crate) graphs: bool,
 }
 
 /// Most workers a queue may have (each holds a thread and a stream).
@@ -63,6 +64,7 @@ impl BatchConfig {
                 preferred: Vec::new(),
                 timeout: None,
                 input_shape: None,
+                graphs: false,
             },
         }
     }
@@ -98,6 +100,10 @@ impl BatchConfig {
     /// The per-row shape every request must have, if one was set.
     pub fn input_shape(&self) -> Option<&[usize]> {
         self.input_shape.as_deref()
+    }
+    /// Whether workers run batches through graphs of the model.
+    pub fn graphs(&self) -> bool {
+        self.graphs
     }
 }
 
@@ -152,6 +158,22 @@ impl BatchConfigBuilder {
     /// shape, and requests of different per-row shapes or dtypes are batched separately.
     pub fn input_shape(mut self, shape: Option<Vec<usize>>) -> Self {
         self.cfg.input_shape = shape;
+        self
+    }
+
+    /// Run batches through graphs of the model ([`chorus_core::Graph`]: on CUDA one graph
+    /// launch per batch instead of a launch per op), off by default. A batch is padded with
+    /// zero rows up to the next power of two (at most `max_batch`), so that a few graphs serve
+    /// every batch, and each worker captures the graph of a padded shape the first time it
+    /// comes (at most 32 per worker; further shapes run the model directly); the padding's
+    /// rows are dropped.
+    ///
+    /// Only for models whose output rows each depend on their own input row alone (what
+    /// batching assumes anyway). A model that cannot be captured (it reads tensors back or draws
+    /// random numbers in its forward) is then simply called directly. Results are bit-identical
+    /// to a direct call on the padded batch ([`BatchInfo::padded_rows`](crate::BatchInfo)).
+    pub fn graphs(mut self, on: bool) -> Self {
+        self.cfg.graphs = on;
         self
     }
 

@@ -23,6 +23,9 @@
 //! groups are never mixed in one batch. A group runs as soon as it holds `max_batch` rows (or
 //! the largest preferred batch size), or once its oldest request has waited `max_delay`
 //! ([`BatchConfig`]). A batch holds at most `max_batch` rows, taken first in, first out.
+//! With [`BatchConfigBuilder::graphs`], workers run batches through graphs of the model
+//! ([`chorus_core::Graph`]), each batch padded with zero rows to a power of two so that a few
+//! graphs serve all batch sizes ([`BatchInfo::padded_rows`]).
 //!
 //! # Failures stay where they belong
 //! - A malformed request (0-d, no rows, more than `max_batch` rows, another device, another
@@ -121,6 +124,7 @@
 mod batch_queue;
 mod config;
 mod error;
+mod graphs;
 pub mod host;
 mod queue;
 mod slot;

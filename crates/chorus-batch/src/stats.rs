@@ -124,6 +124,8 @@ pub struct Latency {
 pub struct BatchStats {
     /// Batches run (forward passes attempted), failed ones included.
     pub batches: u64,
+    /// Batches that ran through a graph ([`BatchConfigBuilder::graphs`](crate::BatchConfigBuilder::graphs)).
+    pub graph_batches: u64,
     /// Rows run in those batches.
     pub rows: u64,
     /// Requests that got their result.
@@ -174,6 +176,7 @@ pub struct Phases {
 #[derive(Debug, Clone)]
 struct Counters {
     batches: u64,
+    graph_batches: u64,
     rows: u64,
     requests: u64,
     failed: u64,
@@ -192,6 +195,7 @@ impl Counters {
     fn new(max_batch: usize) -> Self {
         Counters {
             batches: 0,
+            graph_batches: 0,
             rows: 0,
             requests: 0,
             failed: 0,
@@ -221,17 +225,20 @@ impl Stats {
         }
     }
 
-    /// A batch of `rows` rows ran; `latencies` of its requests if it succeeded, else it
-    /// failed `requests` requests; `phases` are its times (`queued` summed over its requests).
+    /// A batch of `rows` rows ran (through a graph if `graph`); `latencies` of its requests if
+    /// it succeeded, else it failed `requests` requests; `phases` are its times (`queued`
+    /// summed over its requests).
     pub(crate) fn batch(
         &self,
         rows: usize,
         requests: usize,
         latencies: Option<&[Duration]>,
         phases: &Phases,
+        graph: bool,
     ) {
         let mut c = self.inner.lock();
         c.batches += 1;
+        c.graph_batches += u64::from(graph);
         c.phases.queued += phases.queued;
         c.phases.gather += phases.gather;
         c.phases.forward += phases.forward;
@@ -279,6 +286,7 @@ impl Stats {
         let h = &c.latency;
         BatchStats {
             batches: c.batches,
+            graph_batches: c.graph_batches,
             rows: c.rows,
             requests: c.requests,
             failed: c.failed,

@@ -34,7 +34,7 @@ pub(crate) struct Done {
 /// Where a request ran: its batch, its rows in it, and the worker and stream that ran it.
 ///
 /// Running the model directly on the concatenation of the inputs of batch `batch` (in
-/// `offset` order) gives bit-identical rows.
+/// `offset` order), followed by `padded_rows - rows` rows of zeros, gives bit-identical rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct BatchInfo {
@@ -44,6 +44,9 @@ pub struct BatchInfo {
     pub offset: usize,
     /// Rows in the batch.
     pub rows: usize,
+    /// Rows the model ran on: `rows`, and zero rows padding the batch up to a power of two for
+    /// a graph ([`BatchConfigBuilder::graphs`](crate::BatchConfigBuilder::graphs)).
+    pub padded_rows: usize,
     /// Requests in the batch.
     pub requests: usize,
     /// The worker that ran it.

@@ -8,8 +8,11 @@
 //!    input is used as it is); the inputs were written on their submitters' streams, and the
 //!    tensor layer orders the worker's stream after those writes. Host requests: copy their
 //!    bytes into one buffer and upload it with one copy on the worker's stream.
-//! 2. Run the model once, on the worker's stream, with no lock held.
-//! 3. Check that the output has the batch's rows along dimension 0.
+//! 2. Run the model once, on the worker's stream, with no lock held: directly, or with graphs
+//!    on through the worker's graph of the batch's shape, the batch padded with zero rows to a
+//!    power of two first (`graphs.rs`).
+//! 3. Check that the output has the batch's rows (padding included) along dimension 0, and
+//!    drop the padding's rows.
 //! 4. Device requests: split the output into one view per request, in submission order, then
 //!    wait for the worker's stream. Host requests: read the whole output back with one copy
 //!    (which waits for the stream), then cut it into one host tensor per request. Either way
@@ -29,6 +32,7 @@
 use crate::batch_queue::{Request, Shared};
 use crate::config::ShutdownMode;
 use crate::error::{BatchError, Result};
+use crate::graphs::WorkerGraphs;
 use crate::host::{HostTensor, Input};
 use crate::queue::{Next, Queued};
 use crate::slot::Completer;
@@ -55,13 +59,14 @@ pub(crate) fn main(shared: Arc<Shared>, index: usize, started: Completer<Result<
     };
     started.complete(Ok(stream.index()));
     let _guard = FailOnUnwind(&shared);
+    let mut graphs = WorkerGraphs::new(shared.config.graphs);
     loop {
         match shared.queue.next() {
             Next::Stop => return,
             Next::Work { batch, expired } => {
                 expire(&shared, expired);
                 if !batch.is_empty() {
-                    run(&shared, index, &stream, batch);
+                    run(&shared, index, &stream, &mut graphs, batch);
                 }
             }
         }
@@ -96,7 +101,13 @@ fn expire(shared: &Shared, expired: Vec<Queued<Request>>) {
 }
 
 /// Runs one batch and completes its requests (module docs).
-fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Request>>) {
+fn run(
+    shared: &Shared,
+    worker: usize,
+    stream: &Stream,
+    graphs: &mut WorkerGraphs,
+    batch: Vec<Queued<Request>>,
+) {
     let number = shared.batches.fetch_add(1, Ordering::Relaxed) + 1;
     let start = Instant::now();
     let mut phases = Phases {
@@ -115,7 +126,7 @@ fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Reques
         pending.push((q.enqueued, q.item.done));
     }
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        forward(shared, stream, &inputs, &rows, total, &mut phases)
+        forward(shared, stream, graphs, &inputs, &rows, total, &mut phases)
     }))
     .unwrap_or_else(|panic| {
         Err(BatchError::ModelPanicked {
@@ -126,18 +137,23 @@ fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Reques
     drop(inputs);
     let done = Instant::now();
     match outcome {
-        Ok(parts) => {
+        Ok(Ran {
+            parts,
+            rows: padded,
+            graph,
+        }) => {
             let latencies: Vec<Duration> = pending
                 .iter()
                 .map(|(enqueued, _)| done.saturating_duration_since(*enqueued))
                 .collect();
             shared
                 .stats
-                .batch(total, pending.len(), Some(&latencies), &phases);
+                .batch(total, pending.len(), Some(&latencies), &phases, graph);
             let mut info = BatchInfo {
                 batch: number,
                 offset: 0,
                 rows: total,
+                padded_rows: padded,
                 requests: pending.len(),
                 worker,
                 stream: stream.index(),
@@ -149,7 +165,9 @@ fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Reques
             shared.stats.completed(done.elapsed());
         }
         Err(e) => {
-            shared.stats.batch(total, pending.len(), None, &phases);
+            shared
+                .stats
+                .batch(total, pending.len(), None, &phases, false);
             for (_, completer) in pending {
                 completer.complete(Err(e.clone()));
             }
@@ -157,15 +175,26 @@ fn run(shared: &Shared, worker: usize, stream: &Stream, batch: Vec<Queued<Reques
     }
 }
 
-/// Steps 1 to 4 of a batch: the rows of each request, computed.
+/// What a batch's forward pass produced.
+struct Ran {
+    /// Each request's rows, computed.
+    parts: Vec<Input>,
+    /// Rows the model ran on (the batch's, and zero rows padding it for a graph).
+    rows: usize,
+    /// Whether a graph ran it.
+    graph: bool,
+}
+
+/// Steps 1 to 4 of a batch.
 fn forward(
     shared: &Shared,
     stream: &Stream,
+    graphs: &mut WorkerGraphs,
     inputs: &[Input],
     rows: &[usize],
     total: usize,
     phases: &mut Phases,
-) -> Result<Vec<Input>> {
+) -> Result<Ran> {
     let device = |source| BatchError::Device {
         rows: total,
         source,
@@ -177,19 +206,34 @@ fn forward(
         lap = now;
         d
     };
-    let x = gather(shared, inputs, total).map_err(device)?;
+    let (row, dtype) = match &inputs[0] {
+        Input::Host(h) => (&h.shape()[1..], h.dtype()),
+        Input::Device(t) => (&t.shape()[1..], t.dtype()),
+    };
+    let padded = graphs.rows(shared.config.max_batch, row, dtype, total);
+    let x = gather(shared, inputs, total, padded).map_err(device)?;
     phases.gather = next_lap();
-    let y = shared.model.forward(&x).map_err(|e| BatchError::Model {
+    let model_error = |e| BatchError::Model {
         rows: total,
         source: Arc::new(e),
-    })?;
+    };
+    let (y, graph) = match graphs.run(&shared.config.device, shared.model.as_ref(), &x) {
+        Some(y) => (y.map_err(model_error)?, true),
+        None => (shared.model.forward(&x).map_err(model_error)?, false),
+    };
     phases.forward = next_lap();
-    if y.shape().first() != Some(&total) {
+    let ran = x.shape()[0];
+    if y.shape().first() != Some(&ran) {
         return Err(BatchError::OutputRows {
-            rows: total,
+            rows: ran,
             got: y.shape().to_vec(),
         });
     }
+    let y = if ran > total {
+        y.narrow(0, 0, total).map_err(device)?
+    } else {
+        y
+    };
     let parts = if matches!(inputs.first(), Some(Input::Host(_))) {
         scatter_host(&y, rows).map_err(device)?
     } else {
@@ -202,30 +246,47 @@ fn forward(
         parts.into_iter().map(Input::Device).collect()
     };
     phases.finish = next_lap();
-    Ok(parts)
+    Ok(Ran {
+        parts,
+        rows: ran,
+        graph,
+    })
 }
 
-/// Step 1: the batch's input on the worker's stream.
-/// (Every input of a batch is of the kind of its first: the queue's key says which.)
-fn gather(shared: &Shared, inputs: &[Input], total: usize) -> chorus_core::Result<Tensor> {
+/// Step 1: the batch's input on the worker's stream, `total` rows followed by zero rows up to
+/// `padded`. (Every input of a batch is of the kind of its first: the queue's key says which.)
+fn gather(
+    shared: &Shared,
+    inputs: &[Input],
+    total: usize,
+    padded: usize,
+) -> chorus_core::Result<Tensor> {
+    let device = &shared.config.device;
     if let Some(Input::Host(first)) = inputs.first() {
         let hosts = || inputs.iter().filter_map(Input::as_host);
-        let mut bytes = Vec::with_capacity(hosts().map(|h| h.as_bytes().len()).sum());
+        let size: usize = hosts().map(|h| h.as_bytes().len()).sum();
+        let mut bytes = Vec::with_capacity(size / total * padded);
         for h in hosts() {
             bytes.extend_from_slice(h.as_bytes());
         }
+        bytes.resize(size / total * padded, 0);
         let mut shape = first.shape().to_vec();
-        shape[0] = total;
-        return Tensor::from_bytes(&shared.config.device, bytes, &shape, first.dtype());
+        shape[0] = padded;
+        return Tensor::from_bytes(device, bytes, &shape, first.dtype());
     }
-    match inputs
+    let mut parts: Vec<Tensor> = inputs
         .iter()
         .filter_map(Input::as_tensor)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        [one] => Ok((*one).clone()),
-        many => Tensor::cat(many, 0),
+        .cloned()
+        .collect();
+    if padded > total {
+        let mut shape = parts[0].shape().to_vec();
+        shape[0] = padded - total;
+        parts.push(Tensor::zeros(device, &shape, parts[0].dtype())?);
+    }
+    match parts.as_slice() {
+        [one] => Ok(one.clone()),
+        many => Tensor::cat(&many.iter().collect::<Vec<_>>(), 0),
     }
 }
 

@@ -17,6 +17,9 @@
 //!   on the device. Queue: `infer(Tensor)`. Direct: forward, then synchronize the thread's
 //!   stream.
 //!
+//! With `--graphs` the queue runs its batches through graphs of the model, padded to powers of
+//! two (`BatchConfigBuilder::graphs`), and its clients' warm-up is 50 requests each.
+//!
 //! Each timed phase starts after a warm-up (5 requests per client, 3 forwards for (b)) and a
 //! barrier, and stops when the last client has its last result. Throughput is samples (rows)
 //! per second; latency is per request (per forward for (b)), from the call until its result is
@@ -66,6 +69,11 @@ pub(crate) struct BatchingArgs {
     /// Batching: where requests come from and results go (host memory, or the device).
     #[arg(long, value_enum, default_value_t = InputKind::Host)]
     input: InputKind,
+    /// Batching: the queue runs batches through graphs of the model, padded to powers of two
+    /// (`BatchConfigBuilder::graphs`); clients send 50 warm-up requests instead of 5, during
+    /// which the workers capture most of their graphs.
+    #[arg(long)]
+    graphs: bool,
 }
 
 /// Where a request's input and result live.
@@ -277,6 +285,7 @@ fn queued(
         .workers(usize::try_from(a.workers)?)
         .max_queue(usize::try_from(a.clients)?.max(1) * 2)
         .input_shape(Some(vec![512]))
+        .graphs(a.graphs)
         .build()?;
     let queue = BatchQueue::new(model.clone(), cfg)?;
     let call = |c: u64, i: u64| -> anyhow::Result<Duration> {
@@ -295,7 +304,10 @@ fn queued(
             }
         }
     };
-    let (elapsed, latencies) = clients(a.clients, 5, a.requests, &call, &|| queue.reset_stats())?;
+    let warmup = if a.graphs { 50 } else { 5 };
+    let (elapsed, latencies) = clients(a.clients, warmup, a.requests, &call, &|| {
+        queue.reset_stats()
+    })?;
     let stats = queue.stats();
     queue.shutdown(chorus::batch::ShutdownMode::Drain);
     Ok((
@@ -346,6 +358,7 @@ pub(crate) fn run(
                 "p99_ms": ms(m.p99),
                 "mean_batch": stats.mean_batch_size,
                 "batches": stats.batches,
+                "graph_batches": stats.graph_batches,
                 "phases_us": {
                     "queued": us(p.queued),
                     "gather": us(p.gather),
@@ -368,6 +381,7 @@ pub(crate) fn run(
         "requests_per_client": a.requests,
         "workers": a.workers,
         "input": format!("{:?}", a.input).to_lowercase(),
+        "graphs": a.graphs,
         "direct_threads": {
             "threads": a.clients,
             "samples_per_s": threads.samples_per_s,
@@ -397,11 +411,16 @@ fn print_text(out: &Value) {
         out["device_description"].as_str().unwrap_or("?")
     );
     println!(
-        "{} clients x {} batch-1 requests per configuration, {} workers, {} input",
+        "{} clients x {} batch-1 requests per configuration, {} workers, {} input{}",
         out["clients"],
         out["requests_per_client"],
         out["workers"],
-        out["input"].as_str().unwrap_or("?")
+        out["input"].as_str().unwrap_or("?"),
+        if out["graphs"].as_bool() == Some(true) {
+            ", batches through graphs"
+        } else {
+            ""
+        }
     );
     let t = &out["direct_threads"];
     println!(
