@@ -141,6 +141,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// # Errors
     /// As for [`Backend::launch`].
     unsafe fn launch_graph(&self, stream: &Self::Stream, graph: &Self::Graph) -> BackendResult<()>;
+    /// Releases what the backend keeps idle for reuse besides the allocator's segments (CUDA:
+    /// the streams of dropped graphs, each with a cuBLAS handle and its workspace); called by
+    /// [`Device::empty_cache`](crate::Device::empty_cache). Nothing by default.
+    fn release_idle(&self) {}
     /// Enqueues a copy of `data` to `dst`.
     ///
     /// # Safety

@@ -161,7 +161,8 @@ impl Device {
         self.rt().reset_peak();
     }
     /// Flushes the calling thread's block cache, waits for the device and returns every
-    /// cached segment to the device.
+    /// cached segment to the device, and whatever else the backend keeps idle for reuse (on
+    /// CUDA, the streams of dropped graphs with their cuBLAS workspaces).
     pub fn empty_cache(&self) {
         self.rt().empty_cache();
     }

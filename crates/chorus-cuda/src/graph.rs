@@ -111,6 +111,13 @@ impl GraphStreams {
         }
     }
 
+    /// Destroys every idle graph stream (`Device::empty_cache`).
+    pub(crate) fn clear(&self) {
+        let idle = std::mem::take(&mut *self.0.lock());
+        // Destroyed with no lock held (as in `put`).
+        drop(idle);
+    }
+
     /// Keeps `stream` (idle: nothing enqueued on it runs any more) for a later build, unless
     /// enough are kept already.
     fn put(&self, stream: CudaStream) {

@@ -302,6 +302,9 @@ impl Backend for CudaBackend {
             )
         }
     }
+    fn release_idle(&self) {
+        self.graph_streams.clear();
+    }
     unsafe fn launch_graph(
         &self,
         stream: &CudaStream,

@@ -280,6 +280,32 @@ fn lazy_cublas_handles_give_the_same_bits() {
     });
 }
 
+/// Graphs captured one after another reuse the streams of dropped ones (their scratch memory
+/// sized for another function), and `empty_cache` releases the idle ones: every graph still
+/// gives the direct bits.
+#[test]
+fn graph_streams_are_reused_and_released() {
+    let Some(gpu) = gpu() else { return };
+    let x = Tensor::randn(&gpu, &[512, 300], 1).unwrap();
+    let w = Tensor::randn(&gpu, &[300, 200], 2).unwrap();
+    // A long reduction (153,600 elements: two passes, scratch memory) and a product, in turn.
+    type F<'a> = &'a dyn Fn(&Tensor) -> chorus_core::Result<Tensor>;
+    let fs: [F<'_>; 2] = [&|t| t.sum_all(), &|t| t.matmul(&w)?.relu()];
+    for round in 0..3 {
+        for f in fs {
+            let want = bits(&f(&x).unwrap());
+            let g = Graph::capture(&gpu, &[(&[512, 300], DType::F32)], |i| {
+                Ok::<_, Error>(vec![f(&i[0])?])
+            })
+            .unwrap();
+            assert_eq!(bits(&g.run(&[&x]).unwrap()[0]), want, "round {round}");
+        }
+        if round == 1 {
+            gpu.empty_cache();
+        }
+    }
+}
+
 #[test]
 fn a_bad_index_fails_its_stream_only() {
     let Some(gpu) = gpu() else { return };

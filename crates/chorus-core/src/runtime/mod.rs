@@ -450,6 +450,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             self.retire_cache(&c);
         }
         self.alloc.empty_cache(self);
+        self.backend.release_idle();
     }
     fn handler_stats(&self) -> HandlerStats {
         let (ran, panicked, last_panic) = self.completion.counts();
