@@ -35,6 +35,10 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object (the same keys as the PyTorch script's output).
     #[arg(long)]
     json: bool,
+    /// GPU suite: run each thread-sweep row this many times and report the median (every
+    /// run's figure is in the row's `runs`); 1 (the default) runs it once, as PyTorch's script.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=99))]
+    repeat: u64,
     #[command(flatten)]
     batching: batching::BatchingArgs,
 }
@@ -87,7 +91,7 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         return batching::run(&args.device, args.json, &args.batching);
     }
     if device::is_gpu(args.device.kind) {
-        let out = crate::bench_cuda::run(&args.device, args.json)?;
+        let out = crate::bench_cuda::run(&args.device, args.json, usize::try_from(args.repeat)?)?;
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }

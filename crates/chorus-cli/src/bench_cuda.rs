@@ -9,6 +9,10 @@
 //! - `batching`: one thread, the MLP at batch 1 … 4096, 20 warm-up forwards then 500 timed
 //!   `model(x).sum().item()`.
 //!
+//! With `--repeat N` each thread-sweep row runs N times and reports the median (every run's
+//! figure in `"runs"`): a row of the MLP lasts ~20 ms from 16 threads on, short enough for one
+//! hiccup to move it by half.
+//!
 //! Both are measured twice: calling the model (`"graph": false`, what PyTorch's side does) and
 //! running a [`Graph`] of `model(x).sum()` captured by each thread before the clock starts
 //! (`"graph": true`; an iteration is then `x = randn(...)`, `graph.run(x).item()`).
@@ -170,15 +174,32 @@ fn batching(device: &Device) -> anyhow::Result<Vec<Value>> {
     Ok(rows)
 }
 
-/// Runs the suite on `choice` and returns the result object.
-pub(crate) fn run(choice: &DeviceChoice, quiet: bool) -> anyhow::Result<Value> {
+/// The median of `runs` thread-sweep rows (by `ops_per_s`), with every run's figure in `runs`.
+fn median_row(mut runs: Vec<Value>) -> Value {
+    let rates: Vec<f64> = runs
+        .iter()
+        .map(|r| r["ops_per_s"].as_f64().unwrap_or(0.0))
+        .collect();
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| rates[a].total_cmp(&rates[b]));
+    let mut row = runs.swap_remove(order[order.len() / 2]);
+    row["runs"] = json!(rates);
+    row
+}
+
+/// Runs the suite on `choice` and returns the result object; each thread-sweep row is the
+/// median of `repeat` runs.
+pub(crate) fn run(choice: &DeviceChoice, quiet: bool, repeat: usize) -> anyhow::Result<Value> {
     let device = device::build_with_streams(choice, THREADS[THREADS.len() - 1] + 1)?;
     let mut threads = Vec::new();
     for w in &WORKLOADS {
         let models = Models::build(&device, w.scenario)?.expect("model scenarios have a model");
         for graph in [false, true] {
             for &t in &THREADS {
-                let row = thread_round(&device, &models, w, t, graph)?;
+                let runs = (0..repeat.max(1))
+                    .map(|_| thread_round(&device, &models, w, t, graph))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let row = median_row(runs);
                 if !quiet {
                     eprintln!("{row}");
                 }
@@ -198,4 +219,18 @@ pub(crate) fn run(choice: &DeviceChoice, quiet: bool) -> anyhow::Result<Value> {
         "threads": threads,
         "batching": batching,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_row_is_the_median_run_with_every_run_listed() {
+        let row = |r: f64| json!({"threads": 16, "ops_per_s": r, "graph": false});
+        let m = median_row(vec![row(30.0), row(10.0), row(20.0)]);
+        assert_eq!(m["ops_per_s"], 20.0);
+        assert_eq!(m["runs"], json!([30.0, 10.0, 20.0]));
+        assert_eq!(median_row(vec![row(5.0)])["ops_per_s"], 5.0);
+    }
 }
