@@ -25,7 +25,6 @@ use std::collections::HashMap;
 pub(crate) const MAX_GRAPHS: usize = 32;
 
 /// One worker's graphs, by the batch input's shape and dtype.
-#[derive(Default)]
 pub(crate) struct WorkerGraphs {
     /// Whether batches may still run through graphs (the setting, and the model capturable).
     on: bool,

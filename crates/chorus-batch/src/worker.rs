@@ -274,19 +274,17 @@ fn gather(
         shape[0] = padded;
         return Tensor::from_bytes(device, bytes, &shape, first.dtype());
     }
-    let mut parts: Vec<Tensor> = inputs
-        .iter()
-        .filter_map(Input::as_tensor)
-        .cloned()
-        .collect();
+    let mut parts: Vec<&Tensor> = inputs.iter().filter_map(Input::as_tensor).collect();
+    let padding;
     if padded > total {
         let mut shape = parts[0].shape().to_vec();
         shape[0] = padded - total;
-        parts.push(Tensor::zeros(device, &shape, parts[0].dtype())?);
+        padding = Tensor::zeros(device, &shape, parts[0].dtype())?;
+        parts.push(&padding);
     }
     match parts.as_slice() {
-        [one] => Ok(one.clone()),
-        many => Tensor::cat(&many.iter().collect::<Vec<_>>(), 0),
+        [one] => Ok((*one).clone()),
+        many => Tensor::cat(many, 0),
     }
 }
 

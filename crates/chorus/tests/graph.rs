@@ -67,6 +67,14 @@ fn forward_graph(dev: &Device, m: &dyn Module, shape: &[usize]) -> Graph {
     .unwrap()
 }
 
+/// Captures `m`'s forward for `x`'s shape again and again; each graph gives `want`.
+fn capture_repeatedly(dev: &Device, m: &dyn Module, x: &Tensor, want: &[u32]) {
+    for i in 0..scaled(10) {
+        let g = forward_graph(dev, m, x.shape());
+        assert!(bits(&g.run(&[x]).unwrap()[0]) == want, "capture {i}");
+    }
+}
+
 /// A function of two inputs that goes through most kinds of kernel: a constant made during
 /// the capture, views, cat, softmax, layer norm, attention, reductions, an output that is a
 /// view and an output that is a weight returned as it is.
@@ -373,12 +381,7 @@ fn captures_while_other_threads_compute() {
             let want = bits(&m.forward(&x).unwrap());
             std::thread::scope(|sc| {
                 let (m, x, want, dev) = (&m, &x, &want, &dev);
-                sc.spawn(move || {
-                    for i in 0..scaled(10) {
-                        let g = forward_graph(dev, m, &[3, 64]);
-                        assert!(bits(&g.run(&[x]).unwrap()[0]) == *want, "capture {i}");
-                    }
-                });
+                sc.spawn(move || capture_repeatedly(dev, m, x, want));
                 for t in 0..6 {
                     sc.spawn(move || {
                         for i in 0..scaled(30) {
@@ -416,10 +419,7 @@ fn captures_while_devices_come_and_go() {
                         }
                     }
                     let _done = Done(done);
-                    for i in 0..scaled(10) {
-                        let g = forward_graph(dev, m, &[3, 64]);
-                        assert!(bits(&g.run(&[x]).unwrap()[0]) == *want, "capture {i}");
-                    }
+                    capture_repeatedly(dev, m, x, want);
                 });
                 sc.spawn(move || {
                     let mut made = 0;
