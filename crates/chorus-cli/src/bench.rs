@@ -39,8 +39,22 @@ pub(crate) struct BenchArgs {
     /// run's figure is in the row's `runs`); 1 (the default) runs it once, as PyTorch's script.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=99))]
     repeat: u64,
+    /// GPU suite: run each thread-sweep row for this many seconds, every thread until a shared
+    /// deadline, and count the forwards finished before it (steady state), instead of the
+    /// PyTorch script's fixed counts (whose short rows also time the start of every thread and
+    /// the slowest one's tail).
+    #[arg(long, value_parser = parse_seconds)]
+    seconds: Option<f64>,
     #[command(flatten)]
     batching: batching::BatchingArgs,
+}
+
+/// A round length in seconds: positive and at most an hour.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds in (0, 3600]")),
+    }
 }
 
 /// The benchmarks of `chorus bench`.
@@ -91,7 +105,8 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         return batching::run(&args.device, args.json, &args.batching);
     }
     if device::is_gpu(args.device.kind) {
-        let out = crate::bench_cuda::run(&args.device, args.json, usize::try_from(args.repeat)?)?;
+        let repeat = usize::try_from(args.repeat)?;
+        let out = crate::bench_cuda::run(&args.device, args.json, repeat, args.seconds)?;
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -11,7 +11,10 @@
 //!
 //! With `--repeat N` each thread-sweep row runs N times and reports the median (every run's
 //! figure in `"runs"`): a row of the MLP lasts ~20 ms from 16 threads on, short enough for one
-//! hiccup to move it by half.
+//! hiccup to move it by half. With `--seconds S` every thread of a row iterates until a shared
+//! deadline S seconds after the start, and the row counts the forwards finished before it
+//! (`"seconds": S` in the row): the steady rate, without the start of the threads and the tail
+//! of the slowest one that a fixed count of ~50 forwards per thread also times.
 //!
 //! Both are measured twice: calling the model (`"graph": false`, what PyTorch's side does) and
 //! running a [`Graph`] of `model(x).sum()` captured by each thread before the clock starts
@@ -24,6 +27,8 @@ use crate::device::{self, DeviceChoice};
 use crate::scenario::{Models, Scenario};
 use chorus::{DType, Device, Graph, Tensor};
 use serde_json::{json, Value};
+// sync-shim: allowed (a benchmark round's deadline flag, not runtime code)
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::Instant;
 
@@ -90,22 +95,28 @@ impl<'a> Forward<'a> {
     }
 }
 
-/// Forwards per second from `threads` threads sharing `models`.
+/// Forwards per second from `threads` threads sharing `models`: each does the workload's count
+/// of forwards, or (`seconds`) as many as it finishes before the deadline.
 fn thread_round(
     device: &Device,
     models: &Models,
     w: &Workload,
     threads: usize,
     graph: bool,
+    seconds: Option<f64>,
 ) -> anyhow::Result<Value> {
-    let iters = (w.iters)(threads);
+    let iters = match seconds {
+        Some(_) => usize::MAX,
+        None => (w.iters)(threads),
+    };
     let barrier = Barrier::new(threads + 1);
-    let mut errors = 0;
-    let t0 = std::thread::scope(|s| -> anyhow::Result<Instant> {
+    let stop = AtomicBool::new(false);
+    let (mut errors, mut done) = (0, 0);
+    let dt = std::thread::scope(|s| -> anyhow::Result<f64> {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let barrier = &barrier;
-                s.spawn(move || -> anyhow::Result<()> {
+                let (barrier, stop) = (&barrier, &stop);
+                s.spawn(move || -> anyhow::Result<usize> {
                     let seed = |i: usize| (t * 1_000_003 + i) as u64;
                     // Capture (graph rounds) and one warm-up forward, before the clock; the
                     // barrier is reached whatever happened, so no thread waits forever.
@@ -120,25 +131,39 @@ fn thread_round(
                     for i in 0..iters {
                         let x = Tensor::randn(device, w.input, seed(i))?;
                         fwd.item(&x)?;
+                        // A forward that ends after the deadline is not counted (its time
+                        // before the deadline is: the rate errs low by under one per thread).
+                        if stop.load(Ordering::Relaxed) {
+                            return Ok(i);
+                        }
                     }
-                    Ok(())
+                    Ok(iters)
                 })
             })
             .collect();
         barrier.wait();
         let t0 = Instant::now();
+        let mut dt = None;
+        if let Some(secs) = seconds {
+            std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+            stop.store(true, Ordering::Relaxed);
+            dt = Some(t0.elapsed().as_secs_f64());
+        }
         for h in handles {
-            if let Err(e) = h.join().expect("bench thread panicked") {
-                eprintln!("{} ({threads} threads): {e:#}", w.name);
-                errors += 1;
+            match h.join().expect("bench thread panicked") {
+                Ok(n) => done += n,
+                Err(e) => {
+                    eprintln!("{} ({threads} threads): {e:#}", w.name);
+                    errors += 1;
+                }
             }
         }
-        Ok(t0)
+        Ok(dt.unwrap_or_else(|| t0.elapsed().as_secs_f64()))
     })?;
-    let dt = t0.elapsed().as_secs_f64();
     Ok(json!({
         "threads": threads,
-        "ops_per_s": (threads * iters) as f64 / dt,
+        "ops_per_s": done as f64 / dt,
+        "seconds": seconds,
         "errors": errors,
         "workload": w.name,
         "per_thread_stream": true,
@@ -188,8 +213,13 @@ fn median_row(mut runs: Vec<Value>) -> Value {
 }
 
 /// Runs the suite on `choice` and returns the result object; each thread-sweep row is the
-/// median of `repeat` runs.
-pub(crate) fn run(choice: &DeviceChoice, quiet: bool, repeat: usize) -> anyhow::Result<Value> {
+/// median of `repeat` runs, each of the script's count or of `seconds`.
+pub(crate) fn run(
+    choice: &DeviceChoice,
+    quiet: bool,
+    repeat: usize,
+    seconds: Option<f64>,
+) -> anyhow::Result<Value> {
     let device = device::build_with_streams(choice, THREADS[THREADS.len() - 1] + 1)?;
     let mut threads = Vec::new();
     for w in &WORKLOADS {
@@ -197,7 +227,7 @@ pub(crate) fn run(choice: &DeviceChoice, quiet: bool, repeat: usize) -> anyhow::
         for graph in [false, true] {
             for &t in &THREADS {
                 let runs = (0..repeat.max(1))
-                    .map(|_| thread_round(&device, &models, w, t, graph))
+                    .map(|_| thread_round(&device, &models, w, t, graph, seconds))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let row = median_row(runs);
                 if !quiet {
@@ -232,5 +262,22 @@ mod tests {
         assert_eq!(m["ops_per_s"], 20.0);
         assert_eq!(m["runs"], json!([30.0, 10.0, 20.0]));
         assert_eq!(median_row(vec![row(5.0)])["ops_per_s"], 5.0);
+    }
+
+    #[test]
+    fn a_timed_row_counts_the_forwards_finished_before_its_deadline() {
+        let device = Device::cpu().unwrap();
+        let models = Models::build(&device, Scenario::Mlp).unwrap().unwrap();
+        let w = &WORKLOADS[1];
+        let started = Instant::now();
+        let row = thread_round(&device, &models, w, 2, false, Some(0.3)).unwrap();
+        // The deadline ends the round: far fewer than the unbounded count ran.
+        assert!(started.elapsed().as_secs_f64() < 5.0);
+        assert_eq!(row["seconds"], 0.3);
+        assert_eq!(row["errors"], 0);
+        assert!(row["ops_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        let counted = thread_round(&device, &models, w, 2, false, None).unwrap();
+        assert_eq!(counted["seconds"], Value::Null);
+        assert!(counted["ops_per_s"].as_f64().unwrap() > 0.0, "{counted}");
     }
 }
