@@ -94,12 +94,15 @@ pub(crate) fn device_count() -> usize {
     }
 }
 
-/// The primary context of one device, retained for as long as this value lives.
+/// The primary context of one device, retained for as long as this value lives, and what every
+/// stream of the device shares through it.
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) device: sys::CUdevice,
     pub(crate) raw: sys::CUcontext,
     pub(crate) ordinal: u32,
+    /// The cuBLASLt algorithm of each GEMM shape (`crate::lt`).
+    pub(crate) gemm_algos: crate::lt::Algos,
 }
 
 // SAFETY: a CUcontext handle may be used from any thread (made current per thread with
@@ -143,6 +146,7 @@ impl Context {
             device,
             raw,
             ordinal,
+            gemm_algos: crate::lt::Algos::default(),
         })
     }
 

@@ -3,12 +3,14 @@
 //! On the small-batch, many-thread workloads chorus exists for, the host-side launch rate is
 //! the limit, so one launch less per layer is throughput gained.
 //!
-//! Each stream's [`Lt`] keeps a plan per GEMM shape (descriptors and the algorithm cuBLASLt's
-//! heuristic picked, queried once), so the same shape always runs the same algorithm: results
-//! are bit-identical on every stream and every run. The plan's bias pointer changes per call, so
-//! a plan is used under the stream's plan lock (threads sharing a stream take turns; different
-//! streams never contend). Shapes the epilogues cannot express (erf-GELU, tanh, exp, batched
-//! GEMMs) take the plain cuBLAS path.
+//! The algorithm of each GEMM shape is asked of cuBLASLt's heuristic once per device and kept in
+//! the device's [`Algos`]: every stream then runs the algorithm stored first for that shape, so
+//! the same shape gives the same bits on every stream and in every run, and a stream that meets
+//! a new shape (a batching worker meets a new batch size often) does not pay the query (tens of
+//! microseconds) again. Each stream's [`Lt`] keeps a plan per shape (its descriptors and that
+//! algorithm); the plan's bias pointer changes per call, so a plan is used under the stream's
+//! plan lock (threads sharing a stream take turns; different streams never contend). Shapes the
+//! epilogues cannot express (erf-GELU, tanh, exp, batched GEMMs) take the plain cuBLAS path.
 
 use crate::driver::Context;
 use chorus_core::kernel::{MatOperand, UnaryOp};
@@ -69,6 +71,42 @@ struct Key {
     ldb: u64,
     epi: Epi,
     tf32: bool,
+    /// Workspace bytes the algorithm may use.
+    workspace: u64,
+}
+
+/// The algorithm of each GEMM shape on one device (`None`: the heuristic has none), shared by
+/// the device's streams (module docs). The heuristic runs without the lock held; when two
+/// streams ask for a new shape at once, both query and the first to store its answer wins.
+#[derive(Debug)]
+pub(crate) struct Algos(RankedMutex<HashMap<Key, Option<lt::cublasLtMatmulAlgo_t>>>);
+
+impl Default for Algos {
+    fn default() -> Self {
+        Algos(RankedMutex::new(rank::BACKEND_GEMM_ALGOS, HashMap::new()))
+    }
+}
+
+impl Algos {
+    /// The stored algorithm of `key`, or `query`'s answer, stored unless another stream stored
+    /// one first (then that one).
+    fn get_or_query(
+        &self,
+        key: &Key,
+        query: impl FnOnce() -> BackendResult<Option<lt::cublasLtMatmulAlgo_t>>,
+    ) -> BackendResult<Option<lt::cublasLtMatmulAlgo_t>> {
+        if let Some(algo) = self.0.lock().get(key) {
+            return Ok(*algo);
+        }
+        let found = query()?;
+        Ok(*self.0.lock().entry(*key).or_insert(found))
+    }
+
+    /// Shapes stored so far.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
 }
 
 /// Descriptors and algorithm of one shape.
@@ -197,6 +235,7 @@ impl Lt {
             ldb: ldb as u64,
             epi,
             tf32,
+            workspace: self.workspace.1 as u64,
         };
         let mut plans = self.plans.lock();
         let plan = match plans.entry(key) {
@@ -248,7 +287,8 @@ impl Lt {
         Ok(true)
     }
 
-    /// Builds the descriptors of `key` and asks the heuristic for an algorithm.
+    /// Builds the descriptors of `key` with the device's algorithm for it (`None` when the
+    /// heuristic has none).
     fn plan(&self, key: &Key) -> BackendResult<Option<Plan>> {
         let compute = if key.tf32 {
             cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
@@ -322,13 +362,29 @@ impl Lt {
                 &key.epi.raw(),
             )?;
         }
+        match self
+            .ctx
+            .gemm_algos
+            .get_or_query(key, || self.heuristic(&plan))?
+        {
+            Some(algo) => {
+                plan.algo = algo;
+                Ok(Some(plan))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The algorithm cuBLASLt's heuristic picks for `plan`'s descriptors within this stream's
+    /// workspace (`None` when it has none).
+    fn heuristic(&self, plan: &Plan) -> BackendResult<Option<lt::cublasLtMatmulAlgo_t>> {
         let mut pref = std::ptr::null_mut();
         let mut result: lt::cublasLtMatmulHeuristicResult_t =
             // SAFETY: a plain C struct for which all-zero bytes are a valid value.
             unsafe { std::mem::zeroed() };
         let mut found = 0;
         // SAFETY: the preference is created, configured and destroyed here; the heuristic
-        // writes at most one result into `result`.
+        // writes at most one result into `result`; the descriptors are live (owned by `plan`).
         unsafe {
             status(
                 lt::cublasLtMatmulPreferenceCreate(&mut pref),
@@ -341,26 +397,27 @@ impl Lt {
                 (&ws as *const u64).cast(),
                 8,
             );
-            let h = lt::cublasLtMatmulAlgoGetHeuristic(
-                self.handle,
-                plan.desc,
-                plan.a,
-                plan.b,
-                plan.c,
-                plan.c,
-                pref,
-                1,
-                &mut result,
-                &mut found,
-            );
+            let h = crate::driver::traced("cuBLASLt heuristic", || {
+                lt::cublasLtMatmulAlgoGetHeuristic(
+                    self.handle,
+                    plan.desc,
+                    plan.a,
+                    plan.b,
+                    plan.c,
+                    plan.c,
+                    pref,
+                    1,
+                    &mut result,
+                    &mut found,
+                )
+            });
             let _ = lt::cublasLtMatmulPreferenceDestroy(pref);
             status(r, "cublasLtMatmulPreferenceSetAttribute")?;
             if h != cublasStatus_t::CUBLAS_STATUS_SUCCESS || found == 0 {
                 return Ok(None);
             }
         }
-        plan.algo = result.algo;
-        Ok(Some(plan))
+        Ok(Some(result.algo))
     }
 }
 
@@ -371,5 +428,76 @@ impl Drop for Lt {
             // SAFETY: created once in `new`, destroyed once, after its plans.
             let _ = unsafe { lt::cublasLtDestroy(self.handle) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(m: u64) -> Key {
+        Key {
+            m,
+            n: 1,
+            k: 512,
+            trans_a: true,
+            lda: 512,
+            trans_b: false,
+            ldb: 512,
+            epi: Epi::ReluBias,
+            tf32: false,
+            workspace: 8 << 20,
+        }
+    }
+
+    fn algo(tag: u64) -> lt::cublasLtMatmulAlgo_t {
+        lt::cublasLtMatmulAlgo_t { data: [tag; 8] }
+    }
+
+    #[test]
+    fn a_shape_is_queried_once_and_its_first_answer_kept() {
+        let algos = Algos::default();
+        assert_eq!(
+            algos.get_or_query(&key(1), || Ok(Some(algo(7)))).unwrap(),
+            Some(algo(7))
+        );
+        // Stored: the query is not asked again.
+        let again = algos
+            .get_or_query(&key(1), || panic!("queried twice"))
+            .unwrap();
+        assert_eq!(again, Some(algo(7)));
+        // "No algorithm" is remembered too; another shape is asked.
+        assert_eq!(algos.get_or_query(&key(2), || Ok(None)).unwrap(), None);
+        assert_eq!(
+            algos
+                .get_or_query(&key(2), || panic!("queried twice"))
+                .unwrap(),
+            None
+        );
+        assert_eq!(algos.len(), 2);
+        // A failed query stores nothing.
+        let failed = algos.get_or_query(&key(3), || {
+            Err(BackendError::Call {
+                api: "test",
+                message: "no".into(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(algos.len(), 2);
+    }
+
+    #[test]
+    fn when_two_streams_race_on_a_new_shape_both_use_the_first_stored_answer() {
+        let algos = Algos::default();
+        // The second stream's query runs while the first's is in flight (both missed) and
+        // stores first: the first stream gets the second's answer, not its own.
+        let first = algos
+            .get_or_query(&key(4), || {
+                let second = algos.get_or_query(&key(4), || Ok(Some(algo(2)))).unwrap();
+                assert_eq!(second, Some(algo(2)));
+                Ok(Some(algo(1)))
+            })
+            .unwrap();
+        assert_eq!(first, Some(algo(2)));
     }
 }

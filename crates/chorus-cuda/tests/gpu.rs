@@ -280,6 +280,41 @@ fn lazy_cublas_handles_give_the_same_bits() {
     });
 }
 
+/// Every batch size of a fused `linear` gives the same bits on every stream, whichever stream
+/// met the shape first (the algorithm of a shape is chosen once per device and shared): four
+/// threads walk the batch sizes 1..=64 in different orders, each on its own stream.
+#[test]
+fn every_stream_runs_a_shapes_first_chosen_gemm() {
+    let Some(gpu) = gpu() else { return };
+    let w = Tensor::randn(&gpu, &[96, 80], 2).unwrap();
+    let b = Tensor::randn(&gpu, &[96], 3).unwrap();
+    let x = Tensor::randn(&gpu, &[64, 80], 1).unwrap();
+    let run = |rows: usize| {
+        let y = x.narrow(0, 0, rows).unwrap().contiguous().unwrap();
+        bits(&y.linear_act(&w, Some(&b), Some(UnaryOp::Relu)).unwrap())
+    };
+    let orders: [Vec<usize>; 4] = [
+        (1..=64).collect(),
+        (1..=64).rev().collect(),
+        (1..=64).map(|i| (i * 37) % 64 + 1).collect(),
+        (1..=64).map(|i| (i * 13 + 5) % 64 + 1).collect(),
+    ];
+    let results: Vec<Vec<(usize, Vec<u32>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = orders
+            .iter()
+            .map(|order| s.spawn(|| order.iter().map(|&r| (r, run(r))).collect()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut want: Vec<Vec<u32>> = (1..=64).map(run).collect();
+    want.insert(0, Vec::new());
+    for (t, rows) in results.iter().enumerate() {
+        for (r, got) in rows {
+            assert_eq!(got, &want[*r], "thread {t}, {r} rows");
+        }
+    }
+}
+
 /// Graphs captured one after another reuse the streams of dropped ones (their scratch memory
 /// sized for another function), and `empty_cache` releases the idle ones: every graph still
 /// gives the direct bits.

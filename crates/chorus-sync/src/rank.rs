@@ -71,6 +71,9 @@ pub const BACKEND_RETIRED_SCRATCH: LockRank = r(74, "backend retired scratch");
 pub const BACKEND_STAGING: LockRank = r(72, "backend read staging");
 /// The CUDA backend's idle graph streams (a leaf lock).
 pub const BACKEND_GRAPH_STREAMS: LockRank = r(77, "backend graph streams");
+/// The CUDA backend's cuBLASLt algorithm per GEMM shape, shared by a device's streams (a leaf
+/// lock, taken under `BACKEND_PLANS`).
+pub const BACKEND_GEMM_ALGOS: LockRank = r(78, "backend GEMM algorithms");
 /// A backend's one-shot reply slot (read-back data).
 pub const BACKEND_REPLY: LockRank = r(85, "backend reply");
 /// The CUDA backend's process-wide registry of compiled kernel programs (a leaf lock).

@@ -14,8 +14,18 @@
 //!
 //! `free(block, users)`: a block used by its owner stream alone goes back to the free index at
 //! once, tagged with that stream (reusable by it immediately, by others after a fence). A block
-//! other streams used too gets an event recorded *now* on each of them and waits as a deferred
-//! free until they complete. The tensor layer tracks `users` automatically.
+//! other streams used too gets an event recorded *now* on each of them (before the pool lock is
+//! taken: the block's uses on those streams were all enqueued before the free) and waits as a
+//! deferred free until they complete. The tensor layer tracks `users` automatically.
+//!
+//! Polling (step 2) asks the device about fences and deferred frees under the pool lock, which
+//! every thread whose cache misses takes, so it asks as little as it can: per stream, fences
+//! are asked oldest first and only up to the first unfinished one; deferred frees are kept in
+//! the order they were queued and, once one of a stream's events is unfinished, the later
+//! entries' events on that stream are not asked in the same poll (work on a stream finishes in
+//! order, so they are almost always unfinished too; skipping an event only delays its block,
+//! until the stream's earlier event finishes; on a stream whose events never finish, a broken
+//! one, blocks stay deferred until teardown, as that stream's own blocks do).
 //!
 //! # Fields
 //! `pools` under the `ALLOCATOR` lock; counters are atomics read without the lock.
@@ -225,20 +235,21 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
-        let mut p = self.pools.lock();
         let owner = b.stream;
+        let others: Vec<u32> = others.iter().copied().filter(|&s| s != owner).collect();
+        // Driver calls, so before the lock (module docs). A stream whose fence cannot be
+        // recorded is broken: the block then never becomes free again before teardown (`NEVER`),
+        // which is safe.
+        let events: Vec<(u32, F)> = others
+            .iter()
+            .filter_map(|&s| dev.record_fence(s).map(|f| (s, f)))
+            .collect();
+        let mut p = self.pools.lock();
         p.free_seq[owner as usize] += 1;
         let seq = p.free_seq[owner as usize];
-        let others: Vec<u32> = others.iter().copied().filter(|&s| s != owner).collect();
         if others.is_empty() {
             p.release(b.seg, b.offset, owner, seq);
         } else {
-            // A stream whose fence cannot be recorded is broken: the block then never becomes
-            // free again before teardown, which is safe.
-            let events = others
-                .iter()
-                .filter_map(|&s| dev.record_fence(s))
-                .collect::<Vec<_>>();
             let seq = if events.len() == others.len() {
                 seq
             } else {
@@ -319,7 +330,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
             q.into_iter().for_each(|(_, f)| dev.drop_fence(f));
         }
         for d in std::mem::take(&mut p.deferred) {
-            d.events.into_iter().for_each(|f| dev.drop_fence(f));
+            d.events.into_iter().for_each(|(_, f)| dev.drop_fence(f));
         }
         for s in p.take_all() {
             // SAFETY: the caller guarantees the device is idle.
@@ -379,7 +390,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
     }
 
     /// Raises `completed` for streams whose fences are done; frees deferred blocks whose
-    /// events are done.
+    /// events are done, asking the device as little as it can (module docs).
     fn poll<D>(&self, p: &mut Pools<S, F>, dev: &D)
     where
         D: MemoryDevice<Segment = S, Fence = F>,
@@ -391,15 +402,33 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
                 dev.drop_fence(f);
             }
         }
-        let mut i = 0;
-        while i < p.deferred.len() {
+        // Streams with an unfinished event seen in this poll; entries that are done move to the
+        // back (`kept` counts the ones staying, in their order).
+        let mut busy: Vec<u32> = Vec::new();
+        let mut kept = 0;
+        for i in 0..p.deferred.len() {
             let d = &p.deferred[i];
-            if d.seq != NEVER && d.events.iter().all(|f| dev.fence_done(f)) {
-                let d = p.deferred.swap_remove(i);
-                d.events.into_iter().for_each(|f| dev.drop_fence(f));
+            let done = d.seq != NEVER
+                && d.events.iter().all(|(s, f)| {
+                    if busy.contains(s) {
+                        return false;
+                    }
+                    let finished = dev.fence_done(f);
+                    if !finished {
+                        busy.push(*s);
+                    }
+                    finished
+                });
+            if !done {
+                p.deferred.swap(kept, i);
+                kept += 1;
+            }
+        }
+        if kept < p.deferred.len() {
+            let done: Vec<Deferred<F>> = p.deferred.drain(kept..).collect();
+            for d in done {
+                d.events.into_iter().for_each(|(_, f)| dev.drop_fence(f));
                 p.release(d.seg, d.offset, d.owner, d.seq);
-            } else {
-                i += 1;
             }
         }
     }
@@ -436,5 +465,111 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         self.c
             .peak_reserved
             .store(self.c.reserved.load(Relaxed), Relaxed);
+    }
+}
+
+#[cfg(all(test, not(chorus_loom)))]
+mod tests {
+    use super::*;
+
+    /// Three streams whose work is counted: a fence is `(stream, items enqueued when it was
+    /// recorded)` and is done once that many items completed. Counts the questions asked.
+    #[derive(Default)]
+    struct Dev {
+        segments: AtomicU64,
+        enqueued: [AtomicU64; 3],
+        done: [AtomicU64; 3],
+        asked: AtomicUsize,
+    }
+
+    impl MemoryDevice for Dev {
+        type Segment = u64;
+        type Fence = (u32, u64);
+        fn alloc_segment(&self, _: usize) -> std::result::Result<(u64, DevicePtr), BackendError> {
+            let id = self.segments.fetch_add(1, Relaxed);
+            Ok((id, DevicePtr(id << 32)))
+        }
+        unsafe fn free_segment(&self, _: u64) {}
+        fn record_fence(&self, s: u32) -> Option<(u32, u64)> {
+            Some((s, self.enqueued[s as usize].load(Relaxed)))
+        }
+        fn fence_done(&self, f: &(u32, u64)) -> bool {
+            self.asked.fetch_add(1, Relaxed);
+            self.done[f.0 as usize].load(Relaxed) >= f.1
+        }
+        fn drop_fence(&self, _: (u32, u64)) {}
+        fn synchronize_all(&self) {
+            for s in 0..3 {
+                self.done[s].store(self.enqueued[s].load(Relaxed), Relaxed);
+            }
+        }
+        fn reclaim_thread_caches(&self) {}
+    }
+
+    const A: u32 = 1;
+    const B: u32 = 2;
+
+    fn id() -> DeviceId {
+        DeviceId {
+            backend: "test",
+            ordinal: 0,
+            instance: 0,
+        }
+    }
+
+    /// Frees `n` blocks of A that stream B also used, each after one more item of B's work.
+    fn defer_on_b(alloc: &Allocator<u64, (u32, u64)>, dev: &Dev, n: usize) {
+        for _ in 0..n {
+            let b = alloc.alloc(dev, 4096, A).unwrap();
+            dev.enqueued[B as usize].fetch_add(1, Relaxed);
+            alloc.count_bytes_in(&b);
+            alloc.count_free();
+            alloc.release(dev, b, &[A, B]);
+        }
+    }
+
+    #[test]
+    fn a_poll_asks_about_one_unfinished_event_per_stream() {
+        let dev = Dev::default();
+        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
+        defer_on_b(&alloc, &dev, 10);
+        // Ten deferred frees wait for B, which finished nothing: the first one's event is
+        // asked about, and the nine behind it on the same stream are not.
+        dev.asked.store(0, Relaxed);
+        let _ = alloc.alloc(&dev, 4096, A).unwrap();
+        assert_eq!(
+            dev.asked.load(Relaxed),
+            1,
+            "one question for ten unfinished frees on B"
+        );
+        // B finishes its first four items: four blocks come back, in the order freed.
+        dev.done[B as usize].store(4, Relaxed);
+        let _ = alloc.alloc(&dev, 4096, A).unwrap();
+        let stats = alloc.stats((0, 0));
+        assert_eq!(stats.deferred_frees, 10);
+        let p = alloc.pools.lock();
+        assert_eq!(p.deferred.len(), 6);
+        let waits: Vec<u64> = p.deferred.iter().map(|d| (d.events[0].1).1).collect();
+        assert_eq!(
+            waits,
+            [5, 6, 7, 8, 9, 10],
+            "the unfinished ones keep their order"
+        );
+    }
+
+    #[test]
+    fn deferred_blocks_are_reused_once_their_streams_finish() {
+        let dev = Dev::default();
+        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
+        defer_on_b(&alloc, &dev, 3);
+        let reserved = alloc.stats((0, 0)).reserved_bytes;
+        dev.synchronize_all();
+        // All three blocks are free again: three more allocations need no new memory.
+        let blocks: Vec<Block> = (0..3)
+            .map(|_| alloc.alloc(&dev, 4096, A).unwrap())
+            .collect();
+        assert_eq!(alloc.stats((0, 0)).reserved_bytes, reserved);
+        assert!(alloc.pools.lock().deferred.is_empty());
+        drop(blocks);
     }
 }

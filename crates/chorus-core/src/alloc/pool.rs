@@ -112,7 +112,8 @@ pub(crate) struct Deferred<E> {
     pub(crate) offset: usize,
     pub(crate) owner: u32,
     pub(crate) seq: u64,
-    pub(crate) events: Vec<E>,
+    /// `(stream, event recorded on it)` per other stream that used the block.
+    pub(crate) events: Vec<(u32, E)>,
 }
 
 /// Outcome of a best-fit search.
@@ -133,6 +134,7 @@ pub(crate) struct Pools<S, E> {
     free_ids: Vec<u32>,
     /// (kind, size, seg, offset) of every Free block.
     index: BTreeSet<(Kind, usize, u32, usize)>,
+    /// Deferred frees in the order they were queued (`crate::alloc`'s poll relies on it).
     pub(crate) deferred: Vec<Deferred<E>>,
     pub(crate) free_seq: Vec<u64>,
     pub(crate) completed: Vec<u64>,
