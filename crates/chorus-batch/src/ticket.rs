@@ -29,6 +29,9 @@ pub(crate) type Outcome = Result<Done>;
 pub(crate) struct Done {
     pub(crate) output: Input,
     pub(crate) info: BatchInfo,
+    /// The request's input, handed back so that it is freed on the thread that takes the
+    /// result, not on the worker's (`worker.rs`, step 5).
+    pub(crate) input: Input,
 }
 
 /// Where a request ran: its batch, its rows in it, and the worker and stream that ran it.
@@ -206,6 +209,8 @@ impl<O: BatchOutput> Ticket<O> {
                 self.taken = true;
                 Some(out.and_then(|done| {
                     self.info = Some(done.info);
+                    // Freed here, on the thread taking the result (`Done::input`).
+                    drop(done.input);
                     // A request's result is always of its input's kind (worker.rs).
                     O::from_input(done.output).ok_or(BatchError::Abandoned)
                 }))

@@ -19,7 +19,11 @@
 //!    each request gets exactly its rows, computed when its ticket completes, and a device
 //!    error of the batch's kernels fails this batch (and no other request).
 //! 5. Count the batch in the statistics, then complete every request of the batch: all with
-//!    their rows, or all with the batch's error.
+//!    their rows, or all with the batch's error. A request completed with its rows also gets its
+//!    input back, which the ticket drops on the thread that takes the result: freeing a device
+//!    input that the worker's stream also read is a deferred free under the allocator's shared
+//!    lock (an event recorded, the block queued), and the submitting threads, many and
+//!    otherwise waiting, pay that instead of the worker, whose thread every batch waits for.
 //!
 //! The time of each step goes into the statistics ([`Phases`](crate::Phases)), along with how
 //! long the batch's requests waited before the worker took them.
@@ -134,7 +138,6 @@ fn run(
             message: panic_message(panic.as_ref()),
         })
     });
-    drop(inputs);
     let done = Instant::now();
     match outcome {
         Ok(Ran {
@@ -158,13 +161,19 @@ fn run(
                 worker,
                 stream: stream.index(),
             };
-            for (((_, completer), output), n) in pending.into_iter().zip(parts).zip(rows) {
-                completer.complete(Ok(Done { output, info }));
+            let each = pending.into_iter().zip(parts).zip(rows).zip(inputs);
+            for ((((_, completer), output), n), input) in each {
+                completer.complete(Ok(Done {
+                    output,
+                    info,
+                    input,
+                }));
                 info.offset += n;
             }
             shared.stats.completed(done.elapsed());
         }
         Err(e) => {
+            drop(inputs);
             shared
                 .stats
                 .batch(total, pending.len(), None, &phases, false);

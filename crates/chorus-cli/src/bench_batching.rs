@@ -346,7 +346,9 @@ pub(crate) fn run(
     for &(b, direct) in &per_batch {
         for &d in &a.max_delay_ms {
             let delay = Duration::from_secs_f64(d / 1e3);
+            let before = device.memory_stats();
             let (m, stats) = queued(&device, &model, a, b, delay)?;
+            let after = device.memory_stats();
             let us = |d: Duration| d.as_secs_f64() * 1e6;
             let p = stats.phases;
             let bound = delay + 3 * direct.p50;
@@ -370,6 +372,7 @@ pub(crate) fn run(
                 "vs_direct_batch": m.samples_per_s / direct.samples_per_s,
                 "p99_bound_ms": ms(bound),
                 "p99_within_bound": m.p99 <= bound,
+                "memory": memory_delta(&before, &after),
             }));
         }
     }
@@ -401,6 +404,21 @@ pub(crate) fn run(
         print_text(&out);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the allocator did during one row (warm-up included): counts between two snapshots,
+/// and the segments held at its end.
+fn memory_delta(before: &chorus::MemoryStats, after: &chorus::MemoryStats) -> Value {
+    let d = |a: u64, b: u64| a.saturating_sub(b);
+    json!({
+        "allocations": d(after.allocations, before.allocations),
+        "cache_hits": d(after.cache_hits, before.cache_hits),
+        "thread_cache_hits": d(after.thread_cache_hits, before.thread_cache_hits),
+        "deferred_frees": d(after.deferred_frees, before.deferred_frees),
+        "fences": d(after.fences, before.fences),
+        "oom_retries": d(after.oom_retries, before.oom_retries),
+        "segments": after.segments,
+    })
 }
 
 fn print_text(out: &Value) {
@@ -485,6 +503,26 @@ fn print_text(out: &Value) {
             f(&p["forward"]),
             f(&p["finish"]),
             f(&p["complete"])
+        );
+    }
+    println!("the allocator in each row (warm-up included): allocations per request, and of them");
+    println!(
+        "{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "max_batch", "delay ms", "allocs", "thr cache", "pool", "deferred", "segments"
+    );
+    let requests = f(&out["clients"]) * f(&out["requests_per_client"]);
+    for r in out["batching"].as_array().into_iter().flatten() {
+        let m = &r["memory"];
+        let allocs = f(&m["allocations"]).max(1.0);
+        println!(
+            "{:>9} {:>9} {:>9.2} {:>8.0}% {:>8.0}% {:>9.2} {:>9}",
+            r["max_batch"].as_u64().unwrap_or(0),
+            f(&r["max_delay_ms"]),
+            allocs / requests,
+            100.0 * f(&m["thread_cache_hits"]) / allocs,
+            100.0 * (f(&m["cache_hits"]) - f(&m["thread_cache_hits"])) / allocs,
+            f(&m["deferred_frees"]) / requests,
+            m["segments"]
         );
     }
 }

@@ -153,7 +153,8 @@ impl Config {
     pub fn memory_limit(&self) -> Option<usize> {
         self.memory_limit
     }
-    /// Bytes of small blocks each thread may cache per device.
+    /// Bytes of small blocks each thread may cache per device (and each stream may keep of its
+    /// blocks freed on other threads).
     pub fn thread_cache_bytes(&self) -> usize {
         self.thread_cache_bytes
     }
@@ -217,7 +218,10 @@ impl ConfigBuilder {
     /// Bytes of small blocks (1 MiB or less) each thread may cache per device (0 turns the
     /// caches off; default 8 MiB, which holds a small transformer's whole forward: with 1 MiB its
     /// allocations went to the shared pool's lock, and at 64 threads on the H100 it ran at half
-    /// its 16-thread throughput). Memory running out empties every thread's cache before failing.
+    /// its 16-thread throughput). The same bound applies to each stream's *returns*: the small
+    /// blocks of that stream freed on a thread that could not cache them (a tensor made on one
+    /// thread and dropped on another), kept for the stream's next allocations. Memory running
+    /// out, and `Device::empty_cache`, empty every thread's cache and every stream's returns.
     pub fn thread_cache_bytes(mut self, bytes: usize) -> Self {
         self.cfg.thread_cache_bytes = bytes;
         self

@@ -174,3 +174,60 @@ fn running_out_empties_other_threads_caches() {
         },
     );
 }
+
+/// A tensor made on one thread's stream and dropped on another thread (a batching worker's
+/// output dropped by its client, a pipeline stage's hand-off) goes into its stream's returns:
+/// the stream's next allocation of that size takes it back without a new segment, and
+/// `empty_cache` and running out of memory give such blocks back too.
+#[test]
+fn blocks_freed_on_another_thread_return_to_their_stream() {
+    on_every_backend(
+        |b| b.memory_limit(Some(8 << 20)).thread_cache_bytes(4 << 20),
+        |dev| {
+            let stream = dev.stream(2).unwrap();
+            let make = || {
+                dev.with_stream(&stream, || {
+                    let t = Tensor::full(&dev, &[1000], 1.0).unwrap();
+                    stream.synchronize().unwrap();
+                    t
+                })
+            };
+            let t = make();
+            std::thread::scope(|s| {
+                s.spawn(move || drop(t));
+            });
+            let before = dev.memory_stats();
+            let again = make();
+            let after = dev.memory_stats();
+            assert_eq!(after.returns_hits - before.returns_hits, 1, "{after:?}");
+            assert_eq!(after.cache_hits - before.cache_hits, 1);
+            assert_eq!(after.segments, before.segments);
+            // (Read on its own stream: used by stream 2 alone, it goes to the returns again.)
+            let sum = dev.with_stream(&stream, || again.sum_all().unwrap().item::<f32>());
+            assert_eq!(sum.unwrap(), 1000.0);
+            // Kept blocks go back with `empty_cache`: every segment is released.
+            std::thread::scope(|s| {
+                s.spawn(move || drop(again));
+            });
+            dev.empty_cache();
+            assert_eq!(dev.memory_stats().segments, 0);
+            assert_eq!(dev.memory_stats().allocated_bytes, 0);
+            // And when an allocation would fail: six 512 KiB blocks of stream 2 (two 2 MiB
+            // segments) are kept in its returns; a 6 MiB block fits under the 8 MiB limit only
+            // once those segments are released.
+            let ts: Vec<Tensor> = dev.with_stream(&stream, || {
+                (0..6)
+                    .map(|_| Tensor::zeros(&dev, &[128 << 10], DType::F32).unwrap())
+                    .collect()
+            });
+            stream.synchronize().unwrap();
+            std::thread::scope(|s| {
+                s.spawn(move || drop(ts));
+            });
+            assert!(dev.memory_stats().reserved_bytes >= 3 << 20);
+            let big = Tensor::zeros(&dev, &[3 << 19], DType::F32).unwrap();
+            assert_eq!(big.sum_all().unwrap().item::<f32>().unwrap(), 0.0);
+            assert!(dev.memory_stats().reserved_bytes <= 8 << 20);
+        },
+    );
+}

@@ -2,13 +2,16 @@
 //!
 //! # Protocol
 //! `alloc(bytes, stream)`:
-//! 1. (runtime) the calling thread's cache of small blocks, no shared lock;
+//! 1. (runtime) the calling thread's cache of small blocks, no shared lock; then the stream's
+//!    returns (`returns`: small blocks of the stream freed on other threads, one lock per
+//!    stream);
 //! 2. under the pool lock: poll completed fences and deferred frees, then best fit among free
 //!    blocks the stream may use (`pool` module docs); blocks of other streams that would fit but
 //!    are not yet known safe get a fence recorded on their stream, for next time;
 //! 3. a new segment, within the memory limit;
 //! 4. on failure: release cached segments that are safe, retry; then (lock released) take back
-//!    the blocks every thread keeps in its cache, synchronize the device, mark every free so
+//!    the blocks every thread keeps in its cache and the streams' returns keep, synchronize the
+//!    device, mark every free so
 //!    far complete, retry once more; then fail with [`Error::OutOfMemory`] stating requested,
 //!    allocated, cached and limit.
 //!
@@ -31,6 +34,7 @@
 //! `pools` under the `ALLOCATOR` lock; counters are atomics read without the lock.
 
 pub(crate) mod pool;
+pub(crate) mod returns;
 pub(crate) mod thread_cache;
 
 use crate::error::{BackendError, DeviceId, Error, Result};
@@ -81,10 +85,14 @@ pub struct MemoryStats {
     pub allocations: u64,
     /// Frees.
     pub frees: u64,
-    /// Allocations served from cached memory (a thread cache or a free block) without a new segment.
+    /// Allocations served from cached memory (a thread cache, a stream's returns or a free block)
+    /// without a new segment.
     pub cache_hits: u64,
     /// Of those, allocations served by the calling thread's cache.
     pub thread_cache_hits: u64,
+    /// Of those, allocations served by their stream's returns (blocks of the stream freed on
+    /// another thread).
+    pub returns_hits: u64,
     /// Frees of blocks used by several streams, deferred until events completed.
     pub deferred_frees: u64,
     /// Fences recorded to let one stream reuse another's freed blocks.
@@ -104,6 +112,7 @@ struct Counters {
     frees: AtomicU64,
     cache_hits: AtomicU64,
     thread_cache_hits: AtomicU64,
+    returns_hits: AtomicU64,
     deferred_frees: AtomicU64,
     fences: AtomicU64,
     oom_retries: AtomicU64,
@@ -197,6 +206,13 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
     pub(crate) fn thread_cache_hit(&self, b: Block) -> Block {
         self.count_bytes_out(b.size);
         b
+    }
+
+    /// Counts a block served by its stream's returns (`returns`): a cache hit.
+    pub(crate) fn returns_hit(&self, b: Block) -> Block {
+        self.c.cache_hits.fetch_add(1, Relaxed);
+        self.c.returns_hits.fetch_add(1, Relaxed);
+        self.handed_out(b)
     }
 
     fn count_bytes_out(&self, size: usize) {
@@ -452,6 +468,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
             frees: c.frees.load(Relaxed) + frees,
             cache_hits: c.cache_hits.load(Relaxed) + hits,
             thread_cache_hits: c.thread_cache_hits.load(Relaxed) + hits,
+            returns_hits: c.returns_hits.load(Relaxed),
             deferred_frees: c.deferred_frees.load(Relaxed),
             fences: c.fences.load(Relaxed),
             oom_retries: c.oom_retries.load(Relaxed),

@@ -11,7 +11,7 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
     type Fence = B::Event;
 
     fn reclaim_thread_caches(&self) {
-        self.flush_thread_caches();
+        self.flush_thread_caches(false);
     }
 
     fn alloc_segment(&self, bytes: usize) -> Result<(B::Segment, DevicePtr), BackendError> {

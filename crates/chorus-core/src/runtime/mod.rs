@@ -31,6 +31,7 @@ mod events;
 pub(crate) mod local;
 mod memory;
 
+use crate::alloc::returns::Returns;
 use crate::alloc::thread_cache::ThreadCache;
 use crate::alloc::{Allocator, Block, MemoryStats};
 use crate::backend::Backend;
@@ -154,6 +155,8 @@ pub(crate) struct Runtime<B: Backend> {
     events: EventPool<B::Event>,
     alloc: Allocator<B::Segment, B::Event>,
     caches: RankedMutex<Vec<Weak<ThreadCache>>>,
+    /// Small blocks freed on threads that could not cache them, kept for their streams.
+    returns: Returns,
     completion: Arc<Completion>,
     completion_thread: Mutex<Option<thread::JoinHandle<()>>>,
     closed: AtomicBool,
@@ -203,6 +206,7 @@ impl<B: Backend> Runtime<B> {
             events: EventPool::new(),
             alloc: Allocator::new(id, config.streams, config.memory_limit),
             caches: RankedMutex::new(rank::THREAD_CACHE_REGISTRY, Vec::new()),
+            returns: Returns::new(config.streams, config.thread_cache_bytes),
             completion,
             completion_thread: Mutex::new(Some(handle)),
             closed: AtomicBool::new(false),
@@ -268,7 +272,9 @@ impl<B: Backend> Runtime<B> {
         busy
     }
 
-    fn flush_thread_caches(&self) {
+    /// Gives back to the pools every block the threads' caches and the streams' returns keep;
+    /// `close`: the returns keep none from now on (shutdown).
+    fn flush_thread_caches(&self, close: bool) {
         let caches: Vec<_> = self
             .caches
             .lock()
@@ -278,6 +284,7 @@ impl<B: Backend> Runtime<B> {
         for c in caches {
             self.retire_cache(&c);
         }
+        self.give_back(self.returns.drain(close));
     }
 
     /// Closes a thread cache (thread exit, shutdown, `empty_cache` or running out of memory,
@@ -406,6 +413,9 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             {
                 return Ok(self.alloc.thread_cache_hit(b));
             }
+            if let Some(b) = self.returns.take(size, s as u32) {
+                return Ok(self.alloc.returns_hit(b));
+            }
         }
         self.alloc.alloc(self, bytes, s as u32)
     }
@@ -419,11 +429,16 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             && !self.is_closed()
         {
             // Only a thread whose current stream is the block's owner caches it, so that the
-            // fast path in `alloc` hands it back to the same stream.
+            // fast path in `alloc` hands it back to the same stream; another thread keeps it in
+            // the stream's returns (`alloc::returns`).
             let owner = Some(block.stream as usize);
             if let Some(crate::alloc::thread_cache::Put::Cached) =
                 self.with_thread_cache(owner, |c| c.put(block))
             {
+                return;
+            }
+            if self.returns.put(block).is_ok() {
+                self.alloc.count_free();
                 return;
             }
         }
@@ -449,6 +464,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         if let Some(c) = local::take_cache(self.id.instance) {
             self.retire_cache(&c);
         }
+        self.give_back(self.returns.drain(false));
         self.alloc.empty_cache(self);
         self.backend.release_idle();
     }
@@ -571,7 +587,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
                 let _ = h.join();
             }
         }
-        self.flush_thread_caches();
+        self.flush_thread_caches(true);
         self.alloc.close(self, busy.is_empty());
     }
 
