@@ -414,6 +414,7 @@ fn memory_delta(before: &chorus::MemoryStats, after: &chorus::MemoryStats) -> Va
         "allocations": d(after.allocations, before.allocations),
         "cache_hits": d(after.cache_hits, before.cache_hits),
         "thread_cache_hits": d(after.thread_cache_hits, before.thread_cache_hits),
+        "returns_hits": d(after.returns_hits, before.returns_hits),
         "deferred_frees": d(after.deferred_frees, before.deferred_frees),
         "fences": d(after.fences, before.fences),
         "oom_retries": d(after.oom_retries, before.oom_retries),
@@ -505,22 +506,27 @@ fn print_text(out: &Value) {
             f(&p["complete"])
         );
     }
-    println!("the allocator in each row (warm-up included): allocations per request, and of them");
     println!(
-        "{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "max_batch", "delay ms", "allocs", "thr cache", "pool", "deferred", "segments"
+        "the allocator in each row (warm-up included): allocations per request, where they came \
+         from, deferred frees per request"
+    );
+    println!(
+        "{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "max_batch", "delay ms", "allocs", "thr cache", "returns", "pools", "deferred", "segments"
     );
     let requests = f(&out["clients"]) * f(&out["requests_per_client"]);
     for r in out["batching"].as_array().into_iter().flatten() {
         let m = &r["memory"];
         let allocs = f(&m["allocations"]).max(1.0);
+        let (cache, returns) = (f(&m["thread_cache_hits"]), f(&m["returns_hits"]));
         println!(
-            "{:>9} {:>9} {:>9.2} {:>8.0}% {:>8.0}% {:>9.2} {:>9}",
+            "{:>9} {:>9} {:>9.2} {:>8.0}% {:>8.0}% {:>8.0}% {:>9.2} {:>9}",
             r["max_batch"].as_u64().unwrap_or(0),
             f(&r["max_delay_ms"]),
             allocs / requests,
-            100.0 * f(&m["thread_cache_hits"]) / allocs,
-            100.0 * (f(&m["cache_hits"]) - f(&m["thread_cache_hits"])) / allocs,
+            100.0 * cache / allocs,
+            100.0 * returns / allocs,
+            100.0 * (allocs - cache - returns) / allocs,
             f(&m["deferred_frees"]) / requests,
             m["segments"]
         );

@@ -608,6 +608,7 @@ impl Summary<'_> {
                 "frees": m.frees,
                 "cache_hits": m.cache_hits,
                 "thread_cache_hits": m.thread_cache_hits,
+                "returns_hits": m.returns_hits,
                 "deferred_frees": m.deferred_frees,
                 "fences": m.fences,
                 "oom_retries": m.oom_retries,
@@ -659,11 +660,12 @@ impl Summary<'_> {
         );
         println!("errors: {}", self.errors());
         println!(
-            "cache hit rate: {:.2}% ({} of {} allocations, {} from thread caches)",
+            "cache hit rate: {:.2}% ({} of {} allocations, {} from thread caches, {} from streams' returns)",
             100.0 * self.cache_hit_rate(),
             m.cache_hits,
             m.allocations,
-            m.thread_cache_hits
+            m.thread_cache_hits,
+            m.returns_hits
         );
         println!(
             "peak allocated: {}",

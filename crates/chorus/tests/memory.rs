@@ -231,3 +231,33 @@ fn blocks_freed_on_another_thread_return_to_their_stream() {
         },
     );
 }
+
+/// A tensor of one stream that another stream read waits, once dropped, for that read (a
+/// deferred free); when the allocator then finds it finished while serving another stream, it
+/// goes to its own stream's returns, where that stream's next tensor of its size comes from.
+#[test]
+fn finished_deferred_blocks_go_back_to_their_stream() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let (s2, s3) = (dev.stream(2).unwrap(), dev.stream(3).unwrap());
+            let t = dev.with_stream(&s2, || Tensor::full(&dev, &[1000], 1.0).unwrap());
+            let sum = dev.with_stream(&s3, || t.sum_all().unwrap().item::<f32>().unwrap());
+            assert_eq!(sum, 1000.0);
+            let before = dev.memory_stats();
+            drop(t);
+            assert_eq!(dev.memory_stats().deferred_frees, before.deferred_frees + 1);
+            s2.synchronize().unwrap();
+            s3.synchronize().unwrap();
+            // Stream 3 needs a size nothing caches: the pools, which find the finished free.
+            let other =
+                dev.with_stream(&s3, || Tensor::zeros(&dev, &[77_777], DType::F32).unwrap());
+            let hits = dev.memory_stats().returns_hits;
+            let again = dev.with_stream(&s2, || Tensor::full(&dev, &[1000], 2.0).unwrap());
+            assert_eq!(dev.memory_stats().returns_hits, hits + 1);
+            let sum = dev.with_stream(&s2, || again.sum_all().unwrap().item::<f32>().unwrap());
+            assert_eq!(sum, 2000.0);
+            drop(other);
+        },
+    );
+}

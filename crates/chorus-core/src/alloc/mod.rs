@@ -28,7 +28,11 @@
 //! entries' events on that stream are not asked in the same poll (work on a stream finishes in
 //! order, so they are almost always unfinished too; skipping an event only delays its block,
 //! until the stream's earlier event finishes; on a stream whose events never finish, a broken
-//! one, blocks stay deferred until teardown, as that stream's own blocks do).
+//! one, blocks stay deferred until teardown, as that stream's own blocks do). A small deferred
+//! block found complete while *another* stream allocates goes to its own stream's returns
+//! (`MemoryDevice::keep`), where that stream's next allocation finds it without this lock: a
+//! tensor one thread made and another thread's stream read (a batching queue's device input)
+//! comes back to the thread that makes the next one.
 //!
 //! # Fields
 //! `pools` under the `ALLOCATOR` lock; counters are atomics read without the lock.
@@ -65,6 +69,11 @@ pub(crate) trait MemoryDevice {
     /// Gives back (`Allocator::release`) the blocks every thread keeps in its cache, retiring
     /// the caches (called with no lock held).
     fn reclaim_thread_caches(&self);
+    /// Offers a free small block, reusable by its stream at once, to that stream's returns
+    /// (`returns`); called under the allocator's lock. `Err` hands it back. None kept by default.
+    fn keep(&self, block: Block) -> std::result::Result<(), Block> {
+        Err(block)
+    }
 }
 
 /// Memory statistics of one device.
@@ -153,7 +162,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
                 });
             }
             let mut p = self.pools.lock();
-            self.poll(&mut p, dev);
+            self.poll(&mut p, dev, Some(stream));
             match p.best_fit(kind, size, stream) {
                 Fit::Found(b) => {
                     self.c.cache_hits.fetch_add(1, Relaxed);
@@ -169,7 +178,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
                 return Ok(self.handed_out(b));
             }
             // Fences may have completed meanwhile: a cached block beats a new segment.
-            self.poll(&mut p, dev);
+            self.poll(&mut p, dev, Some(stream));
             if let Fit::Found(b) = p.best_fit(kind, size, stream) {
                 self.c.cache_hits.fetch_add(1, Relaxed);
                 return Ok(self.handed_out(b));
@@ -300,7 +309,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
-        self.poll(p, dev);
+        self.poll(p, dev, None);
         for s in p.take_releasable() {
             // SAFETY: `take_releasable` returns only segments without used or deferred blocks
             // whose free blocks' last uses are covered by completed fences.
@@ -407,7 +416,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
 
     /// Raises `completed` for streams whose fences are done; frees deferred blocks whose
     /// events are done, asking the device as little as it can (module docs).
-    fn poll<D>(&self, p: &mut Pools<S, F>, dev: &D)
+    fn poll<D>(&self, p: &mut Pools<S, F>, dev: &D, allocating: Option<u32>)
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
@@ -444,6 +453,16 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
             let done: Vec<Deferred<F>> = p.deferred.drain(kept..).collect();
             for d in done {
                 d.events.into_iter().for_each(|(_, f)| dev.drop_fence(f));
+                // While allocating, a small block of another stream goes to its stream's
+                // returns (module docs); the allocating stream's own stays here for best fit.
+                if allocating.is_some_and(|s| s != d.owner) {
+                    if let Some(b) = p.undefer_small(d.seg, d.offset, d.owner) {
+                        match dev.keep(b) {
+                            Ok(()) => continue,
+                            Err(b) => p.defer(b.seg, b.offset),
+                        }
+                    }
+                }
                 p.release(d.seg, d.offset, d.owner, d.seq);
             }
         }
@@ -572,6 +591,59 @@ mod tests {
             [5, 6, 7, 8, 9, 10],
             "the unfinished ones keep their order"
         );
+    }
+
+    /// `Dev` that keeps what the allocator offers to the streams' returns.
+    #[derive(Default)]
+    struct Keeping {
+        dev: Dev,
+        kept: chorus_sync::Mutex<Vec<Block>>,
+    }
+
+    impl MemoryDevice for Keeping {
+        type Segment = u64;
+        type Fence = (u32, u64);
+        fn alloc_segment(&self, n: usize) -> std::result::Result<(u64, DevicePtr), BackendError> {
+            self.dev.alloc_segment(n)
+        }
+        unsafe fn free_segment(&self, _: u64) {}
+        fn record_fence(&self, s: u32) -> Option<(u32, u64)> {
+            self.dev.record_fence(s)
+        }
+        fn fence_done(&self, f: &(u32, u64)) -> bool {
+            self.dev.fence_done(f)
+        }
+        fn drop_fence(&self, _: (u32, u64)) {}
+        fn synchronize_all(&self) {
+            self.dev.synchronize_all();
+        }
+        fn reclaim_thread_caches(&self) {}
+        fn keep(&self, block: Block) -> std::result::Result<(), Block> {
+            self.kept.lock().unwrap().push(block);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_finished_deferred_block_goes_to_its_streams_returns_unless_that_stream_allocates() {
+        let dev = Keeping::default();
+        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
+        defer_on_b(&alloc, &dev.dev, 2);
+        dev.dev.synchronize_all();
+        // Stream B allocates: A's finished blocks go to A's returns, not to the pools.
+        let b = alloc.alloc(&dev, 4096, B).unwrap();
+        let kept = dev.kept.lock().unwrap().clone();
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(|k| k.stream == A && k.size == 4096));
+        assert!(kept.iter().all(|k| k.ptr != b.ptr));
+        assert!(alloc.pools.lock().deferred.is_empty());
+        // Stream A allocating finds its own finished deferred block in the pools instead.
+        defer_on_b(&alloc, &dev.dev, 1);
+        dev.dev.synchronize_all();
+        let freed = alloc.pools.lock().deferred[0].offset;
+        let again = alloc.alloc(&dev, 4096, A).unwrap();
+        assert_eq!(again.offset, freed, "reused in place");
+        assert_eq!(dev.kept.lock().unwrap().len(), 2, "nothing more kept");
     }
 
     #[test]

@@ -331,6 +331,28 @@ impl<S, E> Pools<S, E> {
         s.used -= entry.0;
     }
 
+    /// A small deferred block whose events completed, handed out again whole to `stream` (its
+    /// owner; the caller keeps it in that stream's returns) instead of going back to the free
+    /// index. `None` (nothing changed) for a block of another class.
+    pub(crate) fn undefer_small(&mut self, seg: u32, off: usize, stream: u32) -> Option<Block> {
+        let s = self.seg_mut(seg);
+        if s.kind != Kind::Small {
+            return None;
+        }
+        let entry = s.blocks.get_mut(&off).expect("deferred block exists");
+        debug_assert_eq!(entry.1, State::Deferred, "{seg}:{off} is not deferred");
+        entry.1 = State::Used;
+        let size = entry.0;
+        s.used += size;
+        Some(Block {
+            seg,
+            offset: off,
+            size,
+            ptr: s.base.byte_add(off),
+            stream,
+        })
+    }
+
     /// Takes out every segment with no used or deferred block whose free blocks are all safe
     /// for every stream; the caller gives them back to the device.
     pub(crate) fn take_releasable(&mut self) -> Vec<S> {

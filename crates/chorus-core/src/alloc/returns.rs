@@ -7,7 +7,9 @@
 //! otherwise go back to the shared pools, and its stream's next allocation would take the pools'
 //! lock, which every thread without a cached block contends for. Such a block goes here instead,
 //! into its stream's returns, and the stream's next allocation that its thread's cache cannot
-//! serve looks here before the pools.
+//! serve looks here before the pools. So does a small block that other streams used too, once
+//! their events have completed, when the allocator finds it so while serving another stream
+//! (`crate::alloc`'s poll).
 //!
 //! # What a return holds
 //! Exactly what a thread cache holds: free blocks of at most `SMALL_MAX` bytes, used by their

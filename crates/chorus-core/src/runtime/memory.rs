@@ -14,6 +14,11 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
         self.flush_thread_caches(false);
     }
 
+    fn keep(&self, block: crate::alloc::Block) -> Result<(), crate::alloc::Block> {
+        // After shutdown the returns are closed: `put` hands the block back.
+        self.returns.put(block)
+    }
+
     fn alloc_segment(&self, bytes: usize) -> Result<(B::Segment, DevicePtr), BackendError> {
         self.backend.alloc_segment(bytes)
     }
