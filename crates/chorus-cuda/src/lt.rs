@@ -6,8 +6,8 @@
 //! The algorithm of each GEMM shape is asked of cuBLASLt's heuristic once per device and kept in
 //! the device's [`Algos`]: every stream then runs the algorithm stored first for that shape, so
 //! the same shape gives the same bits on every stream and in every run, and a stream that meets
-//! a new shape (a batching worker meets a new batch size often) does not pay the query (tens of
-//! microseconds) again. Each stream's [`Lt`] keeps a plan per shape (its descriptors and that
+//! a shape another stream met (a batching worker meets new batch sizes often) does not ask
+//! again (`CHORUS_CUDA_TRACE=1` prints each query and its time). Each stream's [`Lt`] keeps a plan per shape (its descriptors and that
 //! algorithm); the plan's bias pointer changes per call, so a plan is used under the stream's
 //! plan lock (threads sharing a stream take turns; different streams never contend). Shapes the
 //! epilogues cannot express (erf-GELU, tanh, exp, batched GEMMs) take the plain cuBLAS path.

@@ -12,9 +12,9 @@
 //! (`crate::alloc`'s poll).
 //!
 //! # What a return holds
-//! Exactly what a thread cache holds: free blocks of at most `SMALL_MAX` bytes, used by their
-//! owner stream alone, reusable by that stream at once (stream order protects them) and by no
-//! other. The pools see them as used. Each stream keeps at most `capacity` bytes; a block that
+//! Exactly what a thread cache holds: free blocks of at most `SMALL_MAX` bytes whose last uses
+//! were their owner stream's (any other stream's uses have completed), reusable by that stream
+//! at once (stream order protects them) and by no other. The pools see them as used. Each stream keeps at most `capacity` bytes; a block that
 //! does not fit goes to the pools.
 //!
 //! # Fields

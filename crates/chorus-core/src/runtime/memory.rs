@@ -11,7 +11,7 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
     type Fence = B::Event;
 
     fn reclaim_thread_caches(&self) {
-        self.flush_thread_caches(false);
+        self.flush_caches(false);
     }
 
     fn keep(&self, block: crate::alloc::Block) -> Result<(), crate::alloc::Block> {

@@ -274,7 +274,7 @@ impl<B: Backend> Runtime<B> {
 
     /// Gives back to the pools every block the threads' caches and the streams' returns keep;
     /// `close`: the returns keep none from now on (shutdown).
-    fn flush_thread_caches(&self, close: bool) {
+    fn flush_caches(&self, close: bool) {
         let caches: Vec<_> = self
             .caches
             .lock()
@@ -587,7 +587,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
                 let _ = h.join();
             }
         }
-        self.flush_thread_caches(true);
+        self.flush_caches(true);
         self.alloc.close(self, busy.is_empty());
     }
 
