@@ -2,7 +2,7 @@
 //! stream B before A's read has completed. Block memory is a loom cell, so an early hand-out
 //! makes B's write race A's read, which loom reports.
 
-use crate::alloc::{Allocator, MemoryDevice};
+use crate::alloc::{Allocator, Block, MemoryDevice};
 use crate::error::{BackendError, DeviceId};
 use crate::kernel::DevicePtr;
 use chorus_sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,8 @@ struct Dev {
     mem: Mutex<Vec<Arc<Mem>>>,
     enqueued: [AtomicU64; 3],
     done: [AtomicU64; 3],
+    /// What the allocator handed to the streams' returns (`MemoryDevice::keep`).
+    kept: Mutex<Vec<Block>>,
 }
 
 impl Dev {
@@ -62,6 +64,10 @@ impl MemoryDevice for Dev {
         self.done[f.0 as usize].load(Ordering::Acquire) >= f.1
     }
     fn drop_fence(&self, _: (u32, u64)) {}
+    fn keep(&self, block: Block) -> Result<(), Block> {
+        self.kept.lock().unwrap().push(block);
+        Ok(())
+    }
     fn synchronize_all(&self) {
         for s in 0..3 {
             while self.done[s].load(Ordering::Acquire) < self.enqueued[s].load(Ordering::Acquire) {
@@ -76,6 +82,7 @@ fn device() -> Arc<Dev> {
         mem: Mutex::new(Vec::new()),
         enqueued: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
         done: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+        kept: Mutex::new(Vec::new()),
     })
 }
 
@@ -139,5 +146,35 @@ fn block_used_by_two_streams_is_deferred_until_both_finish() {
         // SAFETY (model): A's write after the deferred free.
         dev.cell(b2.ptr()).0.with_mut(|p| unsafe { *p = 9 });
         assert_eq!(rb.join().unwrap(), 0);
+    });
+}
+
+#[test]
+fn a_block_kept_for_its_stream_waits_for_the_other_streams_read() {
+    loom::model(|| {
+        let dev = device();
+        // Two blocks' worth: stream 0 can allocate without taking A's block.
+        let alloc: Allocator<Arc<Mem>, (u32, u64)> = Allocator::new(id(), 3, Some(1024));
+        let b1 = alloc.alloc(&*dev, 512, A).unwrap();
+        // Stream B reads A's block; A frees it (deferred on B's read).
+        let rb = read_on(&dev, B, b1.ptr());
+        alloc.count_bytes_in(&b1);
+        alloc.count_free();
+        alloc.release(&*dev, b1, &[A, B]);
+        // Another stream allocates: its poll may find B's read done and hand the block to A's
+        // returns (or leave it deferred if not).
+        let _other = alloc.alloc(&*dev, 512, 0).unwrap();
+        let kept = dev.kept.lock().unwrap().pop();
+        if let Some(k) = kept {
+            assert_eq!(k.stream(), A as usize);
+            // A reuses its returned block at once: its write must come after B's read.
+            // SAFETY (model): A's write; loom flags it if it can overlap B's read.
+            dev.cell(k.ptr()).0.with_mut(|p| unsafe { *p = 5 });
+        }
+        assert_eq!(
+            rb.join().unwrap(),
+            0,
+            "B read the value it was meant to read"
+        );
     });
 }
