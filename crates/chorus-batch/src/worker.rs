@@ -25,7 +25,7 @@
 //!    lock (an event recorded, the block queued), and the submitting threads, many and
 //!    otherwise waiting, pay that instead of the worker, whose thread every batch waits for.
 //!
-//! The time of each step goes into the statistics ([`Phases`](crate::Phases)), along with how
+//! The time of each step goes into the statistics ([`Phases`]), along with how
 //! long the batch's requests waited before the worker took them.
 //!
 //! A panic of the model is contained in step 2 and fails the batch with

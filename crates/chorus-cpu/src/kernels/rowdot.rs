@@ -9,7 +9,7 @@
 //! So the bits of `out[i, j]` depend on row `i` of `lhs`, row `j` of `W` and `k` only: not on
 //! `m` (how many requests a batch holds), not on the tiling, not on how the columns are split
 //! among cores, and not on which of the code paths below runs (they compute the same lanes; the
-//! tests compare them bit for bit with [`reference`]).
+//! tests compare them bit for bit with [`reference()`]).
 //!
 //! Columns are split among cores when the worker was given several (`super::PARALLELISM`) and
 //! the product is large enough to gain from it.
