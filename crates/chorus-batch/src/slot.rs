@@ -4,43 +4,20 @@
 //!
 //! # State
 //! `Pending(waker)` → `Ready(value)` → `Taken`.
-//! - `Pending` → `Ready`: once, by [`Completer::complete`] or [`complete_all`], or by the
-//!   completer's drop with [`Abandon::abandoned`] (a worker that lost a request reports it
-//!   instead of leaving its owner waiting forever). A completer is consumed by completing, so a
-//!   value is put in at most once, and exactly once unless the completer is
-//!   [`Completer::discard`]ed (only done when the request was rejected before it was queued,
-//!   with the receiver dropped unseen).
+//! - `Pending` → `Ready`: once, by [`Completer::complete`], or by the completer's drop with
+//!   [`Abandon::abandoned`] (a worker that lost a request reports it instead of leaving its
+//!   owner waiting forever). A completer is consumed by `complete`, so a value is put in at most
+//!   once, and exactly once unless the completer is [`Completer::discard`]ed (only done when
+//!   the request was rejected before it was queued, with the receiver dropped unseen).
 //! - `Ready` → `Taken`: once, by the single receiver.
 //!
 //! # Fields
-//! `inner` is under `BATCH_TICKET`, held only to read or swap the state, never while waking.
+//! `state` is under `BATCH_TICKET`, held only to read or swap the state, never while waking.
 //! The completer stores the value, takes the registered waker out, releases the lock, then
 //! notifies the condvar (a blocked receiver) and wakes the waker (an async receiver, user code).
 //! A receiver checks the state and registers its waker or sleeps under the same lock, so a
 //! completion cannot slip between the check and the sleep (no lost wake-up; see the loom
-//! models in `src/tests/`). `sleeping` (under the lock) says that the receiver is blocked in
-//! [`Receiver::wait`] now.
-//!
-//! # Chained wake-ups ([`complete_all`])
-//! Waking a sleeping thread costs the waker a system call and an inter-processor interrupt
-//! (2–3 µs on the machines measured), so a worker that woke each of a batch's 64 blocked clients
-//! itself would spend most of its batch doing it. [`complete_all`] instead puts every value in
-//! first (a lock and a store each), keeping the slots whose receivers were sleeping, in order,
-//! as the batch's *sleepers*; it then wakes the async receivers' wakers and only the first
-//! sleeper. Sleeper `i`, woken, takes
-//! its value and wakes sleepers `2i + 1` and `2i + 2` before its `wait` returns: a binary
-//! tree, so the wake-ups are spread over the woken threads and the last of `n` sleepers is
-//! `log2(n)` wake-ups away instead of `n`.
-//!
-//! Handing over sleeper `c` (by the worker for `c = 0`, by its parent otherwise) happens under
-//! `c`'s lock: if its value is still `Ready`, its receiver is still inside `wait` (a sleeper
-//! only leaves `wait` by taking its value), so the chain (the sleepers and `c`) is stored in the
-//! slot and the receiver notified; it runs the chain after taking the value (or, woken early by
-//! its deadline or spuriously, finds the chain not yet there and leaves without it). If the
-//! value is already `Taken`, the receiver left without the chain, and whoever hands over
-//! wakes `c`'s two children itself. Either way exactly one thread wakes each sleeper's
-//! children, so every sleeper is woken; and a stored chain is always taken out again (by its
-//! receiver), so the slots' references to the sleepers do not outlive the batch.
+//! models in `src/tests/`).
 
 use chorus_sync::{rank, Arc, Condvar, RankedMutex};
 use std::task::Waker;
@@ -58,55 +35,9 @@ enum State<R> {
     Taken,
 }
 
-struct Inner<R> {
-    state: State<R>,
-    /// The receiver is blocked in [`Receiver::wait`].
-    sleeping: bool,
-    /// Set when this slot's receiver is to wake its children of a chain (module docs).
-    chain: Option<Chain<R>>,
-}
-
 struct Slot<R> {
-    inner: RankedMutex<Inner<R>>,
+    state: RankedMutex<State<R>>,
     ready: Condvar,
-}
-
-/// A batch's sleepers and the one of them whose children are to be woken.
-struct Chain<R> {
-    sleepers: Arc<[Arc<Slot<R>>]>,
-    at: usize,
-}
-
-impl<R> Chain<R> {
-    /// Wakes sleeper `self.at`'s children, and the children of any child whose receiver has
-    /// already left.
-    fn wake_children(self) {
-        let mut parents = vec![self.at];
-        while let Some(i) = parents.pop() {
-            for c in [2 * i + 1, 2 * i + 2] {
-                if c < self.sleepers.len() && !hand_over(&self.sleepers, c) {
-                    parents.push(c);
-                }
-            }
-        }
-    }
-}
-
-/// Hands sleeper `c` its part of the chain and wakes it; `false` when its receiver has already
-/// taken its value and left (the caller then wakes `c`'s children).
-fn hand_over<R>(sleepers: &Arc<[Arc<Slot<R>>]>, c: usize) -> bool {
-    let slot = &sleepers[c];
-    let mut inner = slot.inner.lock();
-    if !matches!(inner.state, State::Ready(_)) {
-        return false;
-    }
-    inner.chain = Some(Chain {
-        sleepers: Arc::clone(sleepers),
-        at: c,
-    });
-    drop(inner);
-    slot.ready.notify_one();
-    true
 }
 
 /// What a receiver found.
@@ -123,14 +54,7 @@ pub(crate) enum Take<R> {
 /// A new slot's two halves.
 pub(crate) fn channel<R: Abandon>() -> (Completer<R>, Receiver<R>) {
     let slot = Arc::new(Slot {
-        inner: RankedMutex::new(
-            rank::BATCH_TICKET,
-            Inner {
-                state: State::Pending(None),
-                sleeping: false,
-                chain: None,
-            },
-        ),
+        state: RankedMutex::new(rank::BATCH_TICKET, State::Pending(None)),
         ready: Condvar::new(),
     });
     (
@@ -156,8 +80,10 @@ impl<R: Abandon> std::fmt::Debug for Completer<R> {
 
 impl<R: Abandon> Completer<R> {
     /// Puts `value` in and wakes the receiver (outside the slot's lock).
-    pub(crate) fn complete(self, value: R) {
-        complete_all([(self, value)]);
+    pub(crate) fn complete(mut self, value: R) {
+        if let Some(slot) = self.slot.take() {
+            fill(&slot, value);
+        }
     }
 
     /// Drops the completer without putting anything in (the receiver is being dropped unseen).
@@ -174,59 +100,27 @@ impl<R: Abandon> Drop for Completer<R> {
             return;
         }
         if let Some(slot) = self.slot.take() {
-            complete_slots([(slot, R::abandoned())]);
+            fill(&slot, R::abandoned());
         }
     }
 }
 
-/// Completes every `(completer, value)` pair, then wakes their receivers: the async ones by
-/// their wakers, then the blocked ones through a chain that starts at the first (module docs).
-pub(crate) fn complete_all<R: Abandon>(items: impl IntoIterator<Item = (Completer<R>, R)>) {
-    complete_slots(
-        items
-            .into_iter()
-            .filter_map(|(mut completer, value)| Some((completer.slot.take()?, value))),
-    );
-}
-
-/// [`complete_all`] on the slots.
-fn complete_slots<R>(items: impl IntoIterator<Item = (Arc<Slot<R>>, R)>) {
-    let mut sleepers = Vec::new();
-    let mut wakers = Vec::new();
-    for (slot, value) in items {
-        if fill(&slot, value, &mut wakers) {
-            sleepers.push(slot);
-        }
-    }
-    wakers.into_iter().for_each(Waker::wake);
-    wake_sleepers(sleepers);
-}
-
-/// Starts the chain of wake-ups through `sleepers` (filled slots whose receivers were blocked).
-fn wake_sleepers<R>(sleepers: Vec<Arc<Slot<R>>>) {
-    if sleepers.is_empty() {
-        return;
-    }
-    let sleepers: Arc<[Arc<Slot<R>>]> = sleepers.into();
-    if !hand_over(&sleepers, 0) {
-        Chain { sleepers, at: 0 }.wake_children();
-    }
-}
-
-/// Puts `value` in, without waking anyone; keeps the registered waker in `wakers`. `true` when
-/// the receiver is blocked in `wait` (the caller must see that it is woken).
-fn fill<R>(slot: &Slot<R>, value: R, wakers: &mut Vec<Waker>) -> bool {
-    let mut inner = slot.inner.lock();
-    let State::Pending(waker) = &mut inner.state else {
-        // Unreachable by construction (one completer per slot, consumed by completing); keep
+fn fill<R>(slot: &Slot<R>, value: R) {
+    let mut state = slot.state.lock();
+    let State::Pending(waker) = &mut *state else {
+        // Unreachable by construction (one completer per slot, consumed by `complete`); keep
         // the first outcome, and drop this one (it may own device memory) after the lock.
-        drop(inner);
+        drop(state);
         drop(value);
-        return false;
+        return;
     };
-    wakers.extend(waker.take());
-    inner.state = State::Ready(value);
-    inner.sleeping
+    let waker = waker.take();
+    *state = State::Ready(value);
+    drop(state);
+    slot.ready.notify_one();
+    if let Some(w) = waker {
+        w.wake();
+    }
 }
 
 /// The owner's half.
@@ -256,40 +150,33 @@ impl<R> Receiver<R> {
 
     /// Whether a value is waiting to be taken.
     pub(crate) fn is_ready(&self) -> bool {
-        matches!(self.slot.inner.lock().state, State::Ready(_))
+        matches!(*self.slot.state.lock(), State::Ready(_))
     }
 
     /// Takes the value if it is there.
     pub(crate) fn try_take(&self) -> Take<R> {
-        Self::take(&mut self.slot.inner.lock().state)
+        Self::take(&mut self.slot.state.lock())
     }
 
-    /// Blocks until the value is there, or until `deadline` (`None`: no deadline). Before it
-    /// returns, wakes the sleepers it was handed in a chain (module docs).
+    /// Blocks until the value is there, or until `deadline` (`None`: no deadline).
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> Take<R> {
-        let mut inner = self.slot.inner.lock();
-        let out = loop {
-            match Self::take(&mut inner.state) {
+        let mut state = self.slot.state.lock();
+        loop {
+            match Self::take(&mut state) {
                 Take::Pending => {}
-                done => break done,
+                done => return done,
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                break Take::Pending;
+            match deadline {
+                None => state = self.slot.ready.wait(state),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Take::Pending;
+                    }
+                    state = self.slot.ready.wait_timeout(state, left).0;
+                }
             }
-            inner.sleeping = true;
-            inner = match left {
-                None => self.slot.ready.wait(inner),
-                Some(left) => self.slot.ready.wait_timeout(inner, left).0,
-            };
-            inner.sleeping = false;
-        };
-        let chain = inner.chain.take();
-        drop(inner);
-        if let Some(chain) = chain {
-            chain.wake_children();
         }
-        out
     }
 
     /// Takes the value if it is there; otherwise registers `waker` to be woken when it is.
@@ -298,10 +185,10 @@ impl<R> Receiver<R> {
     /// the lock is released: waker code is user code.
     pub(crate) fn poll(&self, waker: &Waker) -> Take<R> {
         let mut mine = Some(waker.clone());
-        let mut inner = self.slot.inner.lock();
-        let out = match Self::take(&mut inner.state) {
+        let mut state = self.slot.state.lock();
+        let out = match Self::take(&mut state) {
             Take::Pending => {
-                if let State::Pending(registered) = &mut inner.state {
+                if let State::Pending(registered) = &mut *state {
                     if !registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
                         std::mem::swap(registered, &mut mine);
                     }
@@ -310,84 +197,8 @@ impl<R> Receiver<R> {
             }
             done => done,
         };
-        drop(inner);
+        drop(state);
         drop(mine);
         out
-    }
-}
-
-#[cfg(all(test, not(chorus_loom)))]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    impl Abandon for u32 {
-        fn abandoned() -> Self {
-            u32::MAX
-        }
-    }
-
-    /// Spawns a thread blocked in `rx.wait` and returns once it sleeps. The thread gives its
-    /// value if it was woken before a generous deadline, and `None` if the deadline woke it (a
-    /// lost wake-up fails the test instead of hanging it).
-    fn sleeper(rx: Receiver<u32>) -> std::thread::JoinHandle<Option<u32>> {
-        let slot = Arc::clone(&rx.slot);
-        let t = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            match rx.wait(Some(deadline)) {
-                Take::Ready(v) if Instant::now() < deadline => Some(v),
-                _ => None,
-            }
-        });
-        while !slot.inner.lock().sleeping {
-            std::thread::yield_now();
-        }
-        t
-    }
-
-    #[test]
-    fn every_sleeper_of_a_large_batch_is_woken_with_its_value() {
-        let (done, rxs): (Vec<_>, Vec<_>) = (0..40).map(|_| channel::<u32>()).unzip();
-        let threads: Vec<_> = rxs.into_iter().map(sleeper).collect();
-        complete_all(done.into_iter().zip(0..));
-        let got: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        assert_eq!(got, (0..40).map(Some).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn children_of_a_sleeper_that_left_early_are_woken_by_who_hands_over() {
-        // Sleeper 0's receiver takes its value before the chain reaches it (as one woken by
-        // its deadline between the fill and the hand-over would); its children 1 and 2, and
-        // 1's child 3, must still be woken.
-        let (done, mut rxs): (Vec<_>, Vec<_>) = (0..4).map(|_| channel::<u32>()).unzip();
-        let first = rxs.remove(0);
-        let threads: Vec<_> = rxs.into_iter().map(sleeper).collect();
-        let slots: Vec<_> = done
-            .into_iter()
-            .map(|mut c| c.slot.take().expect("armed"))
-            .collect();
-        let mut wakers = Vec::new();
-        for (i, slot) in slots.iter().enumerate() {
-            // Sleeper 0 is not really asleep, so `fill` reports only the other three.
-            assert_eq!(fill(slot, i as u32, &mut wakers), i > 0);
-        }
-        assert!(matches!(first.try_take(), Take::Ready(0)));
-        wake_sleepers(slots);
-        let got: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        assert_eq!(got, vec![Some(1), Some(2), Some(3)]);
-    }
-
-    #[test]
-    fn a_deadline_wait_leaves_no_chain_behind() {
-        // A receiver whose wait ran out before the completion is not a sleeper any more.
-        let (done, rx) = channel::<u32>();
-        assert!(matches!(
-            rx.wait(Some(Instant::now() + Duration::from_millis(1))),
-            Take::Pending
-        ));
-        assert!(!rx.slot.inner.lock().sleeping);
-        done.complete(7);
-        assert!(matches!(rx.wait(None), Take::Ready(7)));
-        assert!(rx.slot.inner.lock().chain.is_none());
     }
 }

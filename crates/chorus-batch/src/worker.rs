@@ -19,14 +19,11 @@
 //!    each request gets exactly its rows, computed when its ticket completes, and a device
 //!    error of the batch's kernels fails this batch (and no other request).
 //! 5. Count the batch in the statistics, then complete every request of the batch: all with
-//!    their rows, or all with the batch's error, every result put in before anyone is woken;
-//!    the worker then wakes one blocked client, which wakes two more, and so on
-//!    (`slot::complete_all`), so the worker pays for one wake-up, not one per request. A
-//!    request completed with its rows also gets its input back, which the ticket drops on the
-//!    thread that takes the result: freeing a device input that the worker's stream also read
-//!    is a deferred free under the allocator's shared lock (an event recorded, the block
-//!    queued), and the submitting threads, many and otherwise waiting, pay that instead of the
-//!    worker, whose thread every batch waits for.
+//!    their rows, or all with the batch's error. A request completed with its rows also gets its
+//!    input back, which the ticket drops on the thread that takes the result: freeing a device
+//!    input that the worker's stream also read is a deferred free under the allocator's shared
+//!    lock (an event recorded, the block queued), and the submitting threads, many and
+//!    otherwise waiting, pay that instead of the worker, whose thread every batch waits for.
 //!
 //! The time of each step goes into the statistics ([`Phases`]), along with how
 //! long the batch's requests waited before the worker took them.
@@ -42,7 +39,7 @@ use crate::error::{BatchError, Result};
 use crate::graphs::WorkerGraphs;
 use crate::host::{HostTensor, Input};
 use crate::queue::{Next, Queued};
-use crate::slot::{self, Completer};
+use crate::slot::Completer;
 use crate::stats::Phases;
 use crate::ticket::{BatchInfo, Done};
 use chorus_core::{Stream, Tensor};
@@ -165,16 +162,14 @@ fn run(
                 stream: stream.index(),
             };
             let each = pending.into_iter().zip(parts).zip(rows).zip(inputs);
-            slot::complete_all(each.map(|((((_, completer), output), n), input)| {
-                let this = info;
-                info.offset += n;
-                let done = Done {
+            for ((((_, completer), output), n), input) in each {
+                completer.complete(Ok(Done {
                     output,
-                    info: this,
+                    info,
                     input,
-                };
-                (completer, Ok(done))
-            }));
+                }));
+                info.offset += n;
+            }
             shared.stats.completed(done.elapsed());
         }
         Err(e) => {
@@ -182,11 +177,9 @@ fn run(
             shared
                 .stats
                 .batch(total, pending.len(), None, &phases, false);
-            slot::complete_all(
-                pending
-                    .into_iter()
-                    .map(|(_, completer)| (completer, Err(e.clone()))),
-            );
+            for (_, completer) in pending {
+                completer.complete(Err(e.clone()));
+            }
         }
     }
 }
