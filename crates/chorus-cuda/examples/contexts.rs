@@ -13,6 +13,12 @@
 //! chorus does (spin while no more threads than cores spin, else the event); `every32` no copy
 //! wait, a stream synchronization every 32 iterations (the launch path alone).
 //!
+//! Gate (`CONTEXTS_GATE=K`): at most K threads inside the driver at once, the others asleep on
+//! a semaphore (are 64 runnable threads on 16 cores what makes the driver slower?). `K` alone:
+//! a permit per driver call, a `yield` wait holding its permit (a `hybrid` wait spins with a
+//! permit if one is free, else sleeps on the event without one); `K:iter`: one permit from an
+//! iteration's first launch to the end of its wait. Unset or empty: no gate.
+//!
 //! Layouts (`LAYOUT` argument, comma-separated):
 //! - `primary`: every stream in the device's primary context (what chorus does today);
 //! - `green:G`: G green contexts, each given every SM of the device, thread `t` in `t % G`;
@@ -41,7 +47,9 @@
 use cudarc::driver::sys::{self, CUcontext, CUdeviceptr, CUfunction, CUresult, CUstream};
 use std::ffi::{c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Barrier, OnceLock};
+// sync-shim: allowed (a benchmark of the raw driver, outside the runtime and its lock ranks)
+#[allow(clippy::disallowed_types)]
+use std::sync::{Barrier, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const LAUNCHES: usize = 4;
@@ -51,6 +59,53 @@ static WAIT: OnceLock<String> = OnceLock::new();
 
 /// Threads spinning in the `hybrid` wait now.
 static SPINNING: AtomicUsize = AtomicUsize::new(0);
+
+/// `CONTEXTS_GATE`: the permits and whether one is held for a whole iteration.
+static GATE: OnceLock<Option<(Gate, bool)>> = OnceLock::new();
+
+/// A counting semaphore: `take` sleeps while no permit is free.
+#[allow(clippy::disallowed_types)] // see the import
+struct Gate {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Gate {
+    fn take(&self) {
+        let mut free = self.free.lock().unwrap();
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap();
+        }
+        *free -= 1;
+    }
+
+    fn try_take(&self) -> bool {
+        let mut free = self.free.lock().unwrap();
+        let got = *free > 0;
+        if got {
+            *free -= 1;
+        }
+        got
+    }
+
+    fn give(&self) {
+        *self.free.lock().unwrap() += 1;
+        self.freed.notify_one();
+    }
+}
+
+/// Runs `f` holding a permit of the per-call gate, if there is one.
+fn gated<T>(f: impl FnOnce() -> T) -> T {
+    match GATE.get().and_then(Option::as_ref) {
+        Some((gate, false)) => {
+            gate.take();
+            let r = f();
+            gate.give();
+            r
+        }
+        _ => f(),
+    }
+}
 
 const SOURCE: &str = r#"
 extern "C" __global__ void bump(unsigned int* word) {
@@ -260,24 +315,26 @@ fn worker(place: Place, primary: Ctx, start: &Barrier, stop: &AtomicBool, quota:
                 let mut arg = word;
                 let mut params = [&mut arg as *mut CUdeviceptr as *mut c_void];
                 ok(
-                    sys::cuLaunchKernel(
-                        place.function,
-                        1,
-                        1,
-                        1,
-                        32,
-                        1,
-                        1,
-                        0,
-                        stream,
-                        params.as_mut_ptr(),
-                        std::ptr::null_mut(),
-                    ),
+                    gated(|| {
+                        sys::cuLaunchKernel(
+                            place.function,
+                            1,
+                            1,
+                            1,
+                            32,
+                            1,
+                            1,
+                            0,
+                            stream,
+                            params.as_mut_ptr(),
+                            std::ptr::null_mut(),
+                        )
+                    }),
                     "cuLaunchKernel",
                 );
             }
             ok(
-                sys::cuMemcpyDtoHAsync_v2(host, word, 4, stream),
+                gated(|| sys::cuMemcpyDtoHAsync_v2(host, word, 4, stream)),
                 "cuMemcpyDtoHAsync",
             );
         };
@@ -286,14 +343,32 @@ fn worker(place: Place, primary: Ctx, start: &Barrier, stop: &AtomicBool, quota:
             | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
         ok(sys::cuEventCreate(&mut event, event_flags), "cuEventCreate");
         let sleep = || {
-            ok(sys::cuEventRecord(event, stream), "cuEventRecord");
+            ok(gated(|| sys::cuEventRecord(event, stream)), "cuEventRecord");
             ok(sys::cuEventSynchronize(event), "cuEventSynchronize");
         };
-        let spin = || ok(sys::cuStreamSynchronize(stream), "cuStreamSynchronize");
+        let spin = || {
+            ok(
+                gated(|| sys::cuStreamSynchronize(stream)),
+                "cuStreamSynchronize",
+            )
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_call = match GATE.get().and_then(Option::as_ref) {
+            Some((gate, false)) => Some(gate),
+            _ => None,
+        };
         let wait = |i: usize| match WAIT.get().map_or("yield", String::as_str) {
             "yield" => spin(),
             "block" => sleep(),
+            "hybrid" if per_call.is_some() => {
+                let gate = per_call.expect("checked");
+                if gate.try_take() {
+                    ok(sys::cuStreamSynchronize(stream), "cuStreamSynchronize");
+                    gate.give();
+                } else {
+                    sleep()
+                }
+            }
             "hybrid" => {
                 if SPINNING.fetch_add(1, Ordering::Relaxed) < cores {
                     spin()
@@ -312,10 +387,16 @@ fn worker(place: Place, primary: Ctx, start: &Barrier, stop: &AtomicBool, quota:
         }
         spin();
         start.wait();
+        let whole = match GATE.get().and_then(Option::as_ref) {
+            Some((gate, true)) => Some(gate),
+            _ => None,
+        };
         let mut n = 0;
         while n < quota && !stop.load(Ordering::Relaxed) {
+            whole.inspect(|g| g.take());
             iterate();
             wait(n);
+            whole.inspect(|g| g.give());
             n += 1;
         }
         spin();
@@ -353,6 +434,23 @@ fn main() {
     let seconds: f64 = args.get(3).map_or(0.3, |s| s.parse().expect("seconds"));
     let wait = std::env::var("CONTEXTS_WAIT").unwrap_or_else(|_| "yield".into());
     WAIT.set(wait).expect("set once");
+    let gate = std::env::var("CONTEXTS_GATE")
+        .ok()
+        .filter(|g| !g.is_empty())
+        .map(|g| {
+            let (k, whole) = g.split_once(':').map_or((g.as_str(), false), |(k, w)| {
+                assert_eq!(w, "iter", "CONTEXTS_GATE=K or K:iter");
+                (k, true)
+            });
+            let k: usize = k.parse().expect("CONTEXTS_GATE=K");
+            #[allow(clippy::disallowed_types)] // see the import
+            let gate = Gate {
+                free: Mutex::new(k),
+                freed: Condvar::new(),
+            };
+            (gate, whole)
+        });
+    GATE.set(gate).ok().expect("set once");
     let ptx = cudarc::nvrtc::compile_ptx(SOURCE).expect("NVRTC");
     let ptx = CString::new(ptx.to_src()).expect("PTX without NUL");
     let (mut device, mut primary) = (0, std::ptr::null_mut());
