@@ -25,7 +25,10 @@
 //! per second; latency is per request (per forward for (b)), from the call until its result is
 //! computed: p50 and p99 over every request of the phase. Ratios are queue throughput over
 //! (a) and over (b) at the same B; the latency bound of the issue's target is
-//! `max_delay + 3 × (b)'s forward time at B`.
+//! `max_delay + 3 × (b)'s forward time at B`. Each phase also reports the whole process's CPU
+//! time per sample over the same span (all threads: clients, workers, the runtime's and the
+//! driver's; Unix only), since host CPU, not the GPU, is what limits the queue on the machines
+//! measured (BENCHMARKS.md).
 
 use crate::device::{self, DeviceChoice};
 use chorus::batch::HostTensor;
@@ -85,16 +88,48 @@ enum InputKind {
     Device,
 }
 
-/// Throughput and latency of one timed phase.
+/// Throughput and latency of one timed phase, and the CPU time it took.
 #[derive(Debug, Clone, Copy)]
 struct Measured {
     samples_per_s: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time of the whole process (every thread) per sample, in µs, where known.
+    cpu_us_per_sample: Option<f64>,
+}
+
+/// The CPU time the process has used so far, all threads (exited ones too), where the
+/// platform says (`CLOCK_PROCESS_CPUTIME_ID`).
+fn process_cpu() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call, which
+        // writes nothing else.
+        let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        let secs = u64::try_from(ts.tv_sec).ok()?;
+        let nanos = u32::try_from(ts.tv_nsec).ok()?;
+        (r == 0).then(|| Duration::new(secs, nanos))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// The CPU time used since `since` (a [`process_cpu`] reading).
+fn cpu_since(since: Option<Duration>) -> Option<Duration> {
+    Some(process_cpu()?.saturating_sub(since?))
 }
 
 impl Measured {
-    fn from(samples: u64, elapsed: Duration, mut latencies: Vec<Duration>) -> Measured {
+    fn from(
+        samples: u64,
+        elapsed: Duration,
+        cpu: Option<Duration>,
+        mut latencies: Vec<Duration>,
+    ) -> Measured {
         latencies.sort_unstable();
         let q = |q: f64| {
             if latencies.is_empty() {
@@ -107,6 +142,7 @@ impl Measured {
             samples_per_s: samples as f64 / elapsed.as_secs_f64().max(1e-9),
             p50: q(0.50),
             p99: q(0.99),
+            cpu_us_per_sample: cpu.map(|c| c.as_secs_f64() * 1e6 / samples.max(1) as f64),
         }
     }
 }
@@ -133,14 +169,15 @@ fn mlp(device: &Device) -> anyhow::Result<nn::Mlp> {
 
 /// Runs `clients` threads, each doing `warmup` untimed then `requests` timed calls of
 /// `call(client, request)`, which returns the latency of one request. Returns the timed
-/// phase's wall time (barrier to last result) and every latency.
+/// phase's wall time (barrier to last result), the process's CPU time over the same span, and
+/// every latency.
 fn clients(
     clients: u64,
     warmup: u64,
     requests: u64,
     call: &(dyn Fn(u64, u64) -> anyhow::Result<Duration> + Sync),
     after_warmup: &(dyn Fn() + Sync),
-) -> anyhow::Result<(Duration, Vec<Duration>)> {
+) -> anyhow::Result<(Duration, Option<Duration>, Vec<Duration>)> {
     let n = usize::try_from(clients)?;
     let start = Barrier::new(n + 1);
     let warm = Barrier::new(n + 1);
@@ -172,6 +209,7 @@ fn clients(
             .collect();
         warm.wait();
         after_warmup();
+        let cpu0 = process_cpu();
         start.wait();
         let t0 = Instant::now();
         let mut all = Vec::new();
@@ -188,7 +226,8 @@ fn clients(
             }
         }
         let elapsed = t0.elapsed();
-        failure.map_or(Ok((elapsed, all)), Err)
+        let cpu = cpu_since(cpu0);
+        failure.map_or(Ok((elapsed, cpu, all)), Err)
     })
 }
 
@@ -243,8 +282,13 @@ fn direct_call(
 /// (a): every client calls the model directly with batch 1.
 fn direct_threads(device: &Device, model: &nn::Mlp, a: &BatchingArgs) -> anyhow::Result<Measured> {
     let call = |c: u64, i: u64| direct_call(device, model, a.input, seed(c, i), 1);
-    let (elapsed, latencies) = clients(a.clients, 5, a.requests, &call, &|| {})?;
-    Ok(Measured::from(a.clients * a.requests, elapsed, latencies))
+    let (elapsed, cpu, latencies) = clients(a.clients, 5, a.requests, &call, &|| {})?;
+    Ok(Measured::from(
+        a.clients * a.requests,
+        elapsed,
+        cpu,
+        latencies,
+    ))
 }
 
 /// (b): one thread, direct calls on batch `b`.
@@ -261,13 +305,20 @@ fn direct_batch(
     let n = (samples / b as u64).clamp(10, 2000);
     let mut latencies = Vec::with_capacity(n as usize);
     let mut busy = Duration::ZERO;
+    let cpu0 = process_cpu();
     for i in 0..n {
         let l = direct_call(device, model, kind, 7 + i, b)?;
         busy += l;
         latencies.push(l);
     }
-    // Throughput over the timed calls only (making the input is the client's business).
-    Ok(Measured::from(n * b as u64, busy, latencies))
+    // Throughput over the timed calls only (making the input is the client's business); the
+    // CPU time includes making the inputs.
+    Ok(Measured::from(
+        n * b as u64,
+        busy,
+        cpu_since(cpu0),
+        latencies,
+    ))
 }
 
 /// One queue configuration: its throughput and client-side latency, and the queue's
@@ -305,13 +356,13 @@ fn queued(
         }
     };
     let warmup = if a.graphs { 50 } else { 5 };
-    let (elapsed, latencies) = clients(a.clients, warmup, a.requests, &call, &|| {
+    let (elapsed, cpu, latencies) = clients(a.clients, warmup, a.requests, &call, &|| {
         queue.reset_stats()
     })?;
     let stats = queue.stats();
     queue.shutdown(chorus::batch::ShutdownMode::Drain);
     Ok((
-        Measured::from(a.clients * a.requests, elapsed, latencies),
+        Measured::from(a.clients * a.requests, elapsed, cpu, latencies),
         stats,
     ))
 }
@@ -372,6 +423,7 @@ pub(crate) fn run(
                 "vs_direct_batch": m.samples_per_s / direct.samples_per_s,
                 "p99_bound_ms": ms(bound),
                 "p99_within_bound": m.p99 <= bound,
+                "cpu_us_per_sample": m.cpu_us_per_sample,
                 "memory": memory_delta(&before, &after),
             }));
         }
@@ -390,11 +442,13 @@ pub(crate) fn run(
             "samples_per_s": threads.samples_per_s,
             "p50_ms": ms(threads.p50),
             "p99_ms": ms(threads.p99),
+            "cpu_us_per_sample": threads.cpu_us_per_sample,
         },
         "direct_batch": per_batch.iter().map(|(b, m)| json!({
             "batch": b,
             "samples_per_s": m.samples_per_s,
             "forward_ms": ms(m.p50),
+            "cpu_us_per_sample": m.cpu_us_per_sample,
         })).collect::<Vec<_>>(),
         "batching": rows,
     });
@@ -443,18 +497,20 @@ fn print_text(out: &Value) {
     );
     let t = &out["direct_threads"];
     println!(
-        "(a) {} threads calling the model directly, batch 1: {:.0} samples/s, p50 {:.3} ms, p99 {:.3} ms",
+        "(a) {} threads calling the model directly, batch 1: {:.0} samples/s, p50 {:.3} ms, p99 {:.3} ms, CPU {:.1} us per sample",
         t["threads"],
         f(&t["samples_per_s"]),
         f(&t["p50_ms"]),
-        f(&t["p99_ms"])
+        f(&t["p99_ms"]),
+        f(&t["cpu_us_per_sample"])
     );
     for b in out["direct_batch"].as_array().into_iter().flatten() {
         println!(
-            "(b) one thread, batch {:>4}: {:>9.0} samples/s, {:.3} ms per forward",
+            "(b) one thread, batch {:>4}: {:>9.0} samples/s, {:.3} ms per forward, CPU {:.2} us per sample",
             b["batch"].as_u64().unwrap_or(0),
             f(&b["samples_per_s"]),
-            f(&b["forward_ms"])
+            f(&b["forward_ms"]),
+            f(&b["cpu_us_per_sample"])
         );
     }
     println!(
@@ -488,22 +544,26 @@ fn print_text(out: &Value) {
             }
         );
     }
-    println!("where the time went (queue statistics, means in us: per request for queued, per batch otherwise)");
     println!(
-        "{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "max_batch", "delay ms", "queued", "gather", "forward", "finish", "complete"
+        "where the time went (queue statistics, means in us: per request for queued, per batch \
+         otherwise; CPU: the whole process's CPU time per request)"
+    );
+    println!(
+        "{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "max_batch", "delay ms", "queued", "gather", "forward", "finish", "complete", "CPU"
     );
     for r in out["batching"].as_array().into_iter().flatten() {
         let p = &r["phases_us"];
         println!(
-            "{:>9} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            "{:>9} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
             r["max_batch"].as_u64().unwrap_or(0),
             f(&r["max_delay_ms"]),
             f(&p["queued"]),
             f(&p["gather"]),
             f(&p["forward"]),
             f(&p["finish"]),
-            f(&p["complete"])
+            f(&p["complete"]),
+            f(&r["cpu_us_per_sample"])
         );
     }
     println!(

@@ -439,7 +439,12 @@ fn bench_batching_json() {
             r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap(),
             "{r}"
         );
+        // The process's CPU time per request: the clients and workers did work.
+        #[cfg(unix)]
+        assert!(r["cpu_us_per_sample"].as_f64().unwrap() > 0.0, "{r}");
     }
+    #[cfg(unix)]
+    assert!(v["direct_threads"]["cpu_us_per_sample"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
