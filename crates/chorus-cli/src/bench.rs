@@ -35,8 +35,9 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object (the same keys as the PyTorch script's output).
     #[arg(long)]
     json: bool,
-    /// GPU suite: run each thread-sweep row this many times and report the median (every
-    /// run's figure is in the row's `runs`); 1 (the default) runs it once, as PyTorch's script.
+    /// Run each row this many times and report the median run (every run's figure is in the
+    /// row's `runs`): the GPU suite's thread-sweep rows, and every row of `batching` (both
+    /// baselines and each queue setting); 1 (the default) runs each once, as PyTorch's script.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=99))]
     repeat: u64,
     /// GPU suite: run each thread-sweep row for this many seconds, every thread until a shared
@@ -47,6 +48,13 @@ pub(crate) struct BenchArgs {
     seconds: Option<f64>,
     #[command(flatten)]
     batching: batching::BatchingArgs,
+}
+
+/// The index of the median of `rates` (the upper one of an even count); `rates` is not empty.
+pub(crate) fn median_index(rates: &[f64]) -> usize {
+    let mut order: Vec<usize> = (0..rates.len()).collect();
+    order.sort_by(|&a, &b| rates[a].total_cmp(&rates[b]));
+    order[order.len() / 2]
 }
 
 /// A round length in seconds: positive and at most an hour.
@@ -102,7 +110,8 @@ fn forward_sync(mlp: &Mlp, device: &Device, x: &Tensor) -> chorus::Result<()> {
 
 pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.suite == Suite::Batching {
-        return batching::run(&args.device, args.json, &args.batching);
+        let repeat = usize::try_from(args.repeat)?;
+        return batching::run(&args.device, args.json, repeat, &args.batching);
     }
     if device::is_gpu(args.device.kind) {
         let repeat = usize::try_from(args.repeat)?;

@@ -20,6 +20,11 @@
 //! With `--graphs` the queue runs its batches through graphs of the model, padded to powers of
 //! two (`BatchConfigBuilder::graphs`), and its clients' warm-up is 50 requests each.
 //!
+//! With `--repeat N` every row ((a), each (b), each queue setting) is measured N times in a row
+//! and the run of median throughput is reported, whole (its latencies, phases, allocator
+//! counts), with every run's throughput in `runs`: a row lasts tens of milliseconds on a GPU,
+//! short enough for one hiccup of the machine to move it by half.
+//!
 //! Each timed phase starts after a warm-up (5 requests per client, 3 forwards for (b)) and a
 //! barrier, and stops when the last client has its last result. Throughput is samples (rows)
 //! per second; latency is per request (per forward for (b)), from the call until its result is
@@ -367,13 +372,28 @@ fn queued(
     ))
 }
 
-/// Runs `chorus bench batching`.
+/// Runs `measure` `repeat` times (at least once) and returns the run of median throughput, with
+/// every run's throughput in run order.
+fn median_of<T>(
+    repeat: usize,
+    rate: impl Fn(&T) -> f64,
+    mut measure: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Vec<f64>)> {
+    let mut runs = (0..repeat.max(1))
+        .map(|_| measure())
+        .collect::<anyhow::Result<Vec<T>>>()?;
+    let rates: Vec<f64> = runs.iter().map(&rate).collect();
+    Ok((runs.swap_remove(crate::bench::median_index(&rates)), rates))
+}
+
+/// Runs `chorus bench batching`; each row is the median of `repeat` runs.
 ///
 /// # Errors
 /// A device that cannot start, invalid sweep values, or a failed request or forward.
 pub(crate) fn run(
     choice: &DeviceChoice,
     as_json: bool,
+    repeat: usize,
     a: &BatchingArgs,
 ) -> anyhow::Result<ExitCode> {
     if let Some(&d) = a
@@ -387,19 +407,33 @@ pub(crate) fn run(
     let model = mlp(&device)?;
     let total = a.clients * a.requests;
 
-    let threads = direct_threads(&device, &model, a)?;
+    anyhow::ensure!(
+        !a.max_batch.contains(&0),
+        "--max-batch: 0 is not a batch size"
+    );
+    let rate = |m: &Measured| m.samples_per_s;
+    let (threads, threads_runs) = median_of(repeat, rate, || direct_threads(&device, &model, a))?;
     let mut per_batch = Vec::new();
     for &b in &a.max_batch {
-        anyhow::ensure!(b > 0, "--max-batch: 0 is not a batch size");
-        per_batch.push((b, direct_batch(&device, &model, a.input, b, total)?));
+        let (m, runs) = median_of(repeat, rate, || {
+            direct_batch(&device, &model, a.input, b, total)
+        })?;
+        per_batch.push((b, m, runs));
     }
     let mut rows = Vec::new();
-    for &(b, direct) in &per_batch {
+    for (b, direct, _) in &per_batch {
+        let (b, direct) = (*b, *direct);
         for &d in &a.max_delay_ms {
             let delay = Duration::from_secs_f64(d / 1e3);
-            let before = device.memory_stats();
-            let (m, stats) = queued(&device, &model, a, b, delay)?;
-            let after = device.memory_stats();
+            let ((m, stats, memory), runs) = median_of(
+                repeat,
+                |(m, _, _): &(Measured, _, _)| m.samples_per_s,
+                || {
+                    let before = device.memory_stats();
+                    let (m, stats) = queued(&device, &model, a, b, delay)?;
+                    Ok((m, stats, memory_delta(&before, &device.memory_stats())))
+                },
+            )?;
             let us = |d: Duration| d.as_secs_f64() * 1e6;
             let p = stats.phases;
             let bound = delay + 3 * direct.p50;
@@ -424,7 +458,8 @@ pub(crate) fn run(
                 "p99_bound_ms": ms(bound),
                 "p99_within_bound": m.p99 <= bound,
                 "cpu_us_per_sample": m.cpu_us_per_sample,
-                "memory": memory_delta(&before, &after),
+                "memory": memory,
+                "runs": runs,
             }));
         }
     }
@@ -437,18 +472,21 @@ pub(crate) fn run(
         "workers": a.workers,
         "input": format!("{:?}", a.input).to_lowercase(),
         "graphs": a.graphs,
+        "repeat": repeat.max(1),
         "direct_threads": {
             "threads": a.clients,
             "samples_per_s": threads.samples_per_s,
             "p50_ms": ms(threads.p50),
             "p99_ms": ms(threads.p99),
             "cpu_us_per_sample": threads.cpu_us_per_sample,
+            "runs": threads_runs,
         },
-        "direct_batch": per_batch.iter().map(|(b, m)| json!({
+        "direct_batch": per_batch.iter().map(|(b, m, runs)| json!({
             "batch": b,
             "samples_per_s": m.samples_per_s,
             "forward_ms": ms(m.p50),
             "cpu_us_per_sample": m.cpu_us_per_sample,
+            "runs": runs,
         })).collect::<Vec<_>>(),
         "batching": rows,
     });
@@ -484,7 +522,7 @@ fn print_text(out: &Value) {
         out["device_description"].as_str().unwrap_or("?")
     );
     println!(
-        "{} clients x {} batch-1 requests per configuration, {} workers, {} input{}",
+        "{} clients x {} batch-1 requests per configuration, {} workers, {} input{}{}",
         out["clients"],
         out["requests_per_client"],
         out["workers"],
@@ -493,6 +531,10 @@ fn print_text(out: &Value) {
             ", batches through graphs"
         } else {
             ""
+        },
+        match out["repeat"].as_u64() {
+            Some(n) if n > 1 => format!("; every row the median of {n} runs"),
+            _ => String::new(),
         }
     );
     let t = &out["direct_threads"];
@@ -590,5 +632,21 @@ fn print_text(out: &Value) {
             f(&m["deferred_frees"]) / requests,
             m["segments"]
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_row_is_its_median_run_with_every_run_listed() {
+        let mut next = [30.0, 10.0, 20.0].into_iter();
+        let (m, runs) = median_of(3, |&r: &f64| r, || Ok(next.next().unwrap())).unwrap();
+        assert_eq!(m, 20.0);
+        assert_eq!(runs, vec![30.0, 10.0, 20.0]);
+        let (m, runs) = median_of(0, |&r: &f64| r, || Ok(5.0)).unwrap();
+        assert_eq!((m, runs), (5.0, vec![5.0]));
+        assert!(median_of(2, |&r: &f64| r, || anyhow::bail!("failed")).is_err());
     }
 }

@@ -205,9 +205,7 @@ fn median_row(mut runs: Vec<Value>) -> Value {
         .iter()
         .map(|r| r["ops_per_s"].as_f64().unwrap_or(0.0))
         .collect();
-    let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by(|&a, &b| rates[a].total_cmp(&rates[b]));
-    let mut row = runs.swap_remove(order[order.len() / 2]);
+    let mut row = runs.swap_remove(crate::bench::median_index(&rates));
     row["runs"] = json!(rates);
     row
 }

@@ -423,11 +423,37 @@ fn bench_batching_json() {
             "2,4",
             "--max-delay-ms",
             "0,0.5",
+            "--repeat",
+            "3",
             "--json",
         ],
         &[],
     ));
     assert_eq!(v["clients"], 4);
+    assert_eq!(v["repeat"], 3);
+    // Every row is the median of its three runs.
+    let median_of_runs = |row: &serde_json::Value| {
+        let mut runs: Vec<f64> = row["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_f64().unwrap())
+            .collect();
+        assert_eq!(runs.len(), 3, "{row}");
+        runs.sort_by(f64::total_cmp);
+        assert_eq!(row["samples_per_s"].as_f64().unwrap(), runs[1], "{row}");
+    };
+    median_of_runs(&v["direct_threads"]);
+    v["direct_batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .for_each(median_of_runs);
+    v["batching"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .for_each(median_of_runs);
     assert!(v["direct_threads"]["samples_per_s"].as_f64().unwrap() > 0.0);
     assert_eq!(v["direct_batch"].as_array().unwrap().len(), 2);
     let rows = v["batching"].as_array().unwrap();
