@@ -32,8 +32,9 @@
 //! (a) and over (b) at the same B; the latency bound of the issue's target is
 //! `max_delay + 3 × (b)'s forward time at B`. Each phase also reports the whole process's CPU
 //! time per sample over the same span (all threads: clients, workers, the runtime's and the
-//! driver's; Unix only), since host CPU, not the GPU, is what limits the queue on the machines
-//! measured (BENCHMARKS.md).
+//! driver's; Unix only), and the part of it spent on the threads that make the requests (the
+//! clients; (b)'s one thread), since host CPU, not the GPU, is what limits the queue on the
+//! machines measured (BENCHMARKS.md).
 
 use crate::device::{self, DeviceChoice};
 use chorus::batch::HostTensor;
@@ -101,6 +102,17 @@ struct Measured {
     p99: Duration,
     /// CPU time of the whole process (every thread) per sample, in µs, where known.
     cpu_us_per_sample: Option<f64>,
+    /// Of that, the CPU time of the threads that make the requests (the clients), where known.
+    client_cpu_us_per_sample: Option<f64>,
+}
+
+/// What one timed phase took: its wall time, the process's and the calling threads' CPU time
+/// over it, and every request's latency.
+struct Phase {
+    elapsed: Duration,
+    cpu: Option<Duration>,
+    client_cpu: Option<Duration>,
+    latencies: Vec<Duration>,
 }
 
 /// The CPU time the process has used so far, all threads (exited ones too), where the
@@ -123,18 +135,39 @@ fn process_cpu() -> Option<Duration> {
     None
 }
 
+/// The CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`), where the
+/// platform says.
+fn thread_cpu() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: as in `process_cpu`.
+        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        let secs = u64::try_from(ts.tv_sec).ok()?;
+        let nanos = u32::try_from(ts.tv_nsec).ok()?;
+        (r == 0).then(|| Duration::new(secs, nanos))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// The CPU time used since `since` (a [`process_cpu`] reading).
 fn cpu_since(since: Option<Duration>) -> Option<Duration> {
     Some(process_cpu()?.saturating_sub(since?))
 }
 
 impl Measured {
-    fn from(
-        samples: u64,
-        elapsed: Duration,
-        cpu: Option<Duration>,
-        mut latencies: Vec<Duration>,
-    ) -> Measured {
+    fn from(samples: u64, phase: Phase) -> Measured {
+        let Phase {
+            elapsed,
+            cpu,
+            client_cpu,
+            mut latencies,
+        } = phase;
+        let per_sample = |c: Duration| c.as_secs_f64() * 1e6 / samples.max(1) as f64;
         latencies.sort_unstable();
         let q = |q: f64| {
             if latencies.is_empty() {
@@ -147,7 +180,8 @@ impl Measured {
             samples_per_s: samples as f64 / elapsed.as_secs_f64().max(1e-9),
             p50: q(0.50),
             p99: q(0.99),
-            cpu_us_per_sample: cpu.map(|c| c.as_secs_f64() * 1e6 / samples.max(1) as f64),
+            cpu_us_per_sample: cpu.map(per_sample),
+            client_cpu_us_per_sample: client_cpu.map(per_sample),
         }
     }
 }
@@ -173,24 +207,25 @@ fn mlp(device: &Device) -> anyhow::Result<nn::Mlp> {
 }
 
 /// Runs `clients` threads, each doing `warmup` untimed then `requests` timed calls of
-/// `call(client, request)`, which returns the latency of one request. Returns the timed
-/// phase's wall time (barrier to last result), the process's CPU time over the same span, and
-/// every latency.
+/// `call(client, request)`, which returns the latency of one request. Returns the timed phase
+/// (barrier to last result): its wall time, the process's CPU time and the client threads' own
+/// over the same span, and every latency.
 fn clients(
     clients: u64,
     warmup: u64,
     requests: u64,
     call: &(dyn Fn(u64, u64) -> anyhow::Result<Duration> + Sync),
     after_warmup: &(dyn Fn() + Sync),
-) -> anyhow::Result<(Duration, Option<Duration>, Vec<Duration>)> {
+) -> anyhow::Result<Phase> {
     let n = usize::try_from(clients)?;
     let start = Barrier::new(n + 1);
     let warm = Barrier::new(n + 1);
+    type Client = (Vec<Duration>, Option<Duration>);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|c| {
                 let (start, warm) = (&start, &warm);
-                s.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                s.spawn(move || -> anyhow::Result<Client> {
                     let mut out = Vec::with_capacity(requests as usize);
                     let mut failure = None;
                     for i in 0..warmup {
@@ -200,6 +235,7 @@ fn clients(
                     }
                     warm.wait();
                     start.wait();
+                    let cpu0 = thread_cpu();
                     for i in 0..requests {
                         match call(c, i) {
                             Ok(l) => out.push(l),
@@ -208,7 +244,8 @@ fn clients(
                             }
                         }
                     }
-                    failure.map_or(Ok(out), Err)
+                    let cpu = thread_cpu().zip(cpu0).map(|(t, t0)| t.saturating_sub(t0));
+                    failure.map_or(Ok((out, cpu)), Err)
                 })
             })
             .collect();
@@ -217,11 +254,15 @@ fn clients(
         let cpu0 = process_cpu();
         start.wait();
         let t0 = Instant::now();
-        let mut all = Vec::new();
+        let mut latencies = Vec::new();
+        let mut client_cpu = Some(Duration::ZERO);
         let mut failure = None;
         for h in handles {
             match h.join() {
-                Ok(Ok(ls)) => all.extend(ls),
+                Ok(Ok((ls, cpu))) => {
+                    latencies.extend(ls);
+                    client_cpu = client_cpu.zip(cpu).map(|(a, b)| a + b);
+                }
                 Ok(Err(e)) => {
                     failure.get_or_insert(e);
                 }
@@ -230,9 +271,13 @@ fn clients(
                 }
             }
         }
-        let elapsed = t0.elapsed();
-        let cpu = cpu_since(cpu0);
-        failure.map_or(Ok((elapsed, cpu, all)), Err)
+        let phase = Phase {
+            elapsed: t0.elapsed(),
+            cpu: cpu_since(cpu0),
+            client_cpu,
+            latencies,
+        };
+        failure.map_or(Ok(phase), Err)
     })
 }
 
@@ -287,13 +332,8 @@ fn direct_call(
 /// (a): every client calls the model directly with batch 1.
 fn direct_threads(device: &Device, model: &nn::Mlp, a: &BatchingArgs) -> anyhow::Result<Measured> {
     let call = |c: u64, i: u64| direct_call(device, model, a.input, seed(c, i), 1);
-    let (elapsed, cpu, latencies) = clients(a.clients, 5, a.requests, &call, &|| {})?;
-    Ok(Measured::from(
-        a.clients * a.requests,
-        elapsed,
-        cpu,
-        latencies,
-    ))
+    let phase = clients(a.clients, 5, a.requests, &call, &|| {})?;
+    Ok(Measured::from(a.clients * a.requests, phase))
 }
 
 /// (b): one thread, direct calls on batch `b`.
@@ -310,20 +350,23 @@ fn direct_batch(
     let n = (samples / b as u64).clamp(10, 2000);
     let mut latencies = Vec::with_capacity(n as usize);
     let mut busy = Duration::ZERO;
-    let cpu0 = process_cpu();
+    let (cpu0, thread0) = (process_cpu(), thread_cpu());
     for i in 0..n {
         let l = direct_call(device, model, kind, 7 + i, b)?;
         busy += l;
         latencies.push(l);
     }
     // Throughput over the timed calls only (making the input is the client's business); the
-    // CPU time includes making the inputs.
-    Ok(Measured::from(
-        n * b as u64,
-        busy,
-        cpu_since(cpu0),
+    // CPU times include making the inputs.
+    let phase = Phase {
+        elapsed: busy,
+        cpu: cpu_since(cpu0),
+        client_cpu: thread_cpu()
+            .zip(thread0)
+            .map(|(t, t0)| t.saturating_sub(t0)),
         latencies,
-    ))
+    };
+    Ok(Measured::from(n * b as u64, phase))
 }
 
 /// One queue configuration: its throughput and client-side latency, and the queue's
@@ -361,15 +404,12 @@ fn queued(
         }
     };
     let warmup = if a.graphs { 50 } else { 5 };
-    let (elapsed, cpu, latencies) = clients(a.clients, warmup, a.requests, &call, &|| {
+    let phase = clients(a.clients, warmup, a.requests, &call, &|| {
         queue.reset_stats()
     })?;
     let stats = queue.stats();
     queue.shutdown(chorus::batch::ShutdownMode::Drain);
-    Ok((
-        Measured::from(a.clients * a.requests, elapsed, cpu, latencies),
-        stats,
-    ))
+    Ok((Measured::from(a.clients * a.requests, phase), stats))
 }
 
 /// Runs `measure` `repeat` times (at least once) and returns the run of median throughput, with
@@ -458,6 +498,7 @@ pub(crate) fn run(
                 "p99_bound_ms": ms(bound),
                 "p99_within_bound": m.p99 <= bound,
                 "cpu_us_per_sample": m.cpu_us_per_sample,
+                "client_cpu_us_per_sample": m.client_cpu_us_per_sample,
                 "memory": memory,
                 "runs": runs,
             }));
@@ -479,6 +520,7 @@ pub(crate) fn run(
             "p50_ms": ms(threads.p50),
             "p99_ms": ms(threads.p99),
             "cpu_us_per_sample": threads.cpu_us_per_sample,
+            "client_cpu_us_per_sample": threads.client_cpu_us_per_sample,
             "runs": threads_runs,
         },
         "direct_batch": per_batch.iter().map(|(b, m, runs)| json!({
@@ -486,6 +528,7 @@ pub(crate) fn run(
             "samples_per_s": m.samples_per_s,
             "forward_ms": ms(m.p50),
             "cpu_us_per_sample": m.cpu_us_per_sample,
+            "client_cpu_us_per_sample": m.client_cpu_us_per_sample,
             "runs": runs,
         })).collect::<Vec<_>>(),
         "batching": rows,
@@ -588,16 +631,24 @@ fn print_text(out: &Value) {
     }
     println!(
         "where the time went (queue statistics, means in us: per request for queued, per batch \
-         otherwise; CPU: the whole process's CPU time per request)"
+         otherwise; CPU: the whole process's CPU time per request, and the clients' part of it)"
     );
     println!(
-        "{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "max_batch", "delay ms", "queued", "gather", "forward", "finish", "complete", "CPU"
+        "{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "max_batch",
+        "delay ms",
+        "queued",
+        "gather",
+        "forward",
+        "finish",
+        "complete",
+        "CPU",
+        "clients"
     );
     for r in out["batching"].as_array().into_iter().flatten() {
         let p = &r["phases_us"];
         println!(
-            "{:>9} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            "{:>9} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
             r["max_batch"].as_u64().unwrap_or(0),
             f(&r["max_delay_ms"]),
             f(&p["queued"]),
@@ -605,7 +656,8 @@ fn print_text(out: &Value) {
             f(&p["forward"]),
             f(&p["finish"]),
             f(&p["complete"]),
-            f(&r["cpu_us_per_sample"])
+            f(&r["cpu_us_per_sample"]),
+            f(&r["client_cpu_us_per_sample"])
         );
     }
     println!(

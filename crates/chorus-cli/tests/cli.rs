@@ -467,7 +467,11 @@ fn bench_batching_json() {
         );
         // The process's CPU time per request: the clients and workers did work.
         #[cfg(unix)]
-        assert!(r["cpu_us_per_sample"].as_f64().unwrap() > 0.0, "{r}");
+        {
+            let cpu = r["cpu_us_per_sample"].as_f64().unwrap();
+            let clients = r["client_cpu_us_per_sample"].as_f64().unwrap();
+            assert!(cpu > 0.0 && clients > 0.0 && clients <= cpu, "{r}");
+        }
     }
     #[cfg(unix)]
     assert!(v["direct_threads"]["cpu_us_per_sample"].as_f64().unwrap() > 0.0);
