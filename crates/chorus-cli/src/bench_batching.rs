@@ -115,48 +115,44 @@ struct Phase {
     latencies: Vec<Duration>,
 }
 
-/// The CPU time the process has used so far, all threads (exited ones too), where the
-/// platform says (`CLOCK_PROCESS_CPUTIME_ID`).
-fn process_cpu() -> Option<Duration> {
+/// Whose CPU time [`cpu_time`] reads.
+#[derive(Debug, Clone, Copy)]
+enum CpuClock {
+    /// The whole process: every thread, exited ones too (`CLOCK_PROCESS_CPUTIME_ID`).
+    Process,
+    /// The calling thread (`CLOCK_THREAD_CPUTIME_ID`).
+    Thread,
+}
+
+/// The CPU time used so far on `clock`, where the platform says.
+fn cpu_time(clock: CpuClock) -> Option<Duration> {
     #[cfg(unix)]
     {
+        let id = match clock {
+            CpuClock::Process => libc::CLOCK_PROCESS_CPUTIME_ID,
+            CpuClock::Thread => libc::CLOCK_THREAD_CPUTIME_ID,
+        };
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call, which
         // writes nothing else.
-        let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        let r = unsafe { libc::clock_gettime(id, &mut ts) };
         let secs = u64::try_from(ts.tv_sec).ok()?;
         let nanos = u32::try_from(ts.tv_nsec).ok()?;
         (r == 0).then(|| Duration::new(secs, nanos))
     }
     #[cfg(not(unix))]
-    None
-}
-
-/// The CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`), where the
-/// platform says.
-fn thread_cpu() -> Option<Duration> {
-    #[cfg(unix)]
     {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: as in `process_cpu`.
-        let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        let secs = u64::try_from(ts.tv_sec).ok()?;
-        let nanos = u32::try_from(ts.tv_nsec).ok()?;
-        (r == 0).then(|| Duration::new(secs, nanos))
+        let _ = clock;
+        None
     }
-    #[cfg(not(unix))]
-    None
 }
 
-/// The CPU time used since `since` (a [`process_cpu`] reading).
-fn cpu_since(since: Option<Duration>) -> Option<Duration> {
-    Some(process_cpu()?.saturating_sub(since?))
+/// The CPU time used on `clock` since `since` (a [`cpu_time`] reading of the same clock).
+fn cpu_since(clock: CpuClock, since: Option<Duration>) -> Option<Duration> {
+    Some(cpu_time(clock)?.saturating_sub(since?))
 }
 
 impl Measured {
@@ -235,7 +231,7 @@ fn clients(
                     }
                     warm.wait();
                     start.wait();
-                    let cpu0 = thread_cpu();
+                    let cpu0 = cpu_time(CpuClock::Thread);
                     for i in 0..requests {
                         match call(c, i) {
                             Ok(l) => out.push(l),
@@ -244,14 +240,14 @@ fn clients(
                             }
                         }
                     }
-                    let cpu = thread_cpu().zip(cpu0).map(|(t, t0)| t.saturating_sub(t0));
+                    let cpu = cpu_since(CpuClock::Thread, cpu0);
                     failure.map_or(Ok((out, cpu)), Err)
                 })
             })
             .collect();
         warm.wait();
         after_warmup();
-        let cpu0 = process_cpu();
+        let cpu0 = cpu_time(CpuClock::Process);
         start.wait();
         let t0 = Instant::now();
         let mut latencies = Vec::new();
@@ -273,7 +269,7 @@ fn clients(
         }
         let phase = Phase {
             elapsed: t0.elapsed(),
-            cpu: cpu_since(cpu0),
+            cpu: cpu_since(CpuClock::Process, cpu0),
             client_cpu,
             latencies,
         };
@@ -350,7 +346,7 @@ fn direct_batch(
     let n = (samples / b as u64).clamp(10, 2000);
     let mut latencies = Vec::with_capacity(n as usize);
     let mut busy = Duration::ZERO;
-    let (cpu0, thread0) = (process_cpu(), thread_cpu());
+    let (cpu0, thread0) = (cpu_time(CpuClock::Process), cpu_time(CpuClock::Thread));
     for i in 0..n {
         let l = direct_call(device, model, kind, 7 + i, b)?;
         busy += l;
@@ -360,10 +356,8 @@ fn direct_batch(
     // CPU times include making the inputs.
     let phase = Phase {
         elapsed: busy,
-        cpu: cpu_since(cpu0),
-        client_cpu: thread_cpu()
-            .zip(thread0)
-            .map(|(t, t0)| t.saturating_sub(t0)),
+        cpu: cpu_since(CpuClock::Process, cpu0),
+        client_cpu: cpu_since(CpuClock::Thread, thread0),
         latencies,
     };
     Ok(Measured::from(n * b as u64, phase))
