@@ -10,7 +10,8 @@
 //!
 //! Waiting (`CONTEXTS_WAIT`): `yield` (default) `cuStreamSynchronize` in a context made with
 //! `CU_CTX_SCHED_YIELD`; `block` a blocking-sync event recorded and waited on; `hybrid` as
-//! chorus does (spin while no more threads than cores spin, else the event); `every32` no copy
+//! chorus does (spin while no more threads than cores spin, else the event; `CONTEXTS_SPINNERS=N`
+//! spins at most N instead of the cores); `every32` no copy
 //! wait, a stream synchronization every 32 iterations (the launch path alone).
 //!
 //! Gate (`CONTEXTS_GATE=K`): at most K threads inside the driver at once, the others asleep on
@@ -352,7 +353,10 @@ fn worker(place: Place, primary: Ctx, start: &Barrier, stop: &AtomicBool, quota:
                 "cuStreamSynchronize",
             )
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = std::env::var("CONTEXTS_SPINNERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let per_call = match GATE.get().and_then(Option::as_ref) {
             Some((gate, false)) => Some(gate),
             _ => None,
