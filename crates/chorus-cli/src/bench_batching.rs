@@ -17,6 +17,12 @@
 //!   on the device. Queue: `infer(Tensor)`. Direct: forward, then synchronize the thread's
 //!   stream.
 //!
+//! With `--outstanding K` each client keeps K requests in the queue at once (`submit`, then
+//! wait for the oldest before submitting the next), as a server with an asynchronous front end
+//! would, so that `--clients C --outstanding K` keeps C × K requests in flight with only C
+//! threads to wake; each request's latency is from its submission to its result. (a) stays
+//! `--clients` threads each calling the model directly, one call at a time.
+//!
 //! With `--graphs` the queue runs its batches through graphs of the model, padded to powers of
 //! two (`BatchConfigBuilder::graphs`), and its clients' warm-up is 50 requests each.
 //!
@@ -37,12 +43,15 @@
 //! machines measured (BENCHMARKS.md).
 
 use crate::device::{self, DeviceChoice};
+use anyhow::Context as _;
 use chorus::batch::HostTensor;
-use chorus::batch::{BatchConfig, BatchQueue};
+use chorus::batch::{BatchConfig, BatchQueue, Ticket};
 use chorus::nn::{self, Module};
 use chorus::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::process::ExitCode;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -72,6 +81,11 @@ pub(crate) struct BatchingArgs {
     /// Batching: requests per client in each timed phase.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     requests: u64,
+    /// Batching: requests each client keeps in flight in the queue (`submit`, then wait for
+    /// the oldest), as an asynchronous server front end would; 1 (the default) is one
+    /// blocking `infer` at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    outstanding: u64,
     /// Batching: worker threads of the queue (each on its own stream).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
     workers: u64,
@@ -202,15 +216,18 @@ fn mlp(device: &Device) -> anyhow::Result<nn::Mlp> {
     Ok(nn::Mlp::new(layers)?)
 }
 
-/// Runs `clients` threads, each doing `warmup` untimed then `requests` timed calls of
-/// `call(client, request)`, which returns the latency of one request. Returns the timed phase
-/// (barrier to last result): its wall time, the process's CPU time and the client threads' own
-/// over the same span, and every latency.
+/// A client's run of requests: `run(client, requests)` makes the requests numbered `requests`
+/// and returns their latencies.
+type Run<'a> = dyn Fn(u64, Range<u64>) -> anyhow::Result<Vec<Duration>> + Sync + 'a;
+
+/// Runs `clients` threads, each making `warmup` untimed then `requests` timed requests through
+/// `run`. Returns the timed phase (barrier to last result): its wall time, the process's CPU
+/// time and the client threads' own over the same span, and every latency.
 fn clients(
     clients: u64,
     warmup: u64,
     requests: u64,
-    call: &(dyn Fn(u64, u64) -> anyhow::Result<Duration> + Sync),
+    run: &Run<'_>,
     after_warmup: &(dyn Fn() + Sync),
 ) -> anyhow::Result<Phase> {
     let n = usize::try_from(clients)?;
@@ -222,26 +239,16 @@ fn clients(
             .map(|c| {
                 let (start, warm) = (&start, &warm);
                 s.spawn(move || -> anyhow::Result<Client> {
-                    let mut out = Vec::with_capacity(requests as usize);
-                    let mut failure = None;
-                    for i in 0..warmup {
-                        if let Err(e) = call(c, 1_000_000 + i) {
-                            failure.get_or_insert(e);
-                        }
-                    }
+                    // The barriers are passed whatever happens, so that no thread waits for
+                    // one that failed.
+                    let warmed = run(c, 1_000_000..1_000_000 + warmup);
                     warm.wait();
                     start.wait();
                     let cpu0 = cpu_time(CpuClock::Thread);
-                    for i in 0..requests {
-                        match call(c, i) {
-                            Ok(l) => out.push(l),
-                            Err(e) => {
-                                failure.get_or_insert(e);
-                            }
-                        }
-                    }
+                    let timed = run(c, 0..requests);
                     let cpu = cpu_since(CpuClock::Thread, cpu0);
-                    failure.map_or(Ok((out, cpu)), Err)
+                    warmed?;
+                    Ok((timed?, cpu))
                 })
             })
             .collect();
@@ -327,8 +334,12 @@ fn direct_call(
 
 /// (a): every client calls the model directly with batch 1.
 fn direct_threads(device: &Device, model: &nn::Mlp, a: &BatchingArgs) -> anyhow::Result<Measured> {
-    let call = |c: u64, i: u64| direct_call(device, model, a.input, seed(c, i), 1);
-    let phase = clients(a.clients, 5, a.requests, &call, &|| {})?;
+    let run = |c: u64, requests: Range<u64>| {
+        requests
+            .map(|i| direct_call(device, model, a.input, seed(c, i), 1))
+            .collect()
+    };
+    let phase = clients(a.clients, 5, a.requests, &run, &|| {})?;
     Ok(Measured::from(a.clients * a.requests, phase))
 }
 
@@ -376,34 +387,67 @@ fn queued(
         .max_batch(max_batch)
         .max_delay(max_delay)
         .workers(usize::try_from(a.workers)?)
-        .max_queue(usize::try_from(a.clients)?.max(1) * 2)
+        .max_queue(usize::try_from(a.clients * a.outstanding)?.max(1) * 2)
         .input_shape(Some(vec![512]))
         .graphs(a.graphs)
         .build()?;
     let queue = BatchQueue::new(model.clone(), cfg)?;
-    let call = |c: u64, i: u64| -> anyhow::Result<Duration> {
-        match a.input {
-            InputKind::Host => {
-                let x = HostTensor::new(&host_rows(seed(c, i), 1), &[1, 512])?;
-                let t0 = Instant::now();
-                std::hint::black_box(queue.infer(x)?.to_vec::<f32>()?);
-                Ok(t0.elapsed())
+    // Each client keeps `outstanding` requests in flight (`submit`, then wait for the oldest
+    // before the next), each timed from its submission to its result; with one, that is a
+    // blocking `infer`.
+    let in_flight = usize::try_from(a.outstanding)?;
+    let run = |c: u64, requests: Range<u64>| -> anyhow::Result<Vec<Duration>> {
+        let mut latencies = Vec::with_capacity(requests.clone().count());
+        let mut pending = VecDeque::with_capacity(in_flight);
+        for i in requests {
+            if pending.len() == in_flight {
+                latencies.push(InFlight::finish(pending.pop_front())?);
             }
-            InputKind::Device => {
-                let x = Tensor::randn(device, &[1, 512], seed(c, i))?;
-                let t0 = Instant::now();
-                queue.infer(x)?;
-                Ok(t0.elapsed())
-            }
+            let request = match a.input {
+                InputKind::Host => {
+                    let x = HostTensor::new(&host_rows(seed(c, i), 1), &[1, 512])?;
+                    InFlight::Host(Instant::now(), queue.submit(x)?)
+                }
+                InputKind::Device => {
+                    let x = Tensor::randn(device, &[1, 512], seed(c, i))?;
+                    InFlight::Device(Instant::now(), queue.submit(x)?)
+                }
+            };
+            pending.push_back(request);
         }
+        while !pending.is_empty() {
+            latencies.push(InFlight::finish(pending.pop_front())?);
+        }
+        Ok(latencies)
     };
     let warmup = if a.graphs { 50 } else { 5 };
-    let phase = clients(a.clients, warmup, a.requests, &call, &|| {
-        queue.reset_stats()
-    })?;
+    let phase = clients(a.clients, warmup, a.requests, &run, &|| queue.reset_stats())?;
     let stats = queue.stats();
     queue.shutdown(chorus::batch::ShutdownMode::Drain);
     Ok((Measured::from(a.clients * a.requests, phase), stats))
+}
+
+/// A submitted request and when it was submitted.
+enum InFlight {
+    Host(Instant, Ticket<HostTensor>),
+    Device(Instant, Ticket<Tensor>),
+}
+
+impl InFlight {
+    /// Waits for the request's result (read back to host memory for a host request) and
+    /// returns its latency from submission.
+    fn finish(request: Option<InFlight>) -> anyhow::Result<Duration> {
+        match request.context("no request in flight")? {
+            InFlight::Host(t0, ticket) => {
+                std::hint::black_box(ticket.wait()?.to_vec::<f32>()?);
+                Ok(t0.elapsed())
+            }
+            InFlight::Device(t0, ticket) => {
+                ticket.wait()?;
+                Ok(t0.elapsed())
+            }
+        }
+    }
 }
 
 /// Runs `measure` `repeat` times (at least once) and returns the run of median throughput, with
@@ -505,6 +549,7 @@ pub(crate) fn run(
         "clients": a.clients,
         "requests_per_client": a.requests,
         "workers": a.workers,
+        "outstanding": a.outstanding,
         "input": format!("{:?}", a.input).to_lowercase(),
         "graphs": a.graphs,
         "repeat": repeat.max(1),
@@ -559,9 +604,13 @@ fn print_text(out: &Value) {
         out["device_description"].as_str().unwrap_or("?")
     );
     println!(
-        "{} clients x {} batch-1 requests per configuration, {} workers, {} input{}{}",
+        "{} clients x {} batch-1 requests per configuration{}, {} workers, {} input{}{}",
         out["clients"],
         out["requests_per_client"],
+        match out["outstanding"].as_u64() {
+            Some(n) if n > 1 => format!(" ({n} in flight per client)"),
+            _ => String::new(),
+        },
         out["workers"],
         out["input"].as_str().unwrap_or("?"),
         if out["graphs"].as_bool() == Some(true) {

@@ -477,6 +477,36 @@ fn bench_batching_json() {
     assert!(v["direct_threads"]["cpu_us_per_sample"].as_f64().unwrap() > 0.0);
 }
 
+/// `--outstanding`: each client keeps several requests in the queue; all are counted.
+#[test]
+fn bench_batching_with_requests_in_flight() {
+    let v = json_ok(&chorus(
+        &[
+            "bench",
+            "batching",
+            "--clients",
+            "2",
+            "--outstanding",
+            "3",
+            "--requests",
+            "7",
+            "--max-batch",
+            "8",
+            "--max-delay-ms",
+            "2",
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(v["outstanding"], 3);
+    let row = &v["batching"][0];
+    assert!(row["samples_per_s"].as_f64().unwrap() > 0.0, "{row}");
+    // Six requests in flight at a time from two clients, and a delay that waits for them:
+    // batches larger than the two that two blocking clients could make, never more than six.
+    let mean = row["mean_batch"].as_f64().unwrap();
+    assert!(mean > 2.0 && mean <= 6.0, "{row}");
+}
+
 #[test]
 fn bench_rejects_an_unknown_suite() {
     fails_naming(
