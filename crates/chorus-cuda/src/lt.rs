@@ -7,10 +7,11 @@
 //! the device's [`Algos`]: every stream then runs the algorithm stored first for that shape, so
 //! the same shape gives the same bits on every stream and in every run, and a stream that meets
 //! a shape another stream met (a batching worker meets new batch sizes often) does not ask
-//! again (`CHORUS_CUDA_TRACE=1` prints each query and its time). Each stream's [`Lt`] keeps a plan per shape (its descriptors and that
-//! algorithm); the plan's bias pointer changes per call, so a plan is used under the stream's
-//! plan lock (threads sharing a stream take turns; different streams never contend). Shapes the
-//! epilogues cannot express (erf-GELU, tanh, exp, batched GEMMs) take the plain cuBLAS path.
+//! again (`CHORUS_CUDA_TRACE=1` prints each query and its time). Each stream's [`Lt`] keeps a
+//! plan per shape (its descriptors and that algorithm); the plan's bias pointer changes per
+//! call, so a plan is used under the stream's plan lock (threads sharing a stream take turns;
+//! different streams never contend). Shapes the epilogues cannot express (erf-GELU, tanh, exp,
+//! batched GEMMs) take the plain cuBLAS path.
 
 use crate::driver::Context;
 use chorus_core::kernel::{MatOperand, UnaryOp};
@@ -362,17 +363,15 @@ impl Lt {
                 &key.epi.raw(),
             )?;
         }
-        match self
+        let Some(algo) = self
             .ctx
             .gemm_algos
             .get_or_query(key, || self.heuristic(&plan))?
-        {
-            Some(algo) => {
-                plan.algo = algo;
-                Ok(Some(plan))
-            }
-            None => Ok(None),
-        }
+        else {
+            return Ok(None);
+        };
+        plan.algo = algo;
+        Ok(Some(plan))
     }
 
     /// The algorithm cuBLASLt's heuristic picks for `plan`'s descriptors within this stream's

@@ -45,8 +45,8 @@ pub const STREAM_SLOT_WAIT: LockRank = r(10, "StreamSlots::wait");
 pub const THREAD_CACHE_REGISTRY: LockRank = r(20, "ThreadCaches::registry");
 /// The caching allocator's pools.
 pub const ALLOCATOR: LockRank = r(30, "Allocator::pools");
-/// One stream's returns (blocks freed on a thread that could not cache them; a leaf lock, never
-/// held while the allocator's is taken).
+/// One stream's returns (blocks freed on a thread that could not cache them; a leaf lock, taken
+/// under `ALLOCATOR` when the allocator hands a finished deferred block to its stream).
 pub const RUNTIME_RETURNS: LockRank = r(32, "Returns::streams");
 /// The event pool's free list.
 pub const EVENT_POOL: LockRank = r(40, "EventPool::free");

@@ -11,9 +11,8 @@
 //! 3. a new segment, within the memory limit;
 //! 4. on failure: release cached segments that are safe, retry; then (lock released) take back
 //!    the blocks every thread keeps in its cache and the streams' returns keep, synchronize the
-//!    device, mark every free so
-//!    far complete, retry once more; then fail with [`Error::OutOfMemory`] stating requested,
-//!    allocated, cached and limit.
+//!    device, mark every free so far complete, retry once more; then fail with
+//!    [`Error::OutOfMemory`] stating requested, allocated, cached and limit.
 //!
 //! `free(block, users)`: a block used by its owner stream alone goes back to the free index at
 //! once, tagged with that stream (reusable by it immediately, by others after a fence). A block
@@ -509,13 +508,16 @@ mod tests {
     use super::*;
 
     /// Three streams whose work is counted: a fence is `(stream, items enqueued when it was
-    /// recorded)` and is done once that many items completed. Counts the questions asked.
+    /// recorded)` and is done once that many items completed. Counts the questions asked; with
+    /// `keeps`, keeps what the allocator offers to the streams' returns.
     #[derive(Default)]
     struct Dev {
         segments: AtomicU64,
         enqueued: [AtomicU64; 3],
         done: [AtomicU64; 3],
         asked: AtomicUsize,
+        keeps: bool,
+        kept: chorus_sync::Mutex<Vec<Block>>,
     }
 
     impl MemoryDevice for Dev {
@@ -540,6 +542,13 @@ mod tests {
             }
         }
         fn reclaim_thread_caches(&self) {}
+        fn keep(&self, block: Block) -> std::result::Result<(), Block> {
+            if !self.keeps {
+                return Err(block);
+            }
+            self.kept.lock().unwrap().push(block);
+            Ok(())
+        }
     }
 
     const A: u32 = 1;
@@ -593,43 +602,15 @@ mod tests {
         );
     }
 
-    /// `Dev` that keeps what the allocator offers to the streams' returns.
-    #[derive(Default)]
-    struct Keeping {
-        dev: Dev,
-        kept: chorus_sync::Mutex<Vec<Block>>,
-    }
-
-    impl MemoryDevice for Keeping {
-        type Segment = u64;
-        type Fence = (u32, u64);
-        fn alloc_segment(&self, n: usize) -> std::result::Result<(u64, DevicePtr), BackendError> {
-            self.dev.alloc_segment(n)
-        }
-        unsafe fn free_segment(&self, _: u64) {}
-        fn record_fence(&self, s: u32) -> Option<(u32, u64)> {
-            self.dev.record_fence(s)
-        }
-        fn fence_done(&self, f: &(u32, u64)) -> bool {
-            self.dev.fence_done(f)
-        }
-        fn drop_fence(&self, _: (u32, u64)) {}
-        fn synchronize_all(&self) {
-            self.dev.synchronize_all();
-        }
-        fn reclaim_thread_caches(&self) {}
-        fn keep(&self, block: Block) -> std::result::Result<(), Block> {
-            self.kept.lock().unwrap().push(block);
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_finished_deferred_block_goes_to_its_streams_returns_unless_that_stream_allocates() {
-        let dev = Keeping::default();
+        let dev = Dev {
+            keeps: true,
+            ..Dev::default()
+        };
         let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
-        defer_on_b(&alloc, &dev.dev, 2);
-        dev.dev.synchronize_all();
+        defer_on_b(&alloc, &dev, 2);
+        dev.synchronize_all();
         // Stream B allocates: A's finished blocks go to A's returns, not to the pools.
         let b = alloc.alloc(&dev, 4096, B).unwrap();
         let kept = dev.kept.lock().unwrap().clone();
@@ -638,8 +619,8 @@ mod tests {
         assert!(kept.iter().all(|k| k.ptr != b.ptr));
         assert!(alloc.pools.lock().deferred.is_empty());
         // Stream A allocating finds its own finished deferred block in the pools instead.
-        defer_on_b(&alloc, &dev.dev, 1);
-        dev.dev.synchronize_all();
+        defer_on_b(&alloc, &dev, 1);
+        dev.synchronize_all();
         let freed = alloc.pools.lock().deferred[0].offset;
         let again = alloc.alloc(&dev, 4096, A).unwrap();
         assert_eq!(again.offset, freed, "reused in place");

@@ -14,29 +14,30 @@
 //! # What a return holds
 //! Exactly what a thread cache holds: free blocks of at most `SMALL_MAX` bytes whose last uses
 //! were their owner stream's (any other stream's uses have completed), reusable by that stream
-//! at once (stream order protects them) and by no other. The pools see them as used. Each stream keeps at most `capacity` bytes; a block that
-//! does not fit goes to the pools.
+//! at once (stream order protects them) and by no other. The pools see them as used. Each
+//! stream keeps at most `capacity` bytes; a block that does not fit goes to the pools.
 //!
 //! # Fields
-//! One `RUNTIME_RETURNS` lock per stream, a leaf: held to push, pop or take everything, never
-//! while the allocator's lock is taken (blocks taken out are given back to the pools after it is
-//! released). `drain(close)` empties a stream (running out of memory, `empty_cache`) and, at
+//! One `RUNTIME_RETURNS` lock per stream, a leaf: held only to push, pop or take everything,
+//! with no other lock taken meanwhile. It ranks above the allocator's, which `MemoryDevice::keep`
+//! holds while it pushes; blocks taken out are given back to the pools after it is released. `drain(close)` empties a stream (running out of memory, `empty_cache`) and, at
 //! shutdown, closes it, so that a block freed after shutdown goes to the pools.
 
 use super::pool::Block;
+use super::thread_cache::Held;
 use chorus_sync::{rank, RankedMutex};
 
+/// One stream's kept blocks, and whether it keeps any more.
 #[derive(Debug, Default)]
-struct Held {
-    blocks: Vec<Block>,
-    bytes: usize,
+struct Stream {
+    held: Held,
     closed: bool,
 }
 
 /// The returns of every stream of one device.
 #[derive(Debug)]
 pub(crate) struct Returns {
-    streams: Box<[RankedMutex<Held>]>,
+    streams: Box<[RankedMutex<Stream>]>,
     capacity: usize,
 }
 
@@ -45,7 +46,7 @@ impl Returns {
     pub(crate) fn new(streams: usize, capacity: usize) -> Self {
         Self {
             streams: (0..streams)
-                .map(|_| RankedMutex::new(rank::RUNTIME_RETURNS, Held::default()))
+                .map(|_| RankedMutex::new(rank::RUNTIME_RETURNS, Stream::default()))
                 .collect(),
             capacity,
         }
@@ -57,31 +58,29 @@ impl Returns {
         let Some(stream) = self.streams.get(block.stream as usize) else {
             return Err(block);
         };
-        let mut held = stream.lock();
-        if held.closed || held.bytes + block.size > self.capacity {
+        let mut s = stream.lock();
+        if s.closed {
             return Err(block);
         }
-        held.bytes += block.size;
-        held.blocks.push(block);
-        Ok(())
+        s.held.put(block, self.capacity)
     }
 
     /// A kept block of exactly `size` bytes for `stream`.
     pub(crate) fn take(&self, size: usize, stream: u32) -> Option<Block> {
-        let mut held = self.streams.get(stream as usize)?.lock();
-        let i = held.blocks.iter().rposition(|b| b.size == size)?;
-        held.bytes -= size;
-        Some(held.blocks.swap_remove(i))
+        self.streams
+            .get(stream as usize)?
+            .lock()
+            .held
+            .take(size, stream)
     }
 
     /// Takes every kept block out (to give back to the pools); `close`: keep none from now on.
     pub(crate) fn drain(&self, close: bool) -> Vec<Block> {
         let mut out = Vec::new();
         for stream in self.streams.iter() {
-            let mut held = stream.lock();
-            held.closed |= close;
-            held.bytes = 0;
-            out.append(&mut held.blocks);
+            let mut s = stream.lock();
+            s.closed |= close;
+            out.append(&mut s.held.take_all());
         }
         out
     }

@@ -31,12 +31,48 @@ const CLOSED: u8 = 2;
 /// A cached block: free, owned by `block.stream`, reusable by that stream at once.
 pub(crate) type Cached = Block;
 
+/// Cached blocks and their total size, within a capacity: a thread cache's, and a stream's
+/// returns' (`super::returns`).
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    blocks: Vec<Cached>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Keeps `block` if `capacity` has room for it, else hands it back.
+    pub(crate) fn put(&mut self, block: Cached, capacity: usize) -> Result<(), Cached> {
+        if self.bytes + block.size > capacity {
+            return Err(block);
+        }
+        self.bytes += block.size;
+        self.blocks.push(block);
+        Ok(())
+    }
+
+    /// Takes a kept block of exactly `size` bytes owned by `stream` (the latest kept first).
+    pub(crate) fn take(&mut self, size: usize, stream: u32) -> Option<Cached> {
+        let i = self
+            .blocks
+            .iter()
+            .rposition(|c| c.size == size && c.stream == stream)?;
+        self.bytes -= size;
+        Some(self.blocks.swap_remove(i))
+    }
+
+    /// Takes every kept block.
+    pub(crate) fn take_all(&mut self) -> Vec<Cached> {
+        self.bytes = 0;
+        std::mem::take(&mut self.blocks)
+    }
+}
+
 /// One thread's cache for one device.
 #[derive(Debug)]
 pub(crate) struct ThreadCache {
     state: AtomicU8,
-    /// The cached blocks and their total size.
-    blocks: UnsafeCell<(Vec<Cached>, usize)>,
+    /// The cached blocks.
+    blocks: UnsafeCell<Held>,
     /// Allocations served from this cache (each also a cache hit).
     hits: AtomicU64,
     /// Frees that went into this cache.
@@ -63,7 +99,7 @@ impl ThreadCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             state: AtomicU8::new(IDLE),
-            blocks: UnsafeCell::new((Vec::new(), 0)),
+            blocks: UnsafeCell::new(Held::default()),
             hits: AtomicU64::new(0),
             frees: AtomicU64::new(0),
             capacity,
@@ -71,7 +107,7 @@ impl ThreadCache {
     }
 
     /// Owner only: runs `f` on the blocks if the cache is open.
-    fn with_blocks<R>(&self, f: impl FnOnce(&mut (Vec<Cached>, usize)) -> R) -> Option<R> {
+    fn with_blocks<R>(&self, f: impl FnOnce(&mut Held) -> R) -> Option<R> {
         if self
             .state
             .compare_exchange(IDLE, BUSY, Ordering::Acquire, Ordering::Relaxed)
@@ -89,32 +125,28 @@ impl ThreadCache {
 
     /// Owner only: takes a cached block of exactly `size` bytes owned by `stream`.
     pub(crate) fn take(&self, size: usize, stream: u32) -> Option<Cached> {
-        self.with_blocks(|(b, held)| {
-            let i = b
-                .iter()
-                .rposition(|c| c.size == size && c.stream == stream)?;
-            *held -= size;
+        self.with_blocks(|held| {
+            let b = held.take(size, stream)?;
             self.hits.fetch_add(1, Ordering::Relaxed);
-            Some(b.swap_remove(i))
+            Some(b)
         })
         .flatten()
     }
 
     /// Owner only: caches a block if there is room.
     pub(crate) fn put(&self, block: Cached) -> Put {
-        let cap = self.capacity;
-        self.with_blocks(|(b, held)| {
-            if *held + block.size <= cap {
-                b.push(block);
-                *held += block.size;
+        let cached = self.with_blocks(|held| {
+            let cached = held.put(block, self.capacity).is_ok();
+            if cached {
                 self.frees.fetch_add(1, Ordering::Relaxed);
-                true
-            } else {
-                false
             }
-        })
-        .filter(|&cached| cached)
-        .map_or(Put::Rejected(block), |_| Put::Cached)
+            cached
+        });
+        if cached == Some(true) {
+            Put::Cached
+        } else {
+            Put::Rejected(block)
+        }
     }
 
     /// (allocations served, frees taken) so far. The owner counts inside its critical section,
@@ -142,7 +174,7 @@ impl ThreadCache {
                     let taken = self.blocks.with_mut(|b| {
                         // SAFETY: we won IDLE -> CLOSED; the owner will never enter again and no
                         // other closer can win, so this thread alone touches `blocks` from now on.
-                        std::mem::take(unsafe { &mut *b }).0
+                        unsafe { &mut *b }.take_all()
                     });
                     return Some(taken);
                 }
