@@ -5,8 +5,9 @@
 //! - `shared` (also held by every worker and ticket): the queue state machine
 //!   (`crate::queue`, its own lock), the model (immutable, no lock), the settings (immutable)
 //!   and the statistics (their own lock).
-//! - `workers`: the worker threads' join handles, under `BATCH_WORKERS`, taken out by the
-//!   first shutdown, which joins them after releasing the lock.
+//! - `workers`: the join handles of the worker threads and, with a timeout set, of the timer
+//!   thread (`worker::timer`), under `BATCH_WORKERS`, taken out by the first shutdown, which
+//!   joins them after releasing the lock.
 //! - `streams`: the stream index of each worker, fixed at start.
 
 use crate::config::{BatchConfig, ShutdownMode};
@@ -132,7 +133,7 @@ impl BatchQueue {
         let shared = Arc::new(Shared {
             queue: Queue::new(policy),
             model: Box::new(model),
-            stats: Stats::new(config.max_batch),
+            stats: Stats::new(),
             batches: AtomicU64::new(0),
             config,
         });
@@ -163,6 +164,18 @@ impl BatchQueue {
             }
             if failure.is_some() {
                 break;
+            }
+        }
+        if failure.is_none() && shared.config.timeout.is_some() {
+            let s = Arc::clone(&shared);
+            match thread::spawn_named("chorus-batch-timer".to_string(), move || worker::timer(s)) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    failure = Some(BatchError::WorkerStart {
+                        worker: shared.config.workers,
+                        reason: format!("no timer thread: {e}"),
+                    })
+                }
             }
         }
         let queue = BatchQueue {

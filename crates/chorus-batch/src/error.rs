@@ -119,7 +119,8 @@ pub enum BatchError {
         #[source]
         source: chorus_core::Error,
     },
-    /// A worker could not start: its thread or its stream could not be had.
+    /// A worker could not start: its thread or its stream could not be had. (The timer thread,
+    /// started with a timeout set, counts as the worker after the last.)
     #[error("batch worker {worker} could not start: {reason}")]
     WorkerStart {
         /// Index of the worker.

@@ -11,15 +11,17 @@
 //! A worker keeps at most [`MAX_GRAPHS`] graphs; batches of further shapes run the model
 //! directly. A model that cannot be captured (it reads a tensor back or draws random numbers
 //! inside its forward: [`chorus_core::Error::Capture`]) makes the worker call it directly from
-//! then on. A capture that fails otherwise (the model rejects the shape) is not kept: the
-//! direct call then reports the model's error for the batch.
+//! then on. A capture that fails otherwise (an input dtype graphs do not take, or a model that
+//! rejects the padded shape) is remembered for that shape (up to [`MAX_GRAPHS`] of them): the
+//! batch's own rows are passed to the model directly, and later batches that would be padded
+//! to that shape are not padded (they get a graph of their own size, if that captures).
 //!
 //! Each worker's graphs are its own (no lock: one worker thread uses them), and a graph's
 //! result is bit-identical to the direct call on the same padded batch.
 
 use chorus_core::{DType, Device, Graph, Tensor};
 use chorus_nn::{Module, NnError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Most graphs one worker keeps.
 pub(crate) const MAX_GRAPHS: usize = 32;
@@ -29,6 +31,8 @@ pub(crate) struct WorkerGraphs {
     /// Whether batches may still run through graphs (the setting, and the model capturable).
     on: bool,
     graphs: HashMap<(Vec<usize>, DType), Graph>,
+    /// Shapes whose capture failed (not for want of capturability: module docs).
+    failed: HashSet<(Vec<usize>, DType)>,
 }
 
 impl WorkerGraphs {
@@ -37,6 +41,7 @@ impl WorkerGraphs {
         WorkerGraphs {
             on,
             graphs: HashMap::new(),
+            failed: HashSet::new(),
         }
     }
 
@@ -50,7 +55,9 @@ impl WorkerGraphs {
         let mut shape = Vec::with_capacity(row.len() + 1);
         shape.push(padded);
         shape.extend_from_slice(row);
-        if self.graphs.contains_key(&(shape, dtype)) || self.graphs.len() < MAX_GRAPHS {
+        let key = (shape, dtype);
+        let capturable = self.graphs.len() < MAX_GRAPHS && !self.failed.contains(&key);
+        if self.graphs.contains_key(&key) || capturable {
             padded
         } else {
             rows
@@ -70,7 +77,7 @@ impl WorkerGraphs {
         }
         let key = (x.shape().to_vec(), x.dtype());
         if !self.graphs.contains_key(&key) {
-            if self.graphs.len() >= MAX_GRAPHS {
+            if self.graphs.len() >= MAX_GRAPHS || self.failed.contains(&key) {
                 return None;
             }
             let captured = Graph::capture(device, &[(&key.0[..], key.1)], |i| {
@@ -84,7 +91,12 @@ impl WorkerGraphs {
                     self.on = false;
                     return None;
                 }
-                Err(_) => return None,
+                Err(_) => {
+                    if self.failed.len() < MAX_GRAPHS {
+                        self.failed.insert(key);
+                    }
+                    return None;
+                }
             }
         }
         let graph = self.graphs.get(&key)?;

@@ -36,7 +36,9 @@
 //!   every request of that batch and no other; the worker goes on with the next batch.
 //! - A full queue ([`BatchConfig::max_queue`]) rejects at once with [`BatchError::QueueFull`],
 //!   handing the input back.
-//! - A request that waits past its [`BatchConfig::timeout`] fails with [`BatchError::Timeout`].
+//! - A request that waits past its [`BatchConfig::timeout`] fails with [`BatchError::Timeout`]
+//!   at its deadline, even while every worker is inside a batch (the queue then has a timer
+//!   thread of its own).
 //! - After [`BatchQueue::shutdown`] new requests are rejected ([`BatchError::Shutdown`], input
 //!   handed back), and waiting ones are run ([`ShutdownMode::Drain`]) or failed with
 //!   [`BatchError::Shutdown`] ([`ShutdownMode::Fail`]): never silently dropped. Dropping the
@@ -45,7 +47,8 @@
 //! # Protocol
 //! Every request is, from submission to outcome, in exactly one place: the queue (`queue.rs`,
 //! one lock), or the hands of the one party that took it out under that lock (a worker, as part
-//! of a batch or because it expired; its own ticket, on timeout; a shutdown in `Fail` mode).
+//! of a batch or because it expired; the timer or its own ticket, on timeout; a shutdown in
+//! `Fail` mode).
 //! That party completes it exactly once through its result slot (`slot.rs`), outside every
 //! lock, and wakes its waiter: a thread blocked in [`Ticket::wait`] or a task's waker. No lock
 //! is held while a model runs, while the runtime is called, or while a waker runs. Each worker

@@ -36,6 +36,16 @@
 //! queue was empty (the idle workers' waits are untimed) or when the push makes its group
 //! ready. A worker that takes a batch and leaves items behind notifies one more idle worker,
 //! which takes the next ready batch or times its wait to the rest. Shutdown notifies all.
+//!
+//! # The timer
+//! With a timeout set, one more thread ([`Queue::next_expired`]) takes items out once they have
+//! waited past it, so that a request expires on time even while every worker is inside a long
+//! batch (workers also expire what is due whenever they look for work, and a ticket waiting on
+//! its request expires it itself). The timer waits on `timer`, timed to the earliest expiry
+//! (the oldest front's), or untimed when nothing waits, and then says so in `timer_idle`. A push
+//! notifies it only then (an item pushed later never expires earlier than those waiting), and
+//! clears the flag, so pushes into a busy queue cost the timer nothing. Shutdown notifies it,
+//! and it stops.
 
 use crate::config::ShutdownMode;
 use chorus_sync::{rank, Condvar, RankedMutex};
@@ -99,6 +109,8 @@ struct State<K, T> {
     next_id: u64,
     /// Workers waiting on `work`.
     idle: usize,
+    /// The timer waits on `timer` untimed (module docs).
+    timer_idle: bool,
 }
 
 /// Outcome of [`Queue::push`].
@@ -140,6 +152,7 @@ pub(crate) struct Queue<K, T> {
     policy: Policy,
     state: RankedMutex<State<K, T>>,
     work: Condvar,
+    timer: Condvar,
 }
 
 impl<K: PartialEq, T> Queue<K, T> {
@@ -156,9 +169,11 @@ impl<K: PartialEq, T> Queue<K, T> {
                     peak: 0,
                     next_id: 1,
                     idle: 0,
+                    timer_idle: false,
                 },
             ),
             work: Condvar::new(),
+            timer: Condvar::new(),
         }
     }
 
@@ -204,9 +219,13 @@ impl<K: PartialEq, T> Queue<K, T> {
         st.len += 1;
         st.peak = st.peak.max(st.len);
         let wake = st.idle > 0 && (was_empty || ready);
+        let wake_timer = std::mem::take(&mut st.timer_idle);
         drop(st);
         if wake {
             self.work.notify_one();
+        }
+        if wake_timer {
+            self.timer.notify_one();
         }
         Push::Queued { id, enqueued }
     }
@@ -246,6 +265,44 @@ impl<K: PartialEq, T> Queue<K, T> {
                 None => self.work.wait(st),
             };
             st.idle -= 1;
+        }
+    }
+
+    /// The timer's next work (module docs): blocks until items have waited past the timeout
+    /// and returns them, oldest first within each group; `None` once the queue is shut down
+    /// (a draining queue's items are all ready, and the workers expire what is due when they
+    /// take them), or at once when no timeout is set.
+    pub(crate) fn next_expired(&self) -> Option<Vec<Queued<T>>> {
+        let timeout = self.policy.timeout?;
+        let mut st = self.state.lock();
+        loop {
+            let now = Instant::now();
+            let expired = self.sweep(&mut st, now);
+            if !expired.is_empty() {
+                return Some(expired);
+            }
+            if st.phase != Phase::Open {
+                return None;
+            }
+            let expiry = st
+                .groups
+                .iter()
+                .filter_map(|g| g.items.front())
+                .filter_map(|q| q.enqueued.checked_add(timeout))
+                .min();
+            st = match expiry {
+                Some(at) => {
+                    self.timer
+                        .wait_timeout(st, at.saturating_duration_since(now))
+                        .0
+                }
+                None => {
+                    st.timer_idle = true;
+                    let mut st = self.timer.wait(st);
+                    st.timer_idle = false;
+                    st
+                }
+            };
         }
     }
 
@@ -387,6 +444,7 @@ impl<K: PartialEq, T> Queue<K, T> {
         }
         drop(st);
         self.work.notify_all();
+        self.timer.notify_all();
         out
     }
 

@@ -183,7 +183,8 @@ struct Counters {
     timed_out: u64,
     shut_down: u64,
     rejected: u64,
-    /// Batches by rows (index = rows).
+    /// Batches by rows (index = rows; grown to the largest batch seen, so that a huge
+    /// `max_batch` costs nothing up front).
     sizes: Vec<u64>,
     latency: Histogram,
     /// Sums over batches (`queued`: over requests) of the phases, and batches completed.
@@ -192,7 +193,7 @@ struct Counters {
 }
 
 impl Counters {
-    fn new(max_batch: usize) -> Self {
+    fn new() -> Self {
         Counters {
             batches: 0,
             graph_batches: 0,
@@ -202,7 +203,7 @@ impl Counters {
             timed_out: 0,
             shut_down: 0,
             rejected: 0,
-            sizes: vec![0; max_batch + 1],
+            sizes: Vec::new(),
             latency: Histogram::new(),
             phases: Phases::default(),
             completed: 0,
@@ -213,15 +214,13 @@ impl Counters {
 /// The queue's counters.
 #[derive(Debug)]
 pub(crate) struct Stats {
-    max_batch: usize,
     inner: RankedMutex<Counters>,
 }
 
 impl Stats {
-    pub(crate) fn new(max_batch: usize) -> Self {
+    pub(crate) fn new() -> Self {
         Stats {
-            max_batch,
-            inner: RankedMutex::new(rank::BATCH_STATS, Counters::new(max_batch)),
+            inner: RankedMutex::new(rank::BATCH_STATS, Counters::new()),
         }
     }
 
@@ -244,9 +243,10 @@ impl Stats {
         c.phases.forward += phases.forward;
         c.phases.finish += phases.finish;
         c.rows += rows as u64;
-        if let Some(n) = c.sizes.get_mut(rows) {
-            *n += 1;
+        if c.sizes.len() <= rows {
+            c.sizes.resize(rows + 1, 0);
         }
+        c.sizes[rows] += 1;
         match latencies {
             Some(ls) => {
                 c.requests += ls.len() as u64;
@@ -278,7 +278,7 @@ impl Stats {
     }
 
     pub(crate) fn reset(&self) {
-        *self.inner.lock() = Counters::new(self.max_batch);
+        *self.inner.lock() = Counters::new();
     }
 
     pub(crate) fn snapshot(&self, queue_depth: usize, peak_queue_depth: usize) -> BatchStats {

@@ -6,8 +6,9 @@
 //! takes the request out of the queue (`crate::queue`) and completes it. When the request's
 //! timeout has passed, the ticket's blocking waits and polls try to take it out of the queue
 //! themselves and complete it with [`BatchError::Timeout`]; if a worker has already taken it,
-//! it runs to completion and the ticket waits for that. Idle workers also expire requests at
-//! their deadline, so a future that is not being polled still resolves.
+//! it runs to completion and the ticket waits for that. The queue's timer thread also expires
+//! requests at their deadline, even while every worker is busy, so a future that is not being
+//! polled, or a ticket only polled by `try_wait`, still resolves on time.
 
 use crate::batch_queue::Shared;
 use crate::error::{BatchError, Result};

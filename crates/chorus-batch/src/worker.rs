@@ -10,7 +10,8 @@
 //!    bytes into one buffer and upload it with one copy on the worker's stream.
 //! 2. Run the model once, on the worker's stream, with no lock held: directly, or with graphs
 //!    on through the worker's graph of the batch's shape, the batch padded with zero rows to a
-//!    power of two first (`graphs.rs`).
+//!    power of two first (`graphs.rs`); should no graph run it after all (the model cannot be
+//!    captured, or not at that shape), the model is called on the batch's own rows.
 //! 3. Check that the output has the batch's rows (padding included) along dimension 0, and
 //!    drop the padding's rows.
 //! 4. Device requests: split the output into one view per request, in submission order, then
@@ -27,6 +28,9 @@
 //!
 //! The time of each step goes into the statistics ([`Phases`]), along with how
 //! long the batch's requests waited before the worker took them.
+//!
+//! The queue's timer thread ([`timer`]) lives here too: it fails requests that wait past their
+//! timeout, as workers do between batches.
 //!
 //! A panic of the model is contained in step 2 and fails the batch with
 //! [`BatchError::ModelPanicked`]; the worker goes on. Should a worker thread itself unwind (a
@@ -77,7 +81,17 @@ pub(crate) fn main(shared: Arc<Shared>, index: usize, started: Completer<Result<
     }
 }
 
-/// Shuts the queue down, failing what waits, if the worker thread unwinds.
+/// Runs the queue's timer thread (started when a timeout is set): fails requests once they
+/// have waited past their timeout, even while every worker is busy, until the queue shuts
+/// down (`crate::queue`, "The timer").
+pub(crate) fn timer(shared: Arc<Shared>) {
+    let _guard = FailOnUnwind(&shared);
+    while let Some(expired) = shared.queue.next_expired() {
+        expire(&shared, expired);
+    }
+}
+
+/// Shuts the queue down, failing what waits, if a worker (or the timer) thread unwinds.
 struct FailOnUnwind<'a>(&'a Shared);
 
 impl Drop for FailOnUnwind<'_> {
@@ -226,12 +240,20 @@ fn forward(
         rows: total,
         source: Arc::new(e),
     };
-    let (y, graph) = match graphs.run(&shared.config.device, shared.model.as_ref(), &x) {
-        Some(y) => (y.map_err(model_error)?, true),
-        None => (shared.model.forward(&x).map_err(model_error)?, false),
+    let (y, graph, ran) = match graphs.run(&shared.config.device, shared.model.as_ref(), &x) {
+        Some(y) => (y.map_err(model_error)?, true, padded),
+        None => {
+            // No graph ran it after all: the model gets the batch's rows alone.
+            let x = if padded > total {
+                x.narrow(0, 0, total).map_err(device)?
+            } else {
+                x
+            };
+            let y = shared.model.forward(&x).map_err(model_error)?;
+            (y, false, total)
+        }
     };
     phases.forward = next_lap();
-    let ran = x.shape()[0];
     if y.shape().first() != Some(&ran) {
         return Err(BatchError::OutputRows {
             rows: ran,

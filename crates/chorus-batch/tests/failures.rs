@@ -7,7 +7,9 @@ use chorus_batch::{BatchConfig, BatchError, BatchQueue, ShutdownMode};
 use chorus_core::{DType, Tensor};
 use chorus_nn::{Embedding, Module, NnError};
 use common::{config, device, exact_linear, exact_linear_host, Double, NEVER};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[test]
 fn malformed_requests_are_rejected_at_submission_with_typed_errors() {
@@ -283,6 +285,100 @@ fn a_request_past_its_timeout_fails_with_timeout() {
     assert!(matches!(out, Err(BatchError::Timeout { .. })), "{out:?}");
     assert!(matches!(t.try_wait(), Some(Err(BatchError::ResultTaken))));
     assert_eq!(queue.stats().timed_out, 2);
+}
+
+/// Doubles its input, but every forward waits until the gate is opened.
+#[derive(Debug, Default)]
+struct Gated {
+    open: AtomicBool,
+    entered: AtomicUsize,
+}
+
+impl Gated {
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+    /// Opens the gate after `wait`, unless it was opened before.
+    fn open_after(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        while !self.is_open() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.open();
+    }
+}
+
+impl Module for Gated {
+    fn forward(&self, x: &Tensor) -> chorus_nn::Result<Tensor> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        while !self.is_open() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(x.add(x)?)
+    }
+}
+
+#[test]
+fn requests_expire_on_time_while_every_worker_is_busy() {
+    let device = device();
+    let gate = Arc::new(Gated::default());
+    let queue = BatchQueue::new(
+        Arc::clone(&gate),
+        config(&device, 8, Duration::ZERO)
+            .workers(1)
+            .timeout(Some(Duration::from_millis(20)))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let x = || Tensor::full(&device, &[1, 2], 1.0).unwrap();
+    // The one worker takes the first request and is held inside the model.
+    let first = queue.submit(x()).unwrap();
+    while gate.entered.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::scope(|s| {
+        // Should the timeout never fire, the gate opens after a long while and the checks
+        // below fail instead of the test hanging.
+        let opener = s.spawn(|| gate.open_after(Duration::from_secs(20)));
+        // An awaited ticket is only polled again when woken: its timeout must wake it.
+        let awaited = common::block_on(queue.submit(x()).unwrap());
+        assert!(
+            matches!(awaited, Err(BatchError::Timeout { .. })),
+            "{awaited:?}"
+        );
+        assert!(!gate.is_open(), "expired while the worker was busy");
+        // A ticket nobody looks at leaves the queue at its deadline too.
+        let mut unseen = queue.submit(x()).unwrap();
+        while queue.queue_depth() > 0 && !gate.is_open() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!gate.is_open(), "left the queue while the worker was busy");
+        assert!(matches!(
+            unseen.try_wait(),
+            Some(Err(BatchError::Timeout { .. }))
+        ));
+        assert_eq!(queue.stats().timed_out, 2);
+        gate.open();
+        opener.join().unwrap();
+    });
+    // The request the worker held runs to completion: a timeout never interrupts a batch.
+    assert_eq!(first.wait().unwrap().to_vec::<f32>().unwrap(), vec![2.0; 2]);
+    assert_eq!(queue.stats().requests, 1);
+}
+
+#[test]
+fn a_huge_max_batch_is_a_valid_setting() {
+    // "No row limit": nothing is sized by max_batch up front.
+    let device = device();
+    let cfg = config(&device, usize::MAX, Duration::ZERO).build().unwrap();
+    let queue = BatchQueue::new(Double, cfg).unwrap();
+    let y = queue.infer(Tensor::full(&device, &[3, 2], 1.0).unwrap());
+    assert_eq!(y.unwrap().to_vec::<f32>().unwrap(), vec![2.0; 6]);
+    assert_eq!(queue.stats().batch_sizes, vec![(3, 1)]);
 }
 
 #[test]

@@ -8,6 +8,8 @@ use chorus_batch::{BatchQueue, HostTensor, ShutdownMode};
 use chorus_core::{DType, Device, Tensor};
 use chorus_nn::{Module, NnError};
 use common::{bits, close, config, device, mlp, NEVER};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 #[test]
 fn a_padded_batch_runs_through_a_graph_with_the_direct_bits() {
@@ -100,8 +102,54 @@ fn a_model_that_cannot_be_captured_is_called_directly() {
     queue.shutdown(ShutdownMode::Drain);
     let (y, info) = ticket.wait_with_info().unwrap();
     assert_eq!(y.to_vec::<f32>().unwrap(), vec![3.0, -6.0, 9.0]);
-    // The capture failed, so the padded batch ran directly (its zero row does not change the
-    // maximum here).
-    assert_eq!((info.rows, info.padded_rows), (3, 4));
+    // The capture failed, so the batch's own rows ran directly, without the padding.
+    assert_eq!((info.rows, info.padded_rows), (3, 3));
     assert_eq!(queue.stats().graph_batches, 0);
+}
+
+/// Doubles its input, but refuses batches of four rows; counts its calls.
+#[derive(Default)]
+struct NoFours(AtomicUsize);
+
+impl Module for NoFours {
+    fn forward(&self, x: &Tensor) -> Result<Tensor, NnError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        if x.shape()[0] == 4 {
+            return Err(NnError::InvalidInput {
+                module: "NoFours",
+                shape: x.shape().to_vec(),
+                reason: "four rows".into(),
+            });
+        }
+        Ok(x.add(x)?)
+    }
+}
+
+#[test]
+fn a_shape_whose_capture_failed_is_not_padded_again() {
+    // A batch of 3 rows would be padded to 4 for a graph, but the model refuses 4 rows: the
+    // capture fails (not for want of a capturable model), and the batch's own 3 rows run
+    // directly. Later batches of 3 rows are not padded again: they get a graph of 3 rows.
+    let device = device();
+    let cfg = config(&device, 8, std::time::Duration::ZERO)
+        .graphs(true)
+        .workers(1)
+        .build()
+        .unwrap();
+    let model = Arc::new(NoFours::default());
+    let queue = BatchQueue::new(Arc::clone(&model), cfg).unwrap();
+    let x = Tensor::full(&device, &[3, 2], 1.5).unwrap();
+    for round in 0..3 {
+        let (y, info) = queue.submit(x.clone()).unwrap().wait_with_info().unwrap();
+        assert_eq!(y.to_vec::<f32>().unwrap(), vec![3.0; 6], "round {round}");
+        assert_eq!((info.rows, info.padded_rows), (3, 3), "round {round}");
+    }
+    // The failed capture, the first batch's direct call, the capture at 3 rows; then replays.
+    assert_eq!(model.0.load(Ordering::SeqCst), 3);
+    // Two rows (a power of two already) still get a graph.
+    let z = Tensor::full(&device, &[2, 2], 1.0).unwrap();
+    let (_, info) = queue.submit(z).unwrap().wait_with_info().unwrap();
+    assert_eq!((info.rows, info.padded_rows), (2, 2));
+    let stats = queue.stats();
+    assert_eq!((stats.batches, stats.graph_batches), (4, 3));
 }

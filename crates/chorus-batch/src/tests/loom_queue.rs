@@ -4,7 +4,8 @@
 //! Each model checks that every accepted request gets exactly one outcome and that its waiter
 //! wakes up (a lost wake-up leaves a thread blocked forever, which loom reports as a deadlock),
 //! and that a refused request is handed back. `max_delay` is zero (loom has no clock: its timed
-//! waits never time out), so every waiting item is ready at once.
+//! waits never time out), so every waiting item is ready at once; the timer's models set a zero
+//! timeout, so every waiting item is also due at once.
 
 use crate::config::ShutdownMode;
 use crate::queue::{Next, Policy, Push, Queue};
@@ -31,14 +32,50 @@ impl Abandon for u32 {
     }
 }
 
+/// The outcome of a request that expired.
+const EXPIRED: u32 = 7;
+
 fn queue(max_batch: usize, capacity: usize) -> Arc<Q> {
+    queue_with(max_batch, capacity, None)
+}
+
+fn queue_with(max_batch: usize, capacity: usize, timeout: Option<Duration>) -> Arc<Q> {
     Arc::new(Queue::new(Policy {
         max_batch,
         max_delay: Duration::ZERO,
         preferred: Vec::new(),
         capacity,
-        timeout: None,
+        timeout,
     }))
+}
+
+/// The timer thread: expires requests until the queue stops it; returns how many.
+fn expire(q: &Q) -> usize {
+    let mut n = 0;
+    while let Some(expired) = q.next_expired() {
+        assert!(!expired.is_empty());
+        for qd in expired {
+            qd.item.1.complete(EXPIRED);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A worker of a queue with timeouts: runs batches and expires what its sweeps hand it.
+fn serve_or_expire(q: &Q) -> usize {
+    let mut handled = 0;
+    while let Next::Work { batch, expired } = q.next() {
+        for qd in batch {
+            qd.item.1.complete(ran(qd.item.0));
+            handled += 1;
+        }
+        for qd in expired {
+            qd.item.1.complete(EXPIRED);
+            handled += 1;
+        }
+    }
+    handled
 }
 
 /// A worker: runs batches until the queue stops it; returns how many requests it ran.
@@ -271,5 +308,44 @@ fn dropped_completer_reports_abandoned() {
         let t = thread::spawn(move || drop(done));
         assert_eq!(wait(&rx), ABANDONED);
         t.join().unwrap();
+    });
+}
+
+#[test]
+fn timer_is_woken_by_a_push_and_stops_at_shutdown() {
+    loom::model(|| {
+        // No worker: only the timer can take the request out. It may be waiting untimed (the
+        // queue empty) when the push comes: the push must wake it.
+        let q = queue_with(2, 4, Some(Duration::ZERO));
+        let timer = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || expire(&q))
+        };
+        let (_, rx) = submit(&q, 0, 1).expect("room");
+        assert_eq!(wait(&rx), EXPIRED);
+        assert_eq!(fail_all(&q, ShutdownMode::Drain), 0);
+        assert_eq!(timer.join().unwrap(), 1);
+    });
+}
+
+#[test]
+fn timer_racing_worker_completes_once() {
+    loom::model(|| {
+        // The timer and a worker both sweep the due request: exactly one takes it out.
+        let q = queue_with(2, 4, Some(Duration::ZERO));
+        let timer = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || expire(&q))
+        };
+        let worker = {
+            let q = Arc::clone(&q);
+            thread::spawn(move || serve_or_expire(&q))
+        };
+        let (_, rx) = submit(&q, 0, 1).expect("room");
+        let got = wait(&rx);
+        assert!(got == EXPIRED || got == ran(1), "{got}");
+        assert_eq!(fail_all(&q, ShutdownMode::Fail), 0);
+        let handled = timer.join().unwrap() + worker.join().unwrap();
+        assert_eq!(handled, 1, "one outcome");
     });
 }
