@@ -11,8 +11,10 @@
 //! 3. a new segment, within the memory limit;
 //! 4. on failure: release cached segments that are safe, retry; then (lock released) take back
 //!    the blocks every thread keeps in its cache and the streams' returns keep, synchronize the
-//!    device, mark every free so far complete, retry once more; then fail with
-//!    [`Error::OutOfMemory`] stating requested, allocated, cached and limit.
+//!    device, mark every free so far complete, retry once more (its polls keep every finished
+//!    block in the pools, none for the streams' returns, so that whole segments can be
+//!    released); then fail with [`Error::OutOfMemory`] stating requested, allocated, cached and
+//!    limit.
 //!
 //! `free(block, users)`: a block used by its owner stream alone goes back to the free index at
 //! once, tagged with that stream (reusable by it immediately, by others after a fence). A block
@@ -160,8 +162,11 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
                     device: self.device,
                 });
             }
+            // After the synchronization, finished deferred frees go back to the pools, where
+            // their segments can be released, rather than to their streams' returns.
+            let allocating = (!synced).then_some(stream);
             let mut p = self.pools.lock();
-            self.poll(&mut p, dev, Some(stream));
+            self.poll(&mut p, dev, allocating);
             match p.best_fit(kind, size, stream) {
                 Fit::Found(b) => {
                     self.c.cache_hits.fetch_add(1, Relaxed);
@@ -177,7 +182,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
                 return Ok(self.handed_out(b));
             }
             // Fences may have completed meanwhile: a cached block beats a new segment.
-            self.poll(&mut p, dev, Some(stream));
+            self.poll(&mut p, dev, allocating);
             if let Fit::Found(b) = p.best_fit(kind, size, stream) {
                 self.c.cache_hits.fetch_add(1, Relaxed);
                 return Ok(self.handed_out(b));
@@ -330,18 +335,22 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
     }
 
     /// Marks the allocator closed (no new allocations) and releases what is safe. `idle`: the
-    /// caller saw every stream finish, so every free so far is complete. Never waits.
+    /// caller saw every stream finish, so the device is synchronized and every free so far
+    /// marked complete; the synchronization is immediate unless work was enqueued since (by a
+    /// thread that passed its open check just before the shutdown: its blocks, freed after
+    /// its work was enqueued, must not go back to the device while that work runs). Without
+    /// `idle` it never waits.
     pub(crate) fn close<D>(&self, dev: &D, idle: bool)
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
         self.closed.store(true, Relaxed);
-        let mut p = self.pools.lock();
         if idle {
-            let upto = p.free_seq.clone();
-            p.all_complete(&upto);
+            let upto = self.pools.lock().free_seq.clone();
+            dev.synchronize_all();
+            self.pools.lock().all_complete(&upto);
         }
-        self.release_cached(&mut p, dev);
+        self.release_cached(&mut self.pools.lock(), dev);
     }
 
     /// Final teardown: frees every segment. The device must be idle.
@@ -376,8 +385,8 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
     {
         let mut seg_size = Pools::<S, F>::segment_size(kind, size);
         if let Some(limit) = self.limit {
-            if p.reserved + seg_size > limit {
-                if p.reserved + size > limit {
+            if p.reserved.saturating_add(seg_size) > limit {
+                if p.reserved.saturating_add(size) > limit {
                     return Ok(None);
                 }
                 seg_size = size;
@@ -518,6 +527,8 @@ mod tests {
         asked: AtomicUsize,
         keeps: bool,
         kept: chorus_sync::Mutex<Vec<Block>>,
+        /// A segment was freed while some stream still had work.
+        freed_while_busy: AtomicBool,
     }
 
     impl MemoryDevice for Dev {
@@ -527,7 +538,11 @@ mod tests {
             let id = self.segments.fetch_add(1, Relaxed);
             Ok((id, DevicePtr(id << 32)))
         }
-        unsafe fn free_segment(&self, _: u64) {}
+        unsafe fn free_segment(&self, _: u64) {
+            if (0..3).any(|s| self.done[s].load(Relaxed) < self.enqueued[s].load(Relaxed)) {
+                self.freed_while_busy.store(true, Relaxed);
+            }
+        }
         fn record_fence(&self, s: u32) -> Option<(u32, u64)> {
             Some((s, self.enqueued[s as usize].load(Relaxed)))
         }
@@ -625,6 +640,56 @@ mod tests {
         let again = alloc.alloc(&dev, 4096, A).unwrap();
         assert_eq!(again.offset, freed, "reused in place");
         assert_eq!(dev.kept.lock().unwrap().len(), 2, "nothing more kept");
+    }
+
+    #[test]
+    fn running_out_releases_finished_deferred_blocks_instead_of_keeping_them() {
+        let dev = Dev {
+            keeps: true,
+            ..Dev::default()
+        };
+        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, Some(4 << 20));
+        // One small segment (2 MiB) whose blocks wait for B's work.
+        defer_on_b(&alloc, &dev, 3);
+        assert_eq!(alloc.stats((0, 0)).reserved_bytes, 2 << 20);
+        // B asks for 3 MiB: under the 4 MiB limit only once that segment is released, which
+        // its blocks allow once B's work is done (the synchronization of running out). Kept
+        // in A's returns instead, they would hold it.
+        let big = alloc.alloc(&dev, 3 << 20, B).unwrap();
+        assert_eq!(big.size, 3 << 20);
+        assert!(dev.kept.lock().unwrap().is_empty(), "nothing kept");
+        assert_eq!(alloc.stats((0, 0)).reserved_bytes, 3 << 20);
+    }
+
+    #[test]
+    fn a_request_near_usize_max_is_out_of_memory_not_an_overflow() {
+        let dev = Dev::default();
+        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, Some(4 << 20));
+        // Something reserved, so that the limit check adds to a non-zero total.
+        alloc.alloc(&dev, 4096, A).unwrap();
+        match alloc.alloc(&dev, usize::MAX - (1 << 21), A) {
+            Err(Error::OutOfMemory { .. } | Error::SizeOverflow { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn closing_waits_for_work_enqueued_after_the_shutdown_saw_the_streams_idle() {
+        let dev = Dev::default();
+        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
+        // The shutdown saw every stream idle; then a thread that had passed its open check
+        // enqueued work on A reading a large block, and dropped the block.
+        let b = alloc.alloc(&dev, 4 << 20, A).unwrap();
+        dev.enqueued[A as usize].fetch_add(1, Relaxed);
+        alloc.count_bytes_in(&b);
+        alloc.count_free();
+        alloc.release(&dev, b, &[A]);
+        alloc.close(&dev, true);
+        assert_eq!(alloc.stats((0, 0)).reserved_bytes, 0, "released");
+        assert!(
+            !dev.freed_while_busy.load(Relaxed),
+            "a segment went back while A's work could still read it"
+        );
     }
 
     #[test]

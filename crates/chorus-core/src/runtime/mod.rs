@@ -640,6 +640,14 @@ impl<B: Backend> Runtime<B> {
         local::with_cache(self.id.instance, me, on_stream, f, || {
             let c = Arc::new(ThreadCache::new(self.config.thread_cache_bytes));
             let mut reg = self.caches.lock();
+            if self.is_closed() {
+                // A free that saw the device open raced its shutdown, whose flush (under this
+                // lock, after closing) has passed or will see this cache: once closed, a new
+                // cache would never be flushed, so it is born closed, refuses every block, and
+                // is not registered.
+                let _ = c.close();
+                return c;
+            }
             reg.retain(|w| w.strong_count() > 0);
             reg.push(Arc::downgrade(&c));
             c
