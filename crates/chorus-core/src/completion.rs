@@ -11,7 +11,8 @@
 //! `open` → `closing` (shutdown: the device's streams have been synchronized, so every handler
 //! whose work completed is queued; the thread runs what is queued, then exits) → `exited`.
 //! A handler pushed after `exited` (its stream finished after shutdown gave up waiting) is
-//! dropped without running: it runs exactly once or not at all, never partly.
+//! dropped without running, on a thread of its own ([`drop_late`]): it runs exactly once or not
+//! at all, never partly.
 //!
 //! # Fields
 //! `queue` under `COMPLETION_QUEUE`; counters atomic.
@@ -67,13 +68,14 @@ impl Completion {
         thread::spawn_named(name, move || me.run())
     }
 
-    /// Called from a backend callback: queues `h` for the completion thread (or drops it if
-    /// the thread has exited). Never runs user code.
+    /// Called from a backend callback: queues `h` for the completion thread (or, if the thread
+    /// has exited, has it dropped elsewhere). Never runs user code, nor drops it, on the calling
+    /// thread.
     pub(crate) fn push(&self, h: Handler) {
         let mut q = self.queue.lock();
         if q.exited {
             drop(q);
-            drop(h);
+            drop_late(h);
             return;
         }
         q.jobs.push_back(h);
@@ -131,5 +133,22 @@ impl Completion {
             self.panics.load(Ordering::Relaxed),
             self.last_panic.lock().clone(),
         )
+    }
+}
+
+/// Drops a handler that will never run, off the calling thread: that is a backend's callback
+/// thread, which must not call the device (a CUDA host function may not call the driver), and
+/// dropping the handler's captures may (freeing a tensor records events, or synchronizes once
+/// the device is closed). Should no thread be had, the handler is leaked rather than dropped
+/// here.
+fn drop_late(h: Handler) {
+    let slot = Arc::new(RankedMutex::new(rank::COMPLETION_QUEUE, Some(h)));
+    let theirs = Arc::clone(&slot);
+    let spawned = thread::spawn_named("chorus-late-handler".to_string(), move || {
+        let h = theirs.lock().take();
+        drop(h);
+    });
+    if spawned.is_err() {
+        std::mem::forget(slot.lock().take());
     }
 }

@@ -1,5 +1,5 @@
 //! Completion dispatch: each handler runs exactly once (or, if pushed after the thread exited,
-//! is dropped without running), and close never loses a queued handler.
+//! is dropped without running, on a thread of its own), and close never loses a queued handler.
 
 use crate::completion::Completion;
 use chorus_sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +52,10 @@ fn push_racing_close_runs_or_drops_never_both() {
         c.close();
         pusher.join().unwrap();
         worker.join().unwrap();
+        // A handler pushed too late is dropped on a thread of its own: wait for it.
+        while gone.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
         // Destroyed exactly once; ran at most once.
         assert_eq!(gone.load(Ordering::SeqCst), 1);
         assert!(ran.load(Ordering::SeqCst) <= 1);
