@@ -166,13 +166,25 @@ impl Blas {
                 bias,
                 relu,
                 false,
+                |e| e,
             )?;
-            self.sgemm(&op(0, 2, 1), &op(256, 2, 1), out, [1, 2, 2, 2], false)?;
+            self.sgemm(
+                &op(0, 2, 1),
+                &op(256, 2, 1),
+                out,
+                [1, 2, 2, 2],
+                false,
+                |e| e,
+            )?;
         }
         Ok(())
     }
 
     /// `out[b] = lhs[b] @ rhs[b]` for f32 operands, `out` contiguous `[batch, m, n]`.
+    ///
+    /// Extents cuBLAS cannot take are reported before anything is enqueued; only the failure
+    /// of the enqueueing call itself goes through `failed` (the caller's stream makes it
+    /// sticky), so bad input does not break the stream.
     ///
     /// # Safety
     /// The operands address live device memory of their extents; `out` is writable for
@@ -186,6 +198,7 @@ impl Blas {
         out: DevicePtr,
         [batch, m, n, k]: [usize; 4],
         tf32: bool,
+        failed: impl FnOnce(BackendError) -> BackendError,
     ) -> BackendResult<()> {
         let int = |v: usize, what: &str| {
             i32::try_from(v).map_err(|_| BackendError::Call {
@@ -239,6 +252,7 @@ impl Blas {
             },
             "cublasGemmStridedBatchedEx",
         )
+        .map_err(failed)
     }
 }
 

@@ -105,6 +105,7 @@ impl GraphStreams {
         match self.0.lock().pop() {
             Some(stream) => {
                 stream.bind()?;
+                stream.reset_for_build();
                 Ok(stream)
             }
             None => CudaStream::create_for_graph(ctx),

@@ -239,25 +239,24 @@ pub(crate) unsafe fn launch(
                 } else {
                     let blas = stream.blas()?;
                     if *batch == 1 && (epilogue.bias.is_some() || epilogue.act.is_some()) {
-                        let fused = blas
-                            .lt
-                            .matmul(
-                                stream.raw,
-                                lhs,
-                                rhs,
-                                *out,
-                                [*m, *n, *k],
-                                epilogue.bias,
-                                epilogue.act,
-                                tf32,
-                            )
-                            .map_err(|e| stream.fail(e))?;
+                        let fused = blas.lt.matmul(
+                            stream.raw,
+                            lhs,
+                            rhs,
+                            *out,
+                            [*m, *n, *k],
+                            epilogue.bias,
+                            epilogue.act,
+                            tf32,
+                            |e| stream.fail(e),
+                        )?;
                         if fused {
                             return Ok(());
                         }
                     }
-                    blas.sgemm(lhs, rhs, *out, [*batch, *m, *n, *k], tf32)
-                        .map_err(|e| stream.fail(e))?;
+                    blas.sgemm(lhs, rhs, *out, [*batch, *m, *n, *k], tf32, |e| {
+                        stream.fail(e)
+                    })?;
                 }
                 if epilogue.bias.is_none() && epilogue.act.is_none() {
                     return Ok(());

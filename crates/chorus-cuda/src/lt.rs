@@ -195,6 +195,9 @@ impl Lt {
 
     /// `out = act(lhs @ rhs + bias)` (batch 1, f32) with the epilogue fused, on `stream`.
     /// Returns `Ok(false)` when this GEMM has no fused form (the caller runs the plain path).
+    /// Only the failure of the enqueueing call goes through `failed` (the caller's stream makes
+    /// it sticky); a descriptor or heuristic failure enqueued nothing and leaves the stream as
+    /// it was.
     ///
     /// # Safety
     /// As `Blas::sgemm` (the context is current), plus `bias` (if any) readable for `n` f32.
@@ -209,6 +212,7 @@ impl Lt {
         bias: Option<DevicePtr>,
         act: Option<UnaryOp>,
         tf32: bool,
+        failed: impl FnOnce(BackendError) -> BackendError,
     ) -> BackendResult<bool> {
         let Some(epi) = Epi::of(bias.is_some(), act) else {
             return Ok(false);
@@ -284,7 +288,8 @@ impl Lt {
                 )
             },
             "cublasLtMatmul",
-        )?;
+        )
+        .map_err(failed)?;
         Ok(true)
     }
 

@@ -56,7 +56,9 @@ pub struct CudaStream {
     pub(crate) raw: sys::CUstream,
     ctx: Arc<Context>,
     // sync-shim: allowed (create-once cell for the cuBLAS handle; not loom-modelled)
-    blas: std::sync::OnceLock<Result<Blas, BackendError>>,
+    blas: std::sync::OnceLock<Blas>,
+    /// Held while the handle is made (one attempt at a time; a failed one is tried again).
+    blas_init: RankedMutex<()>,
     /// Device error word: `[state, payload]`, written by kernels, read by the host (module docs).
     err_word: Pinned,
     pub(crate) err_dev: sys::CUdeviceptr,
@@ -123,6 +125,7 @@ impl CudaStream {
             raw,
             ctx: Arc::clone(ctx),
             blas: std::sync::OnceLock::new(), // sync-shim: allowed (see the field)
+            blas_init: RankedMutex::new(rank::BACKEND_BLAS_INIT, ()),
             err_word,
             err_dev,
             staging: RankedMutex::new(rank::BACKEND_STAGING, None),
@@ -143,15 +146,32 @@ impl CudaStream {
 
     /// The stream's cuBLAS handle, created on first use: holding the graph-build lock shared (a new
     /// handle's first products synchronize the device, which would break a capture in
-    /// progress: `crate::graph`), except on a graph's own stream, whose build holds it.
+    /// progress: `crate::graph`), except on a graph's own stream, whose build holds it. A
+    /// failed creation (out of memory for its workspace, say) is reported and tried again at
+    /// the next use, not kept.
     pub(crate) fn blas(&self) -> BackendResult<&Blas> {
-        self.blas
-            .get_or_init(|| {
-                let _no_capture = (!self.for_graph).then(|| crate::graph::building().shared());
-                crate::driver::traced("cuBLAS handle", || Blas::new(&self.ctx, self.raw))
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        if let Some(b) = self.blas.get() {
+            return Ok(b);
+        }
+        let _one_at_a_time = self.blas_init.lock();
+        if let Some(b) = self.blas.get() {
+            return Ok(b);
+        }
+        let made = {
+            let _no_capture = (!self.for_graph).then(|| crate::graph::building().shared());
+            crate::driver::traced("cuBLAS handle", || Blas::new(&self.ctx, self.raw))?
+        };
+        Ok(self.blas.get_or_init(|| made))
+    }
+
+    /// Forgets a graph stream's sticky error before its next build. A graph's stream fails
+    /// only inside a build (a capture broken by a device synchronization elsewhere, or the
+    /// warm-up run), which is over once the stream is idle again; the next build reports its
+    /// own errors rather than an earlier graph's.
+    pub(crate) fn reset_for_build(&self) {
+        debug_assert!(self.for_graph);
+        *self.sticky.lock() = None;
+        self.failed.store(false, Ordering::Release);
     }
 
     /// The sticky error, if the stream has one (including one a kernel reported through the
@@ -203,8 +223,10 @@ impl CudaStream {
     }
 
     /// Waits for all work enqueued so far, at most `timeout`; `false` when the time ran out.
+    /// A sticky error is reported after the wait, not instead of it: the work enqueued before
+    /// (or after) the failure may still be running, and a caller that gets an error treats the
+    /// stream as done (shutdown, a slot handed back).
     pub(crate) fn synchronize(&self, timeout: Option<Duration>) -> BackendResult<bool> {
-        self.healthy()?;
         self.bind()?;
         self.wait(timeout)
     }

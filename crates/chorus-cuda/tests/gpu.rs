@@ -365,6 +365,34 @@ fn a_bad_index_fails_its_stream_only() {
 }
 
 #[test]
+fn a_gemm_too_large_for_cublas_fails_alone() {
+    let Some(gpu) = gpu() else { return };
+    // k = 2^31 exceeds cuBLAS's 32-bit extents: the matmul fails before anything is
+    // enqueued, and the stream goes on working (16 GiB of operands).
+    let k = 1usize << 31;
+    let s = gpu.stream(4).unwrap();
+    gpu.with_stream(&s, || {
+        let a = Tensor::zeros(&gpu, &[1, k], DType::F32).unwrap();
+        let b = Tensor::zeros(&gpu, &[k, 1], DType::F32).unwrap();
+        match a.matmul(&b).and_then(|y| y.to_vec::<f32>()) {
+            Err(Error::Device { source, .. }) => {
+                assert!(source.to_string().contains("32-bit"), "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+        drop((a, b));
+        let x = Tensor::full(&gpu, &[2, 2], 1.0).unwrap();
+        let y = x.matmul(&x).unwrap();
+        assert_eq!(
+            y.to_vec::<f32>().unwrap(),
+            vec![2.0; 4],
+            "the stream still works"
+        );
+    });
+    gpu.empty_cache();
+}
+
+#[test]
 fn timing_events_measure_gpu_work() {
     let Some(gpu) = gpu() else { return };
     let (start, end) = (gpu.timing_event().unwrap(), gpu.timing_event().unwrap());

@@ -56,6 +56,9 @@ pub const COMPLETION_QUEUE: LockRank = r(50, "Completion::queue");
 pub const STREAM_ERROR: LockRank = r(55, "Stream::error");
 /// A backend's event state (CPU backend: recorded target and timestamp).
 pub const BACKEND_EVENT: LockRank = r(60, "backend event");
+/// A backend stream's library handle while it is being made (CUDA: the cuBLAS handle, whose
+/// warm-up takes the stream's plan locks).
+pub const BACKEND_BLAS_INIT: LockRank = r(65, "backend cuBLAS handle creation");
 /// A backend's stream queue (CPU backend: the worker's command queue).
 pub const BACKEND_STREAM: LockRank = r(70, "backend stream queue");
 /// A backend stream's sticky error slot.
