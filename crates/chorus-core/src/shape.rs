@@ -4,10 +4,13 @@ use crate::error::{Error, Result};
 
 /// Number of elements, checked.
 pub(crate) fn numel(op: &'static str, shape: &[usize]) -> Result<usize> {
+    // The product of the non-zero dimensions must fit too: it bounds every row-major stride,
+    // which a shape with a zero dimension still has.
     shape
         .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or(Error::SizeOverflow { what: op })
+        .try_fold(1usize, |a, &d| a.checked_mul(d.max(1)))
+        .ok_or(Error::SizeOverflow { what: op })?;
+    Ok(shape.iter().product())
 }
 
 /// The broadcast of two shapes (NumPy/PyTorch rules: align trailing dims; 1 stretches).
@@ -58,12 +61,22 @@ pub(crate) fn broadcast_strides(shape: &[usize], strides: &[usize], to: &[usize]
 
 /// Normalizes a possibly negative dimension index.
 pub(crate) fn dim(op: &'static str, d: isize, rank: usize) -> Result<usize> {
-    let r = rank as isize;
+    // A 0-d tensor takes dimension 0 or -1, as in PyTorch.
+    let r = rank.max(1) as isize;
     let n = if d < 0 { d + r } else { d };
-    if n < 0 || n >= r.max(1) || (rank == 0 && n != 0) {
+    if n < 0 || n >= r {
         return Err(Error::InvalidDim { op, dim: d, rank });
     }
     Ok(n as usize)
+}
+
+/// [`dim`] for ops that take a dimension of the shape itself (narrow, split, cat, ...): a 0-d
+/// tensor has none, so dimension 0 (or -1) of it is an error here too.
+pub(crate) fn axis(op: &'static str, d: isize, rank: usize) -> Result<usize> {
+    if rank == 0 {
+        return Err(Error::InvalidDim { op, dim: d, rank });
+    }
+    dim(op, d, rank)
 }
 
 /// Normalizes, sorts and checks a list of dimensions (no repeats). Empty means all.

@@ -141,7 +141,8 @@ impl StreamShared {
         }
         // Only a host thread waiting without a deadline helps (see the module docs).
         let help = on_worker == 0 && timeout.is_none();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to have a deadline is no timeout.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if help && self.run_queued() {
                 if self.is_done(target) {

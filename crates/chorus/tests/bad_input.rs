@@ -212,3 +212,75 @@ fn out_of_range_index_is_a_device_error_on_that_stream_only() {
         },
     );
 }
+
+/// Edge shapes and huge values: 0-d tensors, sizes whose arithmetic overflows, a linear layer
+/// without input features, timeouts too long for the clock. Each gets a typed error or
+/// PyTorch's answer, never a panic.
+#[test]
+fn edge_shapes_and_huge_values_are_not_panics() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let scalar = Tensor::from_slice(&dev, &[2.0_f32], &[]).unwrap();
+            let idx = Tensor::from_slice(&dev, &[0_i64], &[1]).unwrap();
+            // Ops that take a dimension of the shape itself: a 0-d tensor has none.
+            let dims: [(&str, Result<(), Error>); 5] = [
+                ("narrow", scalar.narrow(0, 0, 1).map(drop)),
+                ("split", scalar.split(&[1], 0).map(drop)),
+                ("chunk", scalar.chunk(1, -1).map(drop)),
+                ("cat", Tensor::cat(&[&scalar, &scalar], 0).map(drop)),
+                ("index_select", scalar.index_select(0, &idx).map(drop)),
+            ];
+            for (op, r) in dims {
+                match r {
+                    Err(Error::InvalidDim { op: o, rank: 0, .. }) => assert_eq!(o, op),
+                    other => panic!("{op}: {other:?}"),
+                }
+            }
+            // squeeze and transpose give a 0-d tensor back, as PyTorch's do.
+            assert!(scalar.squeeze(0).unwrap().shape().is_empty());
+            let t = scalar.transpose(0, -1).unwrap();
+            assert_eq!(t.to_vec::<f32>().unwrap(), vec![2.0]);
+            // Sizes whose arithmetic overflows.
+            let overflow = |what: &str, r: Result<(), Error>| match r {
+                Err(Error::SizeOverflow { .. }) => {}
+                other => panic!("{what}: {other:?}"),
+            };
+            let empty_huge = Tensor::zeros(&dev, &[0, 1 << 40, 1 << 40], DType::F32);
+            overflow("zeros", empty_huge.map(drop));
+            let x = Tensor::randn(&dev, &[2, 6], 1).unwrap();
+            overflow("reshape", x.reshape(&[isize::MAX, 4, -1]).map(drop));
+            let wide = Tensor::zeros(&dev, &[0, usize::MAX], DType::F32).unwrap();
+            overflow("cat", Tensor::cat(&[&wide, &wide], 1).map(drop));
+            match x.split(&[usize::MAX, 7], 1) {
+                Err(Error::InvalidShape { op: "split", .. }) => {}
+                other => panic!("split: {other:?}"),
+            }
+            let img = Tensor::randn(&dev, &[1, 1, 4, 4], 2).unwrap();
+            let k = Tensor::randn(&dev, &[1, 1, 3, 3], 3).unwrap();
+            match img.conv2d(&k, None, [1, 1], [1 << 63, 0], 1) {
+                Err(Error::ShapeMismatch { op: "conv2d", .. }) => {}
+                other => panic!("conv2d: {other:?}"),
+            }
+            // A linear layer without input features: the bias (zeros without one), as PyTorch.
+            let x0 = Tensor::zeros(&dev, &[5, 0], DType::F32).unwrap();
+            let w0 = Tensor::zeros(&dev, &[3, 0], DType::F32).unwrap();
+            let b = Tensor::from_slice(&dev, &[1.0_f32, 2.0, 3.0], &[3]).unwrap();
+            let y = x0.linear(&w0, Some(&b)).unwrap();
+            assert_eq!(y.shape(), &[5, 3]);
+            assert_eq!(y.to_vec::<f32>().unwrap(), [1.0, 2.0, 3.0].repeat(5));
+            let y = x0.linear(&w0, None).unwrap();
+            assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.0; 15]);
+            // Timeouts too long to have a deadline are no timeout.
+            let long = std::time::Duration::MAX;
+            dev.synchronize_timeout(long).unwrap();
+            dev.current_stream()
+                .unwrap()
+                .synchronize_timeout(long)
+                .unwrap();
+            let e = dev.event().unwrap();
+            e.record(&dev.current_stream().unwrap()).unwrap();
+            e.synchronize(long).unwrap();
+        },
+    );
+}

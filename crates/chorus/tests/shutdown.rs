@@ -210,3 +210,38 @@ fn late_handler_owning_the_last_tensor_is_dropped_without_deadlock() {
         },
     );
 }
+
+/// A thread waiting forever for an exclusive stream is woken by the device's shutdown with a
+/// clear error, instead of waiting for a slot that will never come back.
+#[test]
+fn a_thread_waiting_forever_for_a_stream_gets_device_closed() {
+    on_every_backend(
+        |b| {
+            b.streams(2)
+                .policy(chorus::StreamPolicy::Exclusive)
+                .exhaustion(chorus::Exhaustion::WaitForever)
+        },
+        |dev| {
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            std::thread::scope(|s| {
+                // Holds the one pooled stream until told to exit.
+                let dev2 = &dev;
+                s.spawn(move || {
+                    let _mine = dev2.current_stream().unwrap();
+                    held_tx.send(()).unwrap();
+                    let _ = done_rx.recv();
+                });
+                held_rx.recv().unwrap();
+                let waiter = s.spawn(|| dev.current_stream());
+                std::thread::sleep(Duration::from_millis(50));
+                dev.shutdown();
+                match waiter.join().unwrap() {
+                    Err(Error::DeviceClosed { .. }) => {}
+                    other => panic!("{other:?}"),
+                }
+                done_tx.send(()).unwrap();
+            });
+        },
+    );
+}

@@ -249,10 +249,14 @@ impl<B: Backend> Runtime<B> {
                 self.slots
                     .acquire(wait)
                     .map(|s| (s, true))
-                    .map_err(|waited| Error::StreamsExhausted {
-                        device: self.id,
-                        slots: pooled,
-                        waited,
+                    .map_err(|waited| match self.check_open() {
+                        // The wait was ended by the shutdown.
+                        Err(closed) => closed,
+                        Ok(()) => Error::StreamsExhausted {
+                            device: self.id,
+                            slots: pooled,
+                            waited,
+                        },
                     })
             }
         }
@@ -260,7 +264,8 @@ impl<B: Backend> Runtime<B> {
 
     /// Waits for every stream, at most `timeout` in all; returns the streams still busy.
     fn wait_all(&self, timeout: Option<Duration>) -> Vec<usize> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to have a deadline is no timeout.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut busy = Vec::new();
         for (i, s) in self.streams.iter().enumerate() {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -369,7 +374,8 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
 
     fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to have a deadline is no timeout.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         for s in 0..self.streams.len() {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             self.synchronize_stream(s, left).map_err(|e| match e {
@@ -566,6 +572,8 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Threads waiting for an exclusive stream get `DeviceClosed` instead.
+        self.slots.close();
         let busy = self.wait_all(Some(self.config.shutdown_timeout));
         if !busy.is_empty() {
             eprintln!(

@@ -10,10 +10,12 @@
 //!   never win its compare-exchange (no ABA).
 //! - `next[i]`: the link of slot `i`, written only by the thread that owns slot `i` (while
 //!   pushing it) and read by poppers; a stale read is caught by the head's tag.
-//! - `wait` (`STREAM_SLOT_WAIT`) + `cond`: the slow path for waiting on exhaustion. A waiter
-//!   checks the list *under* the lock before each wait; a releaser pushes first, then takes the
-//!   lock to notify, so a release can never fall between a waiter's check and its wait
-//!   (no lost wake-up). Releases are rare (thread exit), so taking the lock there is free.
+//! - `wait` (`STREAM_SLOT_WAIT`: the number of waiters and whether the pool is closed) +
+//!   `cond`: the slow path for waiting on exhaustion. A waiter checks the list and the flag
+//!   *under* the lock before each wait; a releaser pushes first, then takes the lock to notify,
+//!   and [`StreamSlots::close`] (the device's shutdown) sets the flag under it, so neither can
+//!   fall between a waiter's check and its wait (no lost wake-up). Releases are rare (thread
+//!   exit), so taking the lock there is free.
 
 use chorus_sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use chorus_sync::{rank, Condvar, RankedMutex};
@@ -25,8 +27,16 @@ pub(crate) struct StreamSlots {
     head: AtomicU64,
     next: Box<[AtomicU32]>,
     first: usize,
-    wait: RankedMutex<usize>,
+    wait: RankedMutex<Waiters>,
     cond: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    /// Threads waiting on `cond`.
+    count: usize,
+    /// No more waiting: the device is shut down.
+    closed: bool,
 }
 
 /// How long `acquire` may wait.
@@ -49,7 +59,7 @@ impl StreamSlots {
             head: AtomicU64::new(head),
             next,
             first,
-            wait: RankedMutex::new(rank::STREAM_SLOT_WAIT, 0),
+            wait: RankedMutex::new(rank::STREAM_SLOT_WAIT, Waiters::default()),
             cond: Condvar::new(),
         }
     }
@@ -74,7 +84,8 @@ impl StreamSlots {
         }
     }
 
-    /// Pops a free slot, waiting as `wait` allows. `Err` carries how long it waited.
+    /// Pops a free slot, waiting as `wait` allows (a wait too long to have a deadline waits
+    /// forever). `Err` carries how long it waited: the time ran out, or the pool was closed.
     pub(crate) fn acquire(&self, wait: Wait) -> Result<usize, Duration> {
         if let Some(s) = self.try_acquire() {
             return Ok(s);
@@ -82,14 +93,17 @@ impl StreamSlots {
         let start = Instant::now();
         let deadline = match wait {
             Wait::No => return Err(Duration::ZERO),
-            Wait::For(d) => Some(start + d),
+            Wait::For(d) => start.checked_add(d),
             Wait::Forever => None,
         };
         let mut g = self.wait.lock();
-        *g += 1;
+        g.count += 1;
         let res = loop {
             if let Some(s) = self.try_acquire() {
                 break Ok(s);
+            }
+            if g.closed {
+                break Err(start.elapsed());
             }
             match deadline {
                 None => g = self.cond.wait(g),
@@ -102,8 +116,14 @@ impl StreamSlots {
                 }
             }
         };
-        *g -= 1;
+        g.count -= 1;
         res
+    }
+
+    /// Ends every wait, now and later (the device's shutdown): waiters get `Err`.
+    pub(crate) fn close(&self) {
+        self.wait.lock().closed = true;
+        self.cond.notify_all();
     }
 
     /// Pushes an owned slot back and wakes waiters.
@@ -123,7 +143,7 @@ impl StreamSlots {
             }
         }
         let g = self.wait.lock();
-        if *g > 0 {
+        if g.count > 0 {
             self.cond.notify_all();
         }
     }

@@ -7,7 +7,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::row_major_strides;
 use crate::kernel::{ArgOp, Kernel, ReduceOp, View};
-use crate::shape::dim;
+use crate::shape::{axis, dim};
 
 impl Tensor {
     /// Reorders the dimensions (a view): dimension `i` of the result is dimension `dims[i]`.
@@ -43,7 +43,7 @@ impl Tensor {
     /// # Errors
     /// [`Error::InvalidDim`]; [`Error::InvalidShape`] when the range leaves the dimension.
     pub fn narrow(&self, d: isize, start: usize, len: usize) -> Result<Tensor> {
-        let d = dim("narrow", d, self.rank())?;
+        let d = axis("narrow", d, self.rank())?;
         if start.checked_add(len).is_none_or(|end| end > self.shape[d]) {
             return Err(Error::InvalidShape {
                 op: "narrow",
@@ -71,7 +71,8 @@ impl Tensor {
     pub fn squeeze(&self, d: isize) -> Result<Tensor> {
         let d = dim("squeeze", d, self.rank())?;
         let (mut shape, mut strides) = (self.shape.clone(), self.strides.clone());
-        if shape[d] == 1 {
+        // A 0-d tensor (dimension 0 or -1 accepted, as by PyTorch) stays as it is.
+        if shape.get(d) == Some(&1) {
             shape.remove(d);
             strides.remove(d);
         }
@@ -84,8 +85,9 @@ impl Tensor {
     /// # Errors
     /// [`Error::InvalidShape`] when the sizes do not add up.
     pub fn split(&self, sizes: &[usize], d: isize) -> Result<Vec<Tensor>> {
-        let dd = dim("split", d, self.rank())?;
-        if sizes.iter().sum::<usize>() != self.shape[dd] {
+        let dd = axis("split", d, self.rank())?;
+        let total = sizes.iter().try_fold(0usize, |a, &n| a.checked_add(n));
+        if total != Some(self.shape[dd]) {
             return Err(Error::InvalidShape {
                 op: "split",
                 shape: self.shape.clone(),
@@ -109,7 +111,7 @@ impl Tensor {
     /// # Errors
     /// [`Error::InvalidShape`] for zero chunks.
     pub fn chunk(&self, chunks: usize, d: isize) -> Result<Vec<Tensor>> {
-        let dd = dim("chunk", d, self.rank())?;
+        let dd = axis("chunk", d, self.rank())?;
         if chunks == 0 {
             return Err(Error::InvalidShape {
                 op: "chunk",
@@ -135,7 +137,7 @@ impl Tensor {
             shape: vec![],
             reason: "no tensors".into(),
         })?;
-        let dd = dim(OP, d, first.rank())?;
+        let dd = axis(OP, d, first.rank())?;
         let mut shape = first.shape.clone();
         shape[dd] = 0;
         for t in tensors {
@@ -151,7 +153,9 @@ impl Tensor {
                     reason: "dimensions other than the concatenated one differ",
                 });
             }
-            shape[dd] += t.shape[dd];
+            shape[dd] = shape[dd]
+                .checked_add(t.shape[dd])
+                .ok_or(Error::SizeOverflow { what: OP })?;
         }
         let rt = first.rt();
         let s = rt.current_stream()?;
@@ -196,7 +200,7 @@ impl Tensor {
     /// [`Error::DTypeMismatch`] for non-i64 indices; [`Error::InvalidShape`] unless 1-D.
     pub fn index_select(&self, d: isize, indices: &Tensor) -> Result<Tensor> {
         const OP: &str = "index_select";
-        let dd = dim(OP, d, self.rank())?;
+        let dd = axis(OP, d, self.rank())?;
         need_dtype(OP, indices, DType::I64)?;
         if indices.rank() != 1 {
             return Err(Error::InvalidShape {

@@ -108,7 +108,8 @@ impl Tensor {
         }
         let (out_f, in_f) = (weight.shape[0], weight.shape[1]);
         param(OP, self, bias, out_f)?;
-        let rows = self.len() / in_f.max(1);
+        // The leading dimensions' product (not len / in: with in = 0 that would be 0 rows).
+        let rows: usize = self.shape[..self.rank() - 1].iter().product();
         let rt = self.rt();
         let s = rt.current_stream()?;
         let x = self.input_on(s)?;
@@ -357,21 +358,17 @@ impl Tensor {
         if groups == 0 || c % groups != 0 || o % groups != 0 || cg != c / groups {
             return Err(bad("channels must split into groups: C and O multiples of groups, weight's second dim C/groups"));
         }
-        if stride.contains(&0)
-            || h + 2 * padding[0] < kh
-            || w + 2 * padding[1] < kw
-            || kh == 0
-            || kw == 0
-        {
+        let padded = |x: usize, p: usize| p.checked_mul(2).and_then(|p2| x.checked_add(p2));
+        let (Some(ph), Some(pw)) = (padded(h, padding[0]), padded(w, padding[1])) else {
+            return Err(bad("the padding overflows the input's size"));
+        };
+        if stride.contains(&0) || ph < kh || pw < kw || kh == 0 || kw == 0 {
             return Err(bad(
                 "the kernel must fit the padded input, with non-zero stride",
             ));
         }
         param(OP, self, bias, o)?;
-        let out_hw = [
-            (h + 2 * padding[0] - kh) / stride[0] + 1,
-            (w + 2 * padding[1] - kw) / stride[1] + 1,
-        ];
+        let out_hw = [(ph - kh) / stride[0] + 1, (pw - kw) / stride[1] + 1];
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;

@@ -52,11 +52,11 @@ impl Tensor {
             shape: self.shape.clone(),
             reason,
         };
-        let known: usize = shape
+        let known = shape
             .iter()
             .filter(|&&d| d >= 0)
-            .map(|&d| d as usize)
-            .product();
+            .try_fold(1usize, |a, &d| a.checked_mul(d as usize))
+            .ok_or(Error::SizeOverflow { what: "reshape" })?;
         let infer = shape.iter().filter(|&&d| d < 0).count();
         if infer > 1 || shape.iter().any(|&d| d < -1) {
             return Err(bad(format!(
@@ -94,8 +94,11 @@ impl Tensor {
             crate::shape::dim("transpose", d1, self.rank())?,
         );
         let (mut shape, mut strides) = (self.shape.clone(), self.strides.clone());
-        shape.swap(a, b);
-        strides.swap(a, b);
+        // A 0-d tensor (dimensions 0 and -1 accepted, as by PyTorch) has nothing to swap.
+        if self.rank() > 0 {
+            shape.swap(a, b);
+            strides.swap(a, b);
+        }
         Ok(self.restride(shape, strides))
     }
 
