@@ -294,6 +294,22 @@ fn what_cannot_be_captured_fails_with_a_typed_error() {
             let e = Graph::capture(&dev, &[(&[2], DType::F16)], |_| -> Result<_> { Ok(vec![]) })
                 .unwrap_err();
             assert!(matches!(e, Error::UnsupportedDType { .. }), "{e}");
+            // An op on another stream than the capture's (its memory would be that stream's).
+            let other = dev.stream(3).unwrap();
+            let e = Graph::capture(&dev, spec, |x| -> Result<_> {
+                Ok(vec![dev.with_stream(&other, || x[0].relu())?])
+            })
+            .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Capture {
+                        op: "Graph::capture",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
             // A shape error inside the function comes back as it is.
             let e = Graph::capture(&dev, spec, |x| -> Result<_> {
                 Ok(vec![x[0].matmul(&x[0])?])

@@ -112,6 +112,8 @@ impl Drop for Arena {
 pub(crate) struct Recorder {
     /// The device's instance number.
     instance: u64,
+    /// The capturing stream: every block of the arena is this stream's.
+    stream: usize,
     pub(crate) arena: Arc<Arena>,
     pub(crate) kernels: Vec<Kernel>,
     /// Storages the kernels read that are not the graph's, each once.
@@ -126,8 +128,8 @@ std::thread_local! {
 pub(crate) struct Recording(());
 
 impl Recording {
-    /// Starts recording for `arena`'s device on this thread.
-    pub(crate) fn start(arena: &Arc<Arena>) -> Result<Recording> {
+    /// Starts recording for `arena`'s device on this thread, capturing on stream `stream`.
+    pub(crate) fn start(arena: &Arc<Arena>, stream: usize) -> Result<Recording> {
         let instance = arena.rt().id().instance;
         RECORDER.with(|r| {
             let mut r = r.borrow_mut();
@@ -139,6 +141,7 @@ impl Recording {
             }
             *r = Some(Recorder {
                 instance,
+                stream,
                 arena: Arc::clone(arena),
                 kernels: Vec::new(),
                 externals: Vec::new(),
@@ -204,8 +207,17 @@ pub(crate) fn recording(rt: &dyn RuntimeObj) -> bool {
 }
 
 /// While recording on `rt`: a storage of `bytes` from the graph's arena; `None` otherwise.
+/// An op on another stream than the capture's is refused: the arena's blocks are the capturing
+/// stream's, and a run is ordered after that stream's work only.
 pub(crate) fn alloc(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: usize) -> Option<Result<Storage>> {
-    let arena = with(&**rt, |rec| Arc::clone(&rec.arena))?;
+    let (arena, stream) = with(&**rt, |rec| (Arc::clone(&rec.arena), rec.stream))?;
+    if s != stream {
+        return Some(Err(Error::Capture {
+            op: "Graph::capture",
+            reason: "the thread's current stream changed inside the capture; capture on one \
+                     stream",
+        }));
+    }
     Some(
         arena
             .take(bytes, s)

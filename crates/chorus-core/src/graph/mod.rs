@@ -127,7 +127,7 @@ impl Graph {
             rt.check_open()?;
             let s = rt.current_stream()?;
             let arena = Arena::new(Arc::clone(rt));
-            let recording = Recording::start(&arena)?;
+            let recording = Recording::start(&arena, s)?;
             let placeholders = Self::placeholders(rt, s, inputs)?;
             let outputs = f(&placeholders)?;
             (recording.finish(), placeholders, outputs, arena, s)
