@@ -102,7 +102,9 @@ impl Default for GraphStreams {
 impl GraphStreams {
     /// An idle graph stream of `ctx`'s device, or a new one.
     fn take(&self, ctx: &Arc<Context>) -> BackendResult<CudaStream> {
-        match self.0.lock().pop() {
+        // Popped first: the list's lock is not held while the stream is prepared.
+        let idle = self.0.lock().pop();
+        match idle {
             Some(stream) => {
                 stream.bind()?;
                 stream.reset_for_build();
