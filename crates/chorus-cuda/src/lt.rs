@@ -123,12 +123,15 @@ struct Plan {
 impl Drop for Plan {
     fn drop(&mut self) {
         // SAFETY: created once by `Lt::plan`, destroyed once; no call uses them any more (the
-        // owner is being dropped after its stream was synchronized).
+        // owner is being dropped after its stream was synchronized). A plan whose building
+        // failed part way has null layouts for what was not made: those are skipped.
         unsafe {
             let _ = lt::cublasLtMatmulDescDestroy(self.desc);
-            let _ = lt::cublasLtMatrixLayoutDestroy(self.a);
-            let _ = lt::cublasLtMatrixLayoutDestroy(self.b);
-            let _ = lt::cublasLtMatrixLayoutDestroy(self.c);
+            for l in [self.a, self.b, self.c] {
+                if !l.is_null() {
+                    let _ = lt::cublasLtMatrixLayoutDestroy(l);
+                }
+            }
         }
     }
 }
@@ -342,13 +345,17 @@ impl Lt {
         } else {
             (key.k, key.n)
         };
+        // Owned by `plan` from here, so that a failure below destroys what was made.
         let mut plan = Plan {
             desc,
-            a: layout(ar, ac, key.lda)?,
-            b: layout(br, bc, key.ldb)?,
-            c: layout(key.m, key.n, key.m)?,
+            a: std::ptr::null_mut(),
+            b: std::ptr::null_mut(),
+            c: std::ptr::null_mut(),
             algo: lt::cublasLtMatmulAlgo_t { data: [0; 8] },
         };
+        plan.a = layout(ar, ac, key.lda)?;
+        plan.b = layout(br, bc, key.ldb)?;
+        plan.c = layout(key.m, key.n, key.m)?;
         // SAFETY: attribute types as documented: cublasOperation_t (i32 enum) for TRANSA/B,
         // cublasLtEpilogue_t (u32 enum) for EPILOGUE.
         unsafe {

@@ -110,7 +110,14 @@ impl CudaStream {
                 return Err(e);
             }
         };
-        let err_dev = err_word.device_ptr()?;
+        let err_dev = match err_word.device_ptr() {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: created above, nothing enqueued yet.
+                let _ = unsafe { sys::cuStreamDestroy_v2(raw) };
+                return Err(e);
+            }
+        };
         let mut sleep_event = std::ptr::null_mut();
         let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
             | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
