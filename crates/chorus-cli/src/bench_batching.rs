@@ -57,6 +57,9 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 /// Options of `chorus bench batching` (ignored by the other suites).
+/// Largest `--max-batch` (its rows are made in host memory: 2 KiB each).
+const MAX_BATCH: usize = 1 << 20;
+
 #[derive(Debug, Args)]
 pub(crate) struct BatchingArgs {
     /// Batching: client threads, each sending batch-1 requests one at a time.
@@ -79,7 +82,7 @@ pub(crate) struct BatchingArgs {
     )]
     max_delay_ms: Vec<f64>,
     /// Batching: requests per client in each timed phase.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     requests: u64,
     /// Batching: requests each client keeps in flight in the queue (`submit`, then wait for
     /// the oldest), as an asynchronous server front end would; 1 (the default) is one
@@ -474,12 +477,15 @@ pub(crate) fn run(
     repeat: usize,
     a: &BatchingArgs,
 ) -> anyhow::Result<ExitCode> {
-    if let Some(&d) = a
-        .max_delay_ms
-        .iter()
-        .find(|d| !(d.is_finite() && **d >= 0.0))
-    {
-        anyhow::bail!("--max-delay-ms: {d} is not a delay in milliseconds");
+    let mut delays = Vec::with_capacity(a.max_delay_ms.len());
+    for &d in &a.max_delay_ms {
+        match Duration::try_from_secs_f64(d / 1e3) {
+            Ok(delay) if d.is_finite() => delays.push((d, delay)),
+            _ => anyhow::bail!("--max-delay-ms: {d} is not a delay in milliseconds"),
+        }
+    }
+    if let Some(b) = a.max_batch.iter().find(|&&b| b > MAX_BATCH) {
+        anyhow::bail!("--max-batch: {b} is more than the {MAX_BATCH} rows this benchmark makes");
     }
     let device = device::build(choice)?;
     let model = mlp(&device)?;
@@ -501,8 +507,7 @@ pub(crate) fn run(
     let mut rows = Vec::new();
     for (b, direct, _) in &per_batch {
         let (b, direct) = (*b, *direct);
-        for &d in &a.max_delay_ms {
-            let delay = Duration::from_secs_f64(d / 1e3);
+        for &(d, delay) in &delays {
             let ((m, stats, memory), runs) = median_of(
                 repeat,
                 |(m, _, _): &(Measured, _, _)| m.samples_per_s,

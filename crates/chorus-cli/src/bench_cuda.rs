@@ -160,6 +160,12 @@ fn thread_round(
         }
         Ok(dt.unwrap_or_else(|| t0.elapsed().as_secs_f64()))
     })?;
+    // A rate of the threads that survived would not be the row's: fail, as the CPU suite does.
+    anyhow::ensure!(
+        errors == 0,
+        "{} ({threads} threads): {errors} thread(s) failed (errors above)",
+        w.name
+    );
     Ok(json!({
         "threads": threads,
         "ops_per_s": done as f64 / dt,

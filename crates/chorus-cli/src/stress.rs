@@ -43,7 +43,7 @@ pub(crate) struct StressArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     threads: u64,
     /// Rounds per thread.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     iters: u64,
     /// Synchronize the thread's current stream every K rounds (0: never).
     #[arg(long, default_value_t = 20, value_name = "K")]
@@ -257,7 +257,8 @@ fn worker(
     mut gate: Option<Gate>,
 ) -> ThreadRun {
     let mut run = ThreadRun {
-        results: Vec::with_capacity(args.iters.try_into().unwrap_or(0)),
+        // Grown as rounds complete beyond this (a huge `--iters` reserves nothing up front).
+        results: Vec::with_capacity(args.iters.min(4096).try_into().unwrap_or(0)),
         errors: Vec::new(),
     };
     let graph = if args.graph {

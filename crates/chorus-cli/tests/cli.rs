@@ -282,6 +282,29 @@ fn stress_rejects_unknown_names_and_bad_counts() {
     );
 }
 
+#[test]
+fn values_too_large_are_errors_not_panics() {
+    for (args, name) in [
+        (
+            &["bench", "batching", "--max-delay-ms", "1e30"][..],
+            "--max-delay-ms",
+        ),
+        (
+            &["bench", "batching", "--max-batch", "100000000"][..],
+            "--max-batch",
+        ),
+        (
+            &["bench", "batching", "--requests", "10000000000"][..],
+            "--requests",
+        ),
+        (&["stress", "--iters", "10000000000"][..], "--iters"),
+    ] {
+        let o = chorus(args, &[]);
+        fails_naming(&o, &[name]);
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+}
+
 /// The seed's round 1: 64 threads × 200 iterations of randn/matmul/sum with a synchronize every
 /// 20, every result bit-identical to the single-threaded recomputation (small matrices for CI).
 #[test]

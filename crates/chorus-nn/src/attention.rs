@@ -306,6 +306,13 @@ fn check_config(embed_dim: usize, num_heads: usize) -> Result<()> {
             ),
         });
     }
+    // The packed input projection has 3 × embed_dim rows.
+    if embed_dim.checked_mul(3).is_none() {
+        return Err(NnError::InvalidConfig {
+            what: NAME,
+            reason: format!("embed_dim {embed_dim} is too large"),
+        });
+    }
     Ok(())
 }
 

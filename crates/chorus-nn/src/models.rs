@@ -58,6 +58,12 @@ pub fn depthwise_separable(
             reason: "classes must be non-zero".into(),
         });
     }
+    if c.checked_mul(2).is_none() {
+        return Err(NnError::InvalidConfig {
+            what: "depthwise_separable",
+            reason: format!("in_channels {c} is too large"),
+        });
+    }
     let depthwise = Conv2dConfig::new(c, c, [3, 3]).padding([1, 1]).groups(c);
     let pointwise = Conv2dConfig::new(c, 2 * c, [1, 1]);
     Ok(Sequential::new()

@@ -134,6 +134,12 @@ impl Weights {
     }
 
     fn load(device: &Device, bytes: &[u8], source: String) -> Result<Weights> {
+        if let Some(message) = data_end_overflows(bytes) {
+            return Err(NnError::Safetensors {
+                what: source,
+                message,
+            });
+        }
         let file = SafeTensors::deserialize(bytes).map_err(|e| NnError::Safetensors {
             what: source.clone(),
             message: e.to_string(),
@@ -278,5 +284,25 @@ impl Weights {
                 got: got.to_string(),
             }),
         }
+    }
+}
+
+/// Why a safetensors buffer's stated end (8 + header + the largest data offset) does not fit
+/// in 64 bits, if it does not: the parser (safetensors 0.8) adds these unchecked, which panics
+/// in builds with overflow checks instead of reporting the file as malformed. Anything else
+/// wrong with the buffer is left to the parser.
+fn data_end_overflows(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let header = bytes.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
+    let tensors: HashMap<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
+    let end = tensors
+        .values()
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()?;
+    match end.checked_add(8).and_then(|e| e.checked_add(n)) {
+        Some(_) => None,
+        None => Some(format!(
+            "the data's end (offset {end} after a header of {n} bytes) overflows 64 bits"
+        )),
     }
 }

@@ -194,3 +194,27 @@ fn values_round_trip_through_the_file() {
     let x: Tensor = weights.get("x", &[2, 3]).unwrap();
     assert_eq!(x.to_vec::<f32>().unwrap(), values);
 }
+
+#[test]
+fn a_header_whose_offsets_overflow_is_a_typed_error() {
+    // Eight u8 tensors of 2^61 - 1 elements each, their offsets contiguous up to 2^64 - 8: every
+    // size the header states is consistent, but the file's end (header + data) overflows.
+    let device = chorus_cpu::device().unwrap();
+    let n: u64 = (1 << 61) - 1;
+    let entries: Vec<String> = (0..8u64)
+        .map(|i| {
+            format!(
+                "\"t{i}\":{{\"dtype\":\"U8\",\"shape\":[{n}],\"data_offsets\":[{},{}]}}",
+                i * n,
+                (i + 1) * n
+            )
+        })
+        .collect();
+    let header = format!("{{{}}}", entries.join(","));
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    match Weights::from_bytes(&device, &bytes) {
+        Err(NnError::Safetensors { .. }) => {}
+        other => panic!("expected a safetensors error, got {other:?}"),
+    }
+}
