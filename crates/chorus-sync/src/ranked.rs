@@ -4,7 +4,10 @@
 //! Each thread keeps (in debug builds) the stack of ranks it holds. `lock` checks the new rank
 //! against the top of the stack, pushes it, and the guard's drop removes it. A condvar wait
 //! keeps the rank on the stack: the lock is reacquired before the wait returns, and nothing else
-//! may be acquired by the waiting thread meanwhile.
+//! may be acquired by the waiting thread meanwhile. A thread may wait only while the waited
+//! lock is the one ranked lock it holds: blocking while holding another stalls every thread
+//! that needs that one, and reacquiring the waited lock under a higher-ranked one would be an
+//! order the check at `lock` never sees.
 //!
 //! Poisoning is ignored: runtime code never runs user code under a lock, so a panic under a
 //! runtime lock is a runtime bug that has already been reported by the panic itself, and the
@@ -51,6 +54,18 @@ mod held {
         });
     }
 
+    pub(super) fn waiting(rank: LockRank) {
+        let _ = HELD.try_with(|h| {
+            let h = h.borrow();
+            assert!(
+                h.len() == 1 && h[0] == rank,
+                "waiting on `{}` while holding {:?}: a wait must hold only the waited lock",
+                rank.name,
+                *h
+            );
+        });
+    }
+
     pub(super) fn assert_none() {
         let _ = HELD.try_with(|h| {
             let h = h.borrow();
@@ -70,6 +85,8 @@ mod held {
     pub(super) fn acquire(_: LockRank) {}
     #[inline(always)]
     pub(super) fn release(_: LockRank) {}
+    #[inline(always)]
+    pub(super) fn waiting(_: LockRank) {}
     #[inline(always)]
     pub(super) fn assert_none() {}
 }
@@ -182,7 +199,11 @@ impl Condvar {
     }
 
     /// Releases the guard's lock, waits for a notification, reacquires.
+    ///
+    /// # Panics
+    /// In builds that check ranks, if the calling thread holds another ranked lock.
     pub fn wait<'a, T>(&self, mut guard: RankedGuard<'a, T>) -> RankedGuard<'a, T> {
+        held::waiting(guard.rank);
         let raw = guard.raw.take().expect("guard holds its lock");
         let raw = self
             .0
@@ -198,6 +219,7 @@ impl Condvar {
         mut guard: RankedGuard<'a, T>,
         timeout: Duration,
     ) -> (RankedGuard<'a, T>, WaitTimeoutResult) {
+        held::waiting(guard.rank);
         let raw = guard.raw.take().expect("guard holds its lock");
         let (raw, res) = self
             .0
@@ -248,6 +270,26 @@ mod tests {
             "{msg}"
         );
         // The failed acquisition left nothing held.
+        assert_no_locks_held();
+    }
+
+    #[test]
+    #[cfg_attr(not(debug_assertions), ignore = "ranks are checked in debug builds")]
+    fn waiting_while_holding_another_lock_panics() {
+        let a = RankedMutex::new(TEST_LOW, 1);
+        let b = RankedMutex::new(TEST_HIGH, 2);
+        let cv = Condvar::new();
+        // Alone, a wait is fine (a timed one, so that the test does not block).
+        let gb = b.lock();
+        drop(cv.wait_timeout(gb, Duration::from_millis(1)));
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ga = a.lock();
+            let gb = b.lock();
+            drop(cv.wait_timeout(gb, Duration::from_millis(1)));
+        }))
+        .expect_err("a wait holding another lock must panic");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("waiting on `test high`"), "{msg}");
         assert_no_locks_held();
     }
 }

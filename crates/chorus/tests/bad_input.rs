@@ -262,6 +262,21 @@ fn edge_shapes_and_huge_values_are_not_panics() {
                 Err(Error::ShapeMismatch { op: "conv2d", .. }) => {}
                 other => panic!("conv2d: {other:?}"),
             }
+            // A padding far larger than the input: PyTorch's 3 x 3 output, its centre x * w.
+            let x1 = Tensor::full(&dev, &[1, 1, 1, 1], 3.0).unwrap();
+            let w1 = Tensor::full(&dev, &[1, 1, 1, 1], 2.0).unwrap();
+            let far = x1.conv2d(&w1, None, [100_000, 100_000], [100_000, 100_000], 1);
+            let far = far.unwrap();
+            assert_eq!(far.shape(), &[1, 1, 3, 3]);
+            let mut want = vec![0.0; 9];
+            want[4] = 6.0;
+            assert_eq!(far.to_vec::<f32>().unwrap(), want);
+            // Causal attention over zero queries: an empty result, as PyTorch.
+            let q = Tensor::zeros(&dev, &[1, 2, 0, 4], DType::F32).unwrap();
+            let kv = Tensor::randn(&dev, &[1, 2, 3, 4], 4).unwrap();
+            let att = Tensor::scaled_dot_product_attention(&q, &kv, &kv, None, true).unwrap();
+            assert_eq!(att.shape(), &[1, 2, 0, 4]);
+            assert!(att.to_vec::<f32>().unwrap().is_empty());
             // A linear layer without input features: the bias (zeros without one), as PyTorch.
             let x0 = Tensor::zeros(&dev, &[5, 0], DType::F32).unwrap();
             let w0 = Tensor::zeros(&dev, &[3, 0], DType::F32).unwrap();

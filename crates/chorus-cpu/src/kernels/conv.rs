@@ -133,7 +133,13 @@ pub(super) unsafe fn conv2d(
         // No tap reads the input: the bias alone.
         return;
     }
-    if c.groups == c.c_in && c.c_in == c.c_out {
+    // The depthwise path copies each plane into a padded scratch plane: not when the padding
+    // dwarfs the input and the output (a huge padding would ask for a huge plane; the general
+    // path's scratch is bounded by the output).
+    let [ph, pw] = c.padding;
+    let padded_plane = (h + 2 * ph).checked_mul(w + 2 * pw);
+    let modest = padded_plane.is_some_and(|p| p <= 4 * (h * w).max(oh * ow) + 4096);
+    if c.groups == c.c_in && c.c_in == c.c_out && modest {
         depthwise(x, wt, y, c);
     } else if kh * kw == 1 && c.stride == [1, 1] && c.padding == [0, 0] && c.groups == 1 {
         for (xb, yb) in x

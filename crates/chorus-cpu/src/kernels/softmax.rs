@@ -54,14 +54,19 @@ fn log_normalized(v: f32, max: f32, ln_sum: f64) -> f32 {
 /// `outer * n * inner` f32 writes, overlaps no input and is not otherwise accessed.
 ///
 /// # Panics
-/// When a mask is given with `inner != 1`, on `causal: Some(0)`, and when the mask view is not
-/// shaped `[outer, n]`.
+/// On a non-empty input: when a mask is given with `inner != 1`, on `causal: Some(0)`, and
+/// when the mask view is not shaped `[outer, n]`.
 pub(super) unsafe fn softmax(
     src: DevicePtr,
     out: DevicePtr,
     [outer, n, inner]: [usize; 3],
     opts: Options<'_>,
 ) {
+    let len = outer * n * inner;
+    if len == 0 {
+        // Nothing to compute (zero queries of a causal attention among them).
+        return;
+    }
     let masked = opts.causal.is_some() || opts.mask.is_some();
     assert!(!masked || inner == 1, "softmax: masks need inner == 1");
     assert_ne!(opts.causal, Some(0), "softmax: causal mask with 0 queries");
@@ -73,14 +78,10 @@ pub(super) unsafe fn softmax(
             m.strides
         );
     }
-    let len = outer * n * inner;
     // SAFETY: caller's contract: `len` readable f32 at `src`, not written during the call.
     let src = unsafe { slice::<f32>(src, len) };
     // SAFETY: caller's contract: `len` writable, unaliased f32 at `out`.
     let out = unsafe { slice_mut::<f32>(out, len) };
-    if len == 0 {
-        return;
-    }
     if inner > 1 {
         let mut stats = (vec![0.0; inner], vec![0.0; inner]);
         for (x, y) in src
