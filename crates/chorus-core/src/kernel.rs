@@ -239,7 +239,7 @@ pub enum Scalar {
 /// `i < l`, `out[b, i, :] = Σ_{j < s} p_j v[b, j, :]` with
 /// `p = softmax(scale · (q[b, i, :] · k[b, j, :]))` over `j`, entries dropped as
 /// [`Kernel::Softmax`] drops them (causal: `j > i`; mask: where it is 0) and a query with every
-/// key dropped all NaN. Views may have any strides (the heads of a packed projection are read
+/// key dropped all 0 (PyTorch's attention since 2.5). Views may have any strides (the heads of a packed projection are read
 /// in place); `out` is a view into a fresh block, its elements disjoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attention {
@@ -368,7 +368,8 @@ pub enum Kernel {
     /// `row < outer`, `j < n`: `causal: Some(q)` drops `j > row % q` (PyTorch's `is_causal`
     /// for `q` queries per attention matrix), `mask` (i64, 0 = drop) drops where it is 0. A
     /// dropped entry is 0 in the softmax (−∞ in log-softmax); a row with every entry dropped
-    /// is NaN, as in PyTorch. Statistics (max, sum of exponentials) per row in f32 then f64.
+    /// is 0 in the softmax (as PyTorch's attention, which is where masks come from), NaN in
+    /// the log-softmax. Without masks a row of −∞ is NaN, as in PyTorch. Statistics (max, sum of exponentials) per row in f32 then f64.
     Softmax {
         /// Input.
         src: DevicePtr,

@@ -532,7 +532,7 @@ extern "C" __global__ void bias_act_f32(float* __restrict__ out, const float* __
 // As the CPU: v = scale * x (f32), max over kept v in f32 skipping NaN, e = expf(v - max), sum
 // of e in double; softmax e / sum and log-softmax v - max - ln(sum), in double rounded once; a
 // dropped entry is 0 / sum (0) or -inf - max - ln(sum) (-inf) - NaN when the sum is; a row with
-// no kept entry is all NaN.
+// no kept entry is all 0 (PyTorch's attention since 2.5), all NaN in the log-softmax.
 
 extern "C" __global__ void softmax_f32(const float* __restrict__ src, float* __restrict__ out, u64 outer, u64 n,
                                        u64 inner, float scale, int log, u64 causal_q, const i64* __restrict__ mask,
@@ -559,7 +559,7 @@ extern "C" __global__ void softmax_f32(const float* __restrict__ src, float* __r
         }
         any = block_reduce(any, (i64)0, OrI());
         if (!any) {
-            FOR_MY_PART(j, n) y[j * inner] = F32_NAN;
+            FOR_MY_PART(j, n) y[j * inner] = log ? F32_NAN : 0.0f;
             continue;
         }
         mx = block_reduce(mx, -F32_INF, MaxSkipNan());
@@ -818,7 +818,7 @@ extern "C" __global__ void index_select_u64(const u64* src, const i64* idx, u64*
 //    order, then the warp's fixed shuffle tree; p is written over the scores.
 // 3. out[d] for d = t, t + 32, ...: sum over j = 0, 1, ..., s - 1 of p_j v[j, d], one fmaf chain
 //    (dropped keys included, as the matmul after a softmax includes them). A query with no kept
-//    key is NaN.
+//    key is 0 (PyTorch's attention since 2.5).
 // No block-wide synchronization: a row belongs to one warp. Every value is made in a fixed
 // order, so the same launch on the same input gives the same bits.
 
@@ -883,7 +883,7 @@ extern "C" __global__ void attention_f32(const float* __restrict__ q, const floa
         }
         any = warp_all(any, OrI());
         if (!any) {
-            for (u64 d = lane; d < a.ev; d += 32) orow[(i64)d * a.strides[3][C]] = F32_NAN;
+            for (u64 d = lane; d < a.ev; d += 32) orow[(i64)d * a.strides[3][C]] = 0.0f;
             continue;
         }
         mx = warp_all(mx, MaxSkipNan());

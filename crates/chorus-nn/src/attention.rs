@@ -19,8 +19,9 @@
 //! # Masks
 //! The key-padding mask here is a *keep*-mask: i64 `[B, S]`, 1 = attend to that key, 0 =
 //! ignore it. That is the opposite of PyTorch's `key_padding_mask` (`True` = ignore); it is
-//! what `sdpa`'s boolean `attn_mask` means. A query whose keys are all masked gives NaN, as in
-//! PyTorch.
+//! what `sdpa`'s boolean `attn_mask` means. A query whose keys are all masked attends to
+//! nothing: its attention output is 0 (then the output projection's bias), as in PyTorch since
+//! 2.5.
 
 use crate::check::check_param;
 use crate::error::{NnError, Result};

@@ -5,8 +5,9 @@
 //! `exp` (f32), and the exponentials are summed in f64 in index order; a softmax value is
 //! `e / sum` and a log-softmax value `v - max - ln(sum)`, both evaluated in f64 and rounded once,
 //! so the result is deterministic. Dropped entries are 0 (−∞ for log-softmax), and a row whose
-//! entries are all dropped is NaN, as in PyTorch. A NaN or infinite kept input makes the row NaN
-//! through the arithmetic, as in PyTorch.
+//! entries are all dropped is 0 (NaN for log-softmax): masks come from attention, where
+//! PyTorch (since 2.5) gives a query that attends to nothing 0. A NaN or infinite kept input
+//! makes the row NaN through the arithmetic, as in PyTorch.
 //!
 //! Paths: `inner == 1` walks each contiguous row three times (max, exponentials, normalization),
 //! each a tight loop monomorphised on whether a keep mask is read; `inner > 1` keeps a running
@@ -123,7 +124,8 @@ fn row(x: &[f32], y: &mut [f32], opts: Options<'_>, lim: usize, kept: impl Fn(us
         }
     }
     if !any {
-        y.fill(f32::NAN);
+        // Every entry dropped: 0 (PyTorch's attention since 2.5), NaN in the log-softmax.
+        y.fill(if opts.log { f32::NAN } else { 0.0 });
         return;
     }
     let mut sum = 0.0f64;
@@ -213,7 +215,8 @@ mod tests {
                 let s: f64 = ks.iter().map(|&j| (v(j) - m).exp()).sum();
                 for j in 0..n {
                     y[at(j)] = match (ks.is_empty(), ks.contains(&j), log) {
-                        (true, _, _) => f64::NAN,
+                        (true, _, false) => 0.0,
+                        (true, _, true) => f64::NAN,
                         (false, false, false) => 0.0,
                         (false, false, true) => f64::NEG_INFINITY,
                         (false, true, false) => (v(j) - m).exp() / s,
@@ -302,7 +305,7 @@ mod tests {
         z[4..8].fill(0); // row 1 fully masked
         check([3, 4, 1], 1.0, None, Some((&z, [4, 1])));
         check([3, 4, 1], 1.0, Some(3), Some((&[0, 1, 1, 1], [0, 1]))); // row 0 fully masked
-                                                                       // Exact values: a fully masked row is NaN, dropped entries 0 / -inf.
+                                                                       // Exact values: a fully masked row is 0 (NaN in the log-softmax), dropped entries 0 / -inf.
         let x = [1.0f32, 2.0, 3.0, 4.0];
         for log in [false, true] {
             let mut y = [0.0f32; 4];
@@ -328,7 +331,12 @@ mod tests {
                     [1.0, 0.0]
                 }
             );
-            assert!(y[2].is_nan() && y[3].is_nan());
+            // Every entry dropped: 0 (PyTorch's attention), NaN in the log-softmax.
+            if log {
+                assert!(y[2].is_nan() && y[3].is_nan());
+            } else {
+                assert_eq!(y[2..], [0.0, 0.0]);
+            }
         }
     }
 }
