@@ -50,7 +50,7 @@ use crate::kernel::Kernel;
 use crate::runtime::{GraphExec, RuntimeObj};
 use crate::shape::numel;
 use crate::tensor::storage::Storage;
-use crate::tensor::Tensor;
+use crate::tensor::{Out, Tensor};
 use capture::{Recorder, Recording};
 use chorus_sync::{rank, Arc, RankedMutex};
 
@@ -257,6 +257,16 @@ impl Graph {
         let fresh = (self.outputs.iter())
             .map(|o| Tensor::empty_on(rt, s, o.shape(), o.dtype(), OP))
             .collect::<Result<Vec<_>>>()?;
+        // Everything of this run is enqueued under the run lock; the tensors made above are
+        // dropped (on an error) only after it is released: a drop may call the device.
+        self.enqueue_run(s, inputs, &fresh)?;
+        Ok(fresh.into_iter().map(|out| out.tensor).collect())
+    }
+
+    /// Enqueues one run on stream `s` under the run lock (module docs): the inputs copied in,
+    /// the graph, the outputs copied into `fresh`.
+    fn enqueue_run(&self, s: usize, inputs: &[&Tensor], fresh: &[Out]) -> Result<()> {
+        let rt = &self.rt;
         let mut runs = self.runs.lock();
         if runs.last != s {
             rt.order_after(runs.last, s)?;
@@ -288,10 +298,8 @@ impl Graph {
         // SAFETY: the graph's blocks and external storages are alive (held by `self`) and
         // ordered on `s` as the module docs say; the recorded kernels stay inside them.
         unsafe { rt.launch_graph(s, exec)? };
-        let mut outs = Vec::with_capacity(fresh.len());
         for (o, out) in self.outputs.iter().zip(fresh) {
             if o.is_empty() {
-                outs.push(out.tensor);
                 continue;
             }
             let k = Kernel::Copy {
@@ -304,9 +312,8 @@ impl Graph {
             // this copy in stream order and not rewritten before the next run, which is
             // ordered after it (module docs).
             unsafe { rt.launch(s, k)? };
-            outs.push(out.tensor);
         }
-        Ok(outs)
+        Ok(())
     }
 
     /// Number of kernels the capture recorded.
