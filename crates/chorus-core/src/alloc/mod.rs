@@ -334,23 +334,27 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         self.release_cached(&mut p, dev);
     }
 
-    /// Marks the allocator closed (no new allocations) and releases what is safe. `idle`: the
-    /// caller saw every stream finish, so the device is synchronized and every free so far
-    /// marked complete; the synchronization is immediate unless work was enqueued since (by a
-    /// thread that passed its open check just before the shutdown: its blocks, freed after
-    /// its work was enqueued, must not go back to the device while that work runs). Without
-    /// `idle` it never waits.
-    pub(crate) fn close<D>(&self, dev: &D, idle: bool)
+    /// The number of frees so far, per stream (a snapshot for [`Allocator::close`]).
+    pub(crate) fn free_seq(&self) -> Vec<u64> {
+        self.pools.lock().free_seq.clone()
+    }
+
+    /// Marks the allocator closed (no new allocations) and releases what is safe; never waits.
+    /// `complete`: a [`Allocator::free_seq`] snapshot taken before the caller saw every stream
+    /// idle, so that every free up to it is complete. (Not a snapshot taken after: a thread
+    /// that passed its open check just before the shutdown may have enqueued work since, and
+    /// its blocks, freed after that work was enqueued, must not go back to the device while it
+    /// runs.)
+    pub(crate) fn close<D>(&self, dev: &D, complete: Option<Vec<u64>>)
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
         self.closed.store(true, Relaxed);
-        if idle {
-            let upto = self.pools.lock().free_seq.clone();
-            dev.synchronize_all();
-            self.pools.lock().all_complete(&upto);
+        let mut p = self.pools.lock();
+        if let Some(upto) = complete {
+            p.all_complete(&upto);
         }
-        self.release_cached(&mut self.pools.lock(), dev);
+        self.release_cached(&mut p, dev);
     }
 
     /// Final teardown: frees every segment. The device must be idle.
@@ -527,8 +531,8 @@ mod tests {
         asked: AtomicUsize,
         keeps: bool,
         kept: chorus_sync::Mutex<Vec<Block>>,
-        /// A segment was freed while some stream still had work.
-        freed_while_busy: AtomicBool,
+        /// Segments given back, in order.
+        freed: chorus_sync::Mutex<Vec<u64>>,
     }
 
     impl MemoryDevice for Dev {
@@ -538,10 +542,8 @@ mod tests {
             let id = self.segments.fetch_add(1, Relaxed);
             Ok((id, DevicePtr(id << 32)))
         }
-        unsafe fn free_segment(&self, _: u64) {
-            if (0..3).any(|s| self.done[s].load(Relaxed) < self.enqueued[s].load(Relaxed)) {
-                self.freed_while_busy.store(true, Relaxed);
-            }
+        unsafe fn free_segment(&self, s: u64) {
+            self.freed.lock().unwrap().push(s);
         }
         fn record_fence(&self, s: u32) -> Option<(u32, u64)> {
             Some((s, self.enqueued[s as usize].load(Relaxed)))
@@ -674,21 +676,34 @@ mod tests {
     }
 
     #[test]
-    fn closing_waits_for_work_enqueued_after_the_shutdown_saw_the_streams_idle() {
+    fn closing_keeps_blocks_freed_after_the_idle_snapshot() {
         let dev = Dev::default();
         let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
-        // The shutdown saw every stream idle; then a thread that had passed its open check
-        // enqueued work on A reading a large block, and dropped the block.
-        let b = alloc.alloc(&dev, 4 << 20, A).unwrap();
+        // The shutdown took its snapshot and saw every stream idle; then a thread that had
+        // passed its open check enqueued work on A reading a large block, and dropped the
+        // block. Closing with the snapshot keeps that block's segment.
+        let free = |b: Block| {
+            alloc.count_bytes_in(&b);
+            alloc.count_free();
+            alloc.release(&dev, b, &[A]);
+        };
+        // Blocks above the large class: a segment each.
+        let early = alloc.alloc(&dev, 12 << 20, A).unwrap();
+        free(early);
+        let late = alloc.alloc(&dev, 16 << 20, A).unwrap();
+        let upto = alloc.free_seq();
         dev.enqueued[A as usize].fetch_add(1, Relaxed);
-        alloc.count_bytes_in(&b);
-        alloc.count_free();
-        alloc.release(&dev, b, &[A]);
-        alloc.close(&dev, true);
-        assert_eq!(alloc.stats((0, 0)).reserved_bytes, 0, "released");
-        assert!(
-            !dev.freed_while_busy.load(Relaxed),
-            "a segment went back while A's work could still read it"
+        free(late);
+        alloc.close(&dev, Some(upto));
+        assert_eq!(
+            *dev.freed.lock().unwrap(),
+            [0],
+            "only the first segment went back, not the one A's work may still read"
+        );
+        assert_eq!(
+            alloc.stats((0, 0)).reserved_bytes,
+            16 << 20,
+            "the block freed before the snapshot went back, the late one stays"
         );
     }
 

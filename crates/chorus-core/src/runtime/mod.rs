@@ -596,7 +596,13 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             }
         }
         self.flush_caches(true);
-        self.alloc.close(self, busy.is_empty());
+        // Every free so far (the caches' blocks included) had its uses enqueued before it, so
+        // once the streams are seen idle after this snapshot, they are complete. A second wait
+        // (immediate unless work came since): a thread that passed its open check just before
+        // the shutdown may have enqueued work after the first one.
+        let upto = self.alloc.free_seq();
+        let idle = busy.is_empty() && self.wait_all(Some(self.config.shutdown_timeout)).is_empty();
+        self.alloc.close(self, idle.then_some(upto));
     }
 
     fn thread_exit(&self, stream: Option<usize>, exclusive: bool, cache: Option<Arc<ThreadCache>>) {
