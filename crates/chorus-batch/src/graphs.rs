@@ -12,7 +12,7 @@
 //! directly. A model that cannot be captured (it reads a tensor back or draws random numbers
 //! inside its forward: [`chorus_core::Error::Capture`]) makes the worker call it directly from
 //! then on. A capture that fails otherwise (an input dtype graphs do not take, or a model that
-//! rejects the padded shape) is remembered for that shape (up to [`MAX_GRAPHS`] of them): the
+//! rejects the padded shape; running out of memory is tried again) is remembered for that shape (up to [`MAX_GRAPHS`] of them): the
 //! batch's own rows are passed to the model directly, and later batches that would be padded
 //! to that shape are not padded (they get a graph of their own size, if that captures).
 //!
@@ -91,6 +91,8 @@ impl WorkerGraphs {
                     self.on = false;
                     return None;
                 }
+                // Memory may be had later: tried again next time.
+                Err(NnError::Core(chorus_core::Error::OutOfMemory { .. })) => return None,
                 Err(_) => {
                     if self.failed.len() < MAX_GRAPHS {
                         self.failed.insert(key);

@@ -179,10 +179,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// The submission failed.
     fn flush(&self, stream: &Self::Stream) -> BackendResult<()>;
     /// Waits until all work enqueued on `stream` has run, at most `timeout`.
-    /// Returns `false` when the time ran out.
+    /// Returns `false` when the time ran out, whatever error the stream carries: the runtime
+    /// takes a stream that reports an error for one whose work has stopped (shutdown, slots
+    /// handed back), so an error is reported only once the wait is over.
     ///
     /// # Errors
-    /// The stream carries an asynchronous error.
+    /// The stream carries an asynchronous error (and its work has run, or the device cannot
+    /// say: a lost context).
     fn synchronize(&self, stream: &Self::Stream, timeout: Option<Duration>) -> BackendResult<bool>;
     /// The asynchronous error the stream carries, if any (sticky).
     fn stream_error(&self, stream: &Self::Stream) -> Option<BackendError>;

@@ -181,7 +181,12 @@ impl Backend for CpuBackend {
     }
     fn synchronize(&self, stream: &CpuStream, timeout: Option<Duration>) -> BackendResult<bool> {
         let done = stream.shared.wait_until(stream.shared.enqueued(), timeout);
-        stream.shared.error().map_or(Ok(done), Err)
+        // Work still running is reported as such, whatever the stream's error: a caller that
+        // gets an error takes the stream's work for finished (shutdown).
+        if !done {
+            return Ok(false);
+        }
+        stream.shared.error().map_or(Ok(true), Err)
     }
     fn stream_error(&self, stream: &CpuStream) -> Option<BackendError> {
         stream.shared.error()
