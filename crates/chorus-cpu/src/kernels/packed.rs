@@ -19,7 +19,8 @@
 //! activations run over the output afterwards). So every output is still
 //! one chain of fused multiply-adds over `p = 0, 1, …, k - 1` in order, started from zero
 //! ([`reference`]), and its bits depend on its row of `lhs`, its column of `rhs` and `k` only:
-//! not on `m`, the blocking, the tiling, or how the panels are split among cores.
+//! not on `m` (among the products this kernel takes: fewer rows go to `rowdot`, whose bits
+//! differ), the blocking, the tiling, or how the panels are split among cores.
 //!
 //! The chunks of a block are shared among cores ([`share`]); its helpers linger for [`LINGER`]
 //! after a product, for the next one (the next layer's) comes at once.

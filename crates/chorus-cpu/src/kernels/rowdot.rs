@@ -7,9 +7,11 @@
 //! accumulates the products at `p ≡ l (mod LANES)` with fused multiply-adds in increasing `p`
 //! (past `k` the lanes see zeros), then the lanes are summed in a fixed tree ([`sum_lanes`]).
 //! So the bits of `out[i, j]` depend on row `i` of `lhs`, row `j` of `W` and `k` only: not on
-//! `m` (how many requests a batch holds), not on the tiling, not on how the columns are split
-//! among cores, and not on which of the code paths below runs (they compute the same lanes; the
-//! tests compare them bit for bit with [`reference()`]).
+//! `m` within this kernel's range (how many requests a batch holds; from `packed::MIN_ROWS`
+//! rows on, `matmul` takes the packed kernel, one in-order chain per output, whose bits differ),
+//! not on the tiling, not on how the columns are split among cores, and not on which of the
+//! code paths below runs (they compute the same lanes; the tests compare them bit for bit with
+//! [`reference()`]).
 //!
 //! Columns are split among cores when the worker was given several (`super::PARALLELISM`) and
 //! the product is large enough to gain from it.
