@@ -43,7 +43,6 @@
 //! machines measured (BENCHMARKS.md).
 
 use crate::device::{self, DeviceChoice};
-use anyhow::Context as _;
 use chorus::batch::HostTensor;
 use chorus::batch::{BatchConfig, BatchQueue, Ticket};
 use chorus::nn::{self, Module};
@@ -56,10 +55,10 @@ use std::process::ExitCode;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-/// Options of `chorus bench batching` (ignored by the other suites).
 /// Largest `--max-batch` (its rows are made in host memory: 2 KiB each).
 const MAX_BATCH: usize = 1 << 20;
 
+/// Options of `chorus bench batching` (ignored by the other suites).
 #[derive(Debug, Args)]
 pub(crate) struct BatchingArgs {
     /// Batching: client threads, each sending batch-1 requests one at a time.
@@ -153,8 +152,7 @@ fn cpu_time(clock: CpuClock) -> Option<Duration> {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: `ts` is a valid, writable `timespec` for the duration of the call, which
-        // writes nothing else.
+        // SAFETY: `ts` is a valid, writable `timespec` for the call, which writes only it.
         let r = unsafe { libc::clock_gettime(id, &mut ts) };
         let secs = u64::try_from(ts.tv_sec).ok()?;
         let nanos = u32::try_from(ts.tv_nsec).ok()?;
@@ -401,10 +399,12 @@ fn queued(
     let in_flight = usize::try_from(a.outstanding)?;
     let run = |c: u64, requests: Range<u64>| -> anyhow::Result<Vec<Duration>> {
         let mut latencies = Vec::with_capacity(requests.clone().count());
-        let mut pending = VecDeque::with_capacity(in_flight);
+        let mut pending = VecDeque::<InFlight>::with_capacity(in_flight);
         for i in requests {
             if pending.len() == in_flight {
-                latencies.push(InFlight::finish(pending.pop_front())?);
+                if let Some(oldest) = pending.pop_front() {
+                    latencies.push(oldest.finish()?);
+                }
             }
             let request = match a.input {
                 InputKind::Host => {
@@ -418,8 +418,8 @@ fn queued(
             };
             pending.push_back(request);
         }
-        while !pending.is_empty() {
-            latencies.push(InFlight::finish(pending.pop_front())?);
+        while let Some(oldest) = pending.pop_front() {
+            latencies.push(oldest.finish()?);
         }
         Ok(latencies)
     };
@@ -439,8 +439,8 @@ enum InFlight {
 impl InFlight {
     /// Waits for the request's result (read back to host memory for a host request) and
     /// returns its latency from submission.
-    fn finish(request: Option<InFlight>) -> anyhow::Result<Duration> {
-        match request.context("no request in flight")? {
+    fn finish(self) -> anyhow::Result<Duration> {
+        match self {
             InFlight::Host(t0, ticket) => {
                 std::hint::black_box(ticket.wait()?.to_vec::<f32>()?);
                 Ok(t0.elapsed())
@@ -484,17 +484,16 @@ pub(crate) fn run(
             _ => anyhow::bail!("--max-delay-ms: {d} is not a delay in milliseconds"),
         }
     }
+    anyhow::ensure!(
+        !a.max_batch.contains(&0),
+        "--max-batch: 0 is not a batch size"
+    );
     if let Some(b) = a.max_batch.iter().find(|&&b| b > MAX_BATCH) {
         anyhow::bail!("--max-batch: {b} is more than the {MAX_BATCH} rows this benchmark makes");
     }
     let device = device::build(choice)?;
     let model = mlp(&device)?;
     let total = a.clients * a.requests;
-
-    anyhow::ensure!(
-        !a.max_batch.contains(&0),
-        "--max-batch: 0 is not a batch size"
-    );
     let rate = |m: &Measured| m.samples_per_s;
     let (threads, threads_runs) = median_of(repeat, rate, || direct_threads(&device, &model, a))?;
     let mut per_batch = Vec::new();

@@ -102,7 +102,19 @@ impl CudaStream {
             },
             "cuStreamCreate",
         )?;
-        let err_word = match Pinned::alloc(ctx, 16, true) {
+        // The stream's other parts; should one fail, the stream is destroyed (once, here).
+        let parts = || -> BackendResult<_> {
+            let err_word = Pinned::alloc(ctx, 16, true)?;
+            let err_dev = err_word.device_ptr()?;
+            let mut sleep_event = std::ptr::null_mut();
+            let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
+                | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+            // SAFETY: the context is current; writes one event handle, destroyed in Drop.
+            let r = unsafe { sys::cuEventCreate(&mut sleep_event, flags) };
+            check(r, "cuEventCreate")?;
+            Ok((err_word, err_dev, sleep_event))
+        };
+        let (err_word, err_dev, sleep_event) = match parts() {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: created above, nothing enqueued yet.
@@ -110,24 +122,6 @@ impl CudaStream {
                 return Err(e);
             }
         };
-        let err_dev = match err_word.device_ptr() {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: created above, nothing enqueued yet.
-                let _ = unsafe { sys::cuStreamDestroy_v2(raw) };
-                return Err(e);
-            }
-        };
-        let mut sleep_event = std::ptr::null_mut();
-        let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
-            | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
-        // SAFETY: the context is current; writes one event handle, destroyed in Drop.
-        let r = unsafe { sys::cuEventCreate(&mut sleep_event, flags) };
-        if let Err(e) = check(r, "cuEventCreate") {
-            // SAFETY: created above, nothing enqueued yet.
-            let _ = unsafe { sys::cuStreamDestroy_v2(raw) };
-            return Err(e);
-        }
         Ok(CudaStream {
             raw,
             ctx: Arc::clone(ctx),

@@ -49,40 +49,40 @@ fn handoff(device: &Device, producers: usize, per_thread: u64, shape: &[usize]) 
     start.elapsed()
 }
 
+/// What one benchmark iteration runs: `(device, threads, iterations per thread, shape)`.
+type Run = fn(&Device, usize, u64, &[usize]) -> Duration;
+
+/// Benchmark group `name`: `run` from each count of `threads`, on a device with each
+/// `(label, thread cache bytes)`; one iteration is one pair on every thread.
+fn group(c: &mut Criterion, name: &str, caches: [(&str, usize); 2], threads: &[usize], run: Run) {
+    let mut g = c.benchmark_group(name);
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    for (label, cache) in caches {
+        let device = Device::builder()
+            .thread_cache_bytes(cache)
+            .build()
+            .expect("device");
+        for &n in threads {
+            g.throughput(Throughput::Elements(n as u64));
+            g.bench_with_input(BenchmarkId::new(label, n), &n, |b, &n| {
+                b.iter_custom(|iters| run(&device, n, iters, &[256]));
+            });
+        }
+    }
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("alloc_free_pairs");
-    g.measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_millis(500));
-    for (label, cache) in [("thread_cache", 1 << 20), ("shared_pool", 0)] {
-        let device = Device::builder()
-            .thread_cache_bytes(cache)
-            .build()
-            .expect("device");
-        for threads in [1usize, 2, 8, 64] {
-            g.throughput(Throughput::Elements(threads as u64));
-            g.bench_with_input(BenchmarkId::new(label, threads), &threads, |b, &threads| {
-                // One iteration = one pair on every thread (`threads` pairs in all).
-                b.iter_custom(|iters| pairs(&device, threads, iters, &[256]));
-            });
-        }
-    }
-    g.finish();
-    let mut g = c.benchmark_group("handoff_pairs");
-    g.measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_millis(500));
-    for (label, cache) in [("returns", 1 << 20), ("shared_pool", 0)] {
-        let device = Device::builder()
-            .thread_cache_bytes(cache)
-            .build()
-            .expect("device");
-        for producers in [1usize, 2, 8] {
-            g.throughput(Throughput::Elements(producers as u64));
-            g.bench_with_input(BenchmarkId::new(label, producers), &producers, |b, &p| {
-                b.iter_custom(|iters| handoff(&device, p, iters, &[256]));
-            });
-        }
-    }
-    g.finish();
+    let caches = |cached| [(cached, 1 << 20), ("shared_pool", 0)];
+    group(
+        c,
+        "alloc_free_pairs",
+        caches("thread_cache"),
+        &[1, 2, 8, 64],
+        pairs,
+    );
+    group(c, "handoff_pairs", caches("returns"), &[1, 2, 8], handoff);
 }
 
 criterion_group!(benches, bench);

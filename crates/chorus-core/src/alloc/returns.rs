@@ -19,9 +19,11 @@
 //!
 //! # Fields
 //! One `RUNTIME_RETURNS` lock per stream, a leaf: held only to push, pop or take everything,
-//! with no other lock taken meanwhile. It ranks above the allocator's, which `MemoryDevice::keep`
-//! holds while it pushes; blocks taken out are given back to the pools after it is released. `drain(close)` empties a stream (running out of memory, `empty_cache`) and, at
-//! shutdown, closes it, so that a block freed after shutdown goes to the pools.
+//! with no other lock taken meanwhile. It ranks above the allocator's, which
+//! `MemoryDevice::keep` holds while it pushes; blocks taken out are given back to the pools
+//! after it is released. `drain(close)` empties a stream (running out of memory,
+//! `empty_cache`) and, at shutdown, closes it, so that a block freed after shutdown goes to the
+//! pools.
 
 use super::pool::Block;
 use super::thread_cache::Held;
