@@ -329,6 +329,47 @@ fn seed_round_64_threads_200_iterations() {
     assert_eq!(v["verified"], 12_800);
 }
 
+/// The seed's round 1 with blocks forced across streams, where a missing cross-stream fence
+/// shows as wrong results (with the defaults each thread's cache keeps its blocks on its own
+/// stream, so no block ever changes streams): no thread cache; no thread cache and a tight
+/// memory limit (running out, reclaiming, synchronizing); exclusive streams without a cache.
+#[test]
+fn seed_round_with_blocks_crossing_streams() {
+    for env in [
+        &[("CHORUS_THREAD_CACHE", "0")][..],
+        // 64 threads' operands and the results kept for checking need about 10 MB: at 12 MB
+        // threads run out, reclaim and retry (measured: 16 to 32 retries a round).
+        &[("CHORUS_THREAD_CACHE", "0"), ("CHORUS_MEMORY_LIMIT", "12M")][..],
+        &[
+            ("CHORUS_THREAD_CACHE", "0"),
+            ("CHORUS_STREAM_POLICY", "exclusive"),
+            ("CHORUS_STREAMS", "65"),
+        ][..],
+    ] {
+        let o = chorus(
+            &[
+                "stress",
+                "--threads",
+                "64",
+                "--iters",
+                "200",
+                "--sync-every",
+                "20",
+                "--size",
+                "64",
+                "--json",
+            ],
+            env,
+        );
+        let v = json_ok(&o);
+        assert_eq!(
+            (&v["ops"], &v["errors"], &v["verified"]),
+            (&12_800.into(), &0.into(), &12_800.into()),
+            "{env:?}: {v}"
+        );
+    }
+}
+
 /// The seed's round 2: 20 threads × 500 iterations with mean, on exclusive streams.
 #[test]
 fn seed_round_20_threads_500_iterations_with_mean() {

@@ -125,7 +125,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// the work of its launches has completed. Moreover, at the call, the memory the kernels
     /// read holds what work enqueued before the call writes, and the memory they write is
     /// written by nothing but these kernels: a backend may synchronize the device and run the
-    /// kernels once (on a stream of its own) while building.
+    /// kernels once (on a stream of its own) while building. When it returns, with or without
+    /// an error, no work it enqueued while building runs any more: the caller may free that
+    /// memory at once.
     ///
     /// # Errors
     /// The device refused to build it.

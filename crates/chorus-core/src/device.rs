@@ -175,6 +175,9 @@ impl Device {
     /// by the configured shutdown timeout) for in-flight work, runs the completion handlers it
     /// produced, takes back cached blocks and releases cached memory. Later calls that would
     /// enqueue work or allocate fail with [`Error::DeviceClosed`](crate::Error::DeviceClosed).
+    /// A call while another thread's shutdown is in progress returns once that one has
+    /// finished; from a completion handler it returns at once (the shutdown in progress waits
+    /// for the handlers).
     pub fn shutdown(&self) {
         self.rt().shutdown();
     }

@@ -35,7 +35,7 @@ use chorus_sync::{rank, Arc, RankedMutex};
 use std::time::Duration;
 
 pub use event::CpuEvent;
-pub use memory::Segment;
+pub use memory::{segment_bytes, Segment};
 use stream::Command;
 pub use stream::CpuStream;
 

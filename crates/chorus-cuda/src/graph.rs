@@ -182,8 +182,12 @@ pub(crate) unsafe fn build(
     check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")?;
     // SAFETY: the caller's contract: the pointers are valid, what the kernels read is complete
     // once the context is synchronized, and what they write is the graph's alone.
-    unsafe { launch_all(&stream, module, kernels, tf32)? };
-    stream.synchronize(None)?;
+    let warmed = unsafe { launch_all(&stream, module, kernels, tf32) };
+    // Waited for even when a launch failed part way: the kernels launched before it write the
+    // graph's memory, which the caller frees (and hands out again) as soon as this returns.
+    let idle = stream.synchronize(None);
+    warmed?;
+    idle?;
     let mut failure = None;
     for _ in 0..CAPTURE_ATTEMPTS {
         // SAFETY: the caller's contract (as above).

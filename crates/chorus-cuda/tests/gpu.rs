@@ -471,3 +471,49 @@ fn foreign_synchronizations(stop: &std::sync::atomic::AtomicBool) {
     // SAFETY: retained above, released once.
     let _ = unsafe { sys::cuDevicePrimaryCtxRelease_v2(dev) };
 }
+
+/// A graph whose build fails part way through its warm-up run (here a GEMM cuBLAS cannot take,
+/// after a chain of long ones) returns its error only once the kernels already launched have
+/// finished: the graph's memory goes back to the allocator at once, and the next tensor of the
+/// chain's last size gets the last kernel's block, which that kernel must not write afterwards.
+#[test]
+fn a_failed_graph_build_waits_for_its_warm_up_kernels() {
+    let Some(gpu) = gpu() else { return };
+    let n = 4096;
+    let w = Tensor::randn(&gpu, &[n, n], 1).unwrap();
+    // A size of its own for the chain's last output (the block the test gets back).
+    let w_last = Tensor::randn(&gpu, &[n, n + 8], 2).unwrap();
+    // k = 2^31 exceeds cuBLAS's 32-bit extents (16 GiB of operands, read by the graph).
+    let k = 1usize << 31;
+    let a = Tensor::zeros(&gpu, &[1, k], DType::F32).unwrap();
+    let b = Tensor::zeros(&gpu, &[k, 1], DType::F32).unwrap();
+    let built = Graph::capture(&gpu, &[(&[n, n], DType::F32)], |x| {
+        let mut y = x[0].clone();
+        // Tens of milliseconds of f32 GEMMs before the last output is written.
+        for _ in 0..16 {
+            y = y.matmul(&w)?;
+        }
+        Ok::<_, Error>(vec![y.matmul(&w_last)?, a.matmul(&b)?])
+    });
+    match built {
+        Err(Error::Device { source, .. }) => assert!(source.to_string().contains("32-bit")),
+        other => panic!("{other:?}"),
+    }
+    let reserved = gpu.memory_stats().reserved_bytes;
+    let mine = Tensor::full(&gpu, &[n, n + 8], 7.0).unwrap();
+    assert_eq!(
+        gpu.memory_stats().reserved_bytes,
+        reserved,
+        "the block of the graph's last output was reused"
+    );
+    // Long enough for every kernel of the warm-up to have finished.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let got = mine.to_vec::<f32>().unwrap();
+    let overwritten = got.iter().filter(|&&v| v != 7.0).count();
+    assert_eq!(
+        overwritten, 0,
+        "a warm-up kernel wrote into a block handed out again"
+    );
+    drop((a, b));
+    gpu.empty_cache();
+}

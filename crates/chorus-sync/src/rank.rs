@@ -39,6 +39,9 @@ pub const BATCH_TICKET: LockRank = r(6, "Ticket::slot");
 pub const BATCH_STATS: LockRank = r(8, "BatchQueue::stats");
 /// A graph's runs (held while one run orders and enqueues its copies and its kernels).
 pub const GRAPH_RUNS: LockRank = r(15, "Graph::runs");
+/// Whether a device's shutdown has finished (a second caller waits for the first; a leaf,
+/// waited on with no other lock held).
+pub const SHUTDOWN_DONE: LockRank = r(12, "Runtime::shut_down");
 /// Exclusive stream-slot pool: waiting for a slot when all are taken.
 pub const STREAM_SLOT_WAIT: LockRank = r(10, "StreamSlots::wait");
 /// Registry of per-thread block caches (shutdown walks it).

@@ -245,3 +245,77 @@ fn a_thread_waiting_forever_for_a_stream_gets_device_closed() {
         },
     );
 }
+
+/// A second `shutdown` that comes while another thread's is running returns only once that one
+/// has finished: the handler it is still running has run by then.
+#[test]
+fn a_second_shutdown_returns_once_the_first_has_finished() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let ran = Arc::new(AtomicU64::new(0));
+            let (started_tx, started_rx) = std::sync::mpsc::channel();
+            let counter = Arc::clone(&ran);
+            dev.current_stream()
+                .unwrap()
+                .on_complete(move || {
+                    started_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(300));
+                    counter.fetch_add(1, Ordering::SeqCst);
+                })
+                .unwrap();
+            started_rx.recv().unwrap(); // the handler is running
+            let first = {
+                let dev = dev.clone();
+                std::thread::spawn(move || dev.shutdown())
+            };
+            while !dev.is_closed() {
+                std::thread::yield_now();
+            }
+            dev.shutdown();
+            assert_eq!(
+                ran.load(Ordering::SeqCst),
+                1,
+                "the second shutdown returned before the first had run the handlers"
+            );
+            first.join().unwrap();
+        },
+    );
+}
+
+/// `shutdown` from a completion handler while another thread's shutdown waits for that very
+/// handler returns at once instead of waiting for it (a deadlock).
+#[test]
+fn shutdown_from_a_handler_during_a_shutdown_returns() {
+    on_every_backend(
+        |b| b,
+        |dev| {
+            let (started_tx, started_rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let inner = dev.clone();
+            dev.current_stream()
+                .unwrap()
+                .on_complete(move || {
+                    started_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    inner.shutdown();
+                    done_tx.send(()).unwrap();
+                })
+                .unwrap();
+            started_rx.recv().unwrap();
+            let first = {
+                let dev = dev.clone();
+                std::thread::spawn(move || dev.shutdown())
+            };
+            while !dev.is_closed() {
+                std::thread::yield_now();
+            }
+            go_tx.send(()).unwrap();
+            done_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the handler's shutdown returned");
+            first.join().unwrap();
+        },
+    );
+}

@@ -308,6 +308,21 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         }
     }
 
+    /// Returns counted blocks that only their owner streams used (a thread cache's, a stream's
+    /// returns') to the pools, under one acquisition of the pool lock. Never waits, so it may
+    /// be called under the registry lock; after shutdown their segments go back at teardown.
+    pub(crate) fn give_back(&self, blocks: Vec<Block>) {
+        if blocks.is_empty() {
+            return;
+        }
+        let mut p = self.pools.lock();
+        for b in blocks {
+            p.free_seq[b.stream as usize] += 1;
+            let seq = p.free_seq[b.stream as usize];
+            p.release(b.seg, b.offset, b.stream, seq);
+        }
+    }
+
     /// Frees the cached segments that are safe to free.
     fn release_cached<D>(&self, p: &mut Pools<S, F>, dev: &D)
     where
@@ -363,17 +378,41 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         D: MemoryDevice<Segment = S, Fence = F>,
     {
         let mut p = self.pools.lock();
+        for s in Self::take_everything(&mut p, dev) {
+            // SAFETY: the caller guarantees the device is idle.
+            unsafe { dev.free_segment(s) };
+        }
+        self.sync_reserved(&p);
+    }
+
+    /// Final teardown of a device whose work never finished: every segment is leaked (never
+    /// freed, not even when the allocator drops), since that work may still use any of them.
+    /// Returns the bytes leaked.
+    pub(crate) fn leak<D>(&self, dev: &D) -> usize
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
+        let mut p = self.pools.lock();
+        let bytes = p.reserved;
+        for s in Self::take_everything(&mut p, dev) {
+            std::mem::forget(s);
+        }
+        self.sync_reserved(&p);
+        bytes
+    }
+
+    /// Drops every fence and takes out every segment (`teardown`, `leak`).
+    fn take_everything<D>(p: &mut Pools<S, F>, dev: &D) -> Vec<S>
+    where
+        D: MemoryDevice<Segment = S, Fence = F>,
+    {
         for q in std::mem::take(&mut p.fences) {
             q.into_iter().for_each(|(_, f)| dev.drop_fence(f));
         }
         for d in std::mem::take(&mut p.deferred) {
             d.events.into_iter().for_each(|(_, f)| dev.drop_fence(f));
         }
-        for s in p.take_all() {
-            // SAFETY: the caller guarantees the device is idle.
-            unsafe { dev.free_segment(s) };
-        }
-        self.sync_reserved(&p);
+        p.take_all()
     }
 
     fn grow<D>(

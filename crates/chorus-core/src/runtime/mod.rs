@@ -6,14 +6,17 @@
 //! so that the op front-end, modules and batching are written once and are not generic.
 //!
 //! # State
-//! `open` → `closed` (set once by [`RuntimeObj::shutdown`], when the last `Device` handle
-//! drops or on an explicit `Device::shutdown`). Shutdown waits (bounded by the configured
+//! `open` → `closed` → `shut down`. `closed` is set once by the first [`RuntimeObj::shutdown`]
+//! (when the last `Device` handle drops or on an explicit `Device::shutdown`), `shut down` when
+//! that call has finished; a later call waits for it (except on the completion thread, which
+//! the first call may be waiting for). Shutdown waits (bounded by the configured
 //! timeout) for every stream's in-flight work, lets the completion thread run the handlers that
 //! work produced and exit, takes back every thread's cached blocks, and releases cached memory.
 //! After it, every call that would enqueue work or allocate returns `Error::DeviceClosed`;
 //! frees and thread exits keep working. The `Runtime` itself is dropped when the last handle
 //! of any kind (tensors included) is gone: it then waits for the streams once more, frees
-//! every segment and joins its threads (never its own thread).
+//! every segment (or, if a stream never finishes within the timeout, leaks them all, since its
+//! work may still use any) and joins its threads (never its own thread).
 //!
 //! # Fields
 //! - `streams`, `backend`, `config`, `id`: immutable after construction.
@@ -21,7 +24,10 @@
 //! - `alloc`: its own lock (`ALLOCATOR`); `events`: `EVENT_POOL`; `completion`: `COMPLETION_QUEUE`.
 //! - `caches`: registry of thread caches (`THREAD_CACHE_REGISTRY`), walked by shutdown and by
 //!   an allocation that ran out of memory (the allocator's step 4 retires every cache, giving
-//!   its blocks back; owners then start new caches).
+//!   its blocks back; owners then start new caches). Every reclaim of cached blocks (a cache's,
+//!   the streams' returns') holds it until those blocks are in the pools (`flush_caches`).
+//! - `shut_down` (`SHUTDOWN_DONE`, with `shut_down_cv`): set by the shutdown that closed the
+//!   device when it finishes.
 //!
 //! # Reference cycles
 //! Work handed to the backend (host callbacks) never captures the `Runtime`: a backend thread
@@ -42,7 +48,7 @@ use crate::event_pool::EventPool;
 use crate::kernel::{DevicePtr, Kernel};
 use crate::stream::slots::{StreamSlots, Wait};
 use chorus_sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use chorus_sync::{rank, thread, Arc, Mutex, RankedMutex, Weak};
+use chorus_sync::{rank, thread, Arc, Condvar, Mutex, RankedMutex, Weak};
 use std::time::{Duration, Instant};
 
 pub(crate) use events::EventObj;
@@ -159,7 +165,13 @@ pub(crate) struct Runtime<B: Backend> {
     returns: Returns,
     completion: Arc<Completion>,
     completion_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// The completion thread's id: a shutdown called from a handler does not wait for one in
+    /// progress, which waits for that thread.
+    completion_id: thread::ThreadId,
     closed: AtomicBool,
+    /// Set when the shutdown that closed the device has finished; later callers wait for it.
+    shut_down: RankedMutex<bool>,
+    shut_down_cv: Condvar,
 }
 
 impl<B: Backend> std::fmt::Debug for Runtime<B> {
@@ -208,8 +220,11 @@ impl<B: Backend> Runtime<B> {
             caches: RankedMutex::new(rank::THREAD_CACHE_REGISTRY, Vec::new()),
             returns: Returns::new(config.streams, config.thread_cache_bytes),
             completion,
+            completion_id: handle.thread().id(),
             completion_thread: Mutex::new(Some(handle)),
             closed: AtomicBool::new(false),
+            shut_down: RankedMutex::new(rank::SHUTDOWN_DONE, false),
+            shut_down_cv: Condvar::new(),
             me: me.clone(),
             streams,
             backend,
@@ -279,38 +294,41 @@ impl<B: Backend> Runtime<B> {
 
     /// Gives back to the pools every block the threads' caches and the streams' returns keep;
     /// `close`: the returns keep none from now on (shutdown).
+    ///
+    /// Every reclaim (this, [`Runtime::retire_cache`], `empty_cache`'s) holds the registry lock
+    /// until the blocks it took out are in the pools, so no block is ever in transit outside
+    /// the lock: once a reclaimer has it, every block an earlier one took is in the pools, and
+    /// a snapshot of the frees taken after it (running out of memory, shutdown) counts them.
     fn flush_caches(&self, close: bool) {
-        let caches: Vec<_> = self
-            .caches
-            .lock()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for c in caches {
-            self.retire_cache(&c);
+        let mut reg = self.caches.lock();
+        let caches: Vec<_> = reg.iter().filter_map(Weak::upgrade).collect();
+        for c in &caches {
+            self.retire_locked(&mut reg, c);
         }
-        self.give_back(self.returns.drain(close));
+        self.alloc.give_back(self.returns.drain(close));
+        drop(reg);
+        // The caches last referenced here (their threads exited meanwhile) drop unlocked.
+        drop(caches);
     }
 
     /// Closes a thread cache (thread exit, shutdown, `empty_cache` or running out of memory,
-    /// whichever comes first),
-    /// folds its counts into the allocator's and unregisters it, all under the registry lock so
-    /// that `memory_stats` counts it exactly once; then gives its blocks back.
+    /// whichever comes first) and gives its blocks back, under the registry lock
+    /// ([`Runtime::flush_caches`]).
     fn retire_cache(&self, c: &ThreadCache) {
         let mut reg = self.caches.lock();
+        self.retire_locked(&mut reg, c);
+    }
+
+    /// [`Runtime::retire_cache`] under the registry lock `reg`: folds the cache's counts into
+    /// the allocator's and unregisters it in one step, so that `memory_stats` counts it exactly
+    /// once, and puts its blocks in the pools before the lock is released.
+    fn retire_locked(&self, reg: &mut Vec<Weak<ThreadCache>>, c: &ThreadCache) {
         let Some(blocks) = c.close() else {
             return; // the other closer retired it
         };
         self.alloc.fold(c.counts());
         reg.retain(|w| !std::ptr::eq(w.as_ptr(), c));
-        drop(reg);
-        self.give_back(blocks);
-    }
-
-    fn give_back(&self, blocks: Vec<Block>) {
-        for b in blocks {
-            self.alloc.release(self, b, &[]);
-        }
+        self.alloc.give_back(blocks);
     }
 }
 
@@ -470,7 +488,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         if let Some(c) = local::take_cache(self.id.instance) {
             self.retire_cache(&c);
         }
-        self.give_back(self.returns.drain(false));
+        {
+            // Under the registry lock, as every reclaim (`flush_caches`).
+            let _reg = self.caches.lock();
+            self.alloc.give_back(self.returns.drain(false));
+        }
         self.alloc.empty_cache(self);
         self.backend.release_idle();
     }
@@ -570,6 +592,15 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
 
     fn shutdown(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
+            // Another caller closed the device: return once its shutdown has finished (handlers
+            // run, memory released), as this call promises. Not on the completion thread, whose
+            // exit that shutdown may be waiting for.
+            if thread::current().id() != self.completion_id {
+                let mut done = self.shut_down.lock();
+                while !*done {
+                    done = self.shut_down_cv.wait(done);
+                }
+            }
             return;
         }
         // Threads waiting for an exclusive stream get `DeviceClosed` instead.
@@ -603,6 +634,8 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         let upto = self.alloc.free_seq();
         let idle = busy.is_empty() && self.wait_all(Some(self.config.shutdown_timeout)).is_empty();
         self.alloc.close(self, idle.then_some(upto));
+        *self.shut_down.lock() = true;
+        self.shut_down_cv.notify_all();
     }
 
     fn thread_exit(&self, stream: Option<usize>, exclusive: bool, cache: Option<Arc<ThreadCache>>) {
@@ -629,9 +662,10 @@ impl<B: Backend> Drop for Runtime<B> {
             self.alloc.teardown(self);
         } else {
             // Freeing memory that running work still touches would be a use-after-free on the
-            // device; keeping it is the lesser evil, and it is said out loud.
+            // device; leaking every segment is the lesser evil, and it is said out loud.
+            let leaked = self.alloc.leak(self);
             eprintln!(
-                "chorus: {}: streams {busy:?} never finished; their memory is not released",
+                "chorus: {}: streams {busy:?} never finished; {leaked} bytes of device memory are not released",
                 self.id
             );
         }
