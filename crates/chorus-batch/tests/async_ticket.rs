@@ -46,31 +46,42 @@ fn a_pending_ticket_wakes_its_waker_once_completed() {
     let count = Arc::new(Count(AtomicUsize::new(0)));
     let waker = Waker::from(Arc::clone(&count));
     let mut cx = Context::from_waker(&waker);
-    // Three tickets polled by one thread, as an executor joining them would.
-    let mut tickets: Vec<_> = (0..3)
+    // Two tickets polled by one thread, as an executor joining them would: two rows of a batch
+    // of three, so both are pending and register the waker.
+    let mut tickets: Vec<_> = (0..2)
         .map(|i| {
             queue
                 .submit(Tensor::full(&device, &[1, 1], i as f32).unwrap())
                 .unwrap()
         })
         .collect();
-    let mut results = vec![None; 3];
-    while results.iter().any(Option::is_none) {
-        for (t, r) in tickets.iter_mut().zip(&mut results) {
-            if r.is_none() {
-                if let Poll::Ready(out) = Pin::new(&mut *t).poll(&mut cx) {
-                    *r = Some(out.unwrap().to_vec::<f32>().unwrap());
-                }
-            }
-        }
-        if results.iter().any(Option::is_none) {
-            std::thread::yield_now();
-        }
+    for t in &mut tickets {
+        assert!(Pin::new(t).poll(&mut cx).is_pending());
+    }
+    assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    // The third row completes the batch; the two pending tickets are not polled again until
+    // their waker has been woken, once each.
+    let third = queue
+        .submit(Tensor::full(&device, &[1, 1], 2.0).unwrap())
+        .unwrap();
+    assert_eq!(third.wait().unwrap().to_vec::<f32>().unwrap(), vec![4.0]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count.0.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(
-        results,
-        vec![Some(vec![0.0]), Some(vec![2.0]), Some(vec![4.0])]
+        count.0.load(Ordering::SeqCst),
+        2,
+        "each pending ticket woken once"
     );
+    let results: Vec<Vec<f32>> = tickets
+        .iter_mut()
+        .map(|t| match Pin::new(t).poll(&mut cx) {
+            Poll::Ready(out) => out.unwrap().to_vec::<f32>().unwrap(),
+            Poll::Pending => panic!("woken but still pending"),
+        })
+        .collect();
+    assert_eq!(results, vec![vec![0.0], vec![2.0]]);
     // A poll after completion is an error, not a panic.
     match Pin::new(&mut tickets[0]).poll(&mut cx) {
         Poll::Ready(Err(BatchError::ResultTaken)) => {}

@@ -445,13 +445,7 @@ fn verify_batching(
                         &[want],
                         &mut v.mismatches,
                     );
-                    let worst = m
-                        .output
-                        .iter()
-                        .zip(&alone[i])
-                        .map(|(g, w)| (g - w).abs() - 1e-4 * w.abs())
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    if m.output.len() != alone[i].len() || worst > 1e-4 {
+                    if beyond_op_tolerance(&m.output, &alone[i]) {
                         v.mismatches.push(format!(
                             "{here}: differs from a direct batch-1 call beyond the op tolerance"
                         ));
@@ -469,6 +463,16 @@ fn verify_batching(
     }
     bar.finish_and_clear();
     v
+}
+
+/// Whether `got` differs from `want` beyond the op tolerance (`1e-4 + 1e-4 |want|`), in length,
+/// or by a NaN on either side (a difference that is NaN compares false with any bound).
+fn beyond_op_tolerance(got: &[f32], want: &[f32]) -> bool {
+    got.len() != want.len()
+        || got.iter().zip(want).any(|(g, w)| {
+            let d = (g - w).abs();
+            d.is_nan() || d > 1e-4 + 1e-4 * w.abs()
+        })
 }
 
 /// Compares the values of one round bit-for-bit, adding one message per differing value (or
@@ -682,6 +686,15 @@ impl Summary<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_is_beyond_the_op_tolerance() {
+        assert!(!beyond_op_tolerance(&[1.0, 2.0], &[1.0, 2.0001]));
+        assert!(beyond_op_tolerance(&[1.0, 2.0], &[1.0, 2.01]));
+        assert!(beyond_op_tolerance(&[f32::NAN, 2.0], &[1.0, 2.0]));
+        assert!(beyond_op_tolerance(&[1.0, 2.0], &[1.0, f32::NAN]));
+        assert!(beyond_op_tolerance(&[1.0], &[1.0, 2.0]));
+    }
 
     #[test]
     fn compare_is_bitwise() {

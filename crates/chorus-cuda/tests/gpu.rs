@@ -1,15 +1,26 @@
 //! The CUDA backend through the public API. Without a GPU each test prints `SKIPPED` and checks
-//! only that asking for a device gives a typed error (never a panic).
+//! only that asking for a device gives a typed error (never a panic). With
+//! `CHORUS_REQUIRE_GPU=1` (the GPU job sets it) a missing GPU fails every test instead.
 
 use chorus_core::{DType, Device, Error, Graph, Tensor, UnaryOp};
 
 /// CUDA device 0, or `None` (with a `SKIPPED` line) without a GPU.
 fn gpu() -> Option<Device> {
     if !chorus_cuda::is_available() {
-        eprintln!("SKIPPED: no CUDA device on this machine");
+        skipped_without_gpu("no CUDA device on this machine");
         return None;
     }
     Some(chorus_cuda::device(0).expect("cuda device 0"))
+}
+
+/// A `SKIPPED` line, or a panic under `CHORUS_REQUIRE_GPU=1`: a GPU machine that lost its GPU
+/// must not pass every test here without running it.
+fn skipped_without_gpu(what: &str) {
+    assert!(
+        std::env::var("CHORUS_REQUIRE_GPU").as_deref() != Ok("1"),
+        "no GPU, and CHORUS_REQUIRE_GPU=1 requires one: {what}"
+    );
+    eprintln!("SKIPPED: {what}");
 }
 
 fn cpu() -> Device {
@@ -51,7 +62,7 @@ fn without_a_device_the_error_is_typed() {
         }
         return;
     }
-    eprintln!("SKIPPED: no CUDA device (checking the error only)");
+    skipped_without_gpu("no CUDA device (checking the error only)");
     match chorus_cuda::device(0) {
         Err(Error::Unavailable {
             backend: "cuda", ..

@@ -1,5 +1,8 @@
 //! Parity with PyTorch: the three model cases of `../shared/golden/public.json`, loaded from
 //! the weights stored under `<case>.w.` and run on their inputs.
+//!
+//! The folder is `../shared/golden/` next to the workspace, or `CHORUS_GOLDEN_DIR`. A missing
+//! or unreadable folder fails the tests; set `CHORUS_GOLDEN_OPTIONAL=1` to skip them instead.
 
 mod common;
 
@@ -19,7 +22,6 @@ fn models_match_pytorch() {
 fn models_match_pytorch_on(device: &chorus_core::Device) {
     let device = device.clone();
     let Some(golden) = Golden::load(&device) else {
-        println!("SKIPPED: no golden files");
         return;
     };
     let mut failed = Vec::new();
@@ -65,7 +67,6 @@ fn layers_match_pytorch() {
 fn layers_match_pytorch_on(device: &chorus_core::Device) {
     let device = device.clone();
     let Some(golden) = Golden::load(&device) else {
-        println!("SKIPPED: no golden files");
         return;
     };
     let mut failed = Vec::new();

@@ -1,6 +1,10 @@
 //! Parity with PyTorch on the reference cases in `../shared/golden/` (format in its README):
 //! all 40 cases (ops and the three models, whose weights load by their PyTorch names) through
 //! the public API, on every backend, at each case's tolerance, one line per case.
+//!
+//! The folder is `../shared/golden/` next to the workspace, or `CHORUS_GOLDEN_DIR`. A missing
+//! or unreadable folder fails the test (a parity suite that passes without its references
+//! proves nothing); set `CHORUS_GOLDEN_OPTIONAL=1` to skip it instead, with a `SKIPPED` line.
 
 mod common;
 
@@ -18,13 +22,31 @@ struct Golden {
 }
 
 /// `../shared/golden/` next to the workspace, or `CHORUS_GOLDEN_DIR` (test binaries copied to
-/// another machine, such as the GPU machine).
+/// another machine, such as the GPU machine). `None` only with `CHORUS_GOLDEN_OPTIONAL=1`;
+/// otherwise a missing or unreadable folder panics, naming the path and the error.
 fn golden_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("CHORUS_GOLDEN_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
         PathBuf::from,
     );
-    dir.join("public.json").exists().then_some(dir)
+    let unreadable = ["public.json", "public.safetensors"]
+        .iter()
+        .find_map(|f| std::fs::File::open(dir.join(f)).err().map(|e| (f, e)));
+    match unreadable {
+        None => Some(dir),
+        Some((f, e)) if std::env::var("CHORUS_GOLDEN_OPTIONAL").as_deref() == Ok("1") => {
+            println!(
+                "SKIPPED: {} ({e}; CHORUS_GOLDEN_OPTIONAL=1)",
+                dir.join(f).display()
+            );
+            None
+        }
+        Some((f, e)) => panic!(
+            "golden file {} cannot be read: {e} (set CHORUS_GOLDEN_DIR to the golden folder, \
+             or CHORUS_GOLDEN_OPTIONAL=1 to skip the parity tests)",
+            dir.join(f).display()
+        ),
+    }
 }
 
 fn load(dir: &std::path::Path) -> (Vec<Value>, Golden) {
@@ -204,10 +226,7 @@ fn run(case: &Value, ins: &[Tensor]) -> chorus::Result<Option<Vec<Tensor>>> {
 
 #[test]
 fn every_golden_case_matches_pytorch() {
-    let Some(dir) = golden_dir() else {
-        println!("SKIPPED: ../shared/golden is not present");
-        return;
-    };
+    let Some(dir) = golden_dir() else { return };
     let (cases, g) = load(&dir);
     assert_eq!(cases.len(), 40);
     on_every_backend(

@@ -3,7 +3,7 @@
 mod common;
 
 use chorus::{Error, Tensor};
-use chorus_sync::atomic::{AtomicU64, Ordering};
+use chorus_sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use chorus_sync::Arc;
 use common::on_every_backend;
 use std::time::{Duration, Instant};
@@ -24,15 +24,19 @@ fn drop_last_device_handle_while_eight_threads_enqueue() {
             let registered = Arc::new(AtomicU64::new(0));
             let finished = Arc::new(AtomicU64::new(0));
             let ran = Arc::new(AtomicU64::new(0));
+            // Set just before the last handle drops: a handler whose `on_complete` returned
+            // before this was seen set was accepted before the shutdown began.
+            let shutting = Arc::new(AtomicBool::new(false));
             let start = Instant::now();
             let (tx, rx) = std::sync::mpsc::channel();
             let mut threads = Vec::new();
             for t in 0..8u64 {
                 let dev = dev.clone();
-                let (registered, finished, ran, tx) = (
+                let (registered, finished, ran, shutting, tx) = (
                     registered.clone(),
                     finished.clone(),
                     ran.clone(),
+                    shutting.clone(),
                     tx.clone(),
                 );
                 threads.push(std::thread::spawn(move || {
@@ -42,16 +46,28 @@ fn drop_last_device_handle_while_eight_threads_enqueue() {
                     drop(dev);
                     tx.send(()).unwrap();
                     let mut closed_err = None;
-                    for _ in 0..100_000u64 {
+                    // The numbers of this thread's handlers that ran, and how many of its
+                    // first handlers were accepted before the shutdown began.
+                    let ran_here = Arc::new(chorus_sync::Mutex::new(Vec::new()));
+                    let mut before = 0u64;
+                    for i in 0..100_000u64 {
                         let r = x.matmul(&x).and_then(|y| y.sum_all());
                         let fin = Finished(finished.clone());
-                        let ran = ran.clone();
+                        let (ran, ran_here) = (ran.clone(), ran_here.clone());
                         match stream.on_complete(move || {
                             let _fin = fin;
                             ran.fetch_add(1, Ordering::SeqCst);
+                            ran_here.lock().unwrap().push(i);
                         }) {
                             Ok(()) => {
                                 registered.fetch_add(1, Ordering::SeqCst);
+                                if !shutting.load(Ordering::SeqCst) && before == i {
+                                    before += 1;
+                                }
+                                // No backlog: the handler is queued when this returns, and the
+                                // shutdown's wait for the streams is short (the slow handler
+                                // below still holds the completion thread when it closes).
+                                let _ = stream.synchronize();
                             }
                             Err(e) => {
                                 // The refused closure was dropped (and counted as finished).
@@ -67,22 +83,45 @@ fn drop_last_device_handle_while_eight_threads_enqueue() {
                     }
                     // Later calls keep failing with a clear error; nothing panics.
                     let later = x.add(&x).unwrap_err();
-                    (closed_err, later)
+                    (closed_err, later, ran_here, before)
                 }));
             }
             for _ in 0..8 {
                 rx.recv().unwrap();
             }
+            // A slow handler on the idle default stream holds the completion thread while
+            // the threads' handlers queue up behind it, so that some are still queued when the
+            // shutdown closes the queue (they must run then, not be dropped).
+            let (started_tx, started) = std::sync::mpsc::channel();
+            dev.default_stream()
+                .on_complete(move || {
+                    started_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(300));
+                })
+                .unwrap();
+            started.recv().unwrap();
             std::thread::sleep(Duration::from_millis(50));
+            shutting.store(true, Ordering::SeqCst);
             drop(dev);
+            let mut accepted_before = 0;
             for h in threads {
-                let (first, later) = h.join().expect("no thread panicked");
+                let (first, later, ran_here, before) = h.join().expect("no thread panicked");
                 assert!(
                     matches!(first, Some(Error::DeviceClosed { .. })),
                     "{first:?}"
                 );
                 assert!(matches!(later, Error::DeviceClosed { .. }), "{later}");
+                // Every handler accepted before the shutdown ran: its work finished within
+                // the shutdown timeout, so the shutdown waited for it and then ran it.
+                let ran_here = ran_here.lock().unwrap();
+                assert_eq!(
+                    ran_here.iter().filter(|&&i| i < before).count() as u64,
+                    before,
+                    "handlers accepted before the shutdown that did not run"
+                );
+                accepted_before += before;
             }
+            assert!(accepted_before > 0);
             assert!(start.elapsed() < Duration::from_secs(60), "bounded time");
             // Every handler closure made was either run or dropped, none leaked.
             let deadline = Instant::now() + Duration::from_secs(20);

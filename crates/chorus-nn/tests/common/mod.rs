@@ -11,15 +11,26 @@ use chorus_nn::{
 use std::path::PathBuf;
 
 /// A device of every backend this machine can run: the CPU, and CUDA device 0 when a GPU
-/// is there (a `SKIPPED` line says when it is not).
+/// is there (a `SKIPPED` line says when it is not; a failure under `CHORUS_REQUIRE_GPU=1`).
 pub fn devices() -> Vec<Device> {
     let mut all = vec![chorus_cpu::device().expect("cpu device")];
     if chorus_cuda::is_available() {
         all.push(chorus_cuda::device(0).expect("cuda device"));
     } else {
-        eprintln!("SKIPPED: backend cuda (no GPU on this machine)");
+        skipped_without_gpu("backend cuda (no GPU on this machine)");
     }
     all
+}
+
+/// Says that a GPU test part was skipped for want of a GPU: a `SKIPPED` line, or, with
+/// `CHORUS_REQUIRE_GPU=1` (the GPU job sets it), a panic, so that a GPU machine whose GPU
+/// went missing fails instead of passing every GPU test without running it.
+pub fn skipped_without_gpu(what: &str) {
+    assert!(
+        std::env::var("CHORUS_REQUIRE_GPU").as_deref() != Ok("1"),
+        "no GPU, and CHORUS_REQUIRE_GPU=1 requires one: {what}"
+    );
+    eprintln!("SKIPPED: {what}");
 }
 
 /// The golden folder, `../shared/golden/` next to the workspace, or `CHORUS_GOLDEN_DIR` (test
@@ -40,18 +51,37 @@ pub struct Golden {
 }
 
 impl Golden {
-    /// Loads `public.json` and `public.safetensors` onto `device`; `None` when absent.
+    /// Loads `public.json` and `public.safetensors` onto `device`. A missing or unreadable
+    /// file panics, naming it, unless `CHORUS_GOLDEN_OPTIONAL=1`: then `None` (with a
+    /// `SKIPPED` line).
     pub fn load(device: &Device) -> Option<Golden> {
-        let dir = golden_dir();
-        let json = std::fs::read_to_string(dir.join("public.json")).ok()?;
-        let file = dir.join("public.safetensors");
-        if !file.exists() {
-            return None;
+        match Golden::read(device) {
+            Ok(g) => Some(g),
+            Err(e) if std::env::var("CHORUS_GOLDEN_OPTIONAL").as_deref() == Ok("1") => {
+                println!("SKIPPED: {e} (CHORUS_GOLDEN_OPTIONAL=1)");
+                None
+            }
+            Err(e) => panic!(
+                "{e} (set CHORUS_GOLDEN_DIR to the golden folder, or CHORUS_GOLDEN_OPTIONAL=1 \
+                 to skip the parity tests)"
+            ),
         }
+    }
+
+    /// Like [`Golden::load`], but an unreadable folder is an `Err` naming the file: for tests
+    /// that use the golden tensors as inputs when they are there and random ones otherwise.
+    pub fn read(device: &Device) -> Result<Golden, String> {
+        let dir = golden_dir();
+        let json_path = dir.join("public.json");
+        let json = std::fs::read_to_string(&json_path)
+            .map_err(|e| format!("golden file {} cannot be read: {e}", json_path.display()))?;
+        let file = dir.join("public.safetensors");
+        std::fs::File::open(&file)
+            .map_err(|e| format!("golden file {} cannot be read: {e}", file.display()))?;
         let doc: serde_json::Value = serde_json::from_str(&json).expect("public.json parses");
         let cases = doc["cases"].as_array().expect("cases is a list").clone();
         let weights = Weights::from_file(device, &file).expect("public.safetensors loads");
-        Some(Golden { weights, cases })
+        Ok(Golden { weights, cases })
     }
 
     /// The case named `name`.

@@ -7,7 +7,7 @@ use chorus::{BackendKind, Device, DeviceBuilder};
 pub(crate) fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f: impl Fn(Device)) {
     for &kind in BackendKind::available() {
         if !present(kind) {
-            eprintln!("SKIPPED: backend {kind:?} (no hardware on this machine)");
+            skipped_without_gpu(&format!("backend {kind:?} (no hardware on this machine)"));
             continue;
         }
         let device = build(Device::builder().backend(kind))
@@ -27,6 +27,17 @@ pub(crate) fn present(kind: BackendKind) -> bool {
     }
     let _ = kind;
     true
+}
+
+/// Says that a GPU test part was skipped for want of a GPU: a `SKIPPED` line, or, with
+/// `CHORUS_REQUIRE_GPU=1` (the GPU job sets it), a panic, so that a GPU machine whose GPU
+/// went missing fails instead of passing every GPU test without running it.
+pub(crate) fn skipped_without_gpu(what: &str) {
+    assert!(
+        std::env::var("CHORUS_REQUIRE_GPU").as_deref() != Ok("1"),
+        "no GPU, and CHORUS_REQUIRE_GPU=1 requires one: {what}"
+    );
+    eprintln!("SKIPPED: {what}");
 }
 
 /// Iterations scaled down under slow checkers (valgrind, miri) via CHORUS_TEST_SCALE.
