@@ -39,6 +39,17 @@ pub enum BackendError {
         /// What the backend said.
         message: String,
     },
+    /// The backend cannot run this descriptor (a dtype or op it lacks); refused at launch,
+    /// before anything is enqueued.
+    #[error("the {backend} backend cannot run `{kernel}`: {what}")]
+    Unsupported {
+        /// The backend (`cpu`, `cuda`, ...).
+        backend: &'static str,
+        /// Kernel name.
+        kernel: &'static str,
+        /// What it lacks.
+        what: String,
+    },
     /// Work that was already enqueued failed; the stream reports it at its next call.
     #[error("kernel `{kernel}` failed: {message}")]
     Kernel {

@@ -128,9 +128,11 @@ impl Backend for CpuBackend {
     }
 
     unsafe fn launch(&self, stream: &CpuStream, kernel: Kernel) -> BackendResult<()> {
+        kernels::check(&kernel)?;
         stream.shared.push_work(Command::Kernel(kernel)).map(drop)
     }
     unsafe fn build_graph(&self, kernels: &[Kernel]) -> BackendResult<Option<Arc<Vec<Kernel>>>> {
+        kernels.iter().try_for_each(kernels::check)?;
         Ok(Some(Arc::new(kernels.to_vec())))
     }
     unsafe fn launch_graph(

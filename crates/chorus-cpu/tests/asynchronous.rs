@@ -1,7 +1,7 @@
 //! The CPU backend really runs streams asynchronously: work enqueued behind a gate has not run
 //! when the enqueueing call returns, and runs in order once the gate opens.
 
-use chorus_core::kernel::{MatOperand, Scalar};
+use chorus_core::kernel::{self, MatOperand, Scalar};
 use chorus_core::{Backend, DevicePtr, Kernel};
 use chorus_cpu::CpuBackend;
 use std::sync::mpsc;
@@ -32,20 +32,20 @@ fn launch_returns_before_the_kernel_runs() {
     unsafe {
         b.launch(
             &s,
-            Kernel::Fill {
+            Kernel::Fill(kernel::Fill {
                 out: a,
                 len: 64,
                 value: Scalar::F32(1.0),
-            },
+            }),
         )
         .unwrap();
         b.launch(
             &s,
-            Kernel::Fill {
+            Kernel::Fill(kernel::Fill {
                 out: m,
                 len: 64,
                 value: Scalar::F32(2.0),
-            },
+            }),
         )
         .unwrap();
     }
@@ -68,7 +68,7 @@ fn launch_returns_before_the_kernel_runs() {
     unsafe {
         b.launch(
             &s,
-            Kernel::Matmul {
+            Kernel::Matmul(kernel::Matmul {
                 lhs: op(a),
                 rhs: op(m),
                 out,
@@ -78,7 +78,8 @@ fn launch_returns_before_the_kernel_runs() {
                 k: 8,
                 epilogue: Default::default(),
                 rhs_derived: None,
-            },
+                dtype: chorus_core::DType::F32,
+            }),
         )
     }
     .unwrap();
@@ -112,11 +113,11 @@ fn device_side_wait_orders_two_streams() {
     unsafe {
         b.launch(
             &s1,
-            Kernel::Fill {
+            Kernel::Fill(kernel::Fill {
                 out: p,
                 len: 16,
                 value: Scalar::F32(5.0),
-            },
+            }),
         )
     }
     .unwrap();

@@ -234,7 +234,7 @@ pub(crate) fn on_use(storage: &Arc<Storage>) -> Option<Result<()>> {
 /// Appends `k` to the thread's recording for `rt`'s device (the caller checked
 /// [`recording`]).
 pub(crate) fn record(rt: &dyn RuntimeObj, k: Kernel) -> Result<()> {
-    if matches!(k, Kernel::Randn { .. }) {
+    if matches!(k, Kernel::Randn(_)) {
         return Err(Error::Capture {
             op: "randn",
             reason: "a graph would give the same numbers at every run; make them outside and \

@@ -46,7 +46,7 @@ pub(crate) use capture::{alloc, on_use, record, recording, Arena};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, StridedCopy};
 use crate::runtime::{GraphExec, RuntimeObj};
 use crate::shape::numel;
 use crate::tensor::storage::Storage;
@@ -284,11 +284,7 @@ impl Graph {
             if x.is_empty() {
                 continue;
             }
-            let k = Kernel::Copy {
-                src: x.view(),
-                out: p.ptr(),
-                dtype: x.dtype(),
-            };
+            let k = Kernel::Copy(StridedCopy::to_contiguous(x.view(), p.ptr(), x.dtype()));
             // SAFETY: the destination is the graph's input block, sized for this shape and
             // dtype (checked above) and used by runs one after another in stream order (module
             // docs); `x` is a live tensor ordered on `s` above and held until after the enqueue.
@@ -302,11 +298,11 @@ impl Graph {
             if o.is_empty() {
                 continue;
             }
-            let k = Kernel::Copy {
-                src: o.view(),
-                out: out.tensor.ptr(),
-                dtype: o.dtype(),
-            };
+            let k = Kernel::Copy(StridedCopy::to_contiguous(
+                o.view(),
+                out.tensor.ptr(),
+                o.dtype(),
+            ));
             // SAFETY: `out` is a fresh block for this shape and dtype; the source is a view
             // inside the graph's memory or an external storage, written by the graph before
             // this copy in stream order and not rewritten before the next run, which is

@@ -10,7 +10,7 @@ use super::check::{need_dtype, same_device};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernel::{row_major_strides, Attention, Kernel, View};
+use crate::kernel::{self, row_major_strides, Attention, Kernel, View};
 use crate::shape::{broadcast, broadcast_strides};
 
 impl Tensor {
@@ -62,7 +62,7 @@ impl Tensor {
         let mask = mask.map(|m| m.input_on(s)).transpose()?;
         let outer = scores.len() / sdim.max(1);
         let probs = Tensor::empty_on(rt, s, &scores.shape, DType::F32, OP)?;
-        let kern = Kernel::Softmax {
+        let kern = Kernel::Softmax(kernel::Softmax {
             src: src.ptr(),
             out: probs.tensor.ptr(),
             outer,
@@ -76,7 +76,8 @@ impl Tensor {
                 shape: vec![outer, sdim],
                 strides: row_major_strides(&[outer, sdim]),
             }),
-        };
+            dtype: DType::F32,
+        });
         let probs = Tensor::launch(rt, s, kern, probs)?;
         probs.matmul(v)
     }
@@ -163,6 +164,7 @@ fn fused(
         scale: 1.0 / (e as f32).sqrt(),
         causal,
         mask: mask.as_ref().map(Tensor::view),
+        dtype: DType::F32,
     }));
     let out = Tensor::launch(rt, s, kernel, out)?;
     Ok(Some(out.restride(shape, strides)))

@@ -6,7 +6,7 @@ use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::row_major_strides;
-use crate::kernel::{ArgOp, Kernel, ReduceOp, View};
+use crate::kernel::{self, ArgOp, Kernel, ReduceOp, View};
 use crate::shape::{axis, dim};
 
 impl Tensor {
@@ -177,11 +177,11 @@ impl Tensor {
             if t.is_empty() {
                 continue;
             }
-            let k = Kernel::CopyInto {
+            let k = Kernel::Copy(kernel::StridedCopy {
                 src: t.view(),
                 dst: region,
                 dtype: first.dtype,
-            };
+            });
             // SAFETY: `region` lies inside `out`'s fresh block (its extent along `dd` is the
             // part's slot, the other extents equal `out`'s), regions of different parts are
             // disjoint, and `t` is a live tensor ordered on `s`; see `Tensor::launch`.
@@ -218,7 +218,7 @@ impl Tensor {
         let mut shape = self.shape.clone();
         shape[dd] = indices.len();
         let out = Tensor::empty_on(rt, s, &shape, self.dtype, OP)?;
-        let k = Kernel::IndexSelect {
+        let k = Kernel::IndexSelect(kernel::IndexSelect {
             src: src.ptr(),
             indices: idx.ptr(),
             out: out.tensor.ptr(),
@@ -227,7 +227,7 @@ impl Tensor {
             inner,
             count: indices.len(),
             dtype: self.dtype,
-        };
+        });
         Tensor::launch(rt, s, k, out)
     }
 
@@ -325,7 +325,7 @@ impl Tensor {
         }
         let values = Tensor::empty_on(rt, s, &shape, DType::F32, name)?;
         let indices = Tensor::empty_on(rt, s, &shape, DType::I64, name)?;
-        let k = Kernel::ArgReduce {
+        let k = Kernel::ArgReduce(kernel::ArgReduce {
             op,
             src: src.ptr(),
             values: values.tensor.ptr(),
@@ -333,7 +333,8 @@ impl Tensor {
             outer,
             n,
             inner,
-        };
+            dtype: self.dtype,
+        });
         let keep = indices.tensor.clone();
         let values = Tensor::launch(rt, s, k, values)?;
         Ok((values, keep))

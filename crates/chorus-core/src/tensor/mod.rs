@@ -16,7 +16,7 @@ use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{DeviceId, Error, Result};
 use crate::kernel::row_major_strides;
-use crate::kernel::{Kernel, Scalar, View};
+use crate::kernel::{self, Kernel, Scalar, View};
 use crate::runtime::RuntimeObj;
 use crate::shape::numel;
 use chorus_sync::Arc;
@@ -233,11 +233,11 @@ impl Tensor {
         let rt = device.rt();
         let s = rt.current_stream()?;
         let out = Tensor::empty_on(rt, s, shape, dtype, "fill")?;
-        let k = Kernel::Fill {
+        let k = Kernel::Fill(kernel::Fill {
             out: out.tensor.storage.ptr(),
             len: out.tensor.len(),
             value,
-        };
+        });
         Tensor::launch(rt, s, k, out)
     }
 
@@ -251,11 +251,12 @@ impl Tensor {
         let rt = device.rt();
         let s = rt.current_stream()?;
         let out = Tensor::empty_on(rt, s, shape, DType::F32, "randn")?;
-        let k = Kernel::Randn {
+        let k = Kernel::Randn(kernel::Randn {
             out: out.tensor.storage.ptr(),
             len: out.tensor.len(),
             seed,
-        };
+            dtype: DType::F32,
+        });
         Tensor::launch(rt, s, k, out)
     }
 

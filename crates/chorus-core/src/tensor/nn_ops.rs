@@ -5,7 +5,7 @@ use super::check::{need_dtype, same_device, split_at};
 use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::kernel::{Epilogue, Kernel, MatOperand, UnaryOp};
+use crate::kernel::{self, Epilogue, Kernel, MatOperand, UnaryOp};
 use crate::shape::dim;
 
 fn f32_only(op: &'static str, t: &Tensor) -> Result<()> {
@@ -36,12 +36,13 @@ impl Tensor {
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
         let out = Tensor::empty_on(rt, s, &self.shape, DType::F32, name)?;
-        let k = Kernel::Unary {
+        let k = Kernel::Unary(kernel::Unary {
             op,
             src: src.ptr(),
             out: out.tensor.ptr(),
             len: self.len(),
-        };
+            dtype: DType::F32,
+        });
         Tensor::launch(rt, s, k, out)
     }
 
@@ -118,7 +119,7 @@ impl Tensor {
         let mut shape = self.shape.clone();
         *shape.last_mut().expect("rank >= 1") = out_f;
         let out = Tensor::empty_on(rt, s, &shape, DType::F32, OP)?;
-        let k = Kernel::Matmul {
+        let k = Kernel::Matmul(kernel::Matmul {
             lhs: MatOperand {
                 ptr: x.ptr(),
                 batch_stride: 0,
@@ -142,7 +143,8 @@ impl Tensor {
                 act,
             },
             rhs_derived: rt.prepares_weights().then(|| w.storage.derived()).flatten(),
-        };
+            dtype: DType::F32,
+        });
         Tensor::launch(rt, s, k, out)
     }
 
@@ -162,7 +164,7 @@ impl Tensor {
         let src = self.input_on(s)?;
         let (outer, n, inner) = split_at(&self.shape, dd);
         let out = Tensor::empty_on(rt, s, &self.shape, DType::F32, name)?;
-        let k = Kernel::Softmax {
+        let k = Kernel::Softmax(kernel::Softmax {
             src: src.ptr(),
             out: out.tensor.ptr(),
             outer,
@@ -172,7 +174,8 @@ impl Tensor {
             log,
             causal: None,
             mask: None,
-        };
+            dtype: DType::F32,
+        });
         Tensor::launch(rt, s, k, out)
     }
 
@@ -263,7 +266,7 @@ impl Tensor {
         let w = weight.map(|w| w.input_on(s)).transpose()?;
         let b = bias.map(|b| b.input_on(s)).transpose()?;
         let out = Tensor::empty_on(rt, s, &self.shape, DType::F32, OP)?;
-        let k = Kernel::LayerNorm {
+        let k = Kernel::LayerNorm(kernel::LayerNorm {
             src: src.ptr(),
             residual: res.as_ref().map(Tensor::ptr),
             out: out.tensor.ptr(),
@@ -272,7 +275,8 @@ impl Tensor {
             rows: self.len() / n.max(1),
             n,
             eps,
-        };
+            dtype: DType::F32,
+        });
         Tensor::launch(rt, s, k, out)
     }
 
@@ -305,7 +309,7 @@ impl Tensor {
         let w = weight.map(|w| w.input_on(s)).transpose()?;
         let b = bias.map(|b| b.input_on(s)).transpose()?;
         let out = Tensor::empty_on(rt, s, &self.shape, DType::F32, OP)?;
-        let k = Kernel::GroupNorm {
+        let k = Kernel::GroupNorm(kernel::GroupNorm {
             src: src.ptr(),
             out: out.tensor.ptr(),
             weight: w.as_ref().map(Tensor::ptr),
@@ -315,7 +319,8 @@ impl Tensor {
             groups,
             spatial: self.shape[2..].iter().product(),
             eps,
-        };
+            dtype: DType::F32,
+        });
         Tensor::launch(rt, s, k, out)
     }
 
@@ -375,7 +380,7 @@ impl Tensor {
         let wt = weight.input_on(s)?;
         let b = bias.map(|b| b.input_on(s)).transpose()?;
         let out = Tensor::empty_on(rt, s, &[n, o, out_hw[0], out_hw[1]], DType::F32, OP)?;
-        let k = Kernel::Conv2d {
+        let k = Kernel::Conv2d(kernel::Conv2d {
             src: src.ptr(),
             weight: wt.ptr(),
             bias: b.as_ref().map(Tensor::ptr),
@@ -389,7 +394,8 @@ impl Tensor {
             padding,
             groups,
             out_hw,
-        };
+            dtype: DType::F32,
+        });
         Tensor::launch(rt, s, k, out)
     }
 
@@ -418,13 +424,14 @@ impl Tensor {
         shape[r - 1] = out_hw[1];
         let out = Tensor::empty_on(rt, s, &shape, DType::F32, OP)?;
         let planes = self.shape[..r - 2].iter().product();
-        let k = Kernel::AdaptiveAvgPool2d {
+        let k = Kernel::AdaptiveAvgPool2d(kernel::AdaptiveAvgPool2d {
             src: src.ptr(),
             out: out.tensor.ptr(),
             planes,
             hw: [self.shape[r - 2], self.shape[r - 1]],
             out_hw,
-        };
+            dtype: DType::F32,
+        });
         Tensor::launch(rt, s, k, out)
     }
 }

@@ -10,7 +10,9 @@ use super::Tensor;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::row_major_strides;
-use crate::kernel::{BinaryOp, DevicePtr, Epilogue, Kernel, MatOperand, ReduceOp};
+use crate::kernel::{
+    self, BinaryOp, DevicePtr, Epilogue, Kernel, MatOperand, ReduceOp, StridedCopy,
+};
 use crate::shape::{broadcast, broadcast_strides, dims, flatten_run, numel};
 
 impl Tensor {
@@ -33,11 +35,11 @@ impl Tensor {
         let rt = self.rt();
         self.use_on(s)?;
         let out = Tensor::empty_on(rt, s, &self.shape, self.dtype, "contiguous")?;
-        let k = Kernel::Copy {
-            src: self.view(),
-            out: out.tensor.storage.ptr(),
-            dtype: self.dtype,
-        };
+        let k = Kernel::Copy(StridedCopy::to_contiguous(
+            self.view(),
+            out.tensor.storage.ptr(),
+            self.dtype,
+        ));
         Tensor::launch(rt, s, k, out)
     }
 
@@ -160,7 +162,7 @@ impl Tensor {
         let a = operand(&a, &batch_shape, s)?;
         let b = operand(&b, &batch_shape, s)?;
         let out = Tensor::empty_on(rt, s, &out_shape, DType::F32, OP)?;
-        let k = Kernel::Matmul {
+        let k = Kernel::Matmul(kernel::Matmul {
             lhs: a.0,
             rhs: b.0,
             out: out.tensor.storage.ptr(),
@@ -170,7 +172,8 @@ impl Tensor {
             k,
             epilogue: Epilogue::default(),
             rhs_derived: None,
-        };
+            dtype: DType::F32,
+        });
         let t = Tensor::launch(rt, s, k, out)?;
         drop((a.1, b.1));
         // Remove the promoted dimensions.
@@ -201,13 +204,13 @@ impl Tensor {
         rv.strides = broadcast_strides(&rhs.shape, &rhs.strides, &shape);
         rv.shape.clone_from(&shape);
         let out = Tensor::empty_on(rt, s, &shape, self.dtype, name)?;
-        let k = Kernel::Binary {
+        let k = Kernel::Binary(kernel::Binary {
             op,
             lhs: lv,
             rhs: rv,
             out: out.tensor.storage.ptr(),
             dtype: self.dtype,
-        };
+        });
         Tensor::launch(rt, s, k, out)
     }
 
@@ -265,14 +268,14 @@ impl Tensor {
         let src = self.contiguous_on(s)?;
         src.use_on(s)?;
         let out = Tensor::empty_on(rt, s, &kept, self.dtype, name)?;
-        let k = Kernel::Reduce {
+        let k = Kernel::Reduce(kernel::Reduce {
             op,
             src: src.view().ptr,
             shape: self.shape.clone(),
             dims: ds.clone(),
             out: out.tensor.storage.ptr(),
             dtype: self.dtype,
-        };
+        });
         let t = Tensor::launch(rt, s, k, out)?;
         if keepdim {
             let shape: Vec<usize> = (0..self.rank())

@@ -6,8 +6,8 @@
 //! each `[n, inner]` block is read row by row, every row a zipped loop over the `inner` columns,
 //! so the input is read once and contiguously whatever `inner` is.
 
-use super::{slice, slice_mut};
-use chorus_core::kernel::{ArgOp, DevicePtr};
+use super::mem::{slice, slice_mut};
+use chorus_core::kernel::{ArgOp, ArgReduce};
 
 /// Whether `v` (met later) replaces `best`: a NaN `best` stays, a NaN `v` wins, otherwise a strictly
 /// better `v` (so the first of equal values stays).
@@ -26,13 +26,17 @@ fn better(v: f32, best: f32, max: bool) -> bool {
 /// # Panics
 /// When `n == 0` while `outer * inner > 0` (nothing to choose from), and on an op this backend
 /// does not implement.
-pub(super) unsafe fn arg_reduce(
-    op: ArgOp,
-    src: DevicePtr,
-    values: DevicePtr,
-    indices: DevicePtr,
-    [outer, n, inner]: [usize; 3],
-) {
+pub(super) unsafe fn arg_reduce(k: &ArgReduce) {
+    let ArgReduce {
+        op,
+        src,
+        values,
+        indices,
+        outer,
+        n,
+        inner,
+        ..
+    } = *k;
     let max = match op {
         ArgOp::Max => true,
         ArgOp::Min => false,
@@ -100,7 +104,7 @@ mod tests {
     fn run(x: &[f32], [outer, n, inner]: [usize; 3], op: ArgOp) -> Vec<(f32, i64)> {
         let mut values = vec![0.0f32; outer * inner];
         let mut indices = vec![-1i64; outer * inner];
-        let kernel = Kernel::ArgReduce {
+        let kernel = Kernel::ArgReduce(chorus_core::kernel::ArgReduce {
             op,
             src: ptr(x),
             values: ptr_mut(&mut values),
@@ -108,7 +112,8 @@ mod tests {
             outer,
             n,
             inner,
-        };
+            dtype: chorus_core::DType::F32,
+        });
         // SAFETY: `x` holds `outer * n * inner` elements, the outputs `outer * inner` each.
         unsafe { execute(&kernel) };
         values.into_iter().zip(indices).collect()

@@ -15,83 +15,8 @@
 
 use super::depthwise::depthwise;
 use super::im2col::{gemm_into, general};
-use super::{slice, slice_mut};
-use chorus_core::kernel::DevicePtr;
-
-/// Geometry of a convolution.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Conv {
-    /// Batch size.
-    pub(super) batch: usize,
-    /// Input channels.
-    pub(super) c_in: usize,
-    /// Input height and width.
-    pub(super) hw: [usize; 2],
-    /// Output channels.
-    pub(super) c_out: usize,
-    /// Kernel height and width.
-    pub(super) khw: [usize; 2],
-    /// Stride (height, width).
-    pub(super) stride: [usize; 2],
-    /// Zero padding (height, width).
-    pub(super) padding: [usize; 2],
-    /// Groups.
-    pub(super) groups: usize,
-    /// Output height and width.
-    pub(super) out_hw: [usize; 2],
-}
-
-/// Output columns `lo..hi` of a kernel column and the input column `first` that `lo` reads.
-pub(super) type Span = (usize, usize, usize);
-
-impl Conv {
-    /// Checks the geometry (what makes every index below stay inside its buffer).
-    fn validate(&self) {
-        let c = self;
-        assert!(
-            c.groups > 0 && c.c_in.is_multiple_of(c.groups) && c.c_out.is_multiple_of(c.groups),
-            "conv2d: {} groups do not divide {} -> {} channels",
-            c.groups,
-            c.c_in,
-            c.c_out
-        );
-        for d in 0..2 {
-            assert!(c.khw[d] > 0 && c.stride[d] > 0, "conv2d: {c:?}");
-            let span = c.hw[d] + 2 * c.padding[d];
-            assert!(
-                span >= c.khw[d] && c.out_hw[d] == (span - c.khw[d]) / c.stride[d] + 1,
-                "conv2d: output size {:?} does not match {c:?}",
-                c.out_hw
-            );
-        }
-    }
-
-    /// For each kernel column `kj`, the output columns `lo..hi` whose input column
-    /// `oj * sw + kj - pw` lies inside `0..w`, and the input column `first` of `lo` (all 0 when
-    /// no output column reads inside the input).
-    pub(super) fn col_spans(&self) -> Vec<Span> {
-        let ([_, w], [_, kw], [_, sw], [_, pw], [_, ow]) =
-            (self.hw, self.khw, self.stride, self.padding, self.out_hw);
-        (0..kw)
-            .map(|kj| {
-                let lo = pw.saturating_sub(kj).div_ceil(sw);
-                let hi = ow.min((w + pw).saturating_sub(kj).div_ceil(sw));
-                if lo < hi {
-                    (lo, hi, lo * sw + kj - pw)
-                } else {
-                    (0, 0, 0)
-                }
-            })
-            .collect()
-    }
-
-    /// The input row read by output row `oi` at kernel row `ki`, if inside the input.
-    pub(super) fn in_row(&self, oi: usize, ki: usize) -> Option<usize> {
-        (oi * self.stride[0] + ki)
-            .checked_sub(self.padding[0])
-            .filter(|&i| i < self.hw[0])
-    }
-}
+use super::mem::{slice, slice_mut};
+use chorus_core::kernel::Conv2d;
 
 /// `out = conv2d(src, weight) + bias`.
 ///
@@ -102,17 +27,14 @@ impl Conv {
 /// during the call.
 ///
 /// # Panics
-/// On an inconsistent geometry (see [`Conv`]; the output size must be PyTorch's).
-pub(super) unsafe fn conv2d(
-    src: DevicePtr,
-    weight: DevicePtr,
-    bias: Option<DevicePtr>,
-    out: DevicePtr,
-    c: &Conv,
-) {
-    c.validate();
+/// On an inconsistent geometry ([`Conv2d::validate`]; the launch refuses such a descriptor).
+pub(super) unsafe fn conv2d(c: &Conv2d) {
+    if let Err(e) = c.validate() {
+        panic!("conv2d: {e}");
+    }
+    let (src, weight, bias, out) = (c.src, c.weight, c.bias, c.out);
     let ([h, w], [kh, kw], [oh, ow]) = (c.hw, c.khw, c.out_hw);
-    let k_len = c.c_in / c.groups * kh * kw;
+    let k_len = c.taps();
     // SAFETY: caller's contract: the inputs are readable for these lengths and not written.
     let (x, wt, bias) = unsafe {
         (
@@ -158,7 +80,9 @@ mod tests {
     use super::super::execute;
     use super::super::test_util::{ptr, ptr_mut, unravel, Rng};
     use super::*;
-    use chorus_core::kernel::Kernel;
+    use chorus_core::kernel::{DevicePtr, Kernel};
+
+    type Conv = Conv2d;
 
     /// Naive f64 convolution; also returns, per output, the sum of the absolute terms (for the
     /// tolerance of f32 accumulation).
@@ -208,6 +132,10 @@ mod tests {
         let out_hw = std::array::from_fn(|d| (hw[d] + 2 * padding[d] - khw[d]) / stride[d] + 1);
         let (c_in, c_out) = (c_in, c_out);
         Conv {
+            src: DevicePtr(0),
+            weight: DevicePtr(0),
+            bias: None,
+            out: DevicePtr(0),
             batch,
             c_in,
             hw,
@@ -217,27 +145,20 @@ mod tests {
             padding,
             groups,
             out_hw,
+            dtype: chorus_core::DType::F32,
         }
     }
 
     /// Runs the kernel of geometry `c`.
     fn run(c: &Conv, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let mut y = vec![f32::NAN; c.batch * c.c_out * c.out_hw[0] * c.out_hw[1]];
-        let kernel = Kernel::Conv2d {
+        let kernel = Kernel::Conv2d(Conv2d {
             src: ptr(x),
             weight: ptr(wt),
             bias: bias.map(ptr),
             out: ptr_mut(&mut y),
-            batch: c.batch,
-            c_in: c.c_in,
-            hw: c.hw,
-            c_out: c.c_out,
-            khw: c.khw,
-            stride: c.stride,
-            padding: c.padding,
-            groups: c.groups,
-            out_hw: c.out_hw,
-        };
+            ..c.clone()
+        });
         // SAFETY: the callers size `x`, `wt` and `bias` for the geometry; `y` has its output size.
         unsafe { execute(&kernel) };
         y

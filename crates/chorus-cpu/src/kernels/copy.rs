@@ -1,13 +1,30 @@
-//! The `Copy` kernel (strided gather of any view into a contiguous buffer) and the `CopyInto`
-//! kernel (strided view into strided view of the same shape, e.g. into a region of a larger
+//! The `Copy` kernel ([`StridedCopy`]): a strided gather of any view into a contiguous buffer,
+//! or a strided view into a strided view of the same shape (e.g. into a region of a larger
 //! tensor for concatenation). Elements are moved as opaque 2-, 4- or 8-byte words, so every dtype
 //! of a given size shares one path; both views contiguous is one `memcpy`, otherwise the views
 //! are coalesced and walked in segments (cache tiles when a view is read across rows).
 
+use super::mem::{host, slice_mut};
 use super::strided::{row_major_strides, Layout};
-use super::{host, slice_mut};
 use chorus_core::dtype::DType;
-use chorus_core::kernel::{DevicePtr, View};
+use chorus_core::kernel::{DevicePtr, StridedCopy, View};
+
+/// Copies `k.src` into `k.dst` (same shape): a gather into a contiguous destination, a
+/// strided copy otherwise.
+///
+/// # Safety
+/// `src` is readable and `dst` writable (both aligned for `dtype`) at every offset their shapes
+/// and strides reach; `dst` overlaps neither `src` nor itself and is not otherwise accessed
+/// during the call.
+pub(super) unsafe fn copy(k: &StridedCopy) {
+    if k.dst.is_contiguous() {
+        // SAFETY: forwarded contract (a contiguous destination of `src.len()` elements).
+        unsafe { gather_into(&k.src, k.dst.ptr, k.dtype) }
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { copy_into(&k.src, &k.dst, k.dtype) }
+    }
+}
 
 /// `out[k] = src[k-th element in row-major order]` for every element of `src`.
 ///
@@ -15,7 +32,7 @@ use chorus_core::kernel::{DevicePtr, View};
 /// `src` is readable (aligned for `dtype`) at every offset its shape and strides reach; `out` is
 /// valid and aligned for `src.len()` writes of `dtype`, overlaps no input and is not otherwise
 /// accessed during the call.
-pub(super) unsafe fn copy(src: &View, out: DevicePtr, dtype: DType) {
+unsafe fn gather_into(src: &View, out: DevicePtr, dtype: DType) {
     assert_eq!(
         src.shape.len(),
         src.strides.len(),
@@ -86,7 +103,7 @@ unsafe fn gather<T: Copy>(src: &View, out: DevicePtr, len: usize) {
 ///
 /// # Panics
 /// When the shapes differ or a stride list does not match its shape's rank.
-pub(super) unsafe fn copy_into(src: &View, dst: &View, dtype: DType) {
+unsafe fn copy_into(src: &View, dst: &View, dtype: DType) {
     assert_eq!(src.shape, dst.shape, "copy_into: views of different shapes");
     let len = src.len();
     if len == 0 {
@@ -171,11 +188,11 @@ mod tests {
         let src = view(data, start, shape, strides);
         // SAFETY: the view stays inside `data` (checked by `naive`), `out` has `src.len()` slots.
         unsafe {
-            execute(&Kernel::Copy {
+            execute(&Kernel::Copy(StridedCopy::to_contiguous(
                 src,
-                out: ptr_mut(&mut out),
+                ptr_mut(&mut out),
                 dtype,
-            })
+            )))
         };
         assert_eq!(out, expect, "shape {shape:?} strides {strides:?}");
     }
@@ -234,7 +251,7 @@ mod tests {
         let src = view(data, start, shape, strides);
         // SAFETY: both views stay inside their buffers (the naive copy indexed them), the
         // destination region does not overlap itself and `out` is not otherwise accessed.
-        unsafe { execute(&Kernel::CopyInto { src, dst, dtype }) };
+        unsafe { execute(&Kernel::Copy(StridedCopy { src, dst, dtype })) };
         assert_eq!(out, expect, "{shape:?} {strides:?} -> {dst_strides:?}");
     }
 

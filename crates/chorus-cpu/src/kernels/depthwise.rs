@@ -11,7 +11,7 @@
 //! block (those outputs are recomputed to the same value). Every output is `bias + Σ tap · input`
 //! summed in the same order (kernel rows, then columns, ascending), so results are deterministic.
 
-use super::conv::Conv;
+use chorus_core::kernel::Conv2d as Conv;
 
 /// Outputs per block.
 const BLOCK: usize = 16;

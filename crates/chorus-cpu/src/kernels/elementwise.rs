@@ -7,10 +7,10 @@
 //! i64 arithmetic wraps on overflow, and i64 division truncates toward zero with **division by
 //! zero giving 0** (a kernel must not panic on data); `i64::MIN / -1` wraps to `i64::MIN`.
 
+use super::mem::{host, slice_mut};
 use super::strided::{row_major_strides, Layout};
-use super::{host, slice_mut};
 use chorus_core::dtype::DType;
-use chorus_core::kernel::{BinaryOp, DevicePtr, View};
+use chorus_core::kernel::{Binary, BinaryOp, DevicePtr, Fill, Scalar, View};
 use std::slice::from_raw_parts;
 
 /// Element types with the four arithmetic operations of the `Binary` kernel.
@@ -62,7 +62,14 @@ impl Arith for i64 {
 /// Both views are readable (aligned for `dtype`) at every offset their shapes and strides reach;
 /// `out` is valid and aligned for `lhs.len()` writes of `dtype`, overlaps neither input and is not
 /// otherwise accessed during the call.
-pub(super) unsafe fn binary(op: BinaryOp, lhs: &View, rhs: &View, out: DevicePtr, dtype: DType) {
+pub(super) unsafe fn binary(k: &Binary) {
+    let Binary {
+        op,
+        ref lhs,
+        ref rhs,
+        out,
+        dtype,
+    } = *k;
     assert_eq!(
         lhs.shape, rhs.shape,
         "binary: operands are not broadcast to one shape"
@@ -193,6 +200,21 @@ unsafe fn row<T: Copy>(
     }
 }
 
+/// `out[i] = value` for `i < len`.
+///
+/// # Safety
+/// `out` is valid and aligned for `len` writes of the scalar's type, and not otherwise accessed.
+pub(super) unsafe fn fill(k: &Fill) {
+    let Fill { out, len, value } = *k;
+    match value {
+        // SAFETY: caller's contract: `out` holds `len` writable f32.
+        Scalar::F32(v) => unsafe { slice_mut::<f32>(out, len) }.fill(v),
+        // SAFETY: caller's contract: `out` holds `len` writable i64.
+        Scalar::I64(v) => unsafe { slice_mut::<i64>(out, len) }.fill(v),
+        other => panic!("the CPU backend cannot fill with {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::execute;
@@ -222,13 +244,13 @@ mod tests {
                 .collect();
             let mut out = vec![T::default(); len];
             let (lhs, rhs) = (view(a, lo, shape, ls), view(b, ro, shape, rs));
-            let kernel = Kernel::Binary {
+            let kernel = Kernel::Binary(chorus_core::kernel::Binary {
                 op,
                 lhs,
                 rhs,
                 out: ptr_mut(&mut out),
                 dtype,
-            };
+            });
             // SAFETY: the views stay inside `a` and `b` (the naive loop indexed them), `out`
             // has `len` slots.
             unsafe { execute(&kernel) };
@@ -309,13 +331,13 @@ mod tests {
         let run = |op| {
             let mut out = vec![0i64; 6];
             let (lhs, rhs) = (view(&a, 0, &[6], &[1]), view(&b, 0, &[6], &[1]));
-            let kernel = Kernel::Binary {
+            let kernel = Kernel::Binary(chorus_core::kernel::Binary {
                 op,
                 lhs,
                 rhs,
                 out: ptr_mut(&mut out),
                 dtype: DType::I64,
-            };
+            });
             // SAFETY: both views and `out` are six contiguous elements of live buffers.
             unsafe { execute(&kernel) };
             out
@@ -330,13 +352,13 @@ mod tests {
         let (a, b) = ([1.0f32, -1.0, 0.0], [0.0f32; 3]);
         let mut out = vec![0.0f32; 3];
         let (lhs, rhs) = (view(&a, 0, &[3], &[1]), view(&b, 0, &[3], &[1]));
-        let kernel = Kernel::Binary {
+        let kernel = Kernel::Binary(chorus_core::kernel::Binary {
             op: BinaryOp::Div,
             lhs,
             rhs,
             out: ptr_mut(&mut out),
             dtype: DType::F32,
-        };
+        });
         // SAFETY: both views and `out` are three contiguous elements of live buffers.
         unsafe { execute(&kernel) };
         assert_eq!(out[..2], [f32::INFINITY, f32::NEG_INFINITY]);

@@ -6,7 +6,7 @@
 //! GEMMs go through the `gemm` crate single-threaded (`Parallelism::None`), like the matmul
 //! kernel, so results are deterministic.
 
-use super::conv::{Conv, Span};
+use chorus_core::kernel::{ColSpan as Span, Conv2d as Conv};
 
 /// Scratch size (elements) of one im2col band; smaller in tests so that bands are exercised.
 const COL_CAP: usize = if cfg!(test) { 1 << 12 } else { 1 << 20 };

@@ -6,9 +6,8 @@
 //! when `inner == 1`). Every index is checked before anything is written: one outside `0..n`
 //! panics with a message naming it, which the stream worker turns into a sticky stream error.
 
-use super::{slice, slice_mut};
-use chorus_core::dtype::DType;
-use chorus_core::kernel::DevicePtr;
+use super::mem::{slice, slice_mut};
+use chorus_core::kernel::{DevicePtr, IndexSelect};
 
 /// Gathers `count` slabs per outer index.
 ///
@@ -19,14 +18,17 @@ use chorus_core::kernel::DevicePtr;
 ///
 /// # Panics
 /// On an index outside `0..n`, and on an element size this backend has no word for.
-pub(super) unsafe fn index_select(
-    src: DevicePtr,
-    indices: DevicePtr,
-    out: DevicePtr,
-    [outer, n, inner]: [usize; 3],
-    count: usize,
-    dtype: DType,
-) {
+pub(super) unsafe fn index_select(k: &IndexSelect) {
+    let IndexSelect {
+        src,
+        indices,
+        out,
+        outer,
+        n,
+        inner,
+        count,
+        dtype,
+    } = *k;
     // SAFETY: caller's contract: `count` readable i64, not written during the call.
     let indices = unsafe { slice::<i64>(indices, count) };
     let rows: Vec<usize> = indices
@@ -86,8 +88,8 @@ unsafe fn gather<T: Copy>(
 mod tests {
     use super::super::execute;
     use super::super::test_util::{ptr, ptr_mut, Rng};
-    use super::*;
     use chorus_core::kernel::Kernel;
+    use chorus_core::DType;
 
     fn run<T: Copy + Default>(
         src: &[T],
@@ -97,7 +99,7 @@ mod tests {
     ) -> Vec<T> {
         assert_eq!(src.len(), outer * n * inner);
         let mut out = vec![T::default(); outer * idx.len() * inner];
-        let kernel = Kernel::IndexSelect {
+        let kernel = Kernel::IndexSelect(chorus_core::kernel::IndexSelect {
             src: ptr(src),
             indices: ptr(idx),
             out: ptr_mut(&mut out),
@@ -106,7 +108,7 @@ mod tests {
             inner,
             count: idx.len(),
             dtype,
-        };
+        });
         // SAFETY: `src` holds `outer * n * inner` elements, `idx` `count`, `out` the output size.
         unsafe { execute(&kernel) };
         out

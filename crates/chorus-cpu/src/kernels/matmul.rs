@@ -8,10 +8,11 @@
 //! A fused epilogue (`out = act(out + bias)`, `linear`'s bias and activation) runs row by row
 //! right after the GEMM of each batch entry, while that entry's output is still in cache.
 
+use super::mem::{host, slice, slice_mut};
 #[cfg(target_arch = "x86_64")]
 use super::packed;
-use super::{host, rowdot, slice, slice_mut, unary};
-use chorus_core::kernel::{Derived, DevicePtr, Epilogue, MatOperand};
+use super::{rowdot, unary};
+use chorus_core::kernel::{Derived, DevicePtr, Epilogue, MatOperand, Matmul};
 
 /// Sizes of a batched matmul.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +40,22 @@ fn signed(stride: usize) -> isize {
 /// `b < batch`, `i < m`, `p < k`, `j < n`; the epilogue's bias, if any, is `n` readable, aligned
 /// f32; `out` is valid and aligned for `batch * m * n` f32 writes, overlaps no input and is not
 /// otherwise accessed during the call.
-pub(super) unsafe fn matmul(
+pub(super) unsafe fn matmul(k: &Matmul) {
+    let d = Dims {
+        batch: k.batch,
+        m: k.m,
+        n: k.n,
+        k: k.k,
+    };
+    // SAFETY: forwarded contract.
+    unsafe { product(&k.lhs, &k.rhs, k.out, d, k.epilogue, k.rhs_derived.as_ref()) }
+}
+
+/// [`matmul`] with the descriptor's pieces.
+///
+/// # Safety
+/// As [`matmul`].
+unsafe fn product(
     lhs: &MatOperand,
     rhs: &MatOperand,
     out: DevicePtr,
@@ -203,7 +219,7 @@ mod tests {
         let bias = rng.f32s(d.n);
         let (lhs, rhs) = (operand(&a, ls), operand(&bm, rs));
         let mut out = vec![f32::NAN; d.batch * d.m * d.n];
-        let kernel = Kernel::Matmul {
+        let kernel = Kernel::Matmul(chorus_core::kernel::Matmul {
             lhs,
             rhs,
             out: ptr_mut(&mut out),
@@ -216,7 +232,8 @@ mod tests {
                 act,
             },
             rhs_derived: None,
-        };
+            dtype: chorus_core::DType::F32,
+        });
         // SAFETY: the operand buffers cover every offset the strides reach (`extent`), the bias
         // has `n` elements, `out` has `batch * m * n` slots.
         unsafe { execute(&kernel) };
@@ -343,16 +360,19 @@ mod tests {
             row_stride: 0,
             col_stride: 0,
         };
-        let kernel = |m, n, batch, out: &mut [f32]| Kernel::Matmul {
-            lhs: z,
-            rhs: z,
-            out: ptr_mut(out),
-            batch,
-            m,
-            n,
-            k: 0,
-            epilogue: Epilogue::default(),
-            rhs_derived: None,
+        let kernel = |m, n, batch, out: &mut [f32]| {
+            Kernel::Matmul(chorus_core::kernel::Matmul {
+                lhs: z,
+                rhs: z,
+                out: ptr_mut(out),
+                batch,
+                m,
+                n,
+                k: 0,
+                epilogue: Epilogue::default(),
+                rhs_derived: None,
+                dtype: chorus_core::DType::F32,
+            })
         };
         // SAFETY: with k == 0 the operands are never read; `out` has `batch * m * n` slots.
         unsafe { execute(&kernel(2, 3, 1, &mut out)) };
@@ -413,7 +433,7 @@ mod tests {
             row_stride: 0,
             col_stride: 0,
         };
-        let kernel = Kernel::Matmul {
+        let kernel = Kernel::Matmul(chorus_core::kernel::Matmul {
             lhs: z,
             rhs: z,
             out: ptr_mut(&mut out),
@@ -426,7 +446,8 @@ mod tests {
                 act: Some(UnaryOp::Relu),
             },
             rhs_derived: None,
-        };
+            dtype: chorus_core::DType::F32,
+        });
         // SAFETY: with k == 0 the operands are never read; the bias has `n` elements, `out` has
         // `batch * m * n` slots.
         unsafe { execute(&kernel) };
@@ -453,7 +474,7 @@ mod tests {
             let run = |cores: usize| {
                 let mut out = vec![0f32; m * n];
                 super::super::set_parallelism(cores);
-                let kernel = Kernel::Matmul {
+                let kernel = Kernel::Matmul(chorus_core::kernel::Matmul {
                     lhs: operand(&a, (0, k, 1)),
                     rhs,
                     out: ptr_mut(&mut out),
@@ -463,7 +484,8 @@ mod tests {
                     k,
                     epilogue: Default::default(),
                     rhs_derived: None,
-                };
+                    dtype: chorus_core::DType::F32,
+                });
                 // SAFETY: the operands and the output are live Vecs of the described extents.
                 unsafe { execute(&kernel) };
                 super::super::set_parallelism(1);

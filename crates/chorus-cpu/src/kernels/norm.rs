@@ -7,8 +7,8 @@
 //! weight + bias` is evaluated in f64 and rounded once, in a zipped loop per row (LayerNorm) or
 //! per channel (GroupNorm, whose weight and bias are per-channel scalars).
 
-use super::{slice, slice_mut};
-use chorus_core::kernel::DevicePtr;
+use super::mem::{slice, slice_mut};
+use chorus_core::kernel::{GroupNorm, LayerNorm};
 
 /// `Σ f(x)` in f64 over four interleaved lanes, combined as `(l0 + l1) + (l2 + l3)`, then the
 /// tail in order.
@@ -42,15 +42,18 @@ fn stats(x: &[f32], eps: f32) -> (f64, f64) {
 /// and `bias` (if any) for `n`;
 /// `out` is valid and aligned for `rows * n` f32 writes, overlaps no input and is not otherwise
 /// accessed during the call.
-pub(super) unsafe fn layer_norm(
-    src: DevicePtr,
-    residual: Option<DevicePtr>,
-    out: DevicePtr,
-    weight: Option<DevicePtr>,
-    bias: Option<DevicePtr>,
-    [rows, n]: [usize; 2],
-    eps: f32,
-) {
+pub(super) unsafe fn layer_norm(k: &LayerNorm) {
+    let LayerNorm {
+        src,
+        residual,
+        out,
+        weight,
+        bias,
+        rows,
+        n,
+        eps,
+        ..
+    } = *k;
     let len = rows * n;
     // SAFETY: caller's contract: `len` readable f32, not written during the call.
     let src = unsafe { slice::<f32>(src, len) };
@@ -103,19 +106,6 @@ pub(super) unsafe fn layer_norm(
     }
 }
 
-/// Sizes of a group norm.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Groups {
-    /// Batch size.
-    pub(super) batch: usize,
-    /// Channels (a multiple of `groups`).
-    pub(super) channels: usize,
-    /// Number of groups.
-    pub(super) groups: usize,
-    /// Spatial size.
-    pub(super) spatial: usize,
-}
-
 /// Group norm of the `[batch, channels, spatial]` `src`.
 ///
 /// # Safety
@@ -125,21 +115,22 @@ pub(super) struct Groups {
 ///
 /// # Panics
 /// When `groups` is 0 or does not divide `channels`.
-pub(super) unsafe fn group_norm(
-    src: DevicePtr,
-    out: DevicePtr,
-    weight: Option<DevicePtr>,
-    bias: Option<DevicePtr>,
-    g: Groups,
-    eps: f32,
-) {
+pub(super) unsafe fn group_norm(g: &GroupNorm) {
+    let GroupNorm {
+        src,
+        out,
+        weight,
+        bias,
+        eps,
+        ..
+    } = *g;
     assert!(
         g.groups > 0 && g.channels.is_multiple_of(g.groups),
         "group_norm: {} groups do not divide {} channels",
         g.groups,
         g.channels
     );
-    let len = g.batch * g.channels * g.spatial;
+    let len = g.len();
     // SAFETY: caller's contract: `len` readable f32, not written during the call.
     let src = unsafe { slice::<f32>(src, len) };
     // SAFETY: caller's contract: `len` writable, unaliased f32.
@@ -148,7 +139,7 @@ pub(super) unsafe fn group_norm(
     let weight = weight.map(|w| unsafe { slice::<f32>(w, g.channels) });
     // SAFETY: caller's contract: a bias is `channels` readable f32.
     let bias = bias.map(|b| unsafe { slice::<f32>(b, g.channels) });
-    let block = g.channels / g.groups * g.spatial;
+    let block = g.group_len();
     if len == 0 {
         return;
     }
@@ -205,7 +196,7 @@ mod tests {
         let w = affine[0].then(|| rng.f32s(n));
         let b = affine[1].then(|| rng.f32s(n));
         let mut y = vec![f32::NAN; rows * n];
-        let kernel = Kernel::LayerNorm {
+        let kernel = Kernel::LayerNorm(chorus_core::kernel::LayerNorm {
             src: ptr(&x),
             residual: None,
             out: ptr_mut(&mut y),
@@ -214,7 +205,8 @@ mod tests {
             rows,
             n,
             eps: 1e-5,
-        };
+            dtype: chorus_core::DType::F32,
+        });
         // SAFETY: `x` and `y` hold `rows * n` elements, the weight and bias `n`.
         unsafe { execute(&kernel) };
         let mut want = Vec::new();
@@ -246,7 +238,7 @@ mod tests {
         let w = affine.then(|| rng.f32s(channels));
         let b = affine.then(|| rng.f32s(channels));
         let mut y = vec![f32::NAN; x.len()];
-        let kernel = Kernel::GroupNorm {
+        let kernel = Kernel::GroupNorm(chorus_core::kernel::GroupNorm {
             src: ptr(&x),
             out: ptr_mut(&mut y),
             weight: opt(&w),
@@ -256,7 +248,8 @@ mod tests {
             groups,
             spatial,
             eps: 1e-5,
-        };
+            dtype: chorus_core::DType::F32,
+        });
         // SAFETY: `x` and `y` hold `batch * channels * spatial` elements, the weight and bias
         // `channels`.
         unsafe { execute(&kernel) };

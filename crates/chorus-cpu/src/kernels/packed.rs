@@ -253,9 +253,9 @@ impl Finish {
             Some(UnaryOp::Relu) => true,
             Some(_) => return None,
         };
-        let bias = epilogue
-            .bias
-            .map_or(std::ptr::null(), |b| super::host::<f32>(b).cast_const());
+        let bias = epilogue.bias.map_or(std::ptr::null(), |b| {
+            super::mem::host::<f32>(b).cast_const()
+        });
         Some(Finish { bias, relu })
     }
 }

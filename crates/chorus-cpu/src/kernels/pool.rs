@@ -8,8 +8,8 @@
 //! and divides by the cell count; so the input is read once per output row bin (once in all
 //! for global pooling), in a fixed order: deterministic.
 
-use super::{slice, slice_mut};
-use chorus_core::kernel::DevicePtr;
+use super::mem::{slice, slice_mut};
+use chorus_core::kernel::AdaptiveAvgPool2d;
 
 /// The input range `⌊i n / out⌋ .. ⌈(i + 1) n / out⌉` of each of the `out` bins over `n`.
 fn bins(n: usize, out: usize) -> Vec<(usize, usize)> {
@@ -23,13 +23,15 @@ fn bins(n: usize, out: usize) -> Vec<(usize, usize)> {
 /// # Safety
 /// `src` is readable, aligned f32 for `planes * h * w` elements; `out` is valid and aligned for
 /// `planes * oh * ow` f32 writes, overlaps `src` nowhere and is not otherwise accessed.
-pub(super) unsafe fn adaptive_avg_pool2d(
-    src: DevicePtr,
-    out: DevicePtr,
-    planes: usize,
-    [h, w]: [usize; 2],
-    [oh, ow]: [usize; 2],
-) {
+pub(super) unsafe fn adaptive_avg_pool2d(k: &AdaptiveAvgPool2d) {
+    let AdaptiveAvgPool2d {
+        src,
+        out,
+        planes,
+        hw: [h, w],
+        out_hw: [oh, ow],
+        ..
+    } = *k;
     // SAFETY: caller's contract: `planes * h * w` readable f32, not written during the call.
     let src = unsafe { slice::<f32>(src, planes * h * w) };
     // SAFETY: caller's contract: `planes * oh * ow` writable, unaliased f32.
@@ -89,13 +91,14 @@ mod tests {
     fn check(planes: usize, hw: [usize; 2], out_hw: [usize; 2]) {
         let x = Rng::new((planes * 100 + hw[0] * 10 + hw[1]) as u64).f32s(planes * hw[0] * hw[1]);
         let mut y = vec![f32::NAN; planes * out_hw[0] * out_hw[1]];
-        let kernel = Kernel::AdaptiveAvgPool2d {
+        let kernel = Kernel::AdaptiveAvgPool2d(chorus_core::kernel::AdaptiveAvgPool2d {
             src: ptr(&x),
             out: ptr_mut(&mut y),
             planes,
             hw,
             out_hw,
-        };
+            dtype: chorus_core::DType::F32,
+        });
         // SAFETY: `x` holds `planes * h * w` elements, `y` `planes * oh * ow`.
         unsafe { execute(&kernel) };
         let want = reference(&x, planes, hw, out_hw);
@@ -118,13 +121,14 @@ mod tests {
         check(0, [4, 4], [2, 2]);
         check(2, [4, 4], [0, 2]);
         let mut y = [0.0f32; 2];
-        let kernel = Kernel::AdaptiveAvgPool2d {
+        let kernel = Kernel::AdaptiveAvgPool2d(chorus_core::kernel::AdaptiveAvgPool2d {
             src: ptr::<f32>(&[]),
             out: ptr_mut(&mut y),
             planes: 2,
             hw: [0, 3],
             out_hw: [1, 1],
-        };
+            dtype: chorus_core::DType::F32,
+        });
         // SAFETY: the input is empty and never read; `y` holds `planes * oh * ow` elements.
         unsafe { execute(&kernel) };
         assert!(y.iter().all(|v| v.is_nan()));

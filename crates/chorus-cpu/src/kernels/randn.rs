@@ -3,8 +3,8 @@
 //! multiply-add), so that every backend can reproduce it bit for bit. Number `i` of seed `s` depends only on `(s, i)`, never on the buffer
 //! length or on who computes it, so a GPU backend can reproduce it bit for bit.
 
-use super::slice_mut;
-use chorus_core::kernel::DevicePtr;
+use super::mem::slice_mut;
+use chorus_core::kernel::Randn;
 
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
@@ -128,7 +128,8 @@ fn blocks(seed: u64, c: u64) -> [[f32; 4]; LANES] {
 ///
 /// # Safety
 /// `out` is valid and aligned for `len` f32 writes and not otherwise accessed during the call.
-pub(super) unsafe fn randn(out: DevicePtr, len: usize, seed: u64) {
+pub(super) unsafe fn randn(k: &Randn) {
+    let Randn { out, len, seed, .. } = *k;
     // SAFETY: caller's contract.
     let out = unsafe { slice_mut::<f32>(out, len) };
     let mut chunks = out.chunks_exact_mut(4 * LANES);
@@ -158,11 +159,12 @@ mod tests {
         let mut v = vec![f32::NAN; len];
         // SAFETY: `v` is a live Vec of `len` f32.
         unsafe {
-            execute(&Kernel::Randn {
+            execute(&Kernel::Randn(chorus_core::kernel::Randn {
                 out: ptr_mut(&mut v),
                 len,
                 seed,
-            })
+                dtype: chorus_core::DType::F32,
+            }))
         };
         v
     }

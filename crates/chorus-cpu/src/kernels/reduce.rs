@@ -13,10 +13,10 @@
 //! max/min, and so does the front-end); an i64 Mean (which the front-end rejects) divides the
 //! sum by the count, truncating, and gives 0 when empty.
 
+use super::mem::{slice, slice_mut};
 use super::strided::{row_major_strides, Layout};
-use super::{slice, slice_mut};
 use chorus_core::dtype::DType;
-use chorus_core::kernel::{DevicePtr, ReduceOp};
+use chorus_core::kernel::{Reduce, ReduceOp};
 
 /// Element types the reduce kernel handles, with their accumulators.
 trait Accumulate: Copy + PartialOrd {
@@ -113,52 +113,41 @@ fn min<T: PartialOrd>(acc: T, x: T) -> T {
 ///
 /// # Panics
 /// When `dims` is not strictly increasing or names a dimension beyond `shape`.
-pub(super) unsafe fn reduce(
-    op: ReduceOp,
-    src: DevicePtr,
-    shape: &[usize],
-    dims: &[usize],
-    out: DevicePtr,
-    dtype: DType,
-) {
+pub(super) unsafe fn reduce(k: &Reduce) {
+    let (shape, dims) = (&k.shape, &k.dims);
     assert!(
         dims.windows(2).all(|w| w[0] < w[1]) && dims.iter().all(|&d| d < shape.len()),
         "reduce: dims {dims:?} are not sorted, distinct dimensions of {shape:?}"
     );
-    let io = (src, shape, dims, out);
     // SAFETY: caller's contract, with the element type named by `dtype`.
     unsafe {
-        match dtype {
-            DType::F32 => with_op::<f32>(op, io),
-            DType::I64 => with_op::<i64>(op, io),
+        match k.dtype {
+            DType::F32 => with_op::<f32>(k),
+            DType::I64 => with_op::<i64>(k),
             other => panic!("reduce: the CPU backend has no {other} arithmetic"),
         }
     }
 }
 
-/// Monomorphises the walk for `op`.
+/// Monomorphises the walk for the descriptor's op.
 ///
 /// # Safety
 /// As [`reduce`], with `T` the element type.
-unsafe fn with_op<T: Accumulate>(op: ReduceOp, io: Io<'_>) {
-    let (_, shape, dims, _) = io;
-    let count: usize = dims.iter().map(|&d| shape[d]).product();
+unsafe fn with_op<T: Accumulate>(k: &Reduce) {
+    let count = k.reduced_len();
     let extremum = |acc: T| if count == 0 { T::EMPTY_EXTREMUM } else { acc };
     // SAFETY: forwarded contract.
     unsafe {
-        match op {
-            ReduceOp::Sum => walk(io, T::ZERO, T::add, |a| T::finish(a, count, false)),
-            ReduceOp::Mean => walk(io, T::ZERO, T::add, |a| T::finish(a, count, true)),
-            ReduceOp::Prod => walk(io, T::ONE, T::mul, |a| T::finish(a, count, false)),
-            ReduceOp::Max => walk(io, T::LOWEST, max, extremum),
-            ReduceOp::Min => walk(io, T::HIGHEST, min, extremum),
+        match k.op {
+            ReduceOp::Sum => walk(k, T::ZERO, T::add, |a| T::finish(a, count, false)),
+            ReduceOp::Mean => walk(k, T::ZERO, T::add, |a| T::finish(a, count, true)),
+            ReduceOp::Prod => walk(k, T::ONE, T::mul, |a| T::finish(a, count, false)),
+            ReduceOp::Max => walk(k, T::LOWEST, max, extremum),
+            ReduceOp::Min => walk(k, T::HIGHEST, min, extremum),
             other => panic!("reduce: the CPU backend has no {other:?}"),
         }
     }
 }
-
-/// Input, shape, reduced dims and output of a reduction.
-type Io<'a> = (DevicePtr, &'a [usize], &'a [usize], DevicePtr);
 
 /// Folds every input element into its output's accumulator (starting at `init`) with `step`, in
 /// row-major order, then writes `finish(acc)`.
@@ -166,34 +155,20 @@ type Io<'a> = (DevicePtr, &'a [usize], &'a [usize], DevicePtr);
 /// # Safety
 /// As [`reduce`], with `T` the element type.
 unsafe fn walk<T: Copy, A: Copy>(
-    (src, shape, dims, out): Io<'_>,
+    k: &Reduce,
     init: A,
     step: impl Fn(A, T) -> A + Copy,
     finish: impl Fn(A) -> T,
 ) {
-    let reduced = |d: usize| dims.binary_search(&d).is_ok();
-    let out_len: usize = (0..shape.len())
-        .filter(|&d| !reduced(d))
-        .map(|d| shape[d])
-        .product();
-    let in_len: usize = shape.iter().product();
+    let out_len = k.out_len();
     // SAFETY: caller's contract: `out` holds `out_len` writable, unaliased elements.
-    let out = unsafe { slice_mut::<T>(out, out_len) };
+    let out = unsafe { slice_mut::<T>(k.out, out_len) };
     // SAFETY: caller's contract: `src` holds `in_len` readable elements.
-    let src = unsafe { slice::<T>(src, in_len) };
+    let src = unsafe { slice::<T>(k.src, k.in_len()) };
     if out_len == 0 {
         return;
     }
-    // Input strides are row-major; the output stride of a reduced dimension is 0, of a kept one
-    // the product of the kept extents inside it.
-    let in_strides = row_major_strides(shape);
-    let mut out_strides = vec![0; shape.len()];
-    let mut out_step = 1;
-    for d in (0..shape.len()).rev().filter(|&d| !reduced(d)) {
-        out_strides[d] = out_step;
-        out_step *= shape[d];
-    }
-    let layout = Layout::coalesce(shape, [&in_strides, &out_strides]);
+    let layout = Layout::coalesce(&k.shape, [&row_major_strides(&k.shape), &k.out_strides()]);
     let (n, [_, os]) = (layout.row_len(), layout.row_strides());
     let mut acc = vec![init; out_len];
     layout.for_each_row(|[i, o]| {
@@ -276,14 +251,14 @@ mod tests {
             .map(|d| shape[d])
             .product();
         let mut out = vec![T::default(); out_len];
-        let kernel = Kernel::Reduce {
+        let kernel = Kernel::Reduce(chorus_core::kernel::Reduce {
             op,
             src: ptr(src),
             shape: shape.to_vec(),
             dims: dims.to_vec(),
             out: ptr_mut(&mut out),
             dtype,
-        };
+        });
         // SAFETY: `src` holds the product of `shape` elements, `out` that of the kept extents.
         unsafe { execute(&kernel) };
         out

@@ -13,8 +13,8 @@
 //! each a tight loop monomorphised on whether a keep mask is read; `inner > 1` keeps a running
 //! max and sum per column of the `[n, inner]` block so that every pass is contiguous.
 
-use super::{host, slice, slice_mut};
-use chorus_core::kernel::{DevicePtr, View};
+use super::mem::{host, slice, slice_mut};
+use chorus_core::kernel::{DevicePtr, Softmax, View};
 
 /// What happens to each row: the scale, the log variant and the masks.
 #[derive(Debug, Clone, Copy)]
@@ -57,12 +57,22 @@ fn log_normalized(v: f32, max: f32, ln_sum: f64) -> f32 {
 /// # Panics
 /// On a non-empty input: when a mask is given with `inner != 1`, on `causal: Some(0)`, and
 /// when the mask view is not shaped `[outer, n]`.
-pub(super) unsafe fn softmax(
-    src: DevicePtr,
-    out: DevicePtr,
-    [outer, n, inner]: [usize; 3],
-    opts: Options<'_>,
-) {
+pub(super) unsafe fn softmax(k: &Softmax) {
+    let opts = Options {
+        scale: k.scale,
+        log: k.log,
+        causal: k.causal,
+        mask: k.mask.as_ref(),
+    };
+    // SAFETY: forwarded contract.
+    unsafe { run(k.src, k.out, [k.outer, k.n, k.inner], opts) }
+}
+
+/// [`softmax`] with the descriptor's pieces.
+///
+/// # Safety
+/// As [`softmax`].
+unsafe fn run(src: DevicePtr, out: DevicePtr, [outer, n, inner]: [usize; 3], opts: Options<'_>) {
     let len = outer * n * inner;
     if len == 0 {
         // Nothing to compute (zero queries of a causal attention among them).
@@ -248,7 +258,7 @@ mod tests {
         };
         for log in [false, true] {
             let mut y = vec![f32::NAN; x.len()];
-            let kernel = Kernel::Softmax {
+            let kernel = Kernel::Softmax(chorus_core::kernel::Softmax {
                 src: ptr(&x),
                 out: ptr_mut(&mut y),
                 outer,
@@ -258,7 +268,8 @@ mod tests {
                 log,
                 causal,
                 mask: mask_view.clone(),
-            };
+                dtype: chorus_core::DType::F32,
+            });
             // SAFETY: `x` and `y` hold `outer * n * inner` elements; the mask view stays in its
             // buffer (the reference indexes it the same way).
             unsafe { execute(&kernel) };
@@ -310,7 +321,7 @@ mod tests {
         for log in [false, true] {
             let mut y = [0.0f32; 4];
             let mask = view(&[1i64, 0, 0, 0], 0, &[2, 2], &[2, 1]);
-            let kernel = Kernel::Softmax {
+            let kernel = Kernel::Softmax(chorus_core::kernel::Softmax {
                 src: ptr(&x),
                 out: ptr_mut(&mut y),
                 outer: 2,
@@ -320,7 +331,8 @@ mod tests {
                 log,
                 causal: None,
                 mask: Some(mask),
-            };
+                dtype: chorus_core::DType::F32,
+            });
             // SAFETY: `x`, `y` and the mask hold four elements each.
             unsafe { execute(&kernel) };
             assert_eq!(

@@ -6,8 +6,8 @@
 //! libm per element. GELU (exact and tanh) is evaluated in f64 and rounded once, which keeps it
 //! within an ulp or so of PyTorch's f32 formula; Tanh and Exp use the f32 functions of `std`.
 
-use super::{slice, slice_mut};
-use chorus_core::kernel::{DevicePtr, UnaryOp};
+use super::mem::{slice, slice_mut};
+use chorus_core::kernel::{Unary, UnaryOp};
 
 /// `max(x, 0)`; NaN stays NaN (as PyTorch's `relu`).
 #[inline(always)]
@@ -55,7 +55,10 @@ fn exp(x: f32) -> f32 {
 ///
 /// # Panics
 /// On an op this backend does not implement.
-pub(super) unsafe fn unary(op: UnaryOp, src: DevicePtr, out: DevicePtr, len: usize) {
+pub(super) unsafe fn unary(k: &Unary) {
+    let Unary {
+        op, src, out, len, ..
+    } = *k;
     // SAFETY: caller's contract: `len` readable f32 at `src`, not written during the call.
     let src = unsafe { slice::<f32>(src, len) };
     // SAFETY: caller's contract: `len` writable, unaliased f32 at `out`.
@@ -202,12 +205,13 @@ mod tests {
 
     fn run(op: UnaryOp, src: &[f32]) -> Vec<f32> {
         let mut out = vec![f32::NAN; src.len()];
-        let kernel = Kernel::Unary {
+        let kernel = Kernel::Unary(chorus_core::kernel::Unary {
             op,
             src: ptr(src),
             out: ptr_mut(&mut out),
             len: src.len(),
-        };
+            dtype: chorus_core::DType::F32,
+        });
         // SAFETY: `src` and `out` are live buffers of `len` elements.
         unsafe { execute(&kernel) };
         out
