@@ -9,7 +9,7 @@
 //! | memory | the core's caching allocator over `cuMemAlloc` segments ([`Segment`]): one driver allocation per segment, never per tensor, and no per-allocation events |
 //! | completion handler | `cuLaunchHostFunc` with a trampoline that only runs the runtime's hand-off closure (which queues the user's handler for the completion thread) |
 //! | matmul | `cublasGemmStridedBatchedEx`, f32 compute (TF32 only when [`CudaOptions::allow_tf32`]); `linear`'s bias and ReLU/tanh-GELU fused into the GEMM by a cuBLASLt epilogue, other activations in one extra kernel |
-//! | every other op | CUDA C kernels (`kernels.cu`) compiled by NVRTC once per GPU architecture and process, kept on disk across processes (`module.rs`); loaded when the device starts |
+//! | every other op | CUDA C kernels (`kernels/*.cu`, one file per kernel family, one program) compiled by NVRTC once per GPU architecture and process, kept on disk across processes (`module.rs`); loaded when the device starts |
 //! | randn | Philox4x32-10 + Box–Muller with IEEE-rounded intrinsics: the same bits as the CPU backend |
 //!
 //! # Examples
