@@ -41,7 +41,7 @@
 //! synchronization by other code while `Graph::capture` runs.
 
 use crate::driver::{check, Context};
-use crate::launch;
+use crate::kernels;
 use crate::module::Module;
 use crate::stream::CudaStream;
 use chorus_core::{BackendResult, Kernel};
@@ -258,7 +258,7 @@ unsafe fn capture(
 /// Launches `kernels` in order on `stream`.
 ///
 /// # Safety
-/// As `launch::launch` for each kernel.
+/// As `kernels::launch` for each kernel.
 unsafe fn launch_all(
     stream: &CudaStream,
     module: &Module,
@@ -267,7 +267,7 @@ unsafe fn launch_all(
 ) -> BackendResult<()> {
     for k in kernels {
         // SAFETY: forwarded from the caller.
-        unsafe { launch::launch(stream, module, k, tf32)? };
+        unsafe { kernels::launch(stream, module, k, tf32)? };
     }
     Ok(())
 }

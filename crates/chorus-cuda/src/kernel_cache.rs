@@ -1,5 +1,5 @@
 //! On-disk cache of compiled kernel programs, so that a new process skips NVRTC (about 2.5 s
-//! on the H100 machine for `kernels.cu`).
+//! on the H100 machine for the kernels of `kernels/*.cu`, `module::SOURCE`).
 //!
 //! A cubin is stored as `kernels-<key>.cubin` in `CHORUS_CACHE_DIR`, else
 //! `$XDG_CACHE_HOME/chorus`, else `~/.cache/chorus`; the key hashes the kernel source, the

@@ -9,7 +9,7 @@
 //! | memory | the core's caching allocator over `cuMemAlloc` segments ([`Segment`]): one driver allocation per segment, never per tensor, and no per-allocation events |
 //! | completion handler | `cuLaunchHostFunc` with a trampoline that only runs the runtime's hand-off closure (which queues the user's handler for the completion thread) |
 //! | matmul | `cublasGemmStridedBatchedEx`, f32 compute (TF32 only when [`CudaOptions::allow_tf32`]); `linear`'s bias and ReLU/tanh-GELU fused into the GEMM by a cuBLASLt epilogue, other activations in one extra kernel |
-//! | every other op | CUDA C kernels (`kernels.cu`) compiled by NVRTC once per GPU architecture and process, kept on disk across processes (`module.rs`); loaded when the device starts |
+//! | every other op | CUDA C kernels (`kernels/*.cu`, one file per kernel family, one program) compiled by NVRTC once per GPU architecture and process, kept on disk across processes (`module.rs`); loaded when the device starts |
 //! | randn | Philox4x32-10 + Box–Muller with IEEE-rounded intrinsics: the same bits as the CPU backend |
 //!
 //! # Examples
@@ -20,13 +20,12 @@
 //! # Ok::<(), chorus_core::Error>(())
 //! ```
 
-mod attention;
 mod blas;
 mod driver;
 mod event;
 mod graph;
 mod kernel_cache;
-mod launch;
+mod kernels;
 mod lt;
 mod memory;
 mod module;
@@ -205,7 +204,7 @@ impl CudaBackend {
     /// # Errors
     /// No driver, no such device, or a driver failure.
     pub fn new(ordinal: u32, options: CudaOptions) -> BackendResult<CudaBackend> {
-        attention::mode()?;
+        kernels::attention::mode()?;
         let ctx = Arc::new(Context::retain(ordinal)?);
         let name = ctx.name();
         let backend = CudaBackend {
@@ -261,7 +260,7 @@ impl Backend for CudaBackend {
     }
 
     fn fuses_attention(&self, s: usize, e: usize, ev: usize) -> bool {
-        attention::fuses(s, e, ev)
+        kernels::attention::fuses(s, e, ev)
     }
 
     fn create_stream(&self, _index: usize) -> BackendResult<CudaStream> {
@@ -286,7 +285,7 @@ impl Backend for CudaBackend {
         stream.bind()?;
         let module = self.modules.get(&self.ctx)?;
         // SAFETY: forwarded contract of Backend::launch; the context is current.
-        unsafe { launch::launch(stream, module, &kernel, self.options.allow_tf32) }
+        unsafe { kernels::launch(stream, module, &kernel, self.options.allow_tf32) }
     }
     unsafe fn build_graph(&self, kernels: &[Kernel]) -> BackendResult<Option<graph::CudaGraph>> {
         self.ctx.bind()?;

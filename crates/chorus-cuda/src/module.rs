@@ -1,4 +1,5 @@
-//! The CUDA C kernels (`kernels.cu`), compiled by NVRTC once per device and kept loaded.
+//! The CUDA C kernels (`kernels/*.cu`, assembled into one program: [`SOURCE`]), compiled by
+//! NVRTC once per device and kept loaded.
 //!
 //! Two levels, both `OnceLock`s, so that each step runs exactly once even when 64 threads ask
 //! at the same moment (the others block until it is done, then all share the result, an error
@@ -18,12 +19,25 @@ use cudarc::driver::sys;
 use cudarc::nvrtc::sys::{self as nvrtc, nvrtcResult};
 use std::ffi::{c_char, CStr, CString};
 
-/// The CUDA C source of every non-BLAS kernel.
-pub(crate) const SOURCE: &str = include_str!("kernels.cu");
+/// The CUDA C source of every non-BLAS kernel: one NVRTC program, the `.cu` file of each kernel
+/// family (next to its launch code in `kernels/`) concatenated in this fixed order, `common.cu`
+/// (types, macros, device helpers) first. One program, one module, one cache key
+/// (`kernel_cache` hashes this text). `scripts/check-cuda-kernels` reads this list from here:
+/// keep one `include_str!("kernels/<name>.cu")` per line.
+pub(crate) const SOURCE: &str = concat!(
+    include_str!("kernels/common.cu"),
+    include_str!("kernels/elementwise.cu"),
+    include_str!("kernels/copy.cu"),
+    include_str!("kernels/reduce.cu"),
+    include_str!("kernels/softmax.cu"),
+    include_str!("kernels/norm.cu"),
+    include_str!("kernels/conv.cu"),
+    include_str!("kernels/attention.cu"),
+);
 
 macro_rules! functions {
     ($($variant:ident = $name:literal,)*) => {
-        /// A kernel of `kernels.cu`.
+        /// A kernel of the program ([`SOURCE`]), by its `extern "C"` name.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(usize)]
         pub(crate) enum Func { $($variant,)* }
@@ -221,7 +235,7 @@ fn nvrtc_version() -> BackendResult<(i32, i32)> {
 
 /// Compiles the program with `arch` and returns the cubin.
 fn compile(arch: &str) -> BackendResult<Vec<u8>> {
-    let src = CString::new(SOURCE).expect("kernels.cu has no NUL");
+    let src = CString::new(SOURCE).expect("the kernel source has no NUL");
     let name = c"chorus_kernels.cu";
     let mut prog = std::ptr::null_mut();
     nvrtc_check(

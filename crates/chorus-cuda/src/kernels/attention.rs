@@ -1,5 +1,5 @@
-//! Scaled dot-product attention as one kernel (`attention_f32` in kernels.cu): which sizes run
-//! it ([`fuses`]) and its launch ([`launch`]).
+//! Scaled dot-product attention as one kernel (`attention_f32` in `attention.cu`): which sizes
+//! run it ([`fuses`]) and its launch ([`launch`]).
 //!
 //! One warp per query row keeps the row's `s` scores in shared memory, up to [`WARPS`] warps
 //! (rows) per block, fewer when `s` is long: the kernel takes the sizes whose `s` f32 fit the
@@ -11,10 +11,14 @@
 //! `unfused` (matmul, softmax, matmul: to measure what the kernel saves); another value is an
 //! error when the device is created ([`mode`]).
 //!
+//! Launch (WARP ROWS, not a shape of [`super::common`]): `warps` = min(max([`MAX_SHARED_F32`] /
+//! `s`, 1), [`WARPS`]) rows per block, `32 * warps` threads, `warps * s` f32 of dynamic shared
+//! memory, min(ceil(rows / warps), 65535) blocks that grid-stride over the `batch * l` query rows.
+//!
 //! The views go to the kernel as they are, batch dims uncoalesced: `q`, `k`, `v`, the output
 //! and the mask share their batch dims, and a multi-head projection's heads are strided.
 
-use crate::launch::{arg, raw_with, MAX_DIMS};
+use super::common::{arg, raw_with, MAX_DIMS};
 use crate::module::{Func, Module};
 use crate::stream::CudaStream;
 use chorus_core::kernel::Attention;
@@ -25,7 +29,7 @@ const WARPS: usize = 4;
 /// Most f32 of dynamic shared memory per block (48 KiB).
 const MAX_SHARED_F32: usize = 48 * 1024 / 4;
 
-/// `struct Attn` in kernels.cu.
+/// `struct Attn` in attention.cu.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 struct Attn {
@@ -71,10 +75,10 @@ pub(crate) fn fuses(s: usize, e: usize, ev: usize) -> bool {
 /// Enqueues `Kernel::Attention` on `stream`.
 ///
 /// # Safety
-/// As `launch::launch` for the descriptor: the views address live device memory of this
+/// As `kernels::launch` for the descriptor: the views address live device memory of this
 /// context over their extents until the stream has run the kernel, `out`'s elements are
 /// disjoint and overlap no input, and the sizes are ones [`fuses`] accepts.
-pub(crate) unsafe fn launch(
+pub(super) unsafe fn launch(
     stream: &CudaStream,
     module: &Module,
     attention: &Attention,
@@ -162,7 +166,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attn_is_laid_out_as_in_kernels_cu() {
+    fn attn_is_laid_out_as_in_attention_cu() {
         // i64 nb, i64 shape[16], i64 strides[5][18], u64 l, s, e, ev, float scale, int causal.
         assert_eq!(
             std::mem::size_of::<Attn>(),

@@ -1,0 +1,128 @@
+//! Convolution and pooling (`conv.cu`): `Kernel::Conv2d` (PyTorch's conv2d: cross-correlation,
+//! zero padding, dilation 1, grouped, optional bias) of `[batch, c_in, h, w]` with weights
+//! `[c_out, c_in / groups, kh, kw]`, and `Kernel::AdaptiveAvgPool2d` of `[planes, h, w]` to
+//! `[planes, oh, ow]`.
+//!
+//! | kernel | launch | computes |
+//! |---|---|---|
+//! | `conv2d_f32` | ELEMENTWISE over `batch * c_out * oh * ow` | one thread per output sums its taps in f32 in a fixed order, then adds the bias |
+//! | `adaptive_avg_pool2d_f32` | ELEMENTWISE over `planes * oh * ow` | cell `(i, j)` averages rows `floor(i h / oh) .. ceil((i + 1) h / oh)` and likewise columns, in double |
+//!
+//! Launch shapes as in [`super::common`]; an empty output launches nothing.
+
+use super::common::{arg, grid, ptr, raw};
+use crate::module::{Func, Module};
+use crate::stream::CudaStream;
+use chorus_core::{BackendResult, DevicePtr};
+
+/// Enqueues `Kernel::Conv2d`.
+///
+/// # Safety
+/// As `kernels::launch`: input, weight and bias readable and `out` writable over the extents of
+/// the geometry, no overlap.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the fields of `Kernel::Conv2d`, one argument each until the variant is a struct"
+)]
+pub(super) unsafe fn conv2d(
+    stream: &CudaStream,
+    module: &Module,
+    src: DevicePtr,
+    weight: DevicePtr,
+    bias: Option<DevicePtr>,
+    out: DevicePtr,
+    batch: usize,
+    c_in: usize,
+    hw: [usize; 2],
+    c_out: usize,
+    khw: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    groups: usize,
+    out_hw: [usize; 2],
+) -> BackendResult<()> {
+    let count = [batch, c_out, out_hw[0], out_hw[1]]
+        .iter()
+        .map(|&v| v as u64)
+        .product::<u64>();
+    if count == 0 {
+        return Ok(());
+    }
+    let (mut s, mut w, mut b, mut o) = (src.0, weight.0, ptr(bias), out.0);
+    let mut v: [u64; 14] = [
+        batch, c_in, hw[0], hw[1], c_out, khw[0], khw[1], stride[0], stride[1], padding[0],
+        padding[1], groups, out_hw[0], out_hw[1],
+    ]
+    .map(|x| x as u64);
+    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = &mut v;
+    // SAFETY: caller's contract; parameters as `conv2d_f32` in conv.cu.
+    unsafe {
+        raw(
+            stream,
+            module,
+            Func::Conv2dF32,
+            grid(count),
+            &mut [
+                arg(&mut s),
+                arg(&mut w),
+                arg(&mut b),
+                arg(&mut o),
+                arg(a0),
+                arg(a1),
+                arg(a2),
+                arg(a3),
+                arg(a4),
+                arg(a5),
+                arg(a6),
+                arg(a7),
+                arg(a8),
+                arg(a9),
+                arg(a10),
+                arg(a11),
+                arg(a12),
+                arg(a13),
+            ],
+        )
+    }
+}
+
+/// Enqueues `Kernel::AdaptiveAvgPool2d`.
+///
+/// # Safety
+/// As `kernels::launch`: `src` readable for `planes * h * w` f32, `out` writable for
+/// `planes * oh * ow` f32, no overlap.
+pub(super) unsafe fn adaptive_avg_pool2d(
+    stream: &CudaStream,
+    module: &Module,
+    src: DevicePtr,
+    out: DevicePtr,
+    planes: usize,
+    hw: [usize; 2],
+    out_hw: [usize; 2],
+) -> BackendResult<()> {
+    let count = (planes as u64) * (out_hw[0] as u64) * (out_hw[1] as u64);
+    if count == 0 {
+        return Ok(());
+    }
+    let (mut s, mut o) = (src.0, out.0);
+    let mut v = [planes, hw[0], hw[1], out_hw[0], out_hw[1]].map(|x| x as u64);
+    let [p, h, w, oh, ow] = &mut v;
+    // SAFETY: caller's contract; parameters as `adaptive_avg_pool2d_f32` in conv.cu.
+    unsafe {
+        raw(
+            stream,
+            module,
+            Func::AdaptiveAvgPool2dF32,
+            grid(count),
+            &mut [
+                arg(&mut s),
+                arg(&mut o),
+                arg(p),
+                arg(h),
+                arg(w),
+                arg(oh),
+                arg(ow),
+            ],
+        )
+    }
+}

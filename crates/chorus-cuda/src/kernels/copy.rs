@@ -1,0 +1,150 @@
+//! Data movement (`copy.cu`): strided copies (`Kernel::Copy` into a contiguous buffer,
+//! `Kernel::CopyInto` between two views) and the `Kernel::IndexSelect` gather. Both move
+//! 2-, 4- or 8-byte words as bits ([`word`]), whatever the element type.
+//!
+//! | kernel | launch | computes |
+//! |---|---|---|
+//! | `copy_strided_u16/_u32/_u64` | ELEMENTWISE over `src.len()` | `dst[off_d(k)] = src[off_s(k)]` over coalesced [`Dims`] |
+//! | `index_select_u16/_u32/_u64` | ELEMENTWISE over `outer * count * inner` | `out[(o count + k) inner + i] = src[(o n + idx[k]) inner + i]`; a bad index gives 0 and is recorded in the stream's error word |
+//!
+//! Launch shapes as in [`super::common`]; an empty output launches nothing.
+
+use super::common::{arg, grid, raw, word, Dims};
+use crate::module::{Func, Module};
+use crate::stream::CudaStream;
+use chorus_core::kernel::{coalesce, row_major_strides, View};
+use chorus_core::{BackendResult, DType, DevicePtr};
+
+/// Enqueues `Kernel::Copy`: `src` gathered into the contiguous `out`.
+///
+/// # Safety
+/// As `kernels::launch`: `src` readable over its extents, `out` writable for `src.len()`
+/// elements of `dtype`, no overlap.
+pub(super) unsafe fn copy(
+    stream: &CudaStream,
+    module: &Module,
+    src: &View,
+    out: DevicePtr,
+    dtype: DType,
+) -> BackendResult<()> {
+    let dst = View {
+        ptr: out,
+        shape: src.shape.clone(),
+        strides: row_major_strides(&src.shape),
+    };
+    // SAFETY: caller's contract; `dst` is `out` laid out contiguously.
+    unsafe { strided(stream, module, "copy", src, &dst, dtype) }
+}
+
+/// Enqueues `Kernel::CopyInto`.
+///
+/// # Safety
+/// As `kernels::launch`: both views reach only valid elements of `dtype`, `dst` writable and
+/// overlapping neither `src` nor itself.
+pub(super) unsafe fn copy_into(
+    stream: &CudaStream,
+    module: &Module,
+    src: &View,
+    dst: &View,
+    dtype: DType,
+) -> BackendResult<()> {
+    // SAFETY: caller's contract.
+    unsafe { strided(stream, module, "copy_into", src, dst, dtype) }
+}
+
+/// `dst[idx] = src[idx]` over two views of one shape.
+///
+/// # Safety
+/// As `kernels::launch`.
+unsafe fn strided(
+    stream: &CudaStream,
+    module: &Module,
+    name: &'static str,
+    src: &View,
+    dst: &View,
+    dtype: DType,
+) -> BackendResult<()> {
+    let f = word(name, dtype, [Func::CopyU16, Func::CopyU32, Func::CopyU64])?;
+    let mut n = src.len() as u64;
+    if n == 0 {
+        return Ok(());
+    }
+    let (shape, s) = coalesce(&src.shape, [&src.strides, &dst.strides]);
+    let mut sd = Dims::new(name, &shape, &s[0])?;
+    let mut dd = Dims::new(name, &shape, &s[1])?;
+    let (mut a, mut b) = (src.ptr.0, dst.ptr.0);
+    // SAFETY: caller's contract; parameters as `copy_strided_*` in copy.cu.
+    unsafe {
+        raw(
+            stream,
+            module,
+            f,
+            grid(n),
+            &mut [
+                arg(&mut a),
+                arg(&mut sd),
+                arg(&mut b),
+                arg(&mut dd),
+                arg(&mut n),
+            ],
+        )
+    }
+}
+
+/// Enqueues `Kernel::IndexSelect`; a bad index is recorded in the stream's error word
+/// (`err_dev`), which makes the stream's error sticky (`stream.rs`).
+///
+/// # Safety
+/// As `kernels::launch`: `src` readable for `outer * n * inner` elements of `dtype`, `indices`
+/// for `count` i64, `out` writable for `outer * count * inner` elements, no overlap.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the fields of `Kernel::IndexSelect`, one argument each until the variant is a struct"
+)]
+pub(super) unsafe fn index_select(
+    stream: &CudaStream,
+    module: &Module,
+    src: DevicePtr,
+    indices: DevicePtr,
+    out: DevicePtr,
+    [outer, n, inner]: [usize; 3],
+    count: usize,
+    dtype: DType,
+) -> BackendResult<()> {
+    let f = word(
+        "index_select",
+        dtype,
+        [
+            Func::IndexSelectU16,
+            Func::IndexSelectU32,
+            Func::IndexSelectU64,
+        ],
+    )?;
+    let total = (outer as u64) * (count as u64) * (inner as u64);
+    if total == 0 {
+        return Ok(());
+    }
+    let (mut s, mut i, mut o, mut e) = (src.0, indices.0, out.0, stream.err_dev);
+    let mut v = [outer, n, inner, count].map(|x| x as u64);
+    let [a0, a1, a2, a3] = &mut v;
+    // SAFETY: caller's contract; parameters as `index_select_*` in copy.cu; `err_dev` is the
+    // stream's host-mapped error word.
+    unsafe {
+        raw(
+            stream,
+            module,
+            f,
+            grid(total),
+            &mut [
+                arg(&mut s),
+                arg(&mut i),
+                arg(&mut o),
+                arg(a0),
+                arg(a1),
+                arg(a2),
+                arg(a3),
+                arg(&mut e),
+            ],
+        )
+    }
+}
