@@ -4,97 +4,12 @@
 //! of a given size shares one path; both views contiguous is one `memcpy`, otherwise the views
 //! are coalesced and walked in segments (cache tiles when a view is read across rows).
 
-use super::mem::{host, slice_mut};
-use super::strided::{row_major_strides, Layout};
-use chorus_core::dtype::DType;
-use chorus_core::kernel::{DevicePtr, StridedCopy, View};
+use super::mem::host;
+use super::strided::Layout;
+use chorus_core::kernel::StridedCopy;
 
-/// Copies `k.src` into `k.dst` (same shape): a gather into a contiguous destination, a
-/// strided copy otherwise.
-///
-/// # Safety
-/// `src` is readable and `dst` writable (both aligned for `dtype`) at every offset their shapes
-/// and strides reach; `dst` overlaps neither `src` nor itself and is not otherwise accessed
-/// during the call.
-pub(super) unsafe fn copy(k: &StridedCopy) {
-    if k.dst.is_contiguous() {
-        // SAFETY: forwarded contract (a contiguous destination of `src.len()` elements).
-        unsafe { gather_into(&k.src, k.dst.ptr, k.dtype) }
-    } else {
-        // SAFETY: forwarded contract.
-        unsafe { copy_into(&k.src, &k.dst, k.dtype) }
-    }
-}
-
-/// `out[k] = src[k-th element in row-major order]` for every element of `src`.
-///
-/// # Safety
-/// `src` is readable (aligned for `dtype`) at every offset its shape and strides reach; `out` is
-/// valid and aligned for `src.len()` writes of `dtype`, overlaps no input and is not otherwise
-/// accessed during the call.
-unsafe fn gather_into(src: &View, out: DevicePtr, dtype: DType) {
-    assert_eq!(
-        src.shape.len(),
-        src.strides.len(),
-        "copy: shape and strides differ in rank"
-    );
-    let len = src.len();
-    if len == 0 {
-        return;
-    }
-    if src.is_contiguous() {
-        // SAFETY: a contiguous view's `len` elements are `len * size` readable bytes at `src.ptr`;
-        // `out` holds as many writable bytes and does not overlap them (caller's contract).
-        unsafe {
-            std::ptr::copy_nonoverlapping(host::<u8>(src.ptr), host::<u8>(out), len * dtype.size())
-        };
-        return;
-    }
-    // SAFETY: caller's contract, with the element type replaced by a same-size word (the
-    // alignment of u16/u32/u64 is that of f16/bf16, f32 and i64).
-    unsafe {
-        match dtype.size() {
-            2 => gather::<u16>(src, out, len),
-            4 => gather::<u32>(src, out, len),
-            8 => gather::<u64>(src, out, len),
-            size => panic!("copy: no {size}-byte element type on the CPU backend ({dtype})"),
-        }
-    }
-}
-
-/// Strided gather of the `len` elements of `src` into `out`.
-///
-/// # Safety
-/// As [`copy`], with `T` of the size and alignment of the element type and `len == src.len()`.
-unsafe fn gather<T: Copy>(src: &View, out: DevicePtr, len: usize) {
-    let dense = row_major_strides(&src.shape);
-    let layout = Layout::coalesce(&src.shape, [&src.strides, &dense]);
-    let [s, _] = layout.row_strides();
-    let base = host::<T>(src.ptr).cast_const();
-    // SAFETY: caller's contract: `out` holds `len` writable, unaliased `T`.
-    let out = unsafe { slice_mut::<T>(out, len) };
-    // The output is an operand with row-major strides, so its row stride is 1 and segments may
-    // come in any order.
-    layout.for_each_segment(|[off, o], n| {
-        let row = &mut out[o..o + n];
-        // SAFETY: `off + j * s` for `j < n` is the offset of an element of the view, readable by
-        // the caller's contract.
-        unsafe {
-            let p = base.add(off);
-            match s {
-                1 => std::ptr::copy_nonoverlapping(p, row.as_mut_ptr(), n),
-                0 => row.fill(*p),
-                _ => {
-                    for (j, o) in row.iter_mut().enumerate() {
-                        *o = *p.add(j * s);
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// `dst[idx] = src[idx]` for every multi-index of the common shape.
+/// Copies `k.src` into `k.dst` (same shape): one `memcpy` when both are contiguous, otherwise
+/// segment by segment over the coalesced views ([`StridedCopy::coalesced`]).
 ///
 /// # Safety
 /// `src` is readable and `dst` writable (both aligned for `dtype`) at every offset their shapes
@@ -103,9 +18,10 @@ unsafe fn gather<T: Copy>(src: &View, out: DevicePtr, len: usize) {
 ///
 /// # Panics
 /// When the shapes differ or a stride list does not match its shape's rank.
-unsafe fn copy_into(src: &View, dst: &View, dtype: DType) {
-    assert_eq!(src.shape, dst.shape, "copy_into: views of different shapes");
-    let len = src.len();
+pub(super) unsafe fn copy(k: &StridedCopy) {
+    let (src, dst) = (&k.src, &k.dst);
+    assert_eq!(src.shape, dst.shape, "copy: views of different shapes");
+    let len = k.len();
     if len == 0 {
         return;
     }
@@ -116,30 +32,35 @@ unsafe fn copy_into(src: &View, dst: &View, dtype: DType) {
             std::ptr::copy_nonoverlapping(
                 host::<u8>(src.ptr),
                 host::<u8>(dst.ptr),
-                len * dtype.size(),
+                len * k.dtype.size(),
             )
         };
         return;
     }
-    // SAFETY: caller's contract, with the element type replaced by a same-size word.
+    // SAFETY: caller's contract, with the element type replaced by a same-size word (the
+    // alignment of u16/u32/u64 is that of f16/bf16, f32 and i64).
     unsafe {
-        match dtype.size() {
-            2 => scatter::<u16>(src, dst),
-            4 => scatter::<u32>(src, dst),
-            8 => scatter::<u64>(src, dst),
-            size => panic!("copy_into: no {size}-byte element type on the CPU backend ({dtype})"),
+        match k.dtype.size() {
+            2 => strided::<u16>(k),
+            4 => strided::<u32>(k),
+            8 => strided::<u64>(k),
+            size => panic!(
+                "copy: no {size}-byte element type on the CPU backend ({})",
+                k.dtype
+            ),
         }
     }
 }
 
-/// Strided copy of `src` into `dst`, segment by segment.
+/// Strided copy of `k.src` into `k.dst`, segment by segment.
 ///
 /// # Safety
-/// As [`copy_into`], with `T` of the size and alignment of the element type.
-unsafe fn scatter<T: Copy>(src: &View, dst: &View) {
-    let layout = Layout::coalesce(&src.shape, [&src.strides, &dst.strides]);
+/// As [`copy`], with `T` of the size and alignment of the element type.
+unsafe fn strided<T: Copy>(k: &StridedCopy) {
+    let (shape, strides) = k.coalesced();
+    let layout = Layout { shape, strides };
     let [ss, ds] = layout.row_strides();
-    let (s, d) = (host::<T>(src.ptr).cast_const(), host::<T>(dst.ptr));
+    let (s, d) = (host::<T>(k.src.ptr).cast_const(), host::<T>(k.dst.ptr));
     // Every element is written once (the destination does not overlap itself), so segments may
     // come in any order.
     layout.for_each_segment(|[so, doff], n| {
@@ -166,7 +87,8 @@ mod tests {
     use super::super::execute;
     use super::super::test_util::{offset, ptr_mut, unravel, view, Rng};
     use super::*;
-    use chorus_core::kernel::Kernel;
+    use chorus_core::kernel::{Kernel, View};
+    use chorus_core::DType;
 
     /// Naive gather: element by element through the multi-index.
     fn naive<T: Copy>(data: &[T], start: usize, shape: &[usize], strides: &[usize]) -> Vec<T> {

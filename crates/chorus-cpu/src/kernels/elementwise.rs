@@ -8,9 +8,9 @@
 //! zero giving 0** (a kernel must not panic on data); `i64::MIN / -1` wraps to `i64::MIN`.
 
 use super::mem::{host, slice_mut};
-use super::strided::{row_major_strides, Layout};
+use super::strided::Layout;
 use chorus_core::dtype::DType;
-use chorus_core::kernel::{Binary, BinaryOp, DevicePtr, Fill, Scalar, View};
+use chorus_core::kernel::{Binary, BinaryOp, Fill, Scalar, View};
 use std::slice::from_raw_parts;
 
 /// Element types with the four arithmetic operations of the `Binary` kernel.
@@ -63,13 +63,7 @@ impl Arith for i64 {
 /// `out` is valid and aligned for `lhs.len()` writes of `dtype`, overlaps neither input and is not
 /// otherwise accessed during the call.
 pub(super) unsafe fn binary(k: &Binary) {
-    let Binary {
-        op,
-        ref lhs,
-        ref rhs,
-        out,
-        dtype,
-    } = *k;
+    let (lhs, rhs) = (&k.lhs, &k.rhs);
     assert_eq!(
         lhs.shape, rhs.shape,
         "binary: operands are not broadcast to one shape"
@@ -86,9 +80,9 @@ pub(super) unsafe fn binary(k: &Binary) {
     );
     // SAFETY: caller's contract, with the element type named by `dtype`.
     unsafe {
-        match dtype {
-            DType::F32 => with_op::<f32>(op, lhs, rhs, out),
-            DType::I64 => with_op::<i64>(op, lhs, rhs, out),
+        match k.dtype {
+            DType::F32 => with_op::<f32>(k),
+            DType::I64 => with_op::<i64>(k),
             other => panic!("binary: the CPU backend has no {other} arithmetic"),
         }
     }
@@ -98,14 +92,14 @@ pub(super) unsafe fn binary(k: &Binary) {
 ///
 /// # Safety
 /// As [`binary`], with `T` the element type.
-unsafe fn with_op<T: Arith>(op: BinaryOp, lhs: &View, rhs: &View, out: DevicePtr) {
+unsafe fn with_op<T: Arith>(k: &Binary) {
     // SAFETY: forwarded contract.
     unsafe {
-        match op {
-            BinaryOp::Add => run(lhs, rhs, out, T::add),
-            BinaryOp::Sub => run(lhs, rhs, out, T::sub),
-            BinaryOp::Mul => run(lhs, rhs, out, T::mul),
-            BinaryOp::Div => run(lhs, rhs, out, T::div),
+        match k.op {
+            BinaryOp::Add => run(k, T::add),
+            BinaryOp::Sub => run(k, T::sub),
+            BinaryOp::Mul => run(k, T::mul),
+            BinaryOp::Div => run(k, T::div),
             other => panic!("binary: the CPU backend has no {other:?}"),
         }
     }
@@ -115,10 +109,11 @@ unsafe fn with_op<T: Arith>(op: BinaryOp, lhs: &View, rhs: &View, out: DevicePtr
 ///
 /// # Safety
 /// As [`binary`], with `T` the element type.
-unsafe fn run<T: Copy>(lhs: &View, rhs: &View, out: DevicePtr, f: impl Fn(T, T) -> T + Copy) {
-    let len = lhs.len();
+unsafe fn run<T: Copy>(k: &Binary, f: impl Fn(T, T) -> T + Copy) {
+    let (lhs, rhs) = (&k.lhs, &k.rhs);
+    let len = k.len();
     // SAFETY: caller's contract: `out` holds `len` writable, unaliased elements.
-    let out = unsafe { slice_mut::<T>(out, len) };
+    let out = unsafe { slice_mut::<T>(k.out, len) };
     if len == 0 {
         return;
     }
@@ -143,8 +138,8 @@ unsafe fn run<T: Copy>(lhs: &View, rhs: &View, out: DevicePtr, f: impl Fn(T, T) 
     }
     // The output is an operand with row-major strides, so its row stride is 1 and segments may
     // come in any order.
-    let dense = row_major_strides(&lhs.shape);
-    let layout = Layout::coalesce(&lhs.shape, [&lhs.strides, &rhs.strides, &dense]);
+    let (shape, strides) = k.coalesced();
+    let layout = Layout { shape, strides };
     let [ls, rs, _] = layout.row_strides();
     layout.for_each_segment(|[lo, ro, oo], n| {
         // SAFETY: segments are not empty; `lo + j * ls` and `ro + j * rs` for `j < n` are

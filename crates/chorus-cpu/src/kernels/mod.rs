@@ -121,7 +121,7 @@ fn unsupported(kernel: &Kernel, what: String) -> BackendError {
 /// On a malformed descriptor (rank mismatch between shape and strides, unsorted or out-of-range
 /// reduce dims), which the front-end never makes.
 pub(crate) unsafe fn execute(kernel: &Kernel) {
-    // SAFETY (every arm): forwarded contract, for the descriptor's extents.
+    // SAFETY: every arm forwards this function's contract, for its descriptor's extents.
     unsafe {
         match kernel {
             Kernel::Fill(k) => elementwise::fill(k),

@@ -91,12 +91,12 @@ pub(super) unsafe fn launch(
         scale,
         causal,
         mask,
+        ..
     } = attention;
     let mask = mask.as_ref();
-    let r = q.shape.len();
-    let nb = r - 2;
-    let (l, e, s, ev) = (q.shape[nb], q.shape[nb + 1], k.shape[nb], v.shape[nb + 1]);
-    let rows: u64 = q.shape[..=nb].iter().map(|&n| n as u64).product();
+    let nb = q.shape.len() - 2;
+    let (l, s, e, ev) = attention.sizes();
+    let rows = (attention.batch() * l) as u64;
     if rows == 0 || ev == 0 {
         return Ok(());
     }

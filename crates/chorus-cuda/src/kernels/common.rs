@@ -78,9 +78,10 @@ pub(super) fn ptr(p: Option<DevicePtr>) -> u64 {
 
 /// The error for a kernel, op, dtype or value this backend does not implement.
 pub(super) fn unsupported(kernel: &'static str, what: String) -> BackendError {
-    BackendError::Kernel {
+    BackendError::Unsupported {
+        backend: "cuda",
         kernel,
-        message: format!("the CUDA backend has no {what}"),
+        what,
     }
 }
 

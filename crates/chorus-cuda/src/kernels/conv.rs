@@ -13,38 +13,32 @@
 use super::common::{arg, grid, ptr, raw};
 use crate::module::{Func, Module};
 use crate::stream::CudaStream;
-use chorus_core::{BackendResult, DevicePtr};
+use chorus_core::kernel::{AdaptiveAvgPool2d, Conv2d};
+use chorus_core::BackendResult;
 
 /// Enqueues `Kernel::Conv2d`.
 ///
 /// # Safety
 /// As `kernels::launch`: input, weight and bias readable and `out` writable over the extents of
 /// the geometry, no overlap.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of `Kernel::Conv2d`, one argument each until the variant is a struct"
-)]
-pub(super) unsafe fn conv2d(
-    stream: &CudaStream,
-    module: &Module,
-    src: DevicePtr,
-    weight: DevicePtr,
-    bias: Option<DevicePtr>,
-    out: DevicePtr,
-    batch: usize,
-    c_in: usize,
-    hw: [usize; 2],
-    c_out: usize,
-    khw: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    groups: usize,
-    out_hw: [usize; 2],
-) -> BackendResult<()> {
-    let count = [batch, c_out, out_hw[0], out_hw[1]]
-        .iter()
-        .map(|&v| v as u64)
-        .product::<u64>();
+pub(super) unsafe fn conv2d(stream: &CudaStream, module: &Module, k: &Conv2d) -> BackendResult<()> {
+    let Conv2d {
+        src,
+        weight,
+        bias,
+        out,
+        batch,
+        c_in,
+        hw,
+        c_out,
+        khw,
+        stride,
+        padding,
+        groups,
+        out_hw,
+        ..
+    } = *k;
+    let count = k.out_len() as u64;
     if count == 0 {
         return Ok(());
     }
@@ -94,13 +88,17 @@ pub(super) unsafe fn conv2d(
 pub(super) unsafe fn adaptive_avg_pool2d(
     stream: &CudaStream,
     module: &Module,
-    src: DevicePtr,
-    out: DevicePtr,
-    planes: usize,
-    hw: [usize; 2],
-    out_hw: [usize; 2],
+    k: &AdaptiveAvgPool2d,
 ) -> BackendResult<()> {
-    let count = (planes as u64) * (out_hw[0] as u64) * (out_hw[1] as u64);
+    let AdaptiveAvgPool2d {
+        src,
+        out,
+        planes,
+        hw,
+        out_hw,
+        ..
+    } = *k;
+    let count = k.out_len() as u64;
     if count == 0 {
         return Ok(());
     }

@@ -12,67 +12,30 @@
 use super::common::{arg, grid, raw, word, Dims};
 use crate::module::{Func, Module};
 use crate::stream::CudaStream;
-use chorus_core::kernel::{coalesce, row_major_strides, View};
-use chorus_core::{BackendResult, DType, DevicePtr};
+use chorus_core::kernel::{IndexSelect, StridedCopy};
+use chorus_core::BackendResult;
 
-/// Enqueues `Kernel::Copy`: `src` gathered into the contiguous `out`.
-///
-/// # Safety
-/// As `kernels::launch`: `src` readable over its extents, `out` writable for `src.len()`
-/// elements of `dtype`, no overlap.
-pub(super) unsafe fn copy(
-    stream: &CudaStream,
-    module: &Module,
-    src: &View,
-    out: DevicePtr,
-    dtype: DType,
-) -> BackendResult<()> {
-    let dst = View {
-        ptr: out,
-        shape: src.shape.clone(),
-        strides: row_major_strides(&src.shape),
-    };
-    // SAFETY: caller's contract; `dst` is `out` laid out contiguously.
-    unsafe { strided(stream, module, "copy", src, &dst, dtype) }
-}
-
-/// Enqueues `Kernel::CopyInto`.
+/// Enqueues `Kernel::Copy`: `dst[idx] = src[idx]` over two views of one shape (a gather into a
+/// contiguous block, or into a region of a larger tensor).
 ///
 /// # Safety
 /// As `kernels::launch`: both views reach only valid elements of `dtype`, `dst` writable and
 /// overlapping neither `src` nor itself.
-pub(super) unsafe fn copy_into(
+pub(super) unsafe fn copy(
     stream: &CudaStream,
     module: &Module,
-    src: &View,
-    dst: &View,
-    dtype: DType,
+    k: &StridedCopy,
 ) -> BackendResult<()> {
-    // SAFETY: caller's contract.
-    unsafe { strided(stream, module, "copy_into", src, dst, dtype) }
-}
-
-/// `dst[idx] = src[idx]` over two views of one shape.
-///
-/// # Safety
-/// As `kernels::launch`.
-unsafe fn strided(
-    stream: &CudaStream,
-    module: &Module,
-    name: &'static str,
-    src: &View,
-    dst: &View,
-    dtype: DType,
-) -> BackendResult<()> {
-    let f = word(name, dtype, [Func::CopyU16, Func::CopyU32, Func::CopyU64])?;
-    let mut n = src.len() as u64;
+    let name = "copy";
+    let f = word(name, k.dtype, [Func::CopyU16, Func::CopyU32, Func::CopyU64])?;
+    let mut n = k.len() as u64;
     if n == 0 {
         return Ok(());
     }
-    let (shape, s) = coalesce(&src.shape, [&src.strides, &dst.strides]);
+    let (shape, s) = k.coalesced();
     let mut sd = Dims::new(name, &shape, &s[0])?;
     let mut dd = Dims::new(name, &shape, &s[1])?;
-    let (mut a, mut b) = (src.ptr.0, dst.ptr.0);
+    let (mut a, mut b) = (k.src.ptr.0, k.dst.ptr.0);
     // SAFETY: caller's contract; parameters as `copy_strided_*` in copy.cu.
     unsafe {
         raw(
@@ -97,20 +60,21 @@ unsafe fn strided(
 /// # Safety
 /// As `kernels::launch`: `src` readable for `outer * n * inner` elements of `dtype`, `indices`
 /// for `count` i64, `out` writable for `outer * count * inner` elements, no overlap.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of `Kernel::IndexSelect`, one argument each until the variant is a struct"
-)]
 pub(super) unsafe fn index_select(
     stream: &CudaStream,
     module: &Module,
-    src: DevicePtr,
-    indices: DevicePtr,
-    out: DevicePtr,
-    [outer, n, inner]: [usize; 3],
-    count: usize,
-    dtype: DType,
+    k: &IndexSelect,
 ) -> BackendResult<()> {
+    let IndexSelect {
+        src,
+        indices,
+        out,
+        outer,
+        n,
+        inner,
+        count,
+        dtype,
+    } = *k;
     let f = word(
         "index_select",
         dtype,
@@ -120,7 +84,7 @@ pub(super) unsafe fn index_select(
             Func::IndexSelectU64,
         ],
     )?;
-    let total = (outer as u64) * (count as u64) * (inner as u64);
+    let total = k.out_len() as u64;
     if total == 0 {
         return Ok(());
     }

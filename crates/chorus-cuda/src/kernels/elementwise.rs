@@ -15,20 +15,15 @@
 use super::common::{arg, grid, raw, unary_code, unsupported, Dims};
 use crate::module::{Func, Module};
 use crate::stream::CudaStream;
-use chorus_core::kernel::{coalesce, row_major_strides, BinaryOp, Scalar, UnaryOp, View};
-use chorus_core::{BackendResult, DType, DevicePtr};
+use chorus_core::kernel::{Binary, BinaryOp, Fill, Randn, Scalar, Unary};
+use chorus_core::{BackendResult, DType};
 
 /// Enqueues `Kernel::Fill`.
 ///
 /// # Safety
 /// As `kernels::launch`: `out` holds `len` writable elements of the value's type.
-pub(super) unsafe fn fill(
-    stream: &CudaStream,
-    module: &Module,
-    out: DevicePtr,
-    len: usize,
-    value: Scalar,
-) -> BackendResult<()> {
+pub(super) unsafe fn fill(stream: &CudaStream, module: &Module, k: &Fill) -> BackendResult<()> {
+    let Fill { out, len, value } = *k;
     let (mut o, mut n) = (out.0, len as u64);
     if n == 0 {
         return Ok(());
@@ -59,13 +54,8 @@ pub(super) unsafe fn fill(
 ///
 /// # Safety
 /// As `kernels::launch`: `out` holds `len` writable f32.
-pub(super) unsafe fn randn(
-    stream: &CudaStream,
-    module: &Module,
-    out: DevicePtr,
-    len: usize,
-    seed: u64,
-) -> BackendResult<()> {
+pub(super) unsafe fn randn(stream: &CudaStream, module: &Module, k: &Randn) -> BackendResult<()> {
+    let Randn { out, len, seed, .. } = *k;
     let (mut o, mut n, mut s) = (out.0, len as u64, seed);
     if n == 0 {
         return Ok(());
@@ -86,14 +76,10 @@ pub(super) unsafe fn randn(
 ///
 /// # Safety
 /// As `kernels::launch`: `src` readable and `out` writable for `len` f32, no overlap.
-pub(super) unsafe fn unary(
-    stream: &CudaStream,
-    module: &Module,
-    op: UnaryOp,
-    src: DevicePtr,
-    out: DevicePtr,
-    len: usize,
-) -> BackendResult<()> {
+pub(super) unsafe fn unary(stream: &CudaStream, module: &Module, k: &Unary) -> BackendResult<()> {
+    let Unary {
+        op, src, out, len, ..
+    } = *k;
     let mut code = unary_code("unary", op)?;
     let (mut s, mut o, mut n) = (src.0, out.0, len as u64);
     if n == 0 {
@@ -116,15 +102,14 @@ pub(super) unsafe fn unary(
 /// # Safety
 /// As `kernels::launch`: both views readable over their extents, `out` writable for
 /// `lhs.len()` elements of `dtype`, no overlap with the inputs.
-pub(super) unsafe fn binary(
-    stream: &CudaStream,
-    module: &Module,
-    op: BinaryOp,
-    lhs: &View,
-    rhs: &View,
-    out: DevicePtr,
-    dtype: DType,
-) -> BackendResult<()> {
+pub(super) unsafe fn binary(stream: &CudaStream, module: &Module, k: &Binary) -> BackendResult<()> {
+    let Binary {
+        op,
+        ref lhs,
+        ref rhs,
+        out,
+        dtype,
+    } = *k;
     let name = "binary";
     let f = match dtype {
         DType::F32 => Func::BinaryF32,
@@ -138,12 +123,11 @@ pub(super) unsafe fn binary(
         BinaryOp::Div => 3,
         other => return Err(unsupported(name, format!("{other:?}"))),
     };
-    let mut n = lhs.len() as u64;
+    let mut n = k.len() as u64;
     if n == 0 {
         return Ok(());
     }
-    let dense = row_major_strides(&lhs.shape);
-    let (shape, s) = coalesce(&lhs.shape, [&lhs.strides, &rhs.strides, &dense]);
+    let (shape, s) = k.coalesced();
     let mut ad = Dims::new(name, &shape, &s[0])?;
     let mut bd = Dims::new(name, &shape, &s[1])?;
     let (mut a, mut b, mut o) = (lhs.ptr.0, rhs.ptr.0, out.0);

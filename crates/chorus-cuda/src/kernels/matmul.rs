@@ -14,29 +14,32 @@
 use super::common::{arg, grid, ptr, raw, unary_code};
 use crate::module::{Func, Module};
 use crate::stream::CudaStream;
-use chorus_core::kernel::{Epilogue, MatOperand};
-use chorus_core::{BackendResult, DevicePtr};
+use chorus_core::kernel::Matmul;
+use chorus_core::BackendResult;
 
 /// Enqueues `Kernel::Matmul` (its `rhs_derived` is the CPU backend's: unused here).
 ///
 /// # Safety
 /// As `kernels::launch`: the operands (and the bias, `n` f32) readable over their extents,
 /// `out` writable for `batch * m * n` f32, no overlap.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of `Kernel::Matmul`, one argument each until the variant is a struct"
-)]
 pub(super) unsafe fn matmul(
     stream: &CudaStream,
     module: &Module,
-    lhs: &MatOperand,
-    rhs: &MatOperand,
-    out: DevicePtr,
-    [batch, m, n, k]: [usize; 4],
-    epilogue: Epilogue,
+    mm: &Matmul,
     tf32: bool,
 ) -> BackendResult<()> {
-    let count = (batch as u64) * (m as u64) * (n as u64);
+    let Matmul {
+        ref lhs,
+        ref rhs,
+        out,
+        batch,
+        m,
+        n,
+        k,
+        epilogue,
+        ..
+    } = *mm;
+    let count = mm.out_len() as u64;
     if count == 0 {
         return Ok(());
     }
@@ -55,7 +58,7 @@ pub(super) unsafe fn matmul(
             )?;
         } else {
             let blas = stream.blas()?;
-            if batch == 1 && (epilogue.bias.is_some() || epilogue.act.is_some()) {
+            if batch == 1 && epilogue.is_some() {
                 let fused = blas.lt.matmul(
                     stream.raw,
                     lhs,
@@ -73,7 +76,7 @@ pub(super) unsafe fn matmul(
             }
             blas.sgemm(lhs, rhs, out, [batch, m, n, k], tf32, |e| stream.fail(e))?;
         }
-        if epilogue.bias.is_none() && epilogue.act.is_none() {
+        if !epilogue.is_some() {
             return Ok(());
         }
         let mut act = match epilogue.act {
@@ -81,7 +84,7 @@ pub(super) unsafe fn matmul(
             None => -1,
         };
         let (mut o, mut b) = (out.0, ptr(epilogue.bias));
-        let (mut rows, mut cols) = ((batch as u64) * (m as u64), n as u64);
+        let (mut rows, mut cols) = (mm.out_rows() as u64, n as u64);
         raw(
             stream,
             module,

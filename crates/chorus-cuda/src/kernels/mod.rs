@@ -6,7 +6,7 @@
 //! | family | kernels |
 //! |---|---|
 //! | [`elementwise`] | `Fill`, `Randn`, `Unary`, `Binary` (and the matmul epilogue's `bias_act_f32`) |
-//! | [`copy`] | `Copy`, `CopyInto`, `IndexSelect` |
+//! | [`copy`] | `Copy`, `IndexSelect` |
 //! | [`matmul`] | `Matmul`: cuBLAS / cuBLASLt (`crate::blas`, `crate::lt`), no `.cu` of its own |
 //! | [`reduce`] | `Reduce`, `ArgReduce` |
 //! | [`softmax`] | `Softmax` |
@@ -31,7 +31,38 @@ mod softmax;
 use crate::module::Module;
 use crate::stream::CudaStream;
 use chorus_core::kernel::Kernel;
-use chorus_core::BackendResult;
+use chorus_core::{BackendResult, DType};
+
+/// Whether the CUDA backend runs `kernel`: its kernels compute in f32 (and i64 where the op
+/// has integer semantics); copies and gathers move words of any element size. Called before
+/// anything is enqueued.
+///
+/// # Errors
+/// `BackendError::Unsupported` naming the kernel and what is missing.
+pub(crate) fn check(kernel: &Kernel) -> BackendResult<()> {
+    let dtype = kernel.dtype();
+    let ok = match kernel {
+        Kernel::Copy(_) | Kernel::IndexSelect(_) => true,
+        Kernel::Fill(_) | Kernel::Binary(_) | Kernel::Reduce(_) => {
+            matches!(dtype, DType::F32 | DType::I64)
+        }
+        Kernel::Conv2d(c) => {
+            if let Err(e) = c.validate() {
+                return Err(common::unsupported(kernel.name(), e));
+            }
+            dtype == DType::F32
+        }
+        _ => dtype == DType::F32,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(common::unsupported(
+            kernel.name(),
+            format!("{dtype} {}", kernel.name()),
+        ))
+    }
+}
 
 /// Enqueues `kernel` on `stream`.
 ///
@@ -46,165 +77,26 @@ pub(crate) unsafe fn launch(
     tf32: bool,
 ) -> BackendResult<()> {
     let (s, m) = (stream, module);
+    check(kernel)?;
     // SAFETY: every arm forwards this function's contract: each family function's own
-    // contract is this one, for its descriptor's fields.
+    // contract is this one, for its descriptor.
     unsafe {
         match kernel {
-            Kernel::Fill { out, len, value } => elementwise::fill(s, m, *out, *len, *value),
-            Kernel::Randn { out, len, seed } => elementwise::randn(s, m, *out, *len, *seed),
-            Kernel::Unary { op, src, out, len } => elementwise::unary(s, m, *op, *src, *out, *len),
-            Kernel::Binary {
-                op,
-                lhs,
-                rhs,
-                out,
-                dtype,
-            } => elementwise::binary(s, m, *op, lhs, rhs, *out, *dtype),
-            Kernel::Copy { src, out, dtype } => copy::copy(s, m, src, *out, *dtype),
-            Kernel::CopyInto { src, dst, dtype } => copy::copy_into(s, m, src, dst, *dtype),
-            Kernel::IndexSelect {
-                src,
-                indices,
-                out,
-                outer,
-                n,
-                inner,
-                count,
-                dtype,
-            } => copy::index_select(
-                s,
-                m,
-                *src,
-                *indices,
-                *out,
-                [*outer, *n, *inner],
-                *count,
-                *dtype,
-            ),
-            Kernel::Matmul {
-                lhs,
-                rhs,
-                out,
-                batch,
-                m: rows,
-                n,
-                k,
-                epilogue,
-                ..
-            } => matmul::matmul(
-                s,
-                m,
-                lhs,
-                rhs,
-                *out,
-                [*batch, *rows, *n, *k],
-                *epilogue,
-                tf32,
-            ),
-            Kernel::Reduce {
-                op,
-                src,
-                shape,
-                dims,
-                out,
-                dtype,
-            } => reduce::reduce(s, m, *op, *src, shape, dims, *out, *dtype),
-            Kernel::ArgReduce {
-                op,
-                src,
-                values,
-                indices,
-                outer,
-                n,
-                inner,
-            } => reduce::arg_reduce(s, m, *op, *src, *values, *indices, [*outer, *n, *inner]),
-            Kernel::Softmax {
-                src,
-                out,
-                outer,
-                n,
-                inner,
-                scale,
-                log,
-                causal,
-                mask,
-            } => softmax::softmax(
-                s,
-                m,
-                *src,
-                *out,
-                [*outer, *n, *inner],
-                *scale,
-                *log,
-                *causal,
-                mask.as_ref(),
-            ),
-            Kernel::LayerNorm {
-                src,
-                residual,
-                out,
-                weight,
-                bias,
-                rows,
-                n,
-                eps,
-            } => norm::layer_norm(
-                s,
-                m,
-                *src,
-                *residual,
-                *out,
-                *weight,
-                *bias,
-                [*rows, *n],
-                *eps,
-            ),
-            Kernel::GroupNorm {
-                src,
-                out,
-                weight,
-                bias,
-                batch,
-                channels,
-                groups,
-                spatial,
-                eps,
-            } => norm::group_norm(
-                s,
-                m,
-                *src,
-                *out,
-                *weight,
-                *bias,
-                [*batch, *channels, *groups, *spatial],
-                *eps,
-            ),
-            Kernel::Conv2d {
-                src,
-                weight,
-                bias,
-                out,
-                batch,
-                c_in,
-                hw,
-                c_out,
-                khw,
-                stride,
-                padding,
-                groups,
-                out_hw,
-            } => conv::conv2d(
-                s, m, *src, *weight, *bias, *out, *batch, *c_in, *hw, *c_out, *khw, *stride,
-                *padding, *groups, *out_hw,
-            ),
-            Kernel::AdaptiveAvgPool2d {
-                src,
-                out,
-                planes,
-                hw,
-                out_hw,
-            } => conv::adaptive_avg_pool2d(s, m, *src, *out, *planes, *hw, *out_hw),
-            Kernel::Attention(a) => attention::launch(s, m, a),
+            Kernel::Fill(k) => elementwise::fill(s, m, k),
+            Kernel::Randn(k) => elementwise::randn(s, m, k),
+            Kernel::Unary(k) => elementwise::unary(s, m, k),
+            Kernel::Binary(k) => elementwise::binary(s, m, k),
+            Kernel::Copy(k) => copy::copy(s, m, k),
+            Kernel::IndexSelect(k) => copy::index_select(s, m, k),
+            Kernel::Matmul(k) => matmul::matmul(s, m, k, tf32),
+            Kernel::Reduce(k) => reduce::reduce(s, m, k),
+            Kernel::ArgReduce(k) => reduce::arg_reduce(s, m, k),
+            Kernel::Softmax(k) => softmax::softmax(s, m, k),
+            Kernel::LayerNorm(k) => norm::layer_norm(s, m, k),
+            Kernel::GroupNorm(k) => norm::group_norm(s, m, k),
+            Kernel::Conv2d(k) => conv::conv2d(s, m, k),
+            Kernel::AdaptiveAvgPool2d(k) => conv::adaptive_avg_pool2d(s, m, k),
+            Kernel::Attention(k) => attention::launch(s, m, k),
             other => Err(common::unsupported(
                 other.name(),
                 format!("kernel {}", other.name()),

@@ -13,28 +13,30 @@
 use super::common::{arg, ptr, raw, row_grid};
 use crate::module::{Func, Module};
 use crate::stream::CudaStream;
-use chorus_core::{BackendResult, DevicePtr};
+use chorus_core::kernel::{GroupNorm, LayerNorm};
+use chorus_core::BackendResult;
 
 /// Enqueues `Kernel::LayerNorm`.
 ///
 /// # Safety
 /// As `kernels::launch`: `src` (and a residual) readable and `out` writable for `rows * n` f32,
 /// weight and bias readable for `n` f32, no overlap.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of `Kernel::LayerNorm`, one argument each until the variant is a struct"
-)]
 pub(super) unsafe fn layer_norm(
     stream: &CudaStream,
     module: &Module,
-    src: DevicePtr,
-    residual: Option<DevicePtr>,
-    out: DevicePtr,
-    weight: Option<DevicePtr>,
-    bias: Option<DevicePtr>,
-    [rows, n]: [usize; 2],
-    eps: f32,
+    k: &LayerNorm,
 ) -> BackendResult<()> {
+    let LayerNorm {
+        src,
+        residual,
+        out,
+        weight,
+        bias,
+        rows,
+        n,
+        eps,
+        ..
+    } = *k;
     if rows == 0 {
         return Ok(());
     }
@@ -67,21 +69,24 @@ pub(super) unsafe fn layer_norm(
 /// # Safety
 /// As `kernels::launch`: `src` readable and `out` writable for `batch * channels * spatial`
 /// f32, weight and bias readable for `channels` f32, no overlap.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of `Kernel::GroupNorm`, one argument each until the variant is a struct"
-)]
 pub(super) unsafe fn group_norm(
     stream: &CudaStream,
     module: &Module,
-    src: DevicePtr,
-    out: DevicePtr,
-    weight: Option<DevicePtr>,
-    bias: Option<DevicePtr>,
-    [batch, channels, groups, spatial]: [usize; 4],
-    eps: f32,
+    k: &GroupNorm,
 ) -> BackendResult<()> {
-    let rows = (batch as u64) * (groups as u64);
+    let GroupNorm {
+        src,
+        out,
+        weight,
+        bias,
+        batch,
+        channels,
+        groups,
+        spatial,
+        eps,
+        ..
+    } = *k;
+    let rows = k.rows() as u64;
     if rows == 0 {
         return Ok(());
     }

@@ -12,8 +12,8 @@
 use super::common::{arg, raw, raw_with, row_grid, unsupported, Dims, BLOCK};
 use crate::module::{Func, Module};
 use crate::stream::CudaStream;
-use chorus_core::kernel::{coalesce, row_major_strides, ArgOp, ReduceOp};
-use chorus_core::{BackendResult, DType, DevicePtr};
+use chorus_core::kernel::{ArgOp, ArgReduce, Reduce, ReduceOp};
+use chorus_core::{BackendResult, DType};
 
 /// Reductions with at most this many outputs ...
 const SPLIT_MAX_OUTPUTS: u64 = 512;
@@ -26,20 +26,14 @@ const SPLIT_MIN_REDUCED: u64 = 1 << 17;
 /// # Safety
 /// As `kernels::launch`: `src` readable for the product of `shape`, `out` writable for the
 /// product of the kept dims, both of `dtype`, no overlap.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of `Kernel::Reduce`, one argument each until the variant is a struct"
-)]
-pub(super) unsafe fn reduce(
-    stream: &CudaStream,
-    module: &Module,
-    op: ReduceOp,
-    src: DevicePtr,
-    shape: &[usize],
-    dims: &[usize],
-    out: DevicePtr,
-    dtype: DType,
-) -> BackendResult<()> {
+pub(super) unsafe fn reduce(stream: &CudaStream, module: &Module, k: &Reduce) -> BackendResult<()> {
+    let Reduce {
+        op,
+        src,
+        out,
+        dtype,
+        ..
+    } = *k;
     let name = "reduce";
     let f = match dtype {
         DType::F32 => Func::ReduceF32,
@@ -54,33 +48,15 @@ pub(super) unsafe fn reduce(
         ReduceOp::Prod => 4,
         other => return Err(unsupported(name, format!("{other:?}"))),
     };
-    let strides = row_major_strides(shape);
-    let split = |keep: bool| {
-        let (sh, st): (Vec<usize>, Vec<usize>) = (0..shape.len())
-            .filter(|d| dims.contains(d) != keep)
-            .map(|d| (shape[d], strides[d]))
-            .unzip();
-        let (sh, [st]) = coalesce(&sh, [&st]);
-        (sh, st)
-    };
-    let (ks, kst) = split(true);
-    let (rs, rst) = split(false);
-    let mut n_out: u64 = ks.iter().map(|&n| n as u64).product();
-    let mut n_red: u64 = rs.iter().map(|&n| n as u64).product();
-    if shape.contains(&0) {
-        // Empty input: the kept dims may still have elements (reduced to the
-        // identity / NaN by the kernel with n_red == 0), or none at all.
-        n_out = (0..shape.len())
-            .filter(|d| !dims.contains(d))
-            .map(|d| shape[d] as u64)
-            .product();
-        n_red = 0;
-        if n_out == 0 {
-            return Ok(());
-        }
+    // An empty input may still have kept elements (reduced to the identity / NaN by the kernel
+    // with n_red == 0), or none at all.
+    let (mut n_out, mut n_red) = (k.out_len() as u64, k.reduced_len() as u64);
+    if n_out == 0 {
+        return Ok(());
     }
-    let mut kept = Dims::new(name, &ks, &kst)?;
-    let mut red = Dims::new(name, &rs, &rst)?;
+    let split = k.split();
+    let mut kept = Dims::new(name, &split.kept.0, &split.kept.1)?;
+    let mut red = Dims::new(name, &split.reduced.0, &split.reduced.1)?;
     let (mut s, mut o) = (src.0, out.0);
     if f == Func::ReduceF32 && n_out <= SPLIT_MAX_OUTPUTS && n_red >= SPLIT_MIN_REDUCED {
         // SAFETY: caller's contract, for `src` over `kept` × `red` and `out` (`n_out` f32).
@@ -190,18 +166,24 @@ unsafe fn split_reduce(
 pub(super) unsafe fn arg_reduce(
     stream: &CudaStream,
     module: &Module,
-    op: ArgOp,
-    src: DevicePtr,
-    values: DevicePtr,
-    indices: DevicePtr,
-    [outer, n, inner]: [usize; 3],
+    k: &ArgReduce,
 ) -> BackendResult<()> {
+    let ArgReduce {
+        op,
+        src,
+        values,
+        indices,
+        outer,
+        n,
+        inner,
+        ..
+    } = *k;
     let mut code: i32 = match op {
         ArgOp::Max => 0,
         ArgOp::Min => 1,
         other => return Err(unsupported("arg_reduce", format!("{other:?}"))),
     };
-    let rows = (outer as u64) * (inner as u64);
+    let rows = k.rows() as u64;
     if rows == 0 {
         return Ok(());
     }

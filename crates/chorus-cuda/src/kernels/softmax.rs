@@ -10,30 +10,32 @@
 use super::common::{arg, raw, row_grid};
 use crate::module::{Func, Module};
 use crate::stream::CudaStream;
-use chorus_core::kernel::View;
-use chorus_core::{BackendResult, DevicePtr};
+use chorus_core::kernel::Softmax;
+use chorus_core::BackendResult;
 
 /// Enqueues `Kernel::Softmax`.
 ///
 /// # Safety
 /// As `kernels::launch`: `src` readable and `out` writable for `outer * n * inner` f32, the
 /// mask view readable, no overlap.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of `Kernel::Softmax`, one argument each until the variant is a struct"
-)]
 pub(super) unsafe fn softmax(
     stream: &CudaStream,
     module: &Module,
-    src: DevicePtr,
-    out: DevicePtr,
-    [outer, n, inner]: [usize; 3],
-    scale: f32,
-    log: bool,
-    causal: Option<usize>,
-    mask: Option<&View>,
+    k: &Softmax,
 ) -> BackendResult<()> {
-    let rows = (outer as u64) * (inner as u64);
+    let Softmax {
+        src,
+        out,
+        outer,
+        n,
+        inner,
+        scale,
+        log,
+        causal,
+        ref mask,
+        ..
+    } = *k;
+    let rows = k.rows() as u64;
     if rows == 0 || n == 0 {
         return Ok(());
     }
