@@ -103,6 +103,32 @@ impl Kernel {
         }
     }
 
+    /// Whether a backend whose float kernels compute in `floats` can run this descriptor:
+    /// copies and gathers move words of any element size; fills, binary ops and reductions
+    /// also take i64; every other kernel computes in one of `floats`. A convolution's geometry
+    /// is checked too ([`Conv2d::validate`]).
+    ///
+    /// # Errors
+    /// What the backend lacks, for its `BackendError::Unsupported`.
+    pub fn supported_by(&self, floats: &[DType]) -> Result<(), String> {
+        if let Kernel::Conv2d(c) = self {
+            c.validate()?;
+        }
+        let dtype = self.dtype();
+        let ok = match self {
+            Kernel::Copy(_) | Kernel::IndexSelect(_) => true,
+            Kernel::Fill(_) | Kernel::Binary(_) | Kernel::Reduce(_) => {
+                dtype == DType::I64 || floats.contains(&dtype)
+            }
+            _ => floats.contains(&dtype),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{dtype} {}", self.name()))
+        }
+    }
+
     /// The element type the kernel computes in (an arg-reduce's input; the indices of a gather
     /// or a mask are always i64).
     pub fn dtype(&self) -> DType {

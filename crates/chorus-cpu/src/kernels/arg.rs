@@ -27,29 +27,20 @@ fn better(v: f32, best: f32, max: bool) -> bool {
 /// When `n == 0` while `outer * inner > 0` (nothing to choose from), and on an op this backend
 /// does not implement.
 pub(super) unsafe fn arg_reduce(k: &ArgReduce) {
-    let ArgReduce {
-        op,
-        src,
-        values,
-        indices,
-        outer,
-        n,
-        inner,
-        ..
-    } = *k;
-    let max = match op {
+    let (n, inner) = (k.n, k.inner);
+    let max = match k.op {
         ArgOp::Max => true,
         ArgOp::Min => false,
         other => panic!("arg_reduce: the CPU backend has no {other:?}"),
     };
-    let out_len = outer * inner;
+    let out_len = k.rows();
     // SAFETY: caller's contract: `outer * n * inner` readable f32, not written during the call.
-    let src = unsafe { slice::<f32>(src, outer * n * inner) };
+    let src = unsafe { slice::<f32>(k.src, k.src_len()) };
     // SAFETY: caller's contract: `outer * inner` writable, unaliased f32.
-    let values = unsafe { slice_mut::<f32>(values, out_len) };
+    let values = unsafe { slice_mut::<f32>(k.values, out_len) };
     // SAFETY: caller's contract: `outer * inner` writable, unaliased i64 (not overlapping
     // `values`).
-    let indices = unsafe { slice_mut::<i64>(indices, out_len) };
+    let indices = unsafe { slice_mut::<i64>(k.indices, out_len) };
     if out_len == 0 {
         return;
     }

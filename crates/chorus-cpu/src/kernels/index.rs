@@ -7,7 +7,7 @@
 //! panics with a message naming it, which the stream worker turns into a sticky stream error.
 
 use super::mem::{slice, slice_mut};
-use chorus_core::kernel::{DevicePtr, IndexSelect};
+use chorus_core::kernel::IndexSelect;
 
 /// Gathers `count` slabs per outer index.
 ///
@@ -19,18 +19,9 @@ use chorus_core::kernel::{DevicePtr, IndexSelect};
 /// # Panics
 /// On an index outside `0..n`, and on an element size this backend has no word for.
 pub(super) unsafe fn index_select(k: &IndexSelect) {
-    let IndexSelect {
-        src,
-        indices,
-        out,
-        outer,
-        n,
-        inner,
-        count,
-        dtype,
-    } = *k;
+    let n = k.n;
     // SAFETY: caller's contract: `count` readable i64, not written during the call.
-    let indices = unsafe { slice::<i64>(indices, count) };
+    let indices = unsafe { slice::<i64>(k.indices, k.count) };
     let rows: Vec<usize> = indices
         .iter()
         .map(|&i| match usize::try_from(i) {
@@ -38,14 +29,14 @@ pub(super) unsafe fn index_select(k: &IndexSelect) {
             _ => panic!("index_select: index {i} is out of range for a dimension of size {n}"),
         })
         .collect();
-    let dims = [outer, n, inner];
+
     // SAFETY: caller's contract, with the element type replaced by a same-size word (the
     // alignment of u16/u32/u64 is that of f16/bf16, f32 and i64); every row is below `n`.
     unsafe {
-        match dtype.size() {
-            2 => gather::<u16>(src, &rows, out, dims),
-            4 => gather::<u32>(src, &rows, out, dims),
-            8 => gather::<u64>(src, &rows, out, dims),
+        match k.dtype.size() {
+            2 => gather::<u16>(k, &rows),
+            4 => gather::<u32>(k, &rows),
+            8 => gather::<u64>(k, &rows),
             size => panic!("index_select: no {size}-byte element type on the CPU backend"),
         }
     }
@@ -55,16 +46,12 @@ pub(super) unsafe fn index_select(k: &IndexSelect) {
 ///
 /// # Safety
 /// As [`index_select`], with every row below `n`.
-unsafe fn gather<T: Copy>(
-    src: DevicePtr,
-    rows: &[usize],
-    out: DevicePtr,
-    [outer, n, inner]: [usize; 3],
-) {
+unsafe fn gather<T: Copy>(k: &IndexSelect, rows: &[usize]) {
+    let (n, inner) = (k.n, k.inner);
     // SAFETY: caller's contract: `outer * n * inner` readable words, not written during the call.
-    let src = unsafe { slice::<T>(src, outer * n * inner) };
+    let src = unsafe { slice::<T>(k.src, k.src_len()) };
     // SAFETY: caller's contract: `outer * count * inner` writable, unaliased words.
-    let out = unsafe { slice_mut::<T>(out, outer * rows.len() * inner) };
+    let out = unsafe { slice_mut::<T>(k.out, k.out_len()) };
     if out.is_empty() {
         return;
     }

@@ -78,27 +78,12 @@ std::thread_local! {
 /// # Errors
 /// [`BackendError::Unsupported`] naming the kernel and what is missing.
 pub(crate) fn check(kernel: &Kernel) -> BackendResult<()> {
-    let dtype = kernel.dtype();
-    let ok = match kernel {
-        // Moved as words of the element's size, whatever it is.
-        Kernel::Copy(_) | Kernel::IndexSelect(_) => true,
-        Kernel::Fill(_) | Kernel::Binary(_) | Kernel::Reduce(_) => {
-            matches!(dtype, DType::F32 | DType::I64)
-        }
-        Kernel::Attention(_) => false,
-        Kernel::Conv2d(c) => {
-            if let Err(e) = c.validate() {
-                return Err(unsupported(kernel, e));
-            }
-            dtype == DType::F32
-        }
-        _ => dtype == DType::F32,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(unsupported(kernel, format!("{dtype} {}", kernel.name())))
+    if let Kernel::Attention(_) = kernel {
+        return Err(unsupported(kernel, "a fused attention kernel".into()));
     }
+    kernel
+        .supported_by(&[DType::F32])
+        .map_err(|what| unsupported(kernel, what))
 }
 
 fn unsupported(kernel: &Kernel, what: String) -> BackendError {

@@ -43,28 +43,17 @@ fn stats(x: &[f32], eps: f32) -> (f64, f64) {
 /// `out` is valid and aligned for `rows * n` f32 writes, overlaps no input and is not otherwise
 /// accessed during the call.
 pub(super) unsafe fn layer_norm(k: &LayerNorm) {
-    let LayerNorm {
-        src,
-        residual,
-        out,
-        weight,
-        bias,
-        rows,
-        n,
-        eps,
-        ..
-    } = *k;
-    let len = rows * n;
+    let (n, eps, len) = (k.n, k.eps, k.len());
     // SAFETY: caller's contract: `len` readable f32, not written during the call.
-    let src = unsafe { slice::<f32>(src, len) };
+    let src = unsafe { slice::<f32>(k.src, len) };
     // SAFETY: caller's contract: `len` writable, unaliased f32.
-    let out = unsafe { slice_mut::<f32>(out, len) };
+    let out = unsafe { slice_mut::<f32>(k.out, len) };
     // SAFETY: caller's contract: a weight is `n` readable f32.
-    let weight = weight.map(|w| unsafe { slice::<f32>(w, n) });
+    let weight = k.weight.map(|w| unsafe { slice::<f32>(w, n) });
     // SAFETY: caller's contract: a bias is `n` readable f32.
-    let bias = bias.map(|b| unsafe { slice::<f32>(b, n) });
+    let bias = k.bias.map(|b| unsafe { slice::<f32>(b, n) });
     // SAFETY: caller's contract: a residual is `len` readable f32.
-    let residual = residual.map(|r| unsafe { slice::<f32>(r, len) });
+    let residual = k.residual.map(|r| unsafe { slice::<f32>(r, len) });
     if len == 0 {
         return;
     }

@@ -22,30 +22,15 @@ use chorus_core::BackendResult;
 /// As `kernels::launch`: input, weight and bias readable and `out` writable over the extents of
 /// the geometry, no overlap.
 pub(super) unsafe fn conv2d(stream: &CudaStream, module: &Module, k: &Conv2d) -> BackendResult<()> {
-    let Conv2d {
-        src,
-        weight,
-        bias,
-        out,
-        batch,
-        c_in,
-        hw,
-        c_out,
-        khw,
-        stride,
-        padding,
-        groups,
-        out_hw,
-        ..
-    } = *k;
     let count = k.out_len() as u64;
     if count == 0 {
         return Ok(());
     }
-    let (mut s, mut w, mut b, mut o) = (src.0, weight.0, ptr(bias), out.0);
+    let (mut s, mut w, mut b, mut o) = (k.src.0, k.weight.0, ptr(k.bias), k.out.0);
+    let [[h, wd], [kh, kw], [sh, sw], [ph, pw], [oh, ow]] =
+        [k.hw, k.khw, k.stride, k.padding, k.out_hw];
     let mut v: [u64; 14] = [
-        batch, c_in, hw[0], hw[1], c_out, khw[0], khw[1], stride[0], stride[1], padding[0],
-        padding[1], groups, out_hw[0], out_hw[1],
+        k.batch, k.c_in, h, wd, k.c_out, kh, kw, sh, sw, ph, pw, k.groups, oh, ow,
     ]
     .map(|x| x as u64);
     let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = &mut v;

@@ -40,28 +40,9 @@ use chorus_core::{BackendResult, DType};
 /// # Errors
 /// `BackendError::Unsupported` naming the kernel and what is missing.
 pub(crate) fn check(kernel: &Kernel) -> BackendResult<()> {
-    let dtype = kernel.dtype();
-    let ok = match kernel {
-        Kernel::Copy(_) | Kernel::IndexSelect(_) => true,
-        Kernel::Fill(_) | Kernel::Binary(_) | Kernel::Reduce(_) => {
-            matches!(dtype, DType::F32 | DType::I64)
-        }
-        Kernel::Conv2d(c) => {
-            if let Err(e) = c.validate() {
-                return Err(common::unsupported(kernel.name(), e));
-            }
-            dtype == DType::F32
-        }
-        _ => dtype == DType::F32,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(common::unsupported(
-            kernel.name(),
-            format!("{dtype} {}", kernel.name()),
-        ))
-    }
+    kernel
+        .supported_by(&[DType::F32])
+        .map_err(|what| common::unsupported(kernel.name(), what))
 }
 
 /// Enqueues `kernel` on `stream`.
