@@ -6,16 +6,17 @@
 //!   then checked bit-for-bit against the same work run alone on the main thread.
 //! - `chorus bench`: the MLP benchmark, measured as `../shared/bench/torch_cpu_baseline.py` does.
 //!
+//! The workloads both run are defined once, in `workload/`.
+//!
 //! Exit status: 0 on success, 1 on an error (or when a stress run found errors), 2 for a
 //! command-line usage error (from clap).
 
 mod bench;
-mod bench_cuda;
 mod device;
 mod human;
 mod info;
-mod scenario;
 mod stress;
+mod workload;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

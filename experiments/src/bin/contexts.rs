@@ -40,7 +40,7 @@
 //! times from the start barrier to the last thread's end, as `chorus bench` and PyTorch's script
 //! time their MLP rows (so the start of 64 threads and the tail of the slowest count too).
 //!
-//! `cargo run --release -p chorus-cuda --example contexts -- [LAYOUTS] [THREADS] [SECONDS]`
+//! `cargo run --release -p chorus-experiments --bin contexts -- [LAYOUTS] [THREADS] [SECONDS]`
 //! (default `primary,green:2,green:4,ctx:2,ctx:4,gshare:2`, `1,4,8,16,32,64`, `0.3`) prints
 //! iterations per second of each layout and thread count, and `SKIPPED` without a GPU. The
 //! GPU job's `raw` step runs `primary` from 1 to 64 threads (`scripts/gpu-job`).
@@ -140,7 +140,7 @@ fn load(ptx: &CString) -> CUfunction {
     let mut module = std::ptr::null_mut();
     let mut function = std::ptr::null_mut();
     // SAFETY: a context is current on this thread; `ptx` is NUL-terminated PTX text; the
-    // module stays loaded for the process (never unloaded in this example).
+    // module stays loaded for the process (never unloaded in this program).
     unsafe {
         ok(
             sys::cuModuleLoadData(&mut module, ptx.as_ptr() as *const c_void),

@@ -10,7 +10,7 @@
 //! - `chain`: the waker notifies the first sleeper only, and each woken sleeper the next; prints
 //!   the median latency per hop.
 //!
-//! `cargo run --release -p chorus-batch --example wake_latency`
+//! `cargo run --release -p chorus-experiments --bin wake_latency`
 
 use chorus_sync::{rank, Arc, Condvar, RankedMutex};
 use std::sync::Barrier;

@@ -2,8 +2,8 @@
 //! thread, each waited for, in 5 timed rounds: a steady loop for profilers (`perf record`) and
 //! for quick before/after numbers of a kernel change.
 //!
-//! `cargo run --release -p chorus --example mlp_loop -- [BATCH] [FORWARDS]` (default 256 400)
-//! prints samples/s of each round.
+//! `cargo run --release -p chorus-experiments --bin mlp_loop -- [BATCH] [FORWARDS]` (default
+//! 256 400) prints samples/s of each round.
 
 use chorus::{Device, Tensor, UnaryOp};
 

@@ -8,8 +8,8 @@
 //! - `tiny-wait`: `wait` with a 64→64→64→64 MLP (almost no GPU work: what is left is host work);
 //! - `empty-wait`: `x.sum().item()` only (one kernel besides `randn`, the read-back and the wait).
 //!
-//! `cargo run --release -p chorus --features cuda --example wait_paths -- [MODES] [THREADS]
-//! [BACKEND]` (default `wait,graph-wait,nowait,graph-nowait,tiny-wait,empty-wait`,
+//! `cargo run --release -p chorus-experiments --features cuda --bin wait_paths -- [MODES]
+//! [THREADS] [BACKEND]` (default `wait,graph-wait,nowait,graph-nowait,tiny-wait,empty-wait`,
 //! `1,8,16,32,64` and the best backend present; `cpu` or `cuda`) prints forwards/s of each
 //! variant and thread count.
 

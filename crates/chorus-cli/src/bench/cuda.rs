@@ -24,7 +24,7 @@
 //! PyTorch script's, so `scripts/compare-bench` can pair the rows.
 
 use crate::device::{self, DeviceChoice};
-use crate::scenario::{Models, Scenario};
+use crate::workload::{Models, Workload};
 use chorus::{DType, Device, Graph, Tensor};
 use serde_json::{json, Value};
 // sync-shim: allowed (a benchmark round's deadline flag, not runtime code)
@@ -34,24 +34,24 @@ use std::time::Instant;
 
 const THREADS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 
-/// One workload of the thread sweep.
-struct Workload {
+/// One model of the thread sweep: a workload's model, its input and the script's counts.
+struct SweepModel {
     name: &'static str,
-    scenario: Scenario,
+    workload: Workload,
     input: &'static [usize],
     iters: fn(usize) -> usize,
 }
 
-const WORKLOADS: [Workload; 2] = [
-    Workload {
+const MODELS: [SweepModel; 2] = [
+    SweepModel {
         name: "transformer_d256_h4_L2_x4x32",
-        scenario: Scenario::Transformer,
+        workload: Workload::Transformer,
         input: &[4, 32, 256],
         iters: |t| (400 / t).max(20),
     },
-    Workload {
+    SweepModel {
         name: "mlp_512_1024_1024_512_b1",
-        scenario: Scenario::Mlp,
+        workload: Workload::Mlp,
         input: &[1, 512],
         iters: |t| (2000 / t).max(50),
     },
@@ -100,7 +100,7 @@ impl<'a> Forward<'a> {
 fn thread_round(
     device: &Device,
     models: &Models,
-    w: &Workload,
+    w: &SweepModel,
     threads: usize,
     graph: bool,
     seconds: Option<f64>,
@@ -179,7 +179,7 @@ fn thread_round(
 
 /// Samples per second of the MLP at each batch size, one thread.
 fn batching(device: &Device) -> anyhow::Result<Vec<Value>> {
-    let models = Models::build(device, Scenario::Mlp)?.expect("the mlp scenario has a model");
+    let models = Models::build(device, Workload::Mlp)?.expect("the mlp workload has a model");
     let mut rows = Vec::new();
     for graph in [false, true] {
         for b in [1usize, 8, 64, 256, 1024, 4096] {
@@ -211,14 +211,14 @@ fn median_row(mut runs: Vec<Value>) -> Value {
         .iter()
         .map(|r| r["ops_per_s"].as_f64().unwrap_or(0.0))
         .collect();
-    let mut row = runs.swap_remove(crate::bench::median_index(&rates));
+    let mut row = runs.swap_remove(super::median_index(&rates));
     row["runs"] = json!(rates);
     row
 }
 
 /// Runs the suite on `choice` and returns the result object; each thread-sweep row is the
 /// median of `repeat` runs, each of the script's count or of `seconds`.
-pub(crate) fn run(
+pub(super) fn run(
     choice: &DeviceChoice,
     quiet: bool,
     repeat: usize,
@@ -226,8 +226,8 @@ pub(crate) fn run(
 ) -> anyhow::Result<Value> {
     let device = device::build_with_streams(choice, THREADS[THREADS.len() - 1] + 1)?;
     let mut threads = Vec::new();
-    for w in &WORKLOADS {
-        let models = Models::build(&device, w.scenario)?.expect("model scenarios have a model");
+    for w in &MODELS {
+        let models = Models::build(&device, w.workload)?.expect("model workloads have a model");
         for graph in [false, true] {
             for &t in &THREADS {
                 let runs = (0..repeat.max(1))
@@ -271,8 +271,8 @@ mod tests {
     #[test]
     fn a_timed_row_counts_the_forwards_finished_before_its_deadline() {
         let device = Device::cpu().unwrap();
-        let models = Models::build(&device, Scenario::Mlp).unwrap().unwrap();
-        let w = &WORKLOADS[1];
+        let models = Models::build(&device, Workload::Mlp).unwrap().unwrap();
+        let w = &MODELS[1];
         let started = Instant::now();
         let row = thread_round(&device, &models, w, 2, false, Some(0.3)).unwrap();
         // The deadline ends the round: far fewer than the unbounded count ran.
