@@ -3,7 +3,8 @@
 //!
 //! # Why it is sound
 //! A storage is written once, by the op that creates it, before any op reads it (stream order,
-//! `tensor/storage.rs`), and never again (DESIGN.md: models are immutable). So whatever a
+//! `tensor/storage.rs`), and never again (tensors, model weights included, are immutable:
+//! `docs/ARCHITECTURE.md`, "Tensors: write once, users tracked"). So whatever a
 //! kernel derives from the contents when it runs, every later kernel reading the same storage,
 //! on any stream, would derive the same. The cache belongs to the storage object, not to its
 //! memory: when the storage drops, its cache goes with it (once the kernels that hold a handle
