@@ -255,20 +255,27 @@ fn events_have_unique_ids_and_time_out_instead_of_hanging() {
             let fresh = dev.event().unwrap();
             assert!(fresh.query().unwrap(), "a never-recorded event is complete");
 
-            // An event behind a long chain times out with an error.
+            // An event recorded behind a closed gate stays pending until the gate opens, so a
+            // short synchronize must come back with a timeout error. It runs on a helper
+            // thread joined with a deadline: a timeout that is not honoured fails the test
+            // instead of hanging it (the gate opens when it drops during the panic).
             let busy = dev.stream(3).unwrap();
-            let x = dev.with_stream(&busy, || Tensor::randn(&dev, &[512, 512], 2).unwrap());
-            let mut y = x.clone();
-            dev.with_stream(&busy, || {
-                for _ in 0..8 {
-                    y = y.matmul(&x).unwrap();
-                }
-            });
-            let e = dev.event().unwrap();
+            let gate = busy.gate().unwrap();
+            let e = Arc::new(dev.event().unwrap());
             e.record(&busy).unwrap();
-            if let Err(err) = e.synchronize(Duration::from_micros(1)) {
-                assert!(matches!(err, Error::Timeout { .. }), "{err}");
-            }
+            assert!(!e.query().unwrap(), "pending behind the gate");
+            let (tx, rx) = mpsc::channel();
+            let waiter = {
+                let e = Arc::clone(&e);
+                std::thread::spawn(move || tx.send(e.synchronize(Duration::from_micros(1))))
+            };
+            let got = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a synchronize with a 1 us timeout still waits after 20 s");
+            assert!(matches!(got, Err(Error::Timeout { .. })), "{got:?}");
+            waiter.join().unwrap().unwrap();
+            assert!(!e.query().unwrap(), "still pending: the gate is closed");
+            gate.open();
             e.synchronize(Duration::from_secs(60)).unwrap();
             e.synchronize_forever().unwrap();
             assert!(e.query().unwrap());
