@@ -29,7 +29,8 @@
 //! - Every method may be called from any thread, concurrently (backends lock internally; their
 //!   locks rank above every runtime lock and never call back into the runtime).
 //! - A host callback must not block; the runtime only passes callbacks that hand user code to
-//!   its completion thread.
+//!   its completion thread (and, with the test-only feature `testing`, the callback of
+//!   `Stream::gate`, which blocks its stream on purpose until the test opens it).
 //! - An event query answers for the *latest* `record` of that event; a record replaces the
 //!   previous one. A never-recorded event is complete. After `reset_event` the event behaves as
 //!   never recorded, and no effect of an earlier record (a late timestamp, a late completion)

@@ -41,5 +41,7 @@ pub use event::Event;
 pub use graph::Graph;
 pub use kernel::{DevicePtr, Kernel, UnaryOp};
 pub use runtime::HandlerStats;
+#[cfg(feature = "testing")]
+pub use stream::Gate;
 pub use stream::{Stream, StreamGuard};
 pub use tensor::Tensor;

@@ -47,6 +47,9 @@
 
 mod device;
 
+/// Test-only: holds a stream's later work back until opened (feature `testing`).
+#[cfg(feature = "testing")]
+pub use chorus_core::Gate;
 pub use chorus_core::{
     kernel, Backend, BackendError, Config, ConfigBuilder, DType, DeviceId, Element, Error, Event,
     Exhaustion, Graph, HandlerStats, MemoryStats, Result, Stream, StreamGuard, StreamPolicy,

@@ -255,20 +255,27 @@ fn events_have_unique_ids_and_time_out_instead_of_hanging() {
             let fresh = dev.event().unwrap();
             assert!(fresh.query().unwrap(), "a never-recorded event is complete");
 
-            // An event behind a long chain times out with an error.
+            // An event recorded behind a closed gate stays pending until the gate opens, so a
+            // short synchronize must come back with a timeout error. It runs on a helper
+            // thread joined with a deadline: a timeout that is not honoured fails the test
+            // instead of hanging it (the gate opens when it drops during the panic).
             let busy = dev.stream(3).unwrap();
-            let x = dev.with_stream(&busy, || Tensor::randn(&dev, &[512, 512], 2).unwrap());
-            let mut y = x.clone();
-            dev.with_stream(&busy, || {
-                for _ in 0..8 {
-                    y = y.matmul(&x).unwrap();
-                }
-            });
-            let e = dev.event().unwrap();
+            let gate = busy.gate().unwrap();
+            let e = Arc::new(dev.event().unwrap());
             e.record(&busy).unwrap();
-            if let Err(err) = e.synchronize(Duration::from_micros(1)) {
-                assert!(matches!(err, Error::Timeout { .. }), "{err}");
-            }
+            assert!(!e.query().unwrap(), "pending behind the gate");
+            let (tx, rx) = mpsc::channel();
+            let waiter = {
+                let e = Arc::clone(&e);
+                std::thread::spawn(move || tx.send(e.synchronize(Duration::from_micros(1))))
+            };
+            let got = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a synchronize with a 1 us timeout still waits after 20 s");
+            assert!(matches!(got, Err(Error::Timeout { .. })), "{got:?}");
+            waiter.join().unwrap().unwrap();
+            assert!(!e.query().unwrap(), "still pending: the gate is closed");
+            gate.open();
             e.synchronize(Duration::from_secs(60)).unwrap();
             e.synchronize_forever().unwrap();
             assert!(e.query().unwrap());
@@ -278,23 +285,54 @@ fn events_have_unique_ids_and_time_out_instead_of_hanging() {
 
 #[test]
 fn recycled_event_does_not_see_old_record() {
+    const K: usize = 4;
     on_every_backend(
         |b| b,
         |dev| {
             let busy = dev.stream(4).unwrap();
-            let x = dev.with_stream(&busy, || Tensor::randn(&dev, &[256, 256], 3).unwrap());
-            for _ in 0..20 {
-                let e = dev.timing_event().unwrap();
-                e.record(&busy).unwrap();
-                drop(e);
-                // The recycled raw event comes back never-recorded: complete, no time.
-                let again = dev.timing_event().unwrap();
-                assert!(again.query().unwrap());
+            for round in 0..3 {
+                let gate = busy.gate().unwrap();
+                // Timing events recorded behind the gate: their records stay pending.
+                let old: Vec<_> = (0..K).map(|_| dev.timing_event().unwrap()).collect();
+                for e in &old {
+                    e.record(&busy).unwrap();
+                    assert!(
+                        !e.query().unwrap(),
+                        "round {round}: pending behind the gate"
+                    );
+                }
+                let old_ids: Vec<u64> = old.iter().map(|e| e.id()).collect();
+                drop(old);
+                // The pool hands out the raw events returned last first (a stack per kind), and
+                // nothing else on this device leases timing events (the runtime's fences and
+                // stream orderings use plain ones): these K leases get those raw events back.
+                let again: Vec<_> = (0..K).map(|_| dev.timing_event().unwrap()).collect();
+                for e in &again {
+                    assert!(!old_ids.contains(&e.id()), "ids are never reused");
+                    // The old records are still pending (the gate is closed), but a recycled
+                    // event is back in the never-recorded state: complete, with no time.
+                    assert!(
+                        e.query().unwrap(),
+                        "round {round}: sees the old pending record"
+                    );
+                    e.synchronize(Duration::from_millis(1)).unwrap();
+                }
                 let end = dev.timing_event().unwrap();
-                assert!(matches!(again.elapsed(&end), Err(Error::NotTiming { .. })));
-                let _keep = x.matmul(&x).unwrap();
+                end.record(&dev.stream(5).unwrap()).unwrap();
+                end.synchronize(Duration::from_secs(30)).unwrap();
+                for e in &again {
+                    assert!(
+                        matches!(e.elapsed(&end), Err(Error::NotTiming { .. })),
+                        "round {round}: a recycled event has no time of its own"
+                    );
+                }
+                gate.open();
+                busy.synchronize().unwrap();
+                for e in &again {
+                    assert!(e.query().unwrap());
+                    assert!(matches!(e.elapsed(&end), Err(Error::NotTiming { .. })));
+                }
             }
-            busy.synchronize().unwrap();
         },
     );
 }

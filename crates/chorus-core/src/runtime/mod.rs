@@ -87,6 +87,10 @@ pub(crate) trait RuntimeObj: Send + Sync + 'static {
     fn synchronize_stream(&self, s: usize, timeout: Option<Duration>) -> Result<()>;
     fn synchronize(&self, timeout: Option<Duration>) -> Result<()>;
     fn on_complete(&self, s: usize, f: Handler) -> Result<()>;
+    /// Enqueues on stream `s` a host callback that blocks until `release`'s sender is dropped
+    /// (`crate::stream::gate`, test-only).
+    #[cfg(feature = "testing")]
+    fn gate(&self, s: usize, release: std::sync::mpsc::Receiver<()>) -> Result<()>;
     fn new_event(&self, timing: bool) -> Result<Box<dyn EventObj>>;
     fn alloc(&self, bytes: usize, s: usize) -> Result<Block>;
     /// Gives a block back; `users` are the streams that used it (the owner among them or not).
@@ -412,6 +416,19 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         self.check_open()?;
         let completion = Arc::clone(&self.completion);
         let cb = Box::new(move || completion.push(f));
+        self.backend
+            .host_callback(self.stream(s)?, cb)
+            .map_err(self.dev_err(s))
+    }
+
+    #[cfg(feature = "testing")]
+    fn gate(&self, s: usize, release: std::sync::mpsc::Receiver<()>) -> Result<()> {
+        self.check_open()?;
+        // Blocks the backend's thread, holding no runtime lock and calling nothing of the
+        // runtime: it only waits until the gate's sender is dropped (`recv` then fails).
+        let cb = Box::new(move || {
+            let _ = release.recv();
+        });
         self.backend
             .host_callback(self.stream(s)?, cb)
             .map_err(self.dev_err(s))

@@ -1,6 +1,12 @@
-//! Streams: the public handle, the scoped guard, and the exclusive pool's slots.
+//! Streams: the public handle, the scoped guard, the exclusive pool's slots, and (feature
+//! `testing`) the test-only gate.
 
+#[cfg(feature = "testing")]
+mod gate;
 pub(crate) mod slots;
+
+#[cfg(feature = "testing")]
+pub use gate::Gate;
 
 use crate::error::{DeviceId, Error, Result};
 use crate::event::Event;
