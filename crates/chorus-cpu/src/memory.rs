@@ -7,16 +7,18 @@ use std::ptr::NonNull;
 /// Alignment of every segment (cache lines and the widest SIMD loads).
 pub(crate) const ALIGN: usize = 256;
 
+// sync-shim: allowed (a static counter outside every loom model; loom atomics cannot be statics)
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
 /// Bytes held in segments by every CPU device of the process (a plain std atomic: a
 /// process-wide statistic outside every loom model).
-// sync-shim: allowed (a static counter outside every loom model)
-static SEGMENT_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static SEGMENT_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes of host memory that every CPU device of the process holds in segments now: the sum of
 /// their [`MemoryStats::reserved_bytes`](chorus_core::MemoryStats::reserved_bytes), plus what
 /// devices whose work never finished left leaked at teardown.
 pub fn segment_bytes() -> usize {
-    SEGMENT_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+    SEGMENT_BYTES.load(Relaxed)
 }
 
 /// A host allocation owned by the runtime's allocator.
@@ -40,7 +42,7 @@ impl Segment {
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).ok_or(BackendError::OutOfMemory { bytes })?;
-        SEGMENT_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        SEGMENT_BYTES.fetch_add(layout.size(), Relaxed);
         Ok((Segment { ptr, layout }, DevicePtr(raw as usize as u64)))
     }
 }
@@ -49,6 +51,6 @@ impl Drop for Segment {
     fn drop(&mut self) {
         // SAFETY: `ptr` came from `alloc` with exactly this layout and is freed only here.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
-        SEGMENT_BYTES.fetch_sub(self.layout.size(), std::sync::atomic::Ordering::Relaxed);
+        SEGMENT_BYTES.fetch_sub(self.layout.size(), Relaxed);
     }
 }
