@@ -4,7 +4,9 @@
 //!   `CHORUS_*` environment variables.
 //! - `chorus stress`: many threads running the same round of tensor work on one device, timed,
 //!   then checked bit-for-bit against the same work run alone on the main thread.
-//! - `chorus bench`: the MLP benchmark, measured as `../shared/bench/torch_cpu_baseline.py` does.
+//! - `chorus bench`: the MLP benchmark on the CPU (as `../shared/bench/torch_cpu_baseline.py`
+//!   measures it), the GPU suite with `--device cuda`, and `chorus bench batching` (the batch
+//!   queue against direct calls).
 //!
 //! The workloads both run are defined once, in `workload/`.
 //!

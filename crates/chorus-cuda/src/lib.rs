@@ -4,7 +4,7 @@
 //!
 //! | runtime concept | here |
 //! |---|---|
-//! | stream (every pool slot) | its own non-blocking `CUstream` ([`CudaStream`]), with a cuBLAS handle created on its first GEMM and never shared |
+//! | stream (every pool slot) | its own non-blocking `CUstream` ([`CudaStream`]), with a cuBLAS handle created with the device (on its first GEMM with `lazy_blas`) and never shared |
 //! | event | a `CUevent` from the core's event pool ([`CudaEvent`]; timing ones without `CU_EVENT_DISABLE_TIMING`) |
 //! | memory | the core's caching allocator over `cuMemAlloc` segments ([`Segment`]): one driver allocation per segment, never per tensor, and no per-allocation events |
 //! | completion handler | `cuLaunchHostFunc` with a trampoline that only runs the runtime's hand-off closure (which queues the user's handler for the completion thread) |

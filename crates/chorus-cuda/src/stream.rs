@@ -1,4 +1,4 @@
-//! A pool stream: a non-blocking `CUstream`, its cuBLAS handle (created on the first GEMM),
+//! A pool stream: a non-blocking `CUstream`, its cuBLAS handle (created with the device, or on the first GEMM with `lazy_blas`),
 //! a page-locked staging buffer for reads, and the stream's error state.
 //!
 //! Waiting (in the default `hybrid` mode of `CHORUS_CUDA_SCHED`, `driver.rs`): a host thread

@@ -1,7 +1,8 @@
 //! loom models of the runtime's protocols (built only with `RUSTFLAGS="--cfg chorus_loom"`).
 //!
 //! Run: `RUSTFLAGS="--cfg chorus_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p chorus-core --lib --release`
-//! (`.ci/run` runs them as their own step; each model's run time is noted in that script).
+//! (`scripts/test`, which `.ci/run` calls, runs them as their own step; each model's run time is
+//! noted there).
 
 mod loom_alloc;
 mod loom_completion;
