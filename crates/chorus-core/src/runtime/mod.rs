@@ -20,7 +20,7 @@
 //!
 //! # Fields
 //! - `streams`, `backend`, `config`, `id`: immutable after construction.
-//! - `slots`: the exclusive pool (`crate::stream::slots`); `rr`: the shared policy's counter.
+//! - `slots`: the exclusive pool (`slots`); `rr`: the shared policy's counter.
 //! - `alloc`: its own lock (`ALLOCATOR`); `events`: `EVENT_POOL`; `completion`: `COMPLETION_QUEUE`.
 //! - `caches`: registry of thread caches (`THREAD_CACHE_REGISTRY`), walked by shutdown and by
 //!   an allocation that ran out of memory (the allocator's step 4 retires every cache, giving
@@ -36,6 +36,7 @@
 mod events;
 pub(crate) mod local;
 mod memory;
+pub(crate) mod slots;
 
 use crate::alloc::returns::Returns;
 use crate::alloc::thread_cache::ThreadCache;
@@ -46,12 +47,12 @@ use crate::config::{Config, Exhaustion, StreamPolicy};
 use crate::error::{BackendError, DeviceId, Error, Result};
 use crate::event_pool::EventPool;
 use crate::kernel::{DevicePtr, Kernel};
-use crate::stream::slots::{StreamSlots, Wait};
 use chorus_sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use chorus_sync::{rank, thread, Arc, Condvar, Mutex, RankedMutex, Weak};
 use std::time::{Duration, Instant};
 
 pub(crate) use events::EventObj;
+use slots::{StreamSlots, Wait};
 
 /// Process-wide counter of device instances. A plain std atomic: it is no part of any modeled
 /// protocol, and loom atomics cannot live in a `static`.

@@ -1,9 +1,9 @@
-//! Streams: the public handle, the scoped guard, the exclusive pool's slots, and (feature
-//! `testing`) the test-only gate.
+//! Streams: the public handle, the scoped guard and (feature `testing`) the test-only gate. The
+//! exclusive pool's slots, which streams threads bind to, are the runtime's
+//! (`crate::runtime::slots`).
 
 #[cfg(feature = "testing")]
 mod gate;
-pub(crate) mod slots;
 
 #[cfg(feature = "testing")]
 pub use gate::Gate;

@@ -1,6 +1,6 @@
 //! Stream-slot free list: no slot owned twice; a waiter is never left asleep while a slot is free.
 
-use crate::stream::slots::{StreamSlots, Wait};
+use crate::runtime::slots::{StreamSlots, Wait};
 use chorus_sync::atomic::{AtomicBool, Ordering};
 use chorus_sync::{thread, Arc};
 
