@@ -1,5 +1,6 @@
-//! The device runtime, written once for every backend: stream pool and thread binding, event
-//! pool, caching allocator, completion thread and shutdown.
+//! The device runtime, written once for every backend: stream pool and thread binding
+//! (`slots`, `local`), event pool, caching allocator, tensor storages (`storage`), graph
+//! capture (`capture`), completion thread and shutdown.
 //!
 //! [`Runtime<B>`] is generic over the [`Backend`]; handles (`Device`, `Stream`, `Event`,
 //! `Tensor`) hold it as `Arc<dyn RuntimeObj>`, the one place where the backend type is erased,
@@ -20,7 +21,8 @@
 //!
 //! # Fields
 //! - `streams`, `backend`, `config`, `id`: immutable after construction.
-//! - `slots`: the exclusive pool (`slots`); `rr`: the shared policy's counter.
+//! - `slots`: the exclusive pool (`slots`, lock-free; `STREAM_SLOT_WAIT` to wait for a slot);
+//!   `rr`: the shared policy's counter.
 //! - `alloc`: its own lock (`ALLOCATOR`); `events`: `EVENT_POOL`; `completion`: `COMPLETION_QUEUE`.
 //! - `caches`: registry of thread caches (`THREAD_CACHE_REGISTRY`), walked by shutdown and by
 //!   an allocation that ran out of memory (the allocator's step 4 retires every cache, giving
@@ -29,14 +31,25 @@
 //! - `shut_down` (`SHUTDOWN_DONE`, with `shut_down_cv`): set by the shutdown that closed the
 //!   device when it finishes.
 //!
+//! # Graph capture
+//! A graph's recording (`capture`) is per thread and device and sits below the tensor layer, in
+//! the runtime's launch and allocation path: while the calling thread records a graph of this
+//! device, [`RuntimeObj::launch`] appends the kernel to the recording instead of launching it,
+//! `Storage::new_output` takes an op's output from the graph's arena instead of the allocator,
+//! and `Storage::use_on` checks and notes an input instead of ordering it (a storage of a graph
+//! used outside its capture is refused there). The tensor front-end issues its ops the same way
+//! whether or not a capture records them.
+//!
 //! # Reference cycles
 //! Work handed to the backend (host callbacks) never captures the `Runtime`: a backend thread
 //! must never drop the last reference, or the runtime would join that very thread.
 
+pub(crate) mod capture;
 mod events;
 pub(crate) mod local;
 mod memory;
 pub(crate) mod slots;
+mod storage;
 
 use crate::alloc::returns::Returns;
 use crate::alloc::thread_cache::ThreadCache;
@@ -53,6 +66,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use events::EventObj;
 use slots::{StreamSlots, Wait};
+pub(crate) use storage::Storage;
 
 /// Process-wide counter of device instances. A plain std atomic: it is no part of any modeled
 /// protocol, and loom atomics cannot live in a `static`.
@@ -93,6 +107,10 @@ pub(crate) trait RuntimeObj: Send + Sync + 'static {
     #[cfg(feature = "testing")]
     fn gate(&self, s: usize, release: std::sync::mpsc::Receiver<()>) -> Result<()>;
     fn new_event(&self, timing: bool) -> Result<Box<dyn EventObj>>;
+    /// Whether the calling thread records a graph of this device (`capture`).
+    fn capturing(&self) -> bool;
+    /// A block from the allocator (an op's output goes through `Storage::new_output`, which
+    /// takes it from a capture's arena while the thread records).
     fn alloc(&self, bytes: usize, s: usize) -> Result<Block>;
     /// Gives a block back; `users` are the streams that used it (the owner among them or not).
     fn free(&self, block: Block, users: &[u32]);
@@ -100,6 +118,9 @@ pub(crate) trait RuntimeObj: Send + Sync + 'static {
     fn reset_peak(&self);
     fn empty_cache(&self);
     fn handler_stats(&self) -> HandlerStats;
+    /// Launches `k` on stream `s`, or, while the calling thread records a graph of this device,
+    /// appends it to the recording (`capture`; nothing is enqueued).
+    ///
     /// # Safety
     /// As `Backend::launch`.
     unsafe fn launch(&self, s: usize, k: Kernel) -> Result<()>;
@@ -444,6 +465,10 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         events::lease(rt, timing)
     }
 
+    fn capturing(&self) -> bool {
+        capture::recording(self)
+    }
+
     fn alloc(&self, bytes: usize, s: usize) -> Result<Block> {
         self.check_open()?;
         let (kind, size) = crate::alloc::pool::classify(bytes)
@@ -524,6 +549,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
 
     unsafe fn launch(&self, s: usize, k: Kernel) -> Result<()> {
+        // The capture hook: recorded, not launched (whatever the stream: the capture's
+        // allocations already refuse another stream than its own).
+        if capture::recording(self) {
+            return capture::record(self, k);
+        }
         self.check_open()?;
         // SAFETY: forwarded from the caller.
         unsafe { self.backend.launch(self.stream(s)?, k) }.map_err(self.dev_err(s))
