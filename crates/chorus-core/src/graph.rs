@@ -54,6 +54,7 @@ use crate::kernel::{Kernel, StridedCopy};
 use crate::runtime::capture::{Arena, Recorder, Recording};
 use crate::runtime::{GraphExec, RuntimeObj, Storage};
 use crate::shape::numel;
+use crate::stream::StreamId;
 use crate::tensor::{Out, Tensor};
 use chorus_sync::{rank, Arc, RankedMutex};
 
@@ -86,7 +87,7 @@ pub struct Graph {
 
 struct Runs {
     /// Stream of the last run (or of the capture).
-    last: usize,
+    last: StreamId,
     /// Streams the graph has run on (ordered after the external writes), as a bitset.
     seen: Vec<u64>,
 }
@@ -148,7 +149,7 @@ impl Graph {
     /// The graph's input tensors, allocated while recording (so from its arena).
     fn placeholders(
         rt: &Arc<dyn RuntimeObj>,
-        s: usize,
+        s: StreamId,
         inputs: &[(&[usize], DType)],
     ) -> Result<Vec<Tensor>> {
         let mut placeholders = Vec::with_capacity(inputs.len());
@@ -168,7 +169,7 @@ impl Graph {
     /// Checks the outputs and builds the graph from the recording.
     fn finish(
         rt: &Arc<dyn RuntimeObj>,
-        s: usize,
+        s: StreamId,
         mut rec: Recorder,
         placeholders: Vec<Tensor>,
         outputs: Vec<Tensor>,
@@ -268,14 +269,14 @@ impl Graph {
 
     /// Enqueues one run on stream `s` under the run lock (module docs): the inputs copied in,
     /// the graph, the outputs copied into `fresh`.
-    fn enqueue_run(&self, s: usize, inputs: &[&Tensor], fresh: &[Out]) -> Result<()> {
+    fn enqueue_run(&self, s: StreamId, inputs: &[&Tensor], fresh: &[Out]) -> Result<()> {
         let rt = &self.rt;
         let mut runs = self.runs.lock();
         if runs.last != s {
             rt.order_after(runs.last, s)?;
             runs.last = s;
         }
-        let (w, bit) = (s / 64, 1u64 << (s % 64));
+        let (w, bit) = s.bit();
         if runs.seen[w] & bit == 0 {
             for e in &self.externals {
                 Storage::use_on(e, s)?;

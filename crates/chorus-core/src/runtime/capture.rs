@@ -44,6 +44,7 @@ use crate::alloc::Block;
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
 use crate::runtime::RuntimeObj;
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicU64, Ordering};
 use chorus_sync::{rank, Arc, RankedMutex};
 use std::cell::RefCell;
@@ -75,7 +76,7 @@ impl Arena {
 
     /// A block of at least `bytes` for stream `s`: the smallest free one that fits, else a
     /// new one from the allocator.
-    fn take(&self, bytes: usize, s: usize) -> Result<Block> {
+    fn take(&self, bytes: usize, s: StreamId) -> Result<Block> {
         {
             let mut b = self.blocks.lock();
             let best = (b.free.iter().enumerate())
@@ -97,8 +98,9 @@ impl Arena {
     }
 
     /// Records that the graph ran on stream `s` (the blocks' users when they are given back).
-    pub(crate) fn ran_on(&self, s: usize) {
-        self.ran_on[s / 64].fetch_or(1 << (s % 64), Ordering::Release);
+    pub(crate) fn ran_on(&self, s: StreamId) {
+        let (w, bit) = s.bit();
+        self.ran_on[w].fetch_or(bit, Ordering::Release);
     }
 
     pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {
@@ -108,14 +110,8 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        let mut users = Vec::new();
-        for (w, word) in self.ran_on.iter().enumerate() {
-            let mut bits = word.load(Ordering::Acquire);
-            while bits != 0 {
-                users.push((w * 64 + bits.trailing_zeros() as usize) as u32);
-                bits &= bits - 1;
-            }
-        }
+        let words = self.ran_on.iter().map(|w| w.load(Ordering::Acquire));
+        let users: Vec<StreamId> = StreamId::in_bitset(words).collect();
         let all = std::mem::take(&mut self.blocks.lock().all);
         for block in all {
             // The capturing stream (the block's owner) is a user too; `free` adds no event for it.
@@ -129,7 +125,7 @@ pub(crate) struct Recorder {
     /// The device's instance number.
     instance: u64,
     /// The capturing stream: every block of the arena is this stream's.
-    stream: usize,
+    stream: StreamId,
     pub(crate) arena: Arc<Arena>,
     pub(crate) kernels: Vec<Kernel>,
     /// Storages the kernels read that are not the graph's, each once.
@@ -146,7 +142,7 @@ pub(crate) struct Recording(());
 impl Recording {
     /// Starts recording for `arena`'s device on this thread, capturing on stream `stream`
     /// (not recording → recording).
-    pub(crate) fn start(arena: &Arc<Arena>, stream: usize) -> Result<Recording> {
+    pub(crate) fn start(arena: &Arc<Arena>, stream: StreamId) -> Result<Recording> {
         let instance = arena.rt().id().instance;
         RECORDER.with(|r| {
             let mut r = r.borrow_mut();
@@ -227,7 +223,11 @@ pub(crate) fn recording(rt: &dyn RuntimeObj) -> bool {
 /// from the graph's arena; `None` otherwise. An op on another stream than the capture's is
 /// refused: the arena's blocks are the capturing stream's, and a run is ordered after that
 /// stream's work only.
-pub(super) fn alloc(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: usize) -> Option<Result<Storage>> {
+pub(super) fn alloc(
+    rt: &Arc<dyn RuntimeObj>,
+    bytes: usize,
+    s: StreamId,
+) -> Option<Result<Storage>> {
     let (arena, stream) = with(&**rt, |rec| (Arc::clone(&rec.arena), rec.stream))?;
     if s != stream {
         return Some(Err(Error::Capture {

@@ -37,6 +37,7 @@ use crate::alloc::Block;
 use crate::derived::Derived;
 use crate::error::{Error, Result};
 use crate::kernel::DevicePtr;
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicU64, Ordering};
 use chorus_sync::Arc;
 
@@ -70,7 +71,7 @@ impl Storage {
     ///
     /// # Errors
     /// Allocation errors; `Error::Capture` for an op on another stream than the capture's.
-    pub(crate) fn new_output(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: usize) -> Result<Self> {
+    pub(crate) fn new_output(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: StreamId) -> Result<Self> {
         if let Some(r) = capture::alloc(rt, bytes, s) {
             return r;
         }
@@ -83,7 +84,7 @@ impl Storage {
     ///
     /// # Errors
     /// Allocation errors.
-    pub(crate) fn new_upload(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: usize) -> Result<Self> {
+    pub(crate) fn new_upload(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: StreamId) -> Result<Self> {
         Ok(Self::new(Arc::clone(rt), rt.alloc(bytes, s)?))
     }
 
@@ -92,7 +93,8 @@ impl Storage {
         let words = rt.num_streams().div_ceil(64);
         let users: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
         let s = block.stream();
-        users[s / 64].store(1 << (s % 64), Ordering::Relaxed);
+        let (w, bit) = s.bit();
+        users[w].store(bit, Ordering::Relaxed);
         Self {
             rt,
             block,
@@ -130,7 +132,7 @@ impl Storage {
         self.block.ptr()
     }
 
-    pub(crate) fn writer(&self) -> usize {
+    pub(crate) fn writer(&self) -> StreamId {
         self.block.stream()
     }
 
@@ -140,14 +142,14 @@ impl Storage {
     ///
     /// # Errors
     /// `Error::GraphTensor` for a storage of a graph used outside its capture; device errors.
-    pub(crate) fn use_on(this: &Arc<Storage>, s: usize) -> Result<()> {
+    pub(crate) fn use_on(this: &Arc<Storage>, s: StreamId) -> Result<()> {
         if let Some(r) = capture::on_use(this) {
             return r;
         }
         if this.arena.is_some() {
             return Err(Error::GraphTensor);
         }
-        let (w, bit) = (s / 64, 1u64 << (s % 64));
+        let (w, bit) = s.bit();
         if this.users[w].load(Ordering::Acquire) & bit != 0 {
             return Ok(());
         }
@@ -165,15 +167,8 @@ impl Drop for Storage {
             arena.put(self.block);
             return;
         }
-        let mut users = Vec::new();
-        for (w, word) in self.users.iter().enumerate() {
-            let mut bits = word.load(Ordering::Acquire);
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                users.push((w * 64 + b) as u32);
-                bits &= bits - 1;
-            }
-        }
+        let words = self.users.iter().map(|w| w.load(Ordering::Acquire));
+        let users: Vec<StreamId> = StreamId::in_bitset(words).collect();
         self.rt.free(self.block, &users);
     }
 }

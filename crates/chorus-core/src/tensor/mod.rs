@@ -18,6 +18,7 @@ use crate::kernel::row_major_strides;
 use crate::kernel::{self, Kernel, Scalar, View};
 use crate::runtime::{RuntimeObj, Storage};
 use crate::shape::numel;
+use crate::stream::StreamId;
 use chorus_sync::Arc;
 
 /// An n-dimensional array on a device. Cloning is cheap (the storage is shared).
@@ -61,7 +62,7 @@ impl Tensor {
     /// an op's output (`Storage::new_output`, which a graph's capture hooks into).
     pub(crate) fn empty_on(
         rt: &Arc<dyn RuntimeObj>,
-        s: usize,
+        s: StreamId,
         shape: &[usize],
         dtype: DType,
         op: &'static str,
@@ -91,7 +92,7 @@ impl Tensor {
     /// goes back to the allocator) and the error returned.
     pub(crate) fn launch(
         rt: &Arc<dyn RuntimeObj>,
-        s: usize,
+        s: StreamId,
         kernel: Kernel,
         out: Out,
     ) -> Result<Tensor> {
@@ -113,7 +114,7 @@ impl Tensor {
     }
 
     /// Orders stream `s` after this tensor's write (`Storage::use_on`).
-    pub(crate) fn use_on(&self, s: usize) -> Result<()> {
+    pub(crate) fn use_on(&self, s: StreamId) -> Result<()> {
         Storage::use_on(&self.storage, s)
     }
 
@@ -310,7 +311,7 @@ impl Tensor {
     }
 
     /// This tensor contiguous and ordered on stream `s`: what a kernel reading it needs.
-    pub(crate) fn input_on(&self, s: usize) -> Result<Tensor> {
+    pub(crate) fn input_on(&self, s: StreamId) -> Result<Tensor> {
         let t = self.contiguous_on(s)?;
         t.use_on(s)?;
         Ok(t)
