@@ -16,11 +16,12 @@
 //! `record_stream` call is ever needed.
 //!
 //! # Fields
-//! `users` is a bitset of stream indices; a bit is set (Release) only after the wait for that
-//! stream has been enqueued, and read with Acquire, so a thread that sees the bit enqueues its
-//! work after the wait. The `Arc` around the storage orders every `use_on` before the drop.
-//! `derived` holds the handle to the storage's cache of derived data (`crate::derived`, sound
-//! because of the write-once rule above), made on first request (a create-once cell).
+//! `users` is a bitset of streams (`StreamId::bit`); a bit is set (Release) only after the wait
+//! for that stream has been enqueued, and read with Acquire, so a thread that sees the bit
+//! enqueues its work after the wait. The `Arc` around the storage orders every `use_on` before
+//! the drop. `derived` holds the handle to the storage's cache of derived data
+//! (`crate::derived`, sound because of the write-once rule above), made on first request (a
+//! create-once cell).
 //!
 //! # Graphs
 //! While the calling thread records a graph of the device (`super::capture`), the two entry
