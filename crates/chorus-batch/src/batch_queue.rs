@@ -8,7 +8,7 @@
 //! - `workers`: the join handles of the worker threads and, with a timeout set, of the timer
 //!   thread (`worker::timer`), under `BATCH_WORKERS`, taken out by the first shutdown, which
 //!   joins them after releasing the lock.
-//! - `streams`: the stream index of each worker, fixed at start.
+//! - `streams`: the stream of each worker, fixed at start.
 
 use crate::config::{BatchConfig, ShutdownMode};
 use crate::error::{BatchError, Result};
@@ -18,7 +18,7 @@ use crate::slot::{self, Abandon, Completer, Take};
 use crate::stats::{BatchStats, Stats};
 use crate::ticket::{Outcome, Ticket};
 use crate::worker;
-use chorus_core::DType;
+use chorus_core::{DType, StreamId};
 use chorus_nn::Module;
 use chorus_sync::atomic::AtomicU64;
 use chorus_sync::{rank, thread, Arc, RankedMutex};
@@ -110,7 +110,7 @@ pub(crate) fn fail_pending(shared: &Shared, mode: ShutdownMode) -> usize {
 pub struct BatchQueue {
     shared: Arc<Shared>,
     workers: RankedMutex<Vec<thread::JoinHandle<()>>>,
-    streams: Vec<usize>,
+    streams: Vec<StreamId>,
 }
 
 impl BatchQueue {
@@ -141,7 +141,7 @@ impl BatchQueue {
         let mut streams = Vec::new();
         let mut failure = None;
         for index in 0..shared.config.workers {
-            let (started, rx) = slot::channel::<Result<usize>>();
+            let (started, rx) = slot::channel::<Result<StreamId>>();
             let s = Arc::clone(&shared);
             let spawned = thread::spawn_named(format!("chorus-batch-{index}"), move || {
                 worker::main(s, index, started)
@@ -342,8 +342,8 @@ impl BatchQueue {
         self.shared.model.as_ref()
     }
 
-    /// The stream index each worker runs its batches on, by worker.
-    pub fn worker_streams(&self) -> &[usize] {
+    /// The stream each worker runs its batches on, by worker.
+    pub fn worker_streams(&self) -> &[StreamId] {
         &self.streams
     }
 }

@@ -14,7 +14,7 @@ use crate::batch_queue::Shared;
 use crate::error::{BatchError, Result};
 use crate::host::{BatchOutput, Input};
 use crate::slot::{Receiver, Take};
-use chorus_core::Tensor;
+use chorus_core::{StreamId, Tensor};
 use chorus_sync::Arc;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -56,7 +56,7 @@ pub struct BatchInfo {
     /// The worker that ran it.
     pub worker: usize,
     /// The stream it ran on.
-    pub stream: usize,
+    pub stream: StreamId,
 }
 
 /// A submitted request: wait for its result (blocking, with or without a time limit), poll

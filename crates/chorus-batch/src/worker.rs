@@ -46,7 +46,7 @@ use crate::queue::{Next, Queued};
 use crate::slot::Completer;
 use crate::stats::Phases;
 use crate::ticket::{BatchInfo, Done};
-use chorus_core::{Stream, Tensor};
+use chorus_core::{Stream, StreamId, Tensor};
 use chorus_sync::atomic::Ordering;
 use chorus_sync::{thread, Arc};
 use std::panic::AssertUnwindSafe;
@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 /// Runs worker `index`: reports its stream index (or why it could not bind one) through
 /// `started`, then serves batches until the queue stops.
-pub(crate) fn main(shared: Arc<Shared>, index: usize, started: Completer<Result<usize>>) {
+pub(crate) fn main(shared: Arc<Shared>, index: usize, started: Completer<Result<StreamId>>) {
     let stream = match shared.config.device.current_stream() {
         Ok(s) => s,
         Err(e) => {
@@ -65,7 +65,7 @@ pub(crate) fn main(shared: Arc<Shared>, index: usize, started: Completer<Result<
             return;
         }
     };
-    started.complete(Ok(stream.index()));
+    started.complete(Ok(stream.id()));
     let _guard = FailOnUnwind(&shared);
     let mut graphs = WorkerGraphs::new(shared.config.graphs);
     loop {
@@ -173,7 +173,7 @@ fn run(
                 padded_rows: padded,
                 requests: pending.len(),
                 worker,
-                stream: stream.index(),
+                stream: stream.id(),
             };
             let each = pending.into_iter().zip(parts).zip(rows).zip(inputs);
             for ((((_, completer), output), n), input) in each {

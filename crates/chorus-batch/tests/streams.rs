@@ -24,7 +24,7 @@ fn workers_take_streams_of_their_own() {
             .unwrap(),
     )
     .unwrap();
-    let streams: BTreeSet<usize> = queue.worker_streams().iter().copied().collect();
+    let streams: BTreeSet<usize> = queue.worker_streams().iter().map(|s| s.index()).collect();
     assert_eq!(
         streams,
         (1..=4).collect(),

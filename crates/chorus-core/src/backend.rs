@@ -42,6 +42,7 @@
 
 use crate::error::BackendError;
 use crate::kernel::{DevicePtr, Kernel};
+use crate::stream::StreamId;
 use std::time::Duration;
 
 /// A callback the backend runs once all work enqueued before it on a stream has completed.
@@ -83,11 +84,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
         false
     }
 
-    /// Creates stream number `index` of the pool (0 is the default stream).
+    /// Creates stream `id` of the pool (`StreamId::DEFAULT`, index 0, is the default stream).
     ///
     /// # Errors
     /// The device refused to create the stream.
-    fn create_stream(&self, index: usize) -> BackendResult<Self::Stream>;
+    fn create_stream(&self, id: StreamId) -> BackendResult<Self::Stream>;
     /// Creates an event; `timing` enables [`Backend::elapsed`].
     ///
     /// # Errors

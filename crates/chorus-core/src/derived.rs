@@ -3,7 +3,7 @@
 //!
 //! # Why it is sound
 //! A storage is written once, by the op that creates it, before any op reads it (stream order,
-//! `tensor/storage.rs`), and never again (tensors, model weights included, are immutable:
+//! `runtime/storage.rs`), and never again (tensors, model weights included, are immutable:
 //! `docs/ARCHITECTURE.md`, "Tensors: write once, users tracked"). So whatever a
 //! kernel derives from the contents when it runs, every later kernel reading the same storage,
 //! on any stream, would derive the same. The cache belongs to the storage object, not to its

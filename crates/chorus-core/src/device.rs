@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::error::{DeviceId, Result};
 use crate::event::Event;
 use crate::runtime::{HandlerStats, Runtime, RuntimeObj};
-use crate::stream::{Stream, StreamGuard};
+use crate::stream::{Stream, StreamGuard, StreamId};
 use chorus_sync::Arc;
 use std::time::Duration;
 
@@ -79,16 +79,17 @@ impl Device {
         self.inner.rt.is_closed()
     }
 
-    /// Stream `index` (0 is the default stream).
+    /// Stream `index` of the device's pool (0 is the default stream), named
+    /// [`StreamId::new(index)`](crate::StreamId::new).
     ///
     /// # Errors
     /// [`Error::NoSuchStream`](crate::Error::NoSuchStream) when out of range.
     pub fn stream(&self, index: usize) -> Result<Stream> {
-        Stream::new(Arc::clone(self.rt()), index)
+        Stream::new(Arc::clone(self.rt()), StreamId::new(index))
     }
     /// The default stream (stream 0).
     pub fn default_stream(&self) -> Stream {
-        Stream::new(Arc::clone(self.rt()), 0).expect("stream 0 exists")
+        Stream::new(Arc::clone(self.rt()), StreamId::DEFAULT).expect("stream 0 exists")
     }
     /// The calling thread's current stream: a guard's stream, else the thread's bound stream,
     /// which is bound by the device's policy on first use.
@@ -110,7 +111,7 @@ impl Device {
             self.id(),
             "set_stream: stream of another device"
         );
-        StreamGuard::new(self.id().instance, stream.index())
+        StreamGuard::new(self.id().instance, stream.id())
     }
     /// Runs `f` with `stream` as the calling thread's current stream, then restores the
     /// previous one (also if `f` panics).

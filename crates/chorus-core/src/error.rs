@@ -1,6 +1,7 @@
 //! Errors of the runtime and the op front-end.
 
 use crate::dtype::DType;
+use crate::stream::StreamId;
 use std::time::Duration;
 
 /// Identity of one device instance: backend name, hardware ordinal and a process-unique
@@ -176,12 +177,12 @@ pub enum Error {
         waited: Duration,
     },
     /// The stream index does not exist on this device.
-    #[error("stream {stream} does not exist on {device} ({streams} streams)")]
+    #[error("{stream} does not exist on {device} ({streams} streams)")]
     NoSuchStream {
         /// The device.
         device: DeviceId,
-        /// The index asked for.
-        stream: usize,
+        /// The stream asked for.
+        stream: StreamId,
         /// Number of streams.
         streams: usize,
     },
@@ -202,12 +203,12 @@ pub enum Error {
         reason: &'static str,
     },
     /// A backend failure, with the stream it belongs to.
-    #[error("device error on {device}, stream {stream}: {source}")]
+    #[error("device error on {device}, {stream}: {source}")]
     Device {
         /// The device.
         device: DeviceId,
         /// The stream.
-        stream: usize,
+        stream: StreamId,
         /// What the backend said.
         #[source]
         source: BackendError,

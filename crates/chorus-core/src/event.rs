@@ -52,7 +52,7 @@ impl Event {
     /// Another device's stream, a closed device, or a device error.
     pub fn record(&self, stream: &Stream) -> Result<()> {
         self.same_device("record", stream)?;
-        self.obj.record(stream.index())
+        self.obj.record(stream.id())
     }
 
     /// Makes later work on `stream` wait for this event; the host does not block.
@@ -61,7 +61,7 @@ impl Event {
     /// As [`Event::record`].
     pub fn wait_on(&self, stream: &Stream) -> Result<()> {
         self.same_device("wait", stream)?;
-        self.obj.wait_on(stream.index())
+        self.obj.wait_on(stream.id())
     }
 
     /// Whether the work before the event's last record has completed.

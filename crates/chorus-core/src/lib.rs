@@ -2,7 +2,7 @@
 //!
 //! - [`Backend`]: the low-level contract every backend implements (and how its concepts map
 //!   onto CPU worker threads, CUDA streams and wgpu command buffers).
-//! - [`Device`], [`Stream`], [`Event`]: handles over the runtime that is written once for every
+//! - [`Device`], [`Stream`] (named by a [`StreamId`]), [`Event`]: handles over the runtime that is written once for every
 //!   backend: a stream pool with per-thread binding, an event pool, a stream-ordered caching
 //!   allocator with per-thread caches, completion handlers and shutdown.
 //! - [`Tensor`]: the op front-end (checks, broadcasting) that turns ops into [`Kernel`]s.
@@ -43,5 +43,5 @@ pub use kernel::{DevicePtr, Kernel, UnaryOp};
 pub use runtime::HandlerStats;
 #[cfg(feature = "testing")]
 pub use stream::Gate;
-pub use stream::{Stream, StreamGuard};
+pub use stream::{Stream, StreamGuard, StreamId};
 pub use tensor::Tensor;

@@ -30,7 +30,9 @@ mod kernels;
 mod memory;
 mod stream;
 
-use chorus_core::{Backend, BackendError, BackendResult, Config, DevicePtr, HostCallback, Kernel};
+use chorus_core::{
+    Backend, BackendError, BackendResult, Config, DevicePtr, HostCallback, Kernel, StreamId,
+};
 use chorus_sync::{rank, Arc, RankedMutex};
 use std::time::Duration;
 
@@ -114,8 +116,8 @@ impl Backend for CpuBackend {
         kb.checked_mul(1024)
     }
 
-    fn create_stream(&self, index: usize) -> BackendResult<CpuStream> {
-        CpuStream::spawn(index, Arc::clone(&self.busy))
+    fn create_stream(&self, id: StreamId) -> BackendResult<CpuStream> {
+        CpuStream::spawn(id, Arc::clone(&self.busy))
     }
     fn create_event(&self, timing: bool) -> BackendResult<CpuEvent> {
         Ok(CpuEvent::new(timing))
@@ -200,7 +202,7 @@ impl Backend for CpuBackend {
     }
     fn wait(&self, stream: &CpuStream, event: &CpuEvent) -> BackendResult<()> {
         match event.target() {
-            Some((src, target)) if src.index != stream.shared.index && !src.is_done(target) => {
+            Some((src, target)) if src.id != stream.shared.id && !src.is_done(target) => {
                 stream.shared.push(Command::WaitFor {
                     stream: src,
                     target,

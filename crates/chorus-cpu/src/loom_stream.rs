@@ -5,6 +5,7 @@
 //! Run with `RUSTFLAGS="--cfg chorus_loom" cargo test -p chorus-cpu --lib --release -- loom_`.
 
 use super::{Command, CpuStream};
+use chorus_core::StreamId;
 use chorus_sync::atomic::{AtomicUsize, Ordering};
 use chorus_sync::{thread, Arc};
 
@@ -26,7 +27,7 @@ fn step(log: &Log, index: usize) -> Command {
 #[test]
 fn loom_host_helping_the_worker_runs_each_command_once_in_order() {
     loom::model(|| {
-        let s = CpuStream::spawn(1, Arc::new(AtomicUsize::new(0))).unwrap();
+        let s = CpuStream::spawn(StreamId::new(1), Arc::new(AtomicUsize::new(0))).unwrap();
         let log = Arc::new(AtomicUsize::new(0));
         s.shared.push(step(&log, 0));
         let target = s.shared.push(step(&log, 1));
@@ -39,7 +40,7 @@ fn loom_host_helping_the_worker_runs_each_command_once_in_order() {
 #[test]
 fn loom_two_hosts_waiting_on_one_stream() {
     loom::model(|| {
-        let s = CpuStream::spawn(1, Arc::new(AtomicUsize::new(0))).unwrap();
+        let s = CpuStream::spawn(StreamId::new(1), Arc::new(AtomicUsize::new(0))).unwrap();
         // Each host's commands run in its push order; the two interleave as they were pushed.
         let (a, b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let shared = Arc::clone(&s.shared);

@@ -35,7 +35,7 @@
 //! - `error` (`BACKEND_STREAM_ERROR`): the sticky error.
 
 use crate::kernels;
-use chorus_core::{BackendError, HostCallback, Kernel};
+use chorus_core::{BackendError, HostCallback, Kernel, StreamId};
 use chorus_sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use chorus_sync::{rank, thread, Arc, Condvar, RankedMutex};
 use std::collections::VecDeque;
@@ -85,7 +85,7 @@ struct Queue {
 
 /// The state a stream's handle, its worker and other streams' waits share.
 pub(crate) struct StreamShared {
-    pub(crate) index: usize,
+    pub(crate) id: StreamId,
     /// Workers of this backend running commands right now (shared by all its streams).
     busy: Arc<AtomicUsize>,
     queue: RankedMutex<Queue>,
@@ -324,7 +324,7 @@ pub struct CpuStream {
 impl std::fmt::Debug for CpuStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuStream")
-            .field("index", &self.shared.index)
+            .field("id", &self.shared.id)
             .finish()
     }
 }
@@ -337,9 +337,9 @@ fn cores() -> usize {
 }
 
 impl CpuStream {
-    pub(crate) fn spawn(index: usize, busy: Arc<AtomicUsize>) -> Result<Self, BackendError> {
+    pub(crate) fn spawn(id: StreamId, busy: Arc<AtomicUsize>) -> Result<Self, BackendError> {
         let shared = Arc::new(StreamShared {
-            index,
+            id,
             busy,
             queue: RankedMutex::new(rank::BACKEND_STREAM, Queue::default()),
             work: Condvar::new(),
@@ -349,11 +349,12 @@ impl CpuStream {
             error: RankedMutex::new(rank::BACKEND_STREAM_ERROR, None),
         });
         let s = Arc::clone(&shared);
-        let worker = thread::spawn_named(format!("chorus-cpu-stream-{index}"), move || s.run())
-            .map_err(|e| BackendError::Call {
-                api: "spawn stream worker",
-                message: e.to_string(),
-            })?;
+        let worker =
+            thread::spawn_named(format!("chorus-cpu-stream-{}", id.index()), move || s.run())
+                .map_err(|e| BackendError::Call {
+                    api: "spawn stream worker",
+                    message: e.to_string(),
+                })?;
         Ok(Self {
             shared,
             worker: Some(worker),

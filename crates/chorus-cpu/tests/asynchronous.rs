@@ -2,7 +2,7 @@
 //! when the enqueueing call returns, and runs in order once the gate opens.
 
 use chorus_core::kernel::{self, MatOperand, Scalar};
-use chorus_core::{Backend, DevicePtr, Kernel};
+use chorus_core::{Backend, DevicePtr, Kernel, StreamId};
 use chorus_cpu::CpuBackend;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ fn read(b: &CpuBackend, s: &chorus_cpu::CpuStream, p: DevicePtr, n: usize) -> Ve
 #[test]
 fn launch_returns_before_the_kernel_runs() {
     let b = CpuBackend::new();
-    let s = b.create_stream(1).unwrap();
+    let s = b.create_stream(StreamId::new(1)).unwrap();
     let (seg, base) = b.alloc_segment(3 * 64 * 4).unwrap();
     let (a, m, out) = (base, base.byte_add(64 * 4), base.byte_add(2 * 64 * 4));
     let op = |ptr| MatOperand {
@@ -104,7 +104,10 @@ fn launch_returns_before_the_kernel_runs() {
 #[test]
 fn device_side_wait_orders_two_streams() {
     let b = CpuBackend::new();
-    let (s1, s2) = (b.create_stream(1).unwrap(), b.create_stream(2).unwrap());
+    let (s1, s2) = (
+        b.create_stream(StreamId::new(1)).unwrap(),
+        b.create_stream(StreamId::new(2)).unwrap(),
+    );
     let (seg, p) = b.alloc_segment(4 * 16).unwrap();
     let (open, gate) = mpsc::channel::<()>();
     b.host_callback(&s1, Box::new(move || gate.recv().unwrap()))

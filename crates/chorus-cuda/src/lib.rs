@@ -31,7 +31,9 @@ mod memory;
 mod module;
 mod stream;
 
-use chorus_core::{Backend, BackendError, BackendResult, Config, DevicePtr, HostCallback, Kernel};
+use chorus_core::{
+    Backend, BackendError, BackendResult, Config, DevicePtr, HostCallback, Kernel, StreamId,
+};
 use chorus_sync::Arc;
 use driver::Context;
 use module::ModuleCache;
@@ -263,7 +265,7 @@ impl Backend for CudaBackend {
         kernels::attention::fuses(s, e, ev)
     }
 
-    fn create_stream(&self, _index: usize) -> BackendResult<CudaStream> {
+    fn create_stream(&self, _id: StreamId) -> BackendResult<CudaStream> {
         let stream = driver::traced("stream", || CudaStream::create(&self.ctx))?;
         if !self.options.lazy_blas {
             stream.blas()?;

@@ -1,20 +1,25 @@
 //! Every runtime lock's rank, in one list (model: wgpu-core `lock/rank.rs`).
 //!
 //! A thread may acquire a lock only if its rank is strictly greater than the rank of every lock
-//! the thread already holds. Debug builds check this and panic naming both locks. The order below
-//! is the order in which nested acquisition happens in the runtime:
+//! the thread already holds. Debug builds check this and panic naming both locks. The constants
+//! below are listed in rank order, which is the order in which nested acquisition happens:
 //!
-//! - the stream pool's exhaustion lock is only held to wait for a free slot, never nested;
-//! - the thread-cache registry is held while shutdown flushes caches into the allocator;
-//! - the allocator calls into the event pool and then the backend (event record, query);
-//! - the completion queue is taken by backend callbacks and the completion thread, alone;
-//! - backend-internal locks come last: they never call back into the runtime;
+//! - the batching queue's locks (chorus-batch) rank below every runtime lock: each is held
+//!   only for a few field updates, never while another lock is held, a model runs, the runtime
+//!   is called or a ticket's waker fires;
+//! - the stream pool's exhaustion lock is only held to wait for a free slot, never nested; the
+//!   shutdown-done flag is a leaf, waited on alone;
 //! - a graph's run lock is held while the run orders and enqueues its work (event pool,
-//!   allocator fences, backend); a graph's arena lock is a leaf.
-//!
-//! The batching queue's locks (chorus-batch) rank below every runtime lock: each is held only
-//! for a few field updates, never while another lock is held, a model runs, the runtime is
-//! called or a ticket's waker fires.
+//!   allocator fences, backend);
+//! - the thread-cache registry is held by every reclaim of cached blocks (shutdown, an
+//!   allocation that ran out of memory, `empty_cache`, a thread's exit) until the blocks are in
+//!   the allocator's pools, by `memory_stats` while it adds up the caches' counts, and while a
+//!   new cache is registered;
+//! - the allocator calls into a stream's returns, the event pool and then the backend (event
+//!   record, query);
+//! - the completion queue is taken by backend callbacks and the completion thread, alone;
+//! - backend-internal locks come next: they never call back into the runtime;
+//! - leaves last: a graph's arena, a storage's derived-data cache.
 
 /// A lock's place in the global order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,13 +42,13 @@ pub const BATCH_QUEUE: LockRank = r(4, "BatchQueue::state");
 pub const BATCH_TICKET: LockRank = r(6, "Ticket::slot");
 /// A batch queue's statistics (workers record each batch, readers copy them).
 pub const BATCH_STATS: LockRank = r(8, "BatchQueue::stats");
-/// A graph's runs (held while one run orders and enqueues its copies and its kernels).
-pub const GRAPH_RUNS: LockRank = r(15, "Graph::runs");
+/// Exclusive stream-slot pool: waiting for a slot when all are taken.
+pub const STREAM_SLOT_WAIT: LockRank = r(10, "StreamSlots::wait");
 /// Whether a device's shutdown has finished (a second caller waits for the first; a leaf,
 /// waited on with no other lock held).
 pub const SHUTDOWN_DONE: LockRank = r(12, "Runtime::shut_down");
-/// Exclusive stream-slot pool: waiting for a slot when all are taken.
-pub const STREAM_SLOT_WAIT: LockRank = r(10, "StreamSlots::wait");
+/// A graph's runs (held while one run orders and enqueues its copies and its kernels).
+pub const GRAPH_RUNS: LockRank = r(15, "Graph::runs");
 /// Registry of per-thread block caches (shutdown walks it).
 pub const THREAD_CACHE_REGISTRY: LockRank = r(20, "ThreadCaches::registry");
 /// The caching allocator's pools.
@@ -55,8 +60,6 @@ pub const RUNTIME_RETURNS: LockRank = r(32, "Returns::streams");
 pub const EVENT_POOL: LockRank = r(40, "EventPool::free");
 /// Queue of completion handlers waiting for the completion thread.
 pub const COMPLETION_QUEUE: LockRank = r(50, "Completion::queue");
-/// Error slot of a stream (sticky device error).
-pub const STREAM_ERROR: LockRank = r(55, "Stream::error");
 /// A backend's event state (CPU backend: recorded target and timestamp).
 pub const BACKEND_EVENT: LockRank = r(60, "backend event");
 /// A backend stream's library handle while it is being made (CUDA: the cuBLAS handle, whose
@@ -64,25 +67,25 @@ pub const BACKEND_EVENT: LockRank = r(60, "backend event");
 pub const BACKEND_BLAS_INIT: LockRank = r(65, "backend cuBLAS handle creation");
 /// A backend's stream queue (CPU backend: the worker's command queue).
 pub const BACKEND_STREAM: LockRank = r(70, "backend stream queue");
-/// A backend stream's sticky error slot.
-pub const BACKEND_STREAM_ERROR: LockRank = r(75, "backend stream error");
-/// A backend stream's completion wait (host threads waiting for the worker's progress).
-pub const BACKEND_STREAM_DONE: LockRank = r(80, "backend stream done");
 /// A backend stream's GEMM plans (cuBLASLt descriptors per shape; a leaf lock).
 pub const BACKEND_PLANS: LockRank = r(71, "backend GEMM plans");
+/// A backend stream's read staging buffer (held across the copy and the stream synchronization,
+/// which may record the stream's sticky error).
+pub const BACKEND_STAGING: LockRank = r(72, "backend read staging");
 /// A backend stream's scratch memory for multi-pass kernels (held while they are enqueued;
 /// a failure then records the stream's sticky error).
 pub const BACKEND_SCRATCH: LockRank = r(73, "backend scratch");
 /// A graph stream's old scratch buffers (CUDA; a leaf lock taken under `BACKEND_SCRATCH`).
 pub const BACKEND_RETIRED_SCRATCH: LockRank = r(74, "backend retired scratch");
-/// A backend stream's read staging buffer (held across the copy and the stream synchronization,
-/// which may record the stream's sticky error).
-pub const BACKEND_STAGING: LockRank = r(72, "backend read staging");
+/// A backend stream's sticky error slot.
+pub const BACKEND_STREAM_ERROR: LockRank = r(75, "backend stream error");
 /// The CUDA backend's idle graph streams (a leaf lock).
 pub const BACKEND_GRAPH_STREAMS: LockRank = r(77, "backend graph streams");
 /// The CUDA backend's cuBLASLt algorithm per GEMM shape, shared by a device's streams (a leaf
 /// lock, taken under `BACKEND_PLANS`).
 pub const BACKEND_GEMM_ALGOS: LockRank = r(78, "backend GEMM algorithms");
+/// A backend stream's completion wait (host threads waiting for the worker's progress).
+pub const BACKEND_STREAM_DONE: LockRank = r(80, "backend stream done");
 /// A backend's one-shot reply slot (read-back data).
 pub const BACKEND_REPLY: LockRank = r(85, "backend reply");
 /// The CUDA backend's process-wide registry of compiled kernel programs (a leaf lock).

@@ -52,8 +52,8 @@ mod device;
 pub use chorus_core::Gate;
 pub use chorus_core::{
     kernel, Backend, BackendError, Config, ConfigBuilder, DType, DeviceId, Element, Error, Event,
-    Exhaustion, Graph, HandlerStats, MemoryStats, Result, Stream, StreamGuard, StreamPolicy,
-    Tensor, UnaryOp,
+    Exhaustion, Graph, HandlerStats, MemoryStats, Result, Stream, StreamGuard, StreamId,
+    StreamPolicy, Tensor, UnaryOp,
 };
 pub use device::{BackendKind, Device, DeviceBuilder};
 

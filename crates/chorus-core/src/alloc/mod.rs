@@ -44,6 +44,7 @@ pub(crate) mod thread_cache;
 
 use crate::error::{BackendError, DeviceId, Error, Result};
 use crate::kernel::DevicePtr;
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use chorus_sync::{rank, RankedMutex};
 use pool::{classify, Deferred, Fit, Kind, Pools};
@@ -62,7 +63,7 @@ pub(crate) trait MemoryDevice {
     /// No enqueued or running work uses the segment.
     unsafe fn free_segment(&self, seg: Self::Segment);
     /// Records a fence at the current end of `stream`; `None` if the stream is broken.
-    fn record_fence(&self, stream: u32) -> Option<Self::Fence>;
+    fn record_fence(&self, stream: StreamId) -> Option<Self::Fence>;
     fn fence_done(&self, fence: &Self::Fence) -> bool;
     fn drop_fence(&self, fence: Self::Fence);
     /// Waits for all streams (called with no lock held).
@@ -150,7 +151,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
     }
 
     /// Allocates at least `bytes` for `stream` (steps 2-4 of the protocol).
-    pub(crate) fn alloc<D>(&self, dev: &D, bytes: usize, stream: u32) -> Result<Block>
+    pub(crate) fn alloc<D>(&self, dev: &D, bytes: usize, stream: StreamId) -> Result<Block>
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
@@ -260,22 +261,22 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
     }
 
     /// Returns a counted block to the pools. `others`: streams besides `b.stream` that used it.
-    pub(crate) fn release<D>(&self, dev: &D, b: Block, others: &[u32])
+    pub(crate) fn release<D>(&self, dev: &D, b: Block, others: &[StreamId])
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
         let owner = b.stream;
-        let others: Vec<u32> = others.iter().copied().filter(|&s| s != owner).collect();
+        let others: Vec<StreamId> = others.iter().copied().filter(|&s| s != owner).collect();
         // Driver calls, so before the lock (module docs). A stream whose fence cannot be
         // recorded is broken: the block then never becomes free again before teardown (`NEVER`),
         // which is safe.
-        let events: Vec<(u32, F)> = others
+        let events: Vec<(StreamId, F)> = others
             .iter()
             .filter_map(|&s| dev.record_fence(s).map(|f| (s, f)))
             .collect();
         let mut p = self.pools.lock();
-        p.free_seq[owner as usize] += 1;
-        let seq = p.free_seq[owner as usize];
+        p.free_seq[owner.index()] += 1;
+        let seq = p.free_seq[owner.index()];
         if others.is_empty() {
             p.release(b.seg, b.offset, owner, seq);
         } else {
@@ -317,8 +318,8 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         }
         let mut p = self.pools.lock();
         for b in blocks {
-            p.free_seq[b.stream as usize] += 1;
-            let seq = p.free_seq[b.stream as usize];
+            p.free_seq[b.stream.index()] += 1;
+            let seq = p.free_seq[b.stream.index()];
             p.release(b.seg, b.offset, b.stream, seq);
         }
     }
@@ -421,7 +422,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         dev: &D,
         kind: Kind,
         size: usize,
-        stream: u32,
+        stream: StreamId,
     ) -> Result<Option<Block>>
     where
         D: MemoryDevice<Segment = S, Fence = F>,
@@ -444,17 +445,17 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
             Err(BackendError::OutOfMemory { .. }) => Ok(None),
             Err(e) => Err(Error::Device {
                 device: self.device,
-                stream: stream as usize,
+                stream,
                 source: e,
             }),
         }
     }
 
-    fn request_fence<D>(&self, p: &mut Pools<S, F>, dev: &D, s: u32)
+    fn request_fence<D>(&self, p: &mut Pools<S, F>, dev: &D, s: StreamId)
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
-        let i = s as usize;
+        let i = s.index();
         let covered = p.fences[i].back().map_or(p.completed[i], |(c, _)| *c);
         if covered < p.free_seq[i] {
             if let Some(f) = dev.record_fence(s) {
@@ -467,7 +468,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
 
     /// Raises `completed` for streams whose fences are done; frees deferred blocks whose
     /// events are done, asking the device as little as it can (module docs).
-    fn poll<D>(&self, p: &mut Pools<S, F>, dev: &D, allocating: Option<u32>)
+    fn poll<D>(&self, p: &mut Pools<S, F>, dev: &D, allocating: Option<StreamId>)
     where
         D: MemoryDevice<Segment = S, Fence = F>,
     {
@@ -480,7 +481,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         }
         // Streams with an unfinished event seen in this poll; entries that are done move to the
         // back (`kept` counts the ones staying, in their order).
-        let mut busy: Vec<u32> = Vec::new();
+        let mut busy: Vec<StreamId> = Vec::new();
         let mut kept = 0;
         for i in 0..p.deferred.len() {
             let d = &p.deferred[i];
@@ -576,7 +577,7 @@ mod tests {
 
     impl MemoryDevice for Dev {
         type Segment = u64;
-        type Fence = (u32, u64);
+        type Fence = (StreamId, u64);
         fn alloc_segment(&self, _: usize) -> std::result::Result<(u64, DevicePtr), BackendError> {
             let id = self.segments.fetch_add(1, Relaxed);
             Ok((id, DevicePtr(id << 32)))
@@ -584,14 +585,14 @@ mod tests {
         unsafe fn free_segment(&self, s: u64) {
             self.freed.lock().unwrap().push(s);
         }
-        fn record_fence(&self, s: u32) -> Option<(u32, u64)> {
-            Some((s, self.enqueued[s as usize].load(Relaxed)))
+        fn record_fence(&self, s: StreamId) -> Option<(StreamId, u64)> {
+            Some((s, self.enqueued[s.index()].load(Relaxed)))
         }
-        fn fence_done(&self, f: &(u32, u64)) -> bool {
+        fn fence_done(&self, f: &(StreamId, u64)) -> bool {
             self.asked.fetch_add(1, Relaxed);
-            self.done[f.0 as usize].load(Relaxed) >= f.1
+            self.done[f.0.index()].load(Relaxed) >= f.1
         }
-        fn drop_fence(&self, _: (u32, u64)) {}
+        fn drop_fence(&self, _: (StreamId, u64)) {}
         fn synchronize_all(&self) {
             for s in 0..3 {
                 self.done[s].store(self.enqueued[s].load(Relaxed), Relaxed);
@@ -607,8 +608,8 @@ mod tests {
         }
     }
 
-    const A: u32 = 1;
-    const B: u32 = 2;
+    const A: StreamId = StreamId::new(1);
+    const B: StreamId = StreamId::new(2);
 
     fn id() -> DeviceId {
         DeviceId {
@@ -619,10 +620,10 @@ mod tests {
     }
 
     /// Frees `n` blocks of A that stream B also used, each after one more item of B's work.
-    fn defer_on_b(alloc: &Allocator<u64, (u32, u64)>, dev: &Dev, n: usize) {
+    fn defer_on_b(alloc: &Allocator<u64, (StreamId, u64)>, dev: &Dev, n: usize) {
         for _ in 0..n {
             let b = alloc.alloc(dev, 4096, A).unwrap();
-            dev.enqueued[B as usize].fetch_add(1, Relaxed);
+            dev.enqueued[B.index()].fetch_add(1, Relaxed);
             alloc.count_bytes_in(&b);
             alloc.count_free();
             alloc.release(dev, b, &[A, B]);
@@ -632,7 +633,7 @@ mod tests {
     #[test]
     fn a_poll_asks_about_one_unfinished_event_per_stream() {
         let dev = Dev::default();
-        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
+        let alloc: Allocator<u64, (StreamId, u64)> = Allocator::new(id(), 3, None);
         defer_on_b(&alloc, &dev, 10);
         // Ten deferred frees wait for B, which finished nothing: the first one's event is
         // asked about, and the nine behind it on the same stream are not.
@@ -644,7 +645,7 @@ mod tests {
             "one question for ten unfinished frees on B"
         );
         // B finishes its first four items: four blocks come back, in the order freed.
-        dev.done[B as usize].store(4, Relaxed);
+        dev.done[B.index()].store(4, Relaxed);
         let _ = alloc.alloc(&dev, 4096, A).unwrap();
         let stats = alloc.stats((0, 0));
         assert_eq!(stats.deferred_frees, 10);
@@ -664,7 +665,7 @@ mod tests {
             keeps: true,
             ..Dev::default()
         };
-        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
+        let alloc: Allocator<u64, (StreamId, u64)> = Allocator::new(id(), 3, None);
         defer_on_b(&alloc, &dev, 2);
         dev.synchronize_all();
         // Stream B allocates: A's finished blocks go to A's returns, not to the pools.
@@ -689,7 +690,7 @@ mod tests {
             keeps: true,
             ..Dev::default()
         };
-        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, Some(4 << 20));
+        let alloc: Allocator<u64, (StreamId, u64)> = Allocator::new(id(), 3, Some(4 << 20));
         // One small segment (2 MiB) whose blocks wait for B's work.
         defer_on_b(&alloc, &dev, 3);
         assert_eq!(alloc.stats((0, 0)).reserved_bytes, 2 << 20);
@@ -705,7 +706,7 @@ mod tests {
     #[test]
     fn a_request_near_usize_max_is_out_of_memory_not_an_overflow() {
         let dev = Dev::default();
-        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, Some(4 << 20));
+        let alloc: Allocator<u64, (StreamId, u64)> = Allocator::new(id(), 3, Some(4 << 20));
         // Something reserved, so that the limit check adds to a non-zero total.
         alloc.alloc(&dev, 4096, A).unwrap();
         match alloc.alloc(&dev, usize::MAX - (1 << 21), A) {
@@ -717,7 +718,7 @@ mod tests {
     #[test]
     fn closing_keeps_blocks_freed_after_the_idle_snapshot() {
         let dev = Dev::default();
-        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
+        let alloc: Allocator<u64, (StreamId, u64)> = Allocator::new(id(), 3, None);
         // The shutdown took its snapshot and saw every stream idle; then a thread that had
         // passed its open check enqueued work on A reading a large block, and dropped the
         // block. Closing with the snapshot keeps that block's segment.
@@ -731,7 +732,7 @@ mod tests {
         free(early);
         let late = alloc.alloc(&dev, 16 << 20, A).unwrap();
         let upto = alloc.free_seq();
-        dev.enqueued[A as usize].fetch_add(1, Relaxed);
+        dev.enqueued[A.index()].fetch_add(1, Relaxed);
         free(late);
         alloc.close(&dev, Some(upto));
         assert_eq!(
@@ -749,7 +750,7 @@ mod tests {
     #[test]
     fn deferred_blocks_are_reused_once_their_streams_finish() {
         let dev = Dev::default();
-        let alloc: Allocator<u64, (u32, u64)> = Allocator::new(id(), 3, None);
+        let alloc: Allocator<u64, (StreamId, u64)> = Allocator::new(id(), 3, None);
         defer_on_b(&alloc, &dev, 3);
         let reserved = alloc.stats((0, 0)).reserved_bytes;
         dev.synchronize_all();

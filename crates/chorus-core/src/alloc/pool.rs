@@ -27,6 +27,7 @@
 //! - huge (> 10 MiB): rounded to 2 MiB, one segment each, reused whole if at most 1/8 larger.
 
 use crate::kernel::DevicePtr;
+use crate::stream::StreamId;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub(crate) const MIN_BLOCK: usize = 512;
@@ -53,7 +54,7 @@ pub struct Block {
     pub(crate) offset: usize,
     pub(crate) size: usize,
     pub(crate) ptr: DevicePtr,
-    pub(crate) stream: u32,
+    pub(crate) stream: StreamId,
 }
 
 impl Block {
@@ -66,8 +67,8 @@ impl Block {
         self.size
     }
     /// The stream it was allocated for.
-    pub fn stream(&self) -> usize {
-        self.stream as usize
+    pub fn stream(&self) -> StreamId {
+        self.stream
     }
 }
 
@@ -91,7 +92,7 @@ pub(crate) fn round_up(n: usize, to: usize) -> Option<usize> {
 enum State {
     Used,
     Deferred,
-    Free { stream: u32, seq: u64 },
+    Free { stream: StreamId, seq: u64 },
 }
 
 #[derive(Debug)]
@@ -110,10 +111,10 @@ struct Seg<S> {
 pub(crate) struct Deferred<E> {
     pub(crate) seg: u32,
     pub(crate) offset: usize,
-    pub(crate) owner: u32,
+    pub(crate) owner: StreamId,
     pub(crate) seq: u64,
     /// `(stream, event recorded on it)` per other stream that used the block.
-    pub(crate) events: Vec<(u32, E)>,
+    pub(crate) events: Vec<(StreamId, E)>,
 }
 
 /// Outcome of a best-fit search.
@@ -123,7 +124,7 @@ pub(crate) enum Fit {
     Found(Block),
     /// Nothing usable; these streams own blocks that would fit once fenced.
     None {
-        fence_wanted: Vec<u32>,
+        fence_wanted: Vec<StreamId>,
     },
 }
 
@@ -166,7 +167,7 @@ impl<S, E> Pools<S, E> {
     }
 
     /// Best fit among free blocks of `kind` usable by `stream`.
-    pub(crate) fn best_fit(&mut self, kind: Kind, size: usize, stream: u32) -> Fit {
+    pub(crate) fn best_fit(&mut self, kind: Kind, size: usize, stream: StreamId) -> Fit {
         let mut fence_wanted = Vec::new();
         let mut found = None;
         for &(k, bsize, seg, off) in self.index.range((kind, size, 0, 0)..).take(SCAN_LIMIT) {
@@ -176,7 +177,7 @@ impl<S, E> Pools<S, E> {
             let State::Free { stream: owner, seq } = self.seg(seg).blocks[&off].1 else {
                 unreachable!("index holds free blocks only")
             };
-            if owner == stream || seq <= self.completed[owner as usize] {
+            if owner == stream || seq <= self.completed[owner.index()] {
                 found = Some((bsize, seg, off));
                 break;
             }
@@ -197,7 +198,7 @@ impl<S, E> Pools<S, E> {
         seg: u32,
         off: usize,
         size: usize,
-        stream: u32,
+        stream: StreamId,
     ) -> Block {
         self.index.remove(&(kind, bsize, seg, off));
         let s = self.seg_mut(seg);
@@ -233,7 +234,7 @@ impl<S, E> Pools<S, E> {
         seg_size: usize,
         kind: Kind,
         size: usize,
-        stream: u32,
+        stream: StreamId,
     ) -> Block {
         let seg = Seg {
             raw,
@@ -264,7 +265,7 @@ impl<S, E> Pools<S, E> {
 
     /// Returns a used block to the free index under `stream`'s tag (single-stream use, or a
     /// deferred free whose events completed).
-    pub(crate) fn release(&mut self, seg: u32, off: usize, stream: u32, seq: u64) {
+    pub(crate) fn release(&mut self, seg: u32, off: usize, stream: StreamId, seq: u64) {
         let s = self.seg_mut(seg);
         let (size, state) = s.blocks[&off];
         debug_assert!(
@@ -334,7 +335,12 @@ impl<S, E> Pools<S, E> {
     /// A small deferred block whose events completed, handed out again whole to `stream` (its
     /// owner; the caller keeps it in that stream's returns) instead of going back to the free
     /// index. `None` (nothing changed) for a block of another class.
-    pub(crate) fn undefer_small(&mut self, seg: u32, off: usize, stream: u32) -> Option<Block> {
+    pub(crate) fn undefer_small(
+        &mut self,
+        seg: u32,
+        off: usize,
+        stream: StreamId,
+    ) -> Option<Block> {
         let s = self.seg_mut(seg);
         if s.kind != Kind::Small {
             return None;
@@ -361,7 +367,7 @@ impl<S, E> Pools<S, E> {
             let Some(s) = &self.segs[id] else { continue };
             let safe = s.used == 0
                 && s.blocks.values().all(|&(_, st)| match st {
-                    State::Free { stream, seq } => seq <= self.completed[stream as usize],
+                    State::Free { stream, seq } => seq <= self.completed[stream.index()],
                     _ => false,
                 });
             if safe {
@@ -412,6 +418,9 @@ mod tests {
 
     type P = Pools<u32, ()>;
 
+    const S1: StreamId = StreamId::new(1);
+    const S2: StreamId = StreamId::new(2);
+
     fn pools() -> P {
         Pools::new(4)
     }
@@ -434,20 +443,20 @@ mod tests {
     #[test]
     fn split_best_fit_and_coalesce() {
         let mut p = pools();
-        let a = p.add_segment(7, DevicePtr(4096), SMALL_SEGMENT, Kind::Small, 1024, 1);
+        let a = p.add_segment(7, DevicePtr(4096), SMALL_SEGMENT, Kind::Small, 1024, S1);
         assert_eq!((a.offset, a.size, a.ptr), (0, 1024, DevicePtr(4096)));
-        let Fit::Found(b) = p.best_fit(Kind::Small, 512, 1) else {
+        let Fit::Found(b) = p.best_fit(Kind::Small, 512, S1) else {
             panic!()
         };
         assert_eq!(b.offset, 1024);
-        p.release(0, a.offset, 1, 1);
+        p.release(0, a.offset, S1, 1);
         // Best fit takes the 1024 hole rather than the big tail.
-        let Fit::Found(c) = p.best_fit(Kind::Small, 1024, 1) else {
+        let Fit::Found(c) = p.best_fit(Kind::Small, 1024, S1) else {
             panic!()
         };
         assert_eq!(c.offset, 0);
-        p.release(0, c.offset, 1, 2);
-        p.release(0, b.offset, 1, 3);
+        p.release(0, c.offset, S1, 2);
+        p.release(0, b.offset, S1, 3);
         // Everything coalesced back into one block spanning the segment.
         assert_eq!(p.index.len(), 1);
         assert!(p.take_releasable().is_empty(), "seq 3 is not complete yet");
@@ -465,28 +474,28 @@ mod tests {
             SMALL_SEGMENT,
             Kind::Small,
             SMALL_SEGMENT,
-            1,
+            S1,
         );
-        p.release(a.seg, a.offset, 1, 5);
-        match p.best_fit(Kind::Small, 512, 2) {
-            Fit::None { fence_wanted } => assert_eq!(fence_wanted, vec![1]),
+        p.release(a.seg, a.offset, S1, 5);
+        match p.best_fit(Kind::Small, 512, S2) {
+            Fit::None { fence_wanted } => assert_eq!(fence_wanted, vec![S1]),
             Fit::Found(b) => panic!("stream 2 must not reuse stream 1's block yet: {b:?}"),
         }
         // The owner can reuse at once.
-        assert!(matches!(p.best_fit(Kind::Small, 512, 1), Fit::Found(_)));
+        assert!(matches!(p.best_fit(Kind::Small, 512, S1), Fit::Found(_)));
         p.completed[1] = 5;
-        assert!(matches!(p.best_fit(Kind::Small, 512, 2), Fit::Found(_)));
+        assert!(matches!(p.best_fit(Kind::Small, 512, S2), Fit::Found(_)));
     }
 
     #[test]
     fn different_streams_do_not_coalesce() {
         let mut p = pools();
-        let a = p.add_segment(1, DevicePtr(0), SMALL_SEGMENT, Kind::Small, 512, 1);
-        let Fit::Found(b) = p.best_fit(Kind::Small, 512, 2) else {
+        let a = p.add_segment(1, DevicePtr(0), SMALL_SEGMENT, Kind::Small, 512, S1);
+        let Fit::Found(b) = p.best_fit(Kind::Small, 512, S2) else {
             panic!()
         };
-        p.release(a.seg, a.offset, 1, 1);
-        p.release(b.seg, b.offset, 2, 1);
+        p.release(a.seg, a.offset, S1, 1);
+        p.release(b.seg, b.offset, S2, 1);
         // Stream 2's block sits between two free blocks of stream 1 and merges with neither.
         assert!(p.index.contains(&(Kind::Small, 512, b.seg, 512)));
         assert_eq!(
@@ -500,13 +509,13 @@ mod tests {
     fn huge_blocks_are_not_split_and_not_oversized() {
         let mut p = pools();
         let (k, size) = classify(40 << 20).unwrap();
-        let a = p.add_segment(1, DevicePtr(0), size, k, size, 1);
-        p.release(a.seg, a.offset, 1, 1);
+        let a = p.add_segment(1, DevicePtr(0), size, k, size, S1);
+        p.release(a.seg, a.offset, S1, 1);
         let (k2, small_huge) = classify(12 << 20).unwrap();
         assert!(
-            matches!(p.best_fit(k2, small_huge, 1), Fit::None { .. }),
+            matches!(p.best_fit(k2, small_huge, S1), Fit::None { .. }),
             "40 MiB is too big for 12 MiB"
         );
-        assert!(matches!(p.best_fit(k, size, 1), Fit::Found(_)));
+        assert!(matches!(p.best_fit(k, size, S1), Fit::Found(_)));
     }
 }

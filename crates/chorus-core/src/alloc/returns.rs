@@ -27,6 +27,7 @@
 
 use super::pool::Block;
 use super::thread_cache::Held;
+use crate::stream::StreamId;
 use chorus_sync::{rank, RankedMutex};
 
 /// One stream's kept blocks, and whether it keeps any more.
@@ -57,7 +58,7 @@ impl Returns {
     /// Keeps `block` (free, used by its stream alone) for its stream, or hands it back if the
     /// stream's returns are full or closed.
     pub(crate) fn put(&self, block: Block) -> Result<(), Block> {
-        let Some(stream) = self.streams.get(block.stream as usize) else {
+        let Some(stream) = self.streams.get(block.stream.index()) else {
             return Err(block);
         };
         let mut s = stream.lock();
@@ -68,9 +69,9 @@ impl Returns {
     }
 
     /// A kept block of exactly `size` bytes for `stream`.
-    pub(crate) fn take(&self, size: usize, stream: u32) -> Option<Block> {
+    pub(crate) fn take(&self, size: usize, stream: StreamId) -> Option<Block> {
         self.streams
-            .get(stream as usize)?
+            .get(stream.index())?
             .lock()
             .held
             .take(size, stream)
@@ -93,13 +94,13 @@ mod tests {
     use super::*;
     use crate::kernel::DevicePtr;
 
-    fn block(stream: u32, size: usize, at: u64) -> Block {
+    fn block(stream: usize, size: usize, at: u64) -> Block {
         Block {
             seg: 0,
             offset: at as usize,
             size,
             ptr: DevicePtr(at),
-            stream,
+            stream: StreamId::new(stream),
         }
     }
 
@@ -108,11 +109,11 @@ mod tests {
         let r = Returns::new(3, 4096);
         r.put(block(1, 1024, 0)).unwrap();
         r.put(block(2, 1024, 1024)).unwrap();
-        assert!(r.take(512, 1).is_none(), "another size");
-        assert!(r.take(1024, 0).is_none(), "another stream's");
-        assert_eq!(r.take(1024, 1).unwrap().ptr, DevicePtr(0));
-        assert!(r.take(1024, 1).is_none(), "taken once");
-        assert!(r.take(1024, 9).is_none(), "no such stream");
+        assert!(r.take(512, StreamId::new(1)).is_none(), "another size");
+        assert!(r.take(1024, StreamId::new(0)).is_none(), "another stream's");
+        assert_eq!(r.take(1024, StreamId::new(1)).unwrap().ptr, DevicePtr(0));
+        assert!(r.take(1024, StreamId::new(1)).is_none(), "taken once");
+        assert!(r.take(1024, StreamId::new(9)).is_none(), "no such stream");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! owner set, or right after the successful `IDLE -> CLOSED` swap.
 
 use super::pool::Block;
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use chorus_sync::cell::UnsafeCell;
 
@@ -51,7 +52,7 @@ impl Held {
     }
 
     /// Takes a kept block of exactly `size` bytes owned by `stream` (the latest kept first).
-    pub(crate) fn take(&mut self, size: usize, stream: u32) -> Option<Cached> {
+    pub(crate) fn take(&mut self, size: usize, stream: StreamId) -> Option<Cached> {
         let i = self
             .blocks
             .iter()
@@ -124,7 +125,7 @@ impl ThreadCache {
     }
 
     /// Owner only: takes a cached block of exactly `size` bytes owned by `stream`.
-    pub(crate) fn take(&self, size: usize, stream: u32) -> Option<Cached> {
+    pub(crate) fn take(&self, size: usize, stream: StreamId) -> Option<Cached> {
         self.with_blocks(|held| {
             let b = held.take(size, stream)?;
             self.hits.fetch_add(1, Ordering::Relaxed);

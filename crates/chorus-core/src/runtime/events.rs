@@ -3,6 +3,7 @@
 use super::{Runtime, RuntimeObj};
 use crate::backend::Backend;
 use crate::error::{DeviceId, Error, Result};
+use crate::stream::StreamId;
 use chorus_sync::Arc;
 use std::any::Any;
 use std::time::Duration;
@@ -11,8 +12,8 @@ use std::time::Duration;
 pub(crate) trait EventObj: Send + Sync + std::fmt::Debug {
     fn id(&self) -> u64;
     fn device(&self) -> DeviceId;
-    fn record(&self, stream: usize) -> Result<()>;
-    fn wait_on(&self, stream: usize) -> Result<()>;
+    fn record(&self, stream: StreamId) -> Result<()>;
+    fn wait_on(&self, stream: StreamId) -> Result<()>;
     fn query(&self) -> Result<bool>;
     fn synchronize(&self, timeout: Option<Duration>) -> Result<()>;
     fn elapsed(&self, end: &dyn EventObj) -> Result<Duration>;
@@ -42,7 +43,7 @@ pub(super) fn lease<B: Backend>(rt: Arc<Runtime<B>>, timing: bool) -> Result<Box
         .acquire(timing, || rt.backend.create_event(timing))
         .map_err(|source| Error::Device {
             device: rt.id,
-            stream: 0,
+            stream: StreamId::DEFAULT,
             source,
         })?;
     Ok(Box::new(Lease {
@@ -66,14 +67,14 @@ impl<B: Backend> EventObj for Lease<B> {
     fn device(&self) -> DeviceId {
         self.rt.id
     }
-    fn record(&self, stream: usize) -> Result<()> {
+    fn record(&self, stream: StreamId) -> Result<()> {
         self.rt.check_open()?;
         self.rt
             .backend
             .record(self.raw(), self.rt.stream(stream)?)
             .map_err(self.rt.dev_err(stream))
     }
-    fn wait_on(&self, stream: usize) -> Result<()> {
+    fn wait_on(&self, stream: StreamId) -> Result<()> {
         self.rt.check_open()?;
         self.rt
             .backend
@@ -84,14 +85,14 @@ impl<B: Backend> EventObj for Lease<B> {
         self.rt
             .backend
             .query(self.raw())
-            .map_err(self.rt.dev_err(0))
+            .map_err(self.rt.dev_err(StreamId::DEFAULT))
     }
     fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
         match self
             .rt
             .backend
             .event_synchronize(self.raw(), timeout)
-            .map_err(self.rt.dev_err(0))?
+            .map_err(self.rt.dev_err(StreamId::DEFAULT))?
         {
             true => Ok(()),
             false => Err(Error::Timeout {

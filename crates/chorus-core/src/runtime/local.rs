@@ -17,13 +17,14 @@
 use super::RuntimeObj;
 use crate::alloc::thread_cache::ThreadCache;
 use crate::error::Result;
+use crate::stream::StreamId;
 use chorus_sync::{Arc, Weak};
 use std::cell::{Cell, RefCell};
 
 struct Entry {
     instance: u64,
     rt: Weak<dyn RuntimeObj>,
-    stream: Option<usize>,
+    stream: Option<StreamId>,
     exclusive: bool,
     cache: Option<Arc<ThreadCache>>,
 }
@@ -39,7 +40,7 @@ impl Drop for Entry {
 #[derive(Default)]
 struct Local {
     entries: Vec<Entry>,
-    overrides: Vec<(u64, usize, u64)>,
+    overrides: Vec<(u64, StreamId, u64)>,
 }
 
 std::thread_local! {
@@ -71,8 +72,8 @@ fn entry(l: &mut Local, instance: u64, rt: impl FnOnce() -> Weak<dyn RuntimeObj>
 pub(crate) fn current_stream(
     instance: u64,
     rt: impl FnOnce() -> Weak<dyn RuntimeObj>,
-    bind: impl FnOnce() -> Result<(usize, bool)>,
-) -> Result<usize> {
+    bind: impl FnOnce() -> Result<(StreamId, bool)>,
+) -> Result<StreamId> {
     LOCAL
         .try_with(|l| {
             let mut l = l.borrow_mut();
@@ -88,7 +89,7 @@ pub(crate) fn current_stream(
             e.exclusive = exclusive;
             Ok(s)
         })
-        .unwrap_or(Ok(0))
+        .unwrap_or(Ok(StreamId::DEFAULT))
 }
 
 /// Runs `f` on the thread's cache for device `instance`, made by `make` on first use and again
@@ -98,7 +99,7 @@ pub(crate) fn current_stream(
 pub(crate) fn with_cache<R>(
     instance: u64,
     rt: impl FnOnce() -> Weak<dyn RuntimeObj>,
-    on_stream: Option<usize>,
+    on_stream: Option<StreamId>,
     f: impl FnOnce(&ThreadCache) -> R,
     make: impl FnOnce() -> Arc<ThreadCache>,
 ) -> Option<R> {
@@ -144,7 +145,7 @@ pub(crate) fn take_cache(instance: u64) -> Option<Arc<ThreadCache>> {
 }
 
 /// Makes `stream` the thread's current stream on device `instance`; returns the override's token.
-pub(crate) fn push_override(instance: u64, stream: usize) -> u64 {
+pub(crate) fn push_override(instance: u64, stream: StreamId) -> u64 {
     let token = NEXT_TOKEN.with(|t| {
         let v = t.get();
         t.set(v + 1);

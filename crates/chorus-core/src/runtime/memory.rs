@@ -5,6 +5,7 @@ use crate::alloc::MemoryDevice;
 use crate::backend::Backend;
 use crate::error::BackendError;
 use crate::kernel::DevicePtr;
+use crate::stream::StreamId;
 
 impl<B: Backend> MemoryDevice for Runtime<B> {
     type Segment = B::Segment;
@@ -28,8 +29,8 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
         unsafe { self.backend.free_segment(seg) }
     }
 
-    fn record_fence(&self, stream: u32) -> Option<B::Event> {
-        let s = self.streams.get(stream as usize)?;
+    fn record_fence(&self, stream: StreamId) -> Option<B::Event> {
+        let s = self.streams.get(stream.index())?;
         let (ev, _id) = self
             .events
             .acquire(false, || self.backend.create_event(false))

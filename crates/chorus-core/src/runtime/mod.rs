@@ -1,5 +1,6 @@
-//! The device runtime, written once for every backend: stream pool and thread binding, event
-//! pool, caching allocator, completion thread and shutdown.
+//! The device runtime, written once for every backend: stream pool and thread binding
+//! (`slots`, `local`), event pool, caching allocator, tensor storages (`storage`), graph
+//! capture (`capture`), completion thread and shutdown.
 //!
 //! [`Runtime<B>`] is generic over the [`Backend`]; handles (`Device`, `Stream`, `Event`,
 //! `Tensor`) hold it as `Arc<dyn RuntimeObj>`, the one place where the backend type is erased,
@@ -20,7 +21,8 @@
 //!
 //! # Fields
 //! - `streams`, `backend`, `config`, `id`: immutable after construction.
-//! - `slots`: the exclusive pool (`crate::stream::slots`); `rr`: the shared policy's counter.
+//! - `slots`: the exclusive pool (`slots`, lock-free; `STREAM_SLOT_WAIT` to wait for a slot);
+//!   `rr`: the shared policy's counter.
 //! - `alloc`: its own lock (`ALLOCATOR`); `events`: `EVENT_POOL`; `completion`: `COMPLETION_QUEUE`.
 //! - `caches`: registry of thread caches (`THREAD_CACHE_REGISTRY`), walked by shutdown and by
 //!   an allocation that ran out of memory (the allocator's step 4 retires every cache, giving
@@ -29,13 +31,25 @@
 //! - `shut_down` (`SHUTDOWN_DONE`, with `shut_down_cv`): set by the shutdown that closed the
 //!   device when it finishes.
 //!
+//! # Graph capture
+//! A graph's recording (`capture`) is per thread and device and sits below the tensor layer, in
+//! the runtime's launch and allocation path: while the calling thread records a graph of this
+//! device, [`RuntimeObj::launch`] appends the kernel to the recording instead of launching it,
+//! `Storage::new_output` takes an op's output from the graph's arena instead of the allocator,
+//! and `Storage::use_on` checks and notes an input instead of ordering it (a storage of a graph
+//! used outside its capture is refused there). The tensor front-end issues its ops the same way
+//! whether or not a capture records them.
+//!
 //! # Reference cycles
 //! Work handed to the backend (host callbacks) never captures the `Runtime`: a backend thread
 //! must never drop the last reference, or the runtime would join that very thread.
 
+pub(crate) mod capture;
 mod events;
 pub(crate) mod local;
 mod memory;
+pub(crate) mod slots;
+mod storage;
 
 use crate::alloc::returns::Returns;
 use crate::alloc::thread_cache::ThreadCache;
@@ -46,12 +60,14 @@ use crate::config::{Config, Exhaustion, StreamPolicy};
 use crate::error::{BackendError, DeviceId, Error, Result};
 use crate::event_pool::EventPool;
 use crate::kernel::{DevicePtr, Kernel};
-use crate::stream::slots::{StreamSlots, Wait};
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use chorus_sync::{rank, thread, Arc, Condvar, Mutex, RankedMutex, Weak};
 use std::time::{Duration, Instant};
 
 pub(crate) use events::EventObj;
+use slots::{StreamSlots, Wait};
+pub(crate) use storage::Storage;
 
 /// Process-wide counter of device instances. A plain std atomic: it is no part of any modeled
 /// protocol, and loom atomics cannot live in a `static`.
@@ -82,52 +98,69 @@ pub(crate) trait RuntimeObj: Send + Sync + 'static {
     fn check_open(&self) -> Result<()>;
     fn num_streams(&self) -> usize;
     /// The calling thread's current stream on this device (binding it on first use).
-    fn current_stream(&self) -> Result<usize>;
-    fn flush(&self, s: usize) -> Result<()>;
-    fn synchronize_stream(&self, s: usize, timeout: Option<Duration>) -> Result<()>;
+    fn current_stream(&self) -> Result<StreamId>;
+    fn flush(&self, s: StreamId) -> Result<()>;
+    fn synchronize_stream(&self, s: StreamId, timeout: Option<Duration>) -> Result<()>;
     fn synchronize(&self, timeout: Option<Duration>) -> Result<()>;
-    fn on_complete(&self, s: usize, f: Handler) -> Result<()>;
+    fn on_complete(&self, s: StreamId, f: Handler) -> Result<()>;
     /// Enqueues on stream `s` a host callback that blocks until `release`'s sender is dropped
     /// (`crate::stream::gate`, test-only).
     #[cfg(feature = "testing")]
-    fn gate(&self, s: usize, release: std::sync::mpsc::Receiver<()>) -> Result<()>;
+    fn gate(&self, s: StreamId, release: std::sync::mpsc::Receiver<()>) -> Result<()>;
     fn new_event(&self, timing: bool) -> Result<Box<dyn EventObj>>;
-    fn alloc(&self, bytes: usize, s: usize) -> Result<Block>;
+    /// Whether the calling thread records a graph of this device (`capture`).
+    fn capturing(&self) -> bool;
+    /// A block from the allocator (an op's output goes through `Storage::new_output`, which
+    /// takes it from a capture's arena while the thread records).
+    fn alloc(&self, bytes: usize, s: StreamId) -> Result<Block>;
     /// Gives a block back; `users` are the streams that used it (the owner among them or not).
-    fn free(&self, block: Block, users: &[u32]);
+    fn free(&self, block: Block, users: &[StreamId]);
     fn memory_stats(&self) -> MemoryStats;
     fn reset_peak(&self);
     fn empty_cache(&self);
     fn handler_stats(&self) -> HandlerStats;
+    /// Launches `k` on stream `s`, or, while the calling thread records a graph of this device,
+    /// appends it to the recording (`capture`; nothing is enqueued).
+    ///
     /// # Safety
     /// As `Backend::launch`.
-    unsafe fn launch(&self, s: usize, k: Kernel) -> Result<()>;
+    unsafe fn launch(&self, s: StreamId, k: Kernel) -> Result<()>;
     /// # Safety
     /// As `Backend::write`.
-    unsafe fn write(&self, s: usize, dst: DevicePtr, data: Vec<u8>) -> Result<()>;
+    unsafe fn write(&self, s: StreamId, dst: DevicePtr, data: Vec<u8>) -> Result<()>;
     /// # Safety
     /// As `Backend::read`.
-    unsafe fn read(&self, s: usize, src: DevicePtr, len: usize) -> Result<Vec<u8>>;
+    unsafe fn read(&self, s: StreamId, src: DevicePtr, len: usize) -> Result<Vec<u8>>;
     /// Makes later work on `consumer` wait for all work enqueued on `producer` so far.
-    fn order_after(&self, producer: usize, consumer: usize) -> Result<()>;
+    fn order_after(&self, producer: StreamId, consumer: StreamId) -> Result<()>;
     /// The executable form of a graph's recording (`crate::graph`); `s` is the capture's
     /// stream (for errors).
     ///
     /// # Safety
     /// As `Backend::build_graph`.
-    unsafe fn build_graph(&self, s: usize, kernels: Vec<Kernel>) -> Result<GraphExec>;
+    unsafe fn build_graph(&self, s: StreamId, kernels: Vec<Kernel>) -> Result<GraphExec>;
     /// Enqueues a graph built by this runtime on stream `s`.
     ///
     /// # Safety
     /// As `Backend::launch_graph`.
-    unsafe fn launch_graph(&self, s: usize, exec: &GraphExec) -> Result<()>;
+    unsafe fn launch_graph(&self, s: StreamId, exec: &GraphExec) -> Result<()>;
     /// Drops `exec` once the work enqueued on stream `s` so far has completed (on the
     /// completion thread); leaks it if that cannot be known (a closed device or a broken
     /// stream), since its device resources may still be in use.
-    fn drop_after(&self, s: usize, exec: GraphExec);
+    fn drop_after(&self, s: StreamId, exec: GraphExec);
     fn shutdown(&self);
     /// A thread that used this device exits (called from its thread-local destructor).
-    fn thread_exit(&self, stream: Option<usize>, exclusive: bool, cache: Option<Arc<ThreadCache>>);
+    fn thread_exit(
+        &self,
+        stream: Option<StreamId>,
+        exclusive: bool,
+        cache: Option<Arc<ThreadCache>>,
+    );
+}
+
+/// The indices of `streams`, for messages.
+fn indices(streams: &[StreamId]) -> Vec<usize> {
+    streams.iter().map(|s| s.index()).collect()
 }
 
 /// A graph's executable form, type-erased (`Exec<B::Graph>` inside).
@@ -201,14 +234,15 @@ impl<B: Backend> Runtime<B> {
             source,
         };
         let streams = (0..config.streams)
-            .map(|i| backend.create_stream(i).map_err(|e| dev_err(i, e)))
+            .map(StreamId::new)
+            .map(|s| backend.create_stream(s).map_err(|e| dev_err(s, e)))
             .collect::<Result<Vec<_>>>()?;
         let completion = Completion::new();
         let handle = completion
             .spawn(format!("chorus-{id}-completion"))
             .map_err(|e| {
                 dev_err(
-                    0,
+                    StreamId::DEFAULT,
                     BackendError::Call {
                         api: "spawn completion thread",
                         message: e.to_string(),
@@ -236,15 +270,15 @@ impl<B: Backend> Runtime<B> {
         }))
     }
 
-    fn stream(&self, s: usize) -> Result<&B::Stream> {
-        self.streams.get(s).ok_or(Error::NoSuchStream {
+    fn stream(&self, s: StreamId) -> Result<&B::Stream> {
+        self.streams.get(s.index()).ok_or(Error::NoSuchStream {
             device: self.id,
             stream: s,
             streams: self.streams.len(),
         })
     }
 
-    fn dev_err(&self, stream: usize) -> impl FnOnce(BackendError) -> Error + '_ {
+    fn dev_err(&self, stream: StreamId) -> impl FnOnce(BackendError) -> Error + '_ {
         move |source| Error::Device {
             device: self.id,
             stream,
@@ -253,11 +287,12 @@ impl<B: Backend> Runtime<B> {
     }
 
     /// Binds a pooled stream to the calling thread by policy.
-    fn bind(&self) -> Result<(usize, bool)> {
+    fn bind(&self) -> Result<(StreamId, bool)> {
         let pooled = self.streams.len() - 1;
         match self.config.policy {
             StreamPolicy::Shared => {
-                Ok((1 + self.rr.fetch_add(1, Ordering::Relaxed) % pooled, false))
+                let i = 1 + self.rr.fetch_add(1, Ordering::Relaxed) % pooled;
+                Ok((StreamId::new(i), false))
             }
             StreamPolicy::Exclusive => {
                 let wait = match self.config.exhaustion {
@@ -282,7 +317,7 @@ impl<B: Backend> Runtime<B> {
     }
 
     /// Waits for every stream, at most `timeout` in all; returns the streams still busy.
-    fn wait_all(&self, timeout: Option<Duration>) -> Vec<usize> {
+    fn wait_all(&self, timeout: Option<Duration>) -> Vec<StreamId> {
         // A timeout too long to have a deadline is no timeout.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut busy = Vec::new();
@@ -290,7 +325,7 @@ impl<B: Backend> Runtime<B> {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             // A stream with a sticky error has still run (or dropped) its work: not busy.
             if let Ok(false) = self.backend.synchronize(s, left) {
-                busy.push(i);
+                busy.push(StreamId::new(i));
             }
         }
         busy
@@ -369,18 +404,18 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         self.streams.len()
     }
 
-    fn current_stream(&self) -> Result<usize> {
+    fn current_stream(&self) -> Result<StreamId> {
         self.check_open()?;
         let me = || -> Weak<dyn RuntimeObj> { self.me.clone() };
         local::current_stream(self.id.instance, me, || self.bind())
     }
 
-    fn flush(&self, s: usize) -> Result<()> {
+    fn flush(&self, s: StreamId) -> Result<()> {
         self.check_open()?;
         self.backend.flush(self.stream(s)?).map_err(self.dev_err(s))
     }
 
-    fn synchronize_stream(&self, s: usize, timeout: Option<Duration>) -> Result<()> {
+    fn synchronize_stream(&self, s: StreamId, timeout: Option<Duration>) -> Result<()> {
         match self
             .backend
             .synchronize(self.stream(s)?, timeout)
@@ -398,7 +433,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     fn synchronize(&self, timeout: Option<Duration>) -> Result<()> {
         // A timeout too long to have a deadline is no timeout.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        for s in 0..self.streams.len() {
+        for s in (0..self.streams.len()).map(StreamId::new) {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             self.synchronize_stream(s, left).map_err(|e| match e {
                 Error::Timeout { device, what, .. } => Error::Timeout {
@@ -412,7 +447,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         Ok(())
     }
 
-    fn on_complete(&self, s: usize, f: Handler) -> Result<()> {
+    fn on_complete(&self, s: StreamId, f: Handler) -> Result<()> {
         self.check_open()?;
         let completion = Arc::clone(&self.completion);
         let cb = Box::new(move || completion.push(f));
@@ -422,7 +457,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
 
     #[cfg(feature = "testing")]
-    fn gate(&self, s: usize, release: std::sync::mpsc::Receiver<()>) -> Result<()> {
+    fn gate(&self, s: StreamId, release: std::sync::mpsc::Receiver<()>) -> Result<()> {
         self.check_open()?;
         // Blocks the backend's thread, holding no runtime lock and calling nothing of the
         // runtime: it only waits until the gate's sender is dropped (`recv` then fails).
@@ -443,25 +478,26 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         events::lease(rt, timing)
     }
 
-    fn alloc(&self, bytes: usize, s: usize) -> Result<Block> {
+    fn capturing(&self) -> bool {
+        capture::recording(self)
+    }
+
+    fn alloc(&self, bytes: usize, s: StreamId) -> Result<Block> {
         self.check_open()?;
         let (kind, size) = crate::alloc::pool::classify(bytes)
             .ok_or(Error::SizeOverflow { what: "allocation" })?;
         if kind == crate::alloc::pool::Kind::Small && self.config.thread_cache_bytes > 0 {
-            if let Some(b) = self
-                .with_thread_cache(None, |c| c.take(size, s as u32))
-                .flatten()
-            {
+            if let Some(b) = self.with_thread_cache(None, |c| c.take(size, s)).flatten() {
                 return Ok(self.alloc.thread_cache_hit(b));
             }
-            if let Some(b) = self.returns.take(size, s as u32) {
+            if let Some(b) = self.returns.take(size, s) {
                 return Ok(self.alloc.returns_hit(b));
             }
         }
-        self.alloc.alloc(self, bytes, s as u32)
+        self.alloc.alloc(self, bytes, s)
     }
 
-    fn free(&self, block: Block, users: &[u32]) {
+    fn free(&self, block: Block, users: &[StreamId]) {
         self.alloc.count_bytes_in(&block);
         let single = users.iter().all(|&u| u == block.stream);
         if single
@@ -472,7 +508,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             // Only a thread whose current stream is the block's owner caches it, so that the
             // fast path in `alloc` hands it back to the same stream; another thread keeps it in
             // the stream's returns (`alloc::returns`).
-            let owner = Some(block.stream as usize);
+            let owner = Some(block.stream);
             if let Some(crate::alloc::thread_cache::Put::Cached) =
                 self.with_thread_cache(owner, |c| c.put(block))
             {
@@ -522,23 +558,28 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         }
     }
 
-    unsafe fn launch(&self, s: usize, k: Kernel) -> Result<()> {
+    unsafe fn launch(&self, s: StreamId, k: Kernel) -> Result<()> {
+        // The capture hook: recorded, not launched (whatever the stream: the capture's
+        // allocations already refuse another stream than its own).
+        if capture::recording(self) {
+            return capture::record(self, k);
+        }
         self.check_open()?;
         // SAFETY: forwarded from the caller.
         unsafe { self.backend.launch(self.stream(s)?, k) }.map_err(self.dev_err(s))
     }
-    unsafe fn write(&self, s: usize, dst: DevicePtr, data: Vec<u8>) -> Result<()> {
+    unsafe fn write(&self, s: StreamId, dst: DevicePtr, data: Vec<u8>) -> Result<()> {
         self.check_open()?;
         // SAFETY: forwarded from the caller.
         unsafe { self.backend.write(self.stream(s)?, dst, data) }.map_err(self.dev_err(s))
     }
-    unsafe fn read(&self, s: usize, src: DevicePtr, len: usize) -> Result<Vec<u8>> {
+    unsafe fn read(&self, s: StreamId, src: DevicePtr, len: usize) -> Result<Vec<u8>> {
         self.check_open()?;
         // SAFETY: forwarded from the caller.
         unsafe { self.backend.read(self.stream(s)?, src, len) }.map_err(self.dev_err(s))
     }
 
-    fn order_after(&self, producer: usize, consumer: usize) -> Result<()> {
+    fn order_after(&self, producer: StreamId, consumer: StreamId) -> Result<()> {
         self.check_open()?;
         let (p, c) = (self.stream(producer)?, self.stream(consumer)?);
         let (ev, _) = self
@@ -557,7 +598,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         res
     }
 
-    unsafe fn build_graph(&self, s: usize, kernels: Vec<Kernel>) -> Result<GraphExec> {
+    unsafe fn build_graph(&self, s: StreamId, kernels: Vec<Kernel>) -> Result<GraphExec> {
         self.check_open()?;
         // SAFETY: forwarded from the caller.
         let native = unsafe { self.backend.build_graph(&kernels) }.map_err(self.dev_err(s))?;
@@ -566,7 +607,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         ))
     }
 
-    unsafe fn launch_graph(&self, s: usize, exec: &GraphExec) -> Result<()> {
+    unsafe fn launch_graph(&self, s: StreamId, exec: &GraphExec) -> Result<()> {
         self.check_open()?;
         let stream = self.stream(s)?;
         let exec = exec
@@ -587,7 +628,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         }
     }
 
-    fn drop_after(&self, s: usize, exec: GraphExec) {
+    fn drop_after(&self, s: StreamId, exec: GraphExec) {
         let Ok(stream) = self.stream(s) else {
             return std::mem::forget(exec);
         };
@@ -625,8 +666,10 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         let busy = self.wait_all(Some(self.config.shutdown_timeout));
         if !busy.is_empty() {
             eprintln!(
-                "chorus: shutdown of {}: streams {busy:?} still had work after {:?}; it completes in the background",
-                self.id, self.config.shutdown_timeout
+                "chorus: shutdown of {}: streams {:?} still had work after {:?}; it completes in the background",
+                self.id,
+                indices(&busy),
+                self.config.shutdown_timeout
             );
         }
         self.completion.close();
@@ -655,7 +698,12 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         self.shut_down_cv.notify_all();
     }
 
-    fn thread_exit(&self, stream: Option<usize>, exclusive: bool, cache: Option<Arc<ThreadCache>>) {
+    fn thread_exit(
+        &self,
+        stream: Option<StreamId>,
+        exclusive: bool,
+        cache: Option<Arc<ThreadCache>>,
+    ) {
         if let Some(c) = cache {
             self.retire_cache(&c);
         }
@@ -663,7 +711,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             // The slot goes back once the work this thread enqueued on it has completed.
             let slots = Arc::clone(&self.slots);
             let give = Box::new(move || slots.release(s));
-            if self.backend.host_callback(&self.streams[s], give).is_err() {
+            if self
+                .backend
+                .host_callback(&self.streams[s.index()], give)
+                .is_err()
+            {
                 // Broken stream: its work has stopped; hand the slot back now.
                 self.slots.release(s);
             }
@@ -682,8 +734,9 @@ impl<B: Backend> Drop for Runtime<B> {
             // device; leaking every segment is the lesser evil, and it is said out loud.
             let leaked = self.alloc.leak(self);
             eprintln!(
-                "chorus: {}: streams {busy:?} never finished; {leaked} bytes of device memory are not released",
-                self.id
+                "chorus: {}: streams {:?} never finished; {leaked} bytes of device memory are not released",
+                self.id,
+                indices(&busy)
             );
         }
         for e in self.events.drain() {
@@ -698,7 +751,7 @@ impl<B: Backend> Runtime<B> {
     /// (when given).
     fn with_thread_cache<R>(
         &self,
-        on_stream: Option<usize>,
+        on_stream: Option<StreamId>,
         f: impl FnOnce(&ThreadCache) -> R,
     ) -> Option<R> {
         let me = || -> Weak<dyn RuntimeObj> { self.me.clone() };

@@ -30,7 +30,7 @@
 //! host functions of every stream of the context on one thread, so while a gate is closed the
 //! completion handlers of *other* streams may be held back too (their kernels are not).
 
-use super::Stream;
+use super::{Stream, StreamId};
 use crate::error::{DeviceId, Result};
 use std::sync::mpsc;
 
@@ -40,7 +40,7 @@ use std::sync::mpsc;
 #[must_use = "a gate holds its stream back until it is opened or dropped"]
 pub struct Gate {
     device: DeviceId,
-    stream: usize,
+    stream: StreamId,
     release: Option<mpsc::Sender<()>>,
 }
 
@@ -66,10 +66,10 @@ impl Stream {
     /// A closed device or a broken stream (no gate is then enqueued).
     pub fn gate(&self) -> Result<Gate> {
         let (release, wait) = mpsc::channel();
-        self.rt.gate(self.index, wait)?;
+        self.rt.gate(self.id, wait)?;
         Ok(Gate {
             device: self.rt.id(),
-            stream: self.index,
+            stream: self.id,
             release: Some(release),
         })
     }
@@ -84,8 +84,8 @@ impl Gate {
     pub fn device_id(&self) -> DeviceId {
         self.device
     }
-    /// The index of the gated stream.
-    pub fn stream_index(&self) -> usize {
+    /// The gated stream.
+    pub fn stream(&self) -> StreamId {
         self.stream
     }
 }

@@ -1,12 +1,14 @@
-//! Streams: the public handle, the scoped guard, the exclusive pool's slots, and (feature
-//! `testing`) the test-only gate.
+//! Streams: the public handle, the scoped guard and (feature `testing`) the test-only gate. The
+//! exclusive pool's slots, which streams threads bind to, are the runtime's
+//! (`crate::runtime::slots`).
 
 #[cfg(feature = "testing")]
 mod gate;
-pub(crate) mod slots;
+mod id;
 
 #[cfg(feature = "testing")]
 pub use gate::Gate;
+pub use id::StreamId;
 
 use crate::error::{DeviceId, Error, Result};
 use crate::event::Event;
@@ -20,40 +22,44 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Stream {
     rt: Arc<dyn RuntimeObj>,
-    index: usize,
+    id: StreamId,
 }
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stream")
             .field("device", &self.rt.id())
-            .field("index", &self.index)
+            .field("id", &self.id)
             .finish()
     }
 }
 
 impl PartialEq for Stream {
     fn eq(&self, other: &Self) -> bool {
-        self.index == other.index && self.rt.id() == other.rt.id()
+        self.id == other.id && self.rt.id() == other.rt.id()
     }
 }
 impl Eq for Stream {}
 
 impl Stream {
-    pub(crate) fn new(rt: Arc<dyn RuntimeObj>, index: usize) -> Result<Self> {
-        if index >= rt.num_streams() {
+    pub(crate) fn new(rt: Arc<dyn RuntimeObj>, id: StreamId) -> Result<Self> {
+        if id.index() >= rt.num_streams() {
             return Err(Error::NoSuchStream {
                 device: rt.id(),
-                stream: index,
+                stream: id,
                 streams: rt.num_streams(),
             });
         }
-        Ok(Self { rt, index })
+        Ok(Self { rt, id })
     }
 
-    /// Index in the device's pool (0 = default stream).
+    /// The stream's name on its device.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+    /// Index in the device's pool (0 = default stream): `self.id().index()`.
     pub fn index(&self) -> usize {
-        self.index
+        self.id.index()
     }
     /// The device the stream belongs to.
     pub fn device_id(&self) -> DeviceId {
@@ -65,21 +71,21 @@ impl Stream {
     /// # Errors
     /// A closed device or a device error.
     pub fn flush(&self) -> Result<()> {
-        self.rt.flush(self.index)
+        self.rt.flush(self.id)
     }
     /// Blocks until all work enqueued on this stream has completed.
     ///
     /// # Errors
     /// The stream's device error.
     pub fn synchronize(&self) -> Result<()> {
-        self.rt.synchronize_stream(self.index, None)
+        self.rt.synchronize_stream(self.id, None)
     }
     /// Like [`Stream::synchronize`], giving up after `timeout`.
     ///
     /// # Errors
     /// [`Error::Timeout`] or the stream's device error.
     pub fn synchronize_timeout(&self, timeout: Duration) -> Result<()> {
-        self.rt.synchronize_stream(self.index, Some(timeout))
+        self.rt.synchronize_stream(self.id, Some(timeout))
     }
     /// Makes later work on this stream wait for `event` (device-side; the host does not block).
     ///
@@ -98,7 +104,7 @@ impl Stream {
     /// # Errors
     /// A closed device or a broken stream (`f` is then dropped).
     pub fn on_complete(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
-        self.rt.on_complete(self.index, Box::new(f))
+        self.rt.on_complete(self.id, Box::new(f))
     }
 }
 
@@ -112,7 +118,7 @@ pub struct StreamGuard {
 }
 
 impl StreamGuard {
-    pub(crate) fn new(instance: u64, stream: usize) -> Self {
+    pub(crate) fn new(instance: u64, stream: StreamId) -> Self {
         Self {
             token: local::push_override(instance, stream),
             _not_send: PhantomData,

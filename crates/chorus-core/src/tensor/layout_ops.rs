@@ -185,7 +185,7 @@ impl Tensor {
             // SAFETY: `region` lies inside `out`'s fresh block (its extent along `dd` is the
             // part's slot, the other extents equal `out`'s), regions of different parts are
             // disjoint, and `t` is a live tensor ordered on `s`; see `Tensor::launch`.
-            last = unsafe { Tensor::enqueue(rt, s, k) };
+            last = unsafe { rt.launch(s, k) };
             if last.is_err() {
                 break;
             }

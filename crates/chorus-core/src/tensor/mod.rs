@@ -10,17 +10,16 @@ mod check;
 mod layout_ops;
 mod nn_ops;
 mod ops;
-pub(crate) mod storage;
 
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{DeviceId, Error, Result};
 use crate::kernel::row_major_strides;
 use crate::kernel::{self, Kernel, Scalar, View};
-use crate::runtime::RuntimeObj;
+use crate::runtime::{RuntimeObj, Storage};
 use crate::shape::numel;
+use crate::stream::StreamId;
 use chorus_sync::Arc;
-use storage::Storage;
 
 /// An n-dimensional array on a device. Cloning is cheap (the storage is shared).
 ///
@@ -59,10 +58,11 @@ pub(crate) struct Out {
 }
 
 impl Tensor {
-    /// Allocates an uninitialized contiguous tensor on stream `s` (the caller enqueues its write).
+    /// Allocates an uninitialized contiguous tensor on stream `s` (the caller enqueues its write):
+    /// an op's output (`Storage::new_output`, which a graph's capture hooks into).
     pub(crate) fn empty_on(
         rt: &Arc<dyn RuntimeObj>,
-        s: usize,
+        s: StreamId,
         shape: &[usize],
         dtype: DType,
         op: &'static str,
@@ -71,10 +71,7 @@ impl Tensor {
         let bytes = n
             .checked_mul(dtype.size())
             .ok_or(Error::SizeOverflow { what: op })?;
-        let storage = match crate::graph::alloc(rt, bytes, s) {
-            Some(storage) => Arc::new(storage?),
-            None => Arc::new(Storage::new(Arc::clone(rt), rt.alloc(bytes, s)?)),
-        };
+        let storage = Arc::new(Storage::new_output(rt, bytes, s)?);
         Ok(Out {
             tensor: Tensor::whole(storage, shape, dtype),
         })
@@ -95,7 +92,7 @@ impl Tensor {
     /// goes back to the allocator) and the error returned.
     pub(crate) fn launch(
         rt: &Arc<dyn RuntimeObj>,
-        s: usize,
+        s: StreamId,
         kernel: Kernel,
         out: Out,
     ) -> Result<Tensor> {
@@ -106,21 +103,9 @@ impl Tensor {
         // output are held until after the enqueue, and a storage's block is only reused after
         // its users' work has completed (allocator protocol), so the memory stays valid until
         // the stream has run the kernel.
-        unsafe { Tensor::enqueue(rt, s, kernel)? };
+        // (While the thread records a graph, the runtime appends it to the recording instead.)
+        unsafe { rt.launch(s, kernel)? };
         Ok(out.tensor)
-    }
-
-    /// Launches `kernel` on stream `s`, or appends it to the thread's recording when it
-    /// captures a graph of this device (`crate::graph`).
-    ///
-    /// # Safety
-    /// As `Backend::launch`.
-    pub(crate) unsafe fn enqueue(rt: &Arc<dyn RuntimeObj>, s: usize, kernel: Kernel) -> Result<()> {
-        if crate::graph::recording(&**rt) {
-            return crate::graph::record(&**rt, kernel);
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe { rt.launch(s, kernel) }
     }
 
     /// The storage (for the graph module).
@@ -129,7 +114,7 @@ impl Tensor {
     }
 
     /// Orders stream `s` after this tensor's write (`Storage::use_on`).
-    pub(crate) fn use_on(&self, s: usize) -> Result<()> {
+    pub(crate) fn use_on(&self, s: StreamId) -> Result<()> {
         Storage::use_on(&self.storage, s)
     }
 
@@ -180,9 +165,8 @@ impl Tensor {
         let rt = device.rt();
         let s = rt.current_stream()?;
         // Not from a capture's memory: data from the host is written now, once, and a graph
-        // that uses it keeps it as a constant (`crate::graph`).
-        let block = rt.alloc(bytes.len(), s)?;
-        let storage = Arc::new(Storage::new(Arc::clone(rt), block));
+        // that uses it keeps it as a constant (`Storage::new_upload`).
+        let storage = Arc::new(Storage::new_upload(rt, bytes.len(), s)?);
         // SAFETY: the destination is the fresh block of `storage`, exactly `bytes.len()` bytes
         // long (checked above), written only by this copy and kept alive by `storage`.
         unsafe { rt.write(s, storage.ptr(), bytes)? };
@@ -327,7 +311,7 @@ impl Tensor {
     }
 
     /// This tensor contiguous and ordered on stream `s`: what a kernel reading it needs.
-    pub(crate) fn input_on(&self, s: usize) -> Result<Tensor> {
+    pub(crate) fn input_on(&self, s: StreamId) -> Result<Tensor> {
         let t = self.contiguous_on(s)?;
         t.use_on(s)?;
         Ok(t)
@@ -363,7 +347,7 @@ impl Tensor {
     /// tensor made during a capture.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let rt = self.rt();
-        if crate::graph::recording(&**rt) {
+        if rt.capturing() {
             return Err(Error::Capture {
                 op: "to_bytes",
                 reason: "nothing runs during a capture, so there is nothing to read back",

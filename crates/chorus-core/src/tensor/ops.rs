@@ -14,6 +14,7 @@ use crate::kernel::{
     self, BinaryOp, DevicePtr, Epilogue, Kernel, MatOperand, ReduceOp, StridedCopy,
 };
 use crate::shape::{broadcast, broadcast_strides, dims, flatten_run, numel};
+use crate::stream::StreamId;
 
 impl Tensor {
     /// A contiguous tensor with the same elements (this tensor itself if already contiguous).
@@ -28,7 +29,7 @@ impl Tensor {
         self.contiguous_on(s)
     }
 
-    pub(crate) fn contiguous_on(&self, s: usize) -> Result<Tensor> {
+    pub(crate) fn contiguous_on(&self, s: StreamId) -> Result<Tensor> {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
@@ -320,7 +321,7 @@ impl Tensor {
 
 /// A matmul operand over `batch_shape`: the kernel operand and the tensor keeping it alive
 /// (a contiguous copy when its broadcast batch dims do not flatten to one stride).
-fn operand(t: &Tensor, batch_shape: &[usize], s: usize) -> Result<(MatOperand, Tensor)> {
+fn operand(t: &Tensor, batch_shape: &[usize], s: StreamId) -> Result<(MatOperand, Tensor)> {
     let r = t.rank();
     let bstrides = broadcast_strides(&t.shape[..r - 2], &t.strides[..r - 2], batch_shape);
     let (rows, cols) = (t.shape[r - 2], t.shape[r - 1]);

@@ -5,6 +5,7 @@
 use crate::alloc::{Allocator, Block, MemoryDevice};
 use crate::error::{BackendError, DeviceId};
 use crate::kernel::DevicePtr;
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicU64, Ordering};
 use chorus_sync::cell::UnsafeCell;
 use chorus_sync::{thread, Arc, Mutex};
@@ -16,8 +17,8 @@ unsafe impl Sync for Mem {}
 // SAFETY (model): as above.
 unsafe impl Send for Mem {}
 
-const A: u32 = 1;
-const B: u32 = 2;
+const A: StreamId = StreamId::new(1);
+const B: StreamId = StreamId::new(2);
 
 /// Two streams whose work is modeled by threads: `done[s]` counts completed work items of
 /// stream `s` (Release), `enqueued[s]` the items handed to it. Segments are 512-byte cells.
@@ -37,7 +38,7 @@ impl Dev {
 
 impl MemoryDevice for Dev {
     type Segment = Arc<Mem>;
-    type Fence = (u32, u64);
+    type Fence = (StreamId, u64);
     fn reclaim_thread_caches(&self) {}
     fn alloc_segment(&self, bytes: usize) -> Result<(Self::Segment, DevicePtr), BackendError> {
         assert_eq!(
@@ -54,16 +55,16 @@ impl MemoryDevice for Dev {
         // SAFETY (model): loom flags it if it can overlap a read.
         seg.0.with_mut(|p| unsafe { *p = 0xdead });
     }
-    fn record_fence(&self, stream: u32) -> Option<(u32, u64)> {
+    fn record_fence(&self, stream: StreamId) -> Option<(StreamId, u64)> {
         Some((
             stream,
-            self.enqueued[stream as usize].load(Ordering::Acquire),
+            self.enqueued[stream.index()].load(Ordering::Acquire),
         ))
     }
-    fn fence_done(&self, f: &(u32, u64)) -> bool {
-        self.done[f.0 as usize].load(Ordering::Acquire) >= f.1
+    fn fence_done(&self, f: &(StreamId, u64)) -> bool {
+        self.done[f.0.index()].load(Ordering::Acquire) >= f.1
     }
-    fn drop_fence(&self, _: (u32, u64)) {}
+    fn drop_fence(&self, _: (StreamId, u64)) {}
     fn keep(&self, block: Block) -> Result<(), Block> {
         self.kept.lock().unwrap().push(block);
         Ok(())
@@ -95,13 +96,13 @@ fn id() -> DeviceId {
 }
 
 /// Enqueues a read of `ptr` on stream `s`: a thread that reads the cell, then counts the item done.
-fn read_on(dev: &Arc<Dev>, s: u32, ptr: DevicePtr) -> thread::JoinHandle<u64> {
-    dev.enqueued[s as usize].fetch_add(1, Ordering::AcqRel);
+fn read_on(dev: &Arc<Dev>, s: StreamId, ptr: DevicePtr) -> thread::JoinHandle<u64> {
+    dev.enqueued[s.index()].fetch_add(1, Ordering::AcqRel);
     let (dev, cell) = (dev.clone(), dev.cell(ptr));
     thread::spawn(move || {
         // SAFETY (model): a read that must not overlap any write of another stream.
         let v = cell.0.with(|p| unsafe { *p });
-        dev.done[s as usize].fetch_add(1, Ordering::Release);
+        dev.done[s.index()].fetch_add(1, Ordering::Release);
         v
     })
 }
@@ -111,7 +112,7 @@ fn freed_block_waits_for_reader_before_other_stream() {
     loom::model(|| {
         let dev = device();
         // Room for exactly one block: B can only get memory by reusing A's block.
-        let alloc: Allocator<Arc<Mem>, (u32, u64)> = Allocator::new(id(), 3, Some(512));
+        let alloc: Allocator<Arc<Mem>, (StreamId, u64)> = Allocator::new(id(), 3, Some(512));
         let b1 = alloc.alloc(&*dev, 512, A).unwrap();
         let reader = read_on(&dev, A, b1.ptr());
         alloc.count_bytes_in(&b1);
@@ -134,7 +135,7 @@ fn freed_block_waits_for_reader_before_other_stream() {
 fn block_used_by_two_streams_is_deferred_until_both_finish() {
     loom::model(|| {
         let dev = device();
-        let alloc: Allocator<Arc<Mem>, (u32, u64)> = Allocator::new(id(), 3, Some(512));
+        let alloc: Allocator<Arc<Mem>, (StreamId, u64)> = Allocator::new(id(), 3, Some(512));
         let b1 = alloc.alloc(&*dev, 512, A).unwrap();
         // Stream B also reads the block (the tensor layer adds B to its users).
         let rb = read_on(&dev, B, b1.ptr());
@@ -154,7 +155,7 @@ fn a_block_kept_for_its_stream_waits_for_the_other_streams_read() {
     loom::model(|| {
         let dev = device();
         // Two blocks' worth: stream 0 can allocate without taking A's block.
-        let alloc: Allocator<Arc<Mem>, (u32, u64)> = Allocator::new(id(), 3, Some(1024));
+        let alloc: Allocator<Arc<Mem>, (StreamId, u64)> = Allocator::new(id(), 3, Some(1024));
         let b1 = alloc.alloc(&*dev, 512, A).unwrap();
         // Stream B reads A's block; A frees it (deferred on B's read).
         let rb = read_on(&dev, B, b1.ptr());
@@ -163,10 +164,10 @@ fn a_block_kept_for_its_stream_waits_for_the_other_streams_read() {
         alloc.release(&*dev, b1, &[A, B]);
         // Another stream allocates: its poll may find B's read done and hand the block to A's
         // returns (or leave it deferred if not).
-        let _other = alloc.alloc(&*dev, 512, 0).unwrap();
+        let _other = alloc.alloc(&*dev, 512, StreamId::DEFAULT).unwrap();
         let kept = dev.kept.lock().unwrap().pop();
         if let Some(k) = kept {
-            assert_eq!(k.stream(), A as usize);
+            assert_eq!(k.stream(), A);
             // A reuses its returned block at once: its write must come after B's read.
             // SAFETY (model): A's write; loom flags it if it can overlap B's read.
             dev.cell(k.ptr()).0.with_mut(|p| unsafe { *p = 5 });

@@ -1,6 +1,7 @@
 //! Stream-slot free list: no slot owned twice; a waiter is never left asleep while a slot is free.
 
-use crate::stream::slots::{StreamSlots, Wait};
+use crate::runtime::slots::{StreamSlots, Wait};
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicBool, Ordering};
 use chorus_sync::{thread, Arc};
 
@@ -17,7 +18,7 @@ fn no_slot_owned_twice() {
         ]);
         let take = |slots: &StreamSlots, owned: &[AtomicBool; 3]| {
             let s = slots.try_acquire();
-            if let Some(s) = s {
+            if let Some(s) = s.map(StreamId::index) {
                 assert!(
                     !owned[s].swap(true, Ordering::AcqRel),
                     "slot {s} owned twice"
@@ -25,8 +26,8 @@ fn no_slot_owned_twice() {
             }
             s
         };
-        let give = |slots: &StreamSlots, owned: &[AtomicBool; 3], s: usize| {
-            owned[s].store(false, Ordering::Release);
+        let give = |slots: &StreamSlots, owned: &[AtomicBool; 3], s: StreamId| {
+            owned[s.index()].store(false, Ordering::Release);
             slots.release(s);
         };
         let (s2, o2) = (slots.clone(), owned.clone());
@@ -52,6 +53,6 @@ fn exhaustion_wait_has_no_lost_wakeup() {
         let waiter = thread::spawn(move || s2.acquire(Wait::Forever).expect("waits forever"));
         slots.release(mine);
         // If the release's wake-up were lost, loom reports the waiter as deadlocked.
-        assert_eq!(waiter.join().unwrap(), 1);
+        assert_eq!(waiter.join().unwrap(), StreamId::new(1));
     });
 }

@@ -4,6 +4,7 @@
 use crate::alloc::thread_cache::{Put, ThreadCache};
 use crate::alloc::Block;
 use crate::kernel::DevicePtr;
+use crate::stream::StreamId;
 use chorus_sync::{thread, Arc};
 
 fn block(i: u32) -> Block {
@@ -12,7 +13,7 @@ fn block(i: u32) -> Block {
         offset: 0,
         size: 512,
         ptr: DevicePtr(u64::from(i) * 512),
-        stream: 1,
+        stream: StreamId::new(1),
     }
 }
 
@@ -30,7 +31,7 @@ fn flush_racing_shutdown_takes_each_block_once() {
             Put::Cached => {}
             Put::Rejected(b) => out.push(b),
         }
-        if let Some(b) = cache.take(512, 1) {
+        if let Some(b) = cache.take(512, StreamId::new(1)) {
             out.push(b);
         }
         out.extend(cache.close().unwrap_or_default());

@@ -1,4 +1,7 @@
 //! Tensor storage: one allocator block, the streams that used it, and cross-stream ordering.
+//! Tensors (`crate::tensor`) are views of a storage; the storage is the runtime's, because its
+//! allocation and its ordering on a stream are where a graph's capture hooks in
+//! (`super::capture`).
 //!
 //! # Protocol
 //! A storage is written once, by the op that creates it, on its *writer* stream (the stream the
@@ -13,22 +16,29 @@
 //! `record_stream` call is ever needed.
 //!
 //! # Fields
-//! `users` is a bitset of stream indices; a bit is set (Release) only after the wait for that
-//! stream has been enqueued, and read with Acquire, so a thread that sees the bit enqueues its
-//! work after the wait. The `Arc` around the storage orders every `use_on` before the drop.
-//! `derived` holds the handle to the storage's cache of derived data (`crate::derived`, sound
-//! because of the write-once rule above), made on first request (a create-once cell).
+//! `users` is a bitset of streams (`StreamId::bit`); a bit is set (Release) only after the wait
+//! for that stream has been enqueued, and read with Acquire, so a thread that sees the bit
+//! enqueues its work after the wait. The `Arc` around the storage orders every `use_on` before
+//! the drop. `derived` holds the handle to the storage's cache of derived data
+//! (`crate::derived`, sound because of the write-once rule above), made on first request (a
+//! create-once cell).
 //!
-//! A storage of a graph's memory (`arena` is set; `crate::graph`) is the exception: every run
-//! of the graph rewrites it, so it has no derived data, is usable only inside its capture
-//! (`use_on` fails elsewhere) and gives its block back to the graph's arena when it drops.
+//! # Graphs
+//! While the calling thread records a graph of the device (`super::capture`), the two entry
+//! points below are its hooks: [`Storage::new_output`] takes the block from the graph's arena,
+//! and [`Storage::use_on`] checks and notes the input instead of ordering anything.
+//! A storage of a graph's memory (`arena` is set) is the exception to the protocol above: every
+//! run of the graph rewrites it, so it has no derived data, is usable only inside its capture
+//! (`use_on` fails elsewhere with `Error::GraphTensor`) and gives its block back to the graph's
+//! arena when it drops.
 
+use super::capture::{self, Arena};
+use super::RuntimeObj;
 use crate::alloc::Block;
 use crate::derived::Derived;
 use crate::error::{Error, Result};
-use crate::graph::Arena;
 use crate::kernel::DevicePtr;
-use crate::runtime::RuntimeObj;
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicU64, Ordering};
 use chorus_sync::Arc;
 
@@ -56,12 +66,36 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
+    /// A storage of `bytes` that an op's kernel will write on stream `s`: from the graph's arena
+    /// while the calling thread records a graph of `rt`'s device (module docs), else from the
+    /// allocator.
+    ///
+    /// # Errors
+    /// Allocation errors; `Error::Capture` for an op on another stream than the capture's.
+    pub(crate) fn new_output(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: StreamId) -> Result<Self> {
+        if let Some(r) = capture::alloc(rt, bytes, s) {
+            return r;
+        }
+        Ok(Self::new(Arc::clone(rt), rt.alloc(bytes, s)?))
+    }
+
+    /// A storage of `bytes` that the host writes on stream `s`: always from the allocator, also
+    /// during a capture (host data is written at once, and a graph that reads it keeps it as
+    /// a constant).
+    ///
+    /// # Errors
+    /// Allocation errors.
+    pub(crate) fn new_upload(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: StreamId) -> Result<Self> {
+        Ok(Self::new(Arc::clone(rt), rt.alloc(bytes, s)?))
+    }
+
     /// Wraps a block freshly allocated for (and about to be written on) `block.stream()`.
-    pub(crate) fn new(rt: Arc<dyn RuntimeObj>, block: Block) -> Self {
+    fn new(rt: Arc<dyn RuntimeObj>, block: Block) -> Self {
         let words = rt.num_streams().div_ceil(64);
         let users: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
         let s = block.stream();
-        users[s / 64].store(1 << (s % 64), Ordering::Relaxed);
+        let (w, bit) = s.bit();
+        users[w].store(bit, Ordering::Relaxed);
         Self {
             rt,
             block,
@@ -72,7 +106,7 @@ impl Storage {
     }
 
     /// Wraps a block of a graph's arena (module docs).
-    pub(crate) fn in_arena(rt: Arc<dyn RuntimeObj>, block: Block, arena: Arc<Arena>) -> Self {
+    pub(super) fn in_arena(rt: Arc<dyn RuntimeObj>, block: Block, arena: Arc<Arena>) -> Self {
         let mut storage = Self::new(rt, block);
         storage.arena = Some(arena);
         storage
@@ -87,7 +121,7 @@ impl Storage {
     }
 
     /// The graph whose memory this is.
-    pub(crate) fn arena(&self) -> Option<&Arc<Arena>> {
+    pub(super) fn arena(&self) -> Option<&Arc<Arena>> {
         self.arena.as_ref()
     }
 
@@ -99,20 +133,24 @@ impl Storage {
         self.block.ptr()
     }
 
-    pub(crate) fn writer(&self) -> usize {
+    pub(crate) fn writer(&self) -> StreamId {
         self.block.stream()
     }
 
     /// Orders stream `s` after the write and records `s` as a user (module docs); while the
-    /// thread captures a graph, checks and notes the input instead (`crate::graph`).
-    pub(crate) fn use_on(this: &Arc<Storage>, s: usize) -> Result<()> {
-        if let Some(r) = crate::graph::on_use(this) {
+    /// thread captures a graph of this device, checks and notes the input instead
+    /// (`super::capture`).
+    ///
+    /// # Errors
+    /// `Error::GraphTensor` for a storage of a graph used outside its capture; device errors.
+    pub(crate) fn use_on(this: &Arc<Storage>, s: StreamId) -> Result<()> {
+        if let Some(r) = capture::on_use(this) {
             return r;
         }
         if this.arena.is_some() {
             return Err(Error::GraphTensor);
         }
-        let (w, bit) = (s / 64, 1u64 << (s % 64));
+        let (w, bit) = s.bit();
         if this.users[w].load(Ordering::Acquire) & bit != 0 {
             return Ok(());
         }
@@ -130,15 +168,8 @@ impl Drop for Storage {
             arena.put(self.block);
             return;
         }
-        let mut users = Vec::new();
-        for (w, word) in self.users.iter().enumerate() {
-            let mut bits = word.load(Ordering::Acquire);
-            while bits != 0 {
-                let b = bits.trailing_zeros() as usize;
-                users.push((w * 64 + b) as u32);
-                bits &= bits - 1;
-            }
-        }
+        let words = self.users.iter().map(|w| w.load(Ordering::Acquire));
+        let users: Vec<StreamId> = StreamId::in_bitset(words).collect();
         self.rt.free(self.block, &users);
     }
 }

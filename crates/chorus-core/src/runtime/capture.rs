@@ -1,15 +1,29 @@
-//! Recording a graph: the thread's recorder, and the graph's own memory (its arena).
+//! Recording a graph, below the tensor layer: the thread's recorder, and the graph's own memory
+//! (its arena). `crate::graph` starts and finishes a recording and runs what it recorded; the
+//! tensor front-end knows nothing of it.
+//!
+//! # State
+//! Per thread and device: *not recording* → *recording* (a [`Recording`] installed by
+//! `Graph::capture` on the capturing stream) → *not recording* (the recording finished, or its
+//! guard dropped on an error or a panic). A thread records for at most one graph at a time
+//! (starting a second is `Error::Capture`).
 //!
 //! # Protocol
-//! While a thread runs the function given to [`Graph::capture`](super::Graph::capture), it
-//! holds a [`Recorder`] for that device in a thread-local slot. The tensor front-end asks this
-//! module at three points of every op, and nothing is enqueued on the device:
-//! - [`alloc`]: an output's block comes from the graph's [`Arena`] (a block freed earlier in
-//!   the capture, else a new one from the allocator on the capturing stream);
-//! - [`on_use`]: an input that is the graph's own is fine; any other storage (weights, a
-//!   constant made during the capture) is *external*: the graph keeps it alive and orders every
-//!   stream it runs on after its write;
-//! - [`record`]: the kernel is appended to the recording instead of being launched.
+//! While a thread runs the function given to `Graph::capture`, it holds a [`Recorder`] for that
+//! device in a thread-local slot. The runtime asks this module at three points of every op, and
+//! nothing is enqueued on the device:
+//! - allocation, [`Storage::new_output`]: an output's block comes from the graph's [`Arena`]
+//!   (a block freed earlier in the capture, else a new one from the allocator on the capturing
+//!   stream); an op on another stream than the capture's is refused;
+//! - ordering, [`Storage::use_on`]: an input that is the graph's own is fine; any other storage
+//!   (weights, a constant made during the capture) is *external*: the graph keeps it alive and
+//!   orders every stream it runs on after its write;
+//! - launching, `RuntimeObj::launch` ([`record`]): the kernel is appended to the recording
+//!   instead of being launched (`randn` is refused: a graph would repeat its numbers).
+//!
+//! Reading back (`RuntimeObj::capturing`, asked by `Tensor::to_bytes`) and running a graph are
+//! refused while recording. Host data (`Tensor::from_bytes`) is not recorded: it is allocated
+//! from the allocator and written at once, and the graph keeps it as an external.
 //!
 //! A storage made from the arena is the graph's: every run rewrites it, so it is usable only
 //! inside its capture (elsewhere `Storage::use_on` fails with `Error::GraphTensor`) and it has
@@ -19,15 +33,18 @@
 //! drops (after the graph and every storage of it), with the streams the graph ran on as users.
 //!
 //! # Fields
-//! `Arena::blocks` under `GRAPH_ARENA` (a leaf lock): storages of the graph may drop on any
-//! thread. `Arena::ran_on` is a bitset of streams, set by runs under the graph's run lock and
-//! read by the arena's drop.
+//! - `RECORDER`: thread-local, touched only by its thread.
+//! - `Arena::blocks` under `GRAPH_ARENA` (a leaf lock): storages of the graph may drop on any
+//!   thread.
+//! - `Arena::ran_on`: a bitset of streams, set by runs under the graph's run lock (`GRAPH_RUNS`)
+//!   and read by the arena's drop.
 
+use super::storage::Storage;
 use crate::alloc::Block;
 use crate::error::{Error, Result};
 use crate::kernel::Kernel;
 use crate::runtime::RuntimeObj;
-use crate::tensor::storage::Storage;
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicU64, Ordering};
 use chorus_sync::{rank, Arc, RankedMutex};
 use std::cell::RefCell;
@@ -59,7 +76,7 @@ impl Arena {
 
     /// A block of at least `bytes` for stream `s`: the smallest free one that fits, else a
     /// new one from the allocator.
-    fn take(&self, bytes: usize, s: usize) -> Result<Block> {
+    fn take(&self, bytes: usize, s: StreamId) -> Result<Block> {
         {
             let mut b = self.blocks.lock();
             let best = (b.free.iter().enumerate())
@@ -81,8 +98,9 @@ impl Arena {
     }
 
     /// Records that the graph ran on stream `s` (the blocks' users when they are given back).
-    pub(crate) fn ran_on(&self, s: usize) {
-        self.ran_on[s / 64].fetch_or(1 << (s % 64), Ordering::Release);
+    pub(crate) fn ran_on(&self, s: StreamId) {
+        let (w, bit) = s.bit();
+        self.ran_on[w].fetch_or(bit, Ordering::Release);
     }
 
     pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {
@@ -92,14 +110,8 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        let mut users = Vec::new();
-        for (w, word) in self.ran_on.iter().enumerate() {
-            let mut bits = word.load(Ordering::Acquire);
-            while bits != 0 {
-                users.push((w * 64 + bits.trailing_zeros() as usize) as u32);
-                bits &= bits - 1;
-            }
-        }
+        let words = self.ran_on.iter().map(|w| w.load(Ordering::Acquire));
+        let users: Vec<StreamId> = StreamId::in_bitset(words).collect();
         let all = std::mem::take(&mut self.blocks.lock().all);
         for block in all {
             // The capturing stream (the block's owner) is a user too; `free` adds no event for it.
@@ -113,7 +125,7 @@ pub(crate) struct Recorder {
     /// The device's instance number.
     instance: u64,
     /// The capturing stream: every block of the arena is this stream's.
-    stream: usize,
+    stream: StreamId,
     pub(crate) arena: Arc<Arena>,
     pub(crate) kernels: Vec<Kernel>,
     /// Storages the kernels read that are not the graph's, each once.
@@ -128,8 +140,9 @@ std::thread_local! {
 pub(crate) struct Recording(());
 
 impl Recording {
-    /// Starts recording for `arena`'s device on this thread, capturing on stream `stream`.
-    pub(crate) fn start(arena: &Arc<Arena>, stream: usize) -> Result<Recording> {
+    /// Starts recording for `arena`'s device on this thread, capturing on stream `stream`
+    /// (not recording → recording).
+    pub(crate) fn start(arena: &Arc<Arena>, stream: StreamId) -> Result<Recording> {
         let instance = arena.rt().id().instance;
         RECORDER.with(|r| {
             let mut r = r.borrow_mut();
@@ -150,7 +163,7 @@ impl Recording {
         })
     }
 
-    /// Ends the recording and returns what it recorded.
+    /// Ends the recording and returns what it recorded (recording → not recording).
     pub(crate) fn finish(self) -> Recorder {
         RECORDER
             .with(|r| r.borrow_mut().take())
@@ -206,10 +219,15 @@ pub(crate) fn recording(rt: &dyn RuntimeObj) -> bool {
     with(rt, |_| ()).is_some()
 }
 
-/// While recording on `rt`: a storage of `bytes` from the graph's arena; `None` otherwise.
-/// An op on another stream than the capture's is refused: the arena's blocks are the capturing
-/// stream's, and a run is ordered after that stream's work only.
-pub(crate) fn alloc(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: usize) -> Option<Result<Storage>> {
+/// Allocation hook ([`Storage::new_output`]): while recording on `rt`, a storage of `bytes`
+/// from the graph's arena; `None` otherwise. An op on another stream than the capture's is
+/// refused: the arena's blocks are the capturing stream's, and a run is ordered after that
+/// stream's work only.
+pub(super) fn alloc(
+    rt: &Arc<dyn RuntimeObj>,
+    bytes: usize,
+    s: StreamId,
+) -> Option<Result<Storage>> {
     let (arena, stream) = with(&**rt, |rec| (Arc::clone(&rec.arena), rec.stream))?;
     if s != stream {
         return Some(Err(Error::Capture {
@@ -225,15 +243,15 @@ pub(crate) fn alloc(rt: &Arc<dyn RuntimeObj>, bytes: usize, s: usize) -> Option<
     )
 }
 
-/// While recording on the storage's device: checks and notes an input
-/// ([`Recorder::note_input`]); `None` otherwise.
-pub(crate) fn on_use(storage: &Arc<Storage>) -> Option<Result<()>> {
+/// Ordering hook ([`Storage::use_on`]): while recording on the storage's device, checks and
+/// notes an input ([`Recorder::note_input`]); `None` otherwise.
+pub(super) fn on_use(storage: &Arc<Storage>) -> Option<Result<()>> {
     with(&**storage.rt(), |rec| rec.note_input(storage))
 }
 
-/// Appends `k` to the thread's recording for `rt`'s device (the caller checked
-/// [`recording`]).
-pub(crate) fn record(rt: &dyn RuntimeObj, k: Kernel) -> Result<()> {
+/// Launch hook (`RuntimeObj::launch`): appends `k` to the thread's recording for `rt`'s device
+/// (the caller checked [`recording`]).
+pub(super) fn record(rt: &dyn RuntimeObj, k: Kernel) -> Result<()> {
     if matches!(k, Kernel::Randn(_)) {
         return Err(Error::Capture {
             op: "randn",

@@ -23,6 +23,14 @@
 //! runs the graph kernel by kernel) and has crashed the process inside the driver (chorus-cuda's
 //! graph module docs). chorus's own threads may compute meanwhile.
 //!
+//! # Where the recording happens
+//! The recording is the runtime's (`crate::runtime::capture`), below the tensor layer: while
+//! the thread records, the runtime's launch path (`RuntimeObj::launch`) appends each kernel to
+//! the recording, its storage allocation (`Storage::new_output`) hands out the arena's blocks,
+//! and ordering a storage on a stream (`Storage::use_on`) notes external inputs and refuses
+//! another graph's tensors. Ops are written once and do not know whether they are recorded.
+//! This module starts and finishes a recording ([`Graph::capture`]) and runs what it recorded.
+//!
 //! # Protocol (runs)
 //! `runs` (lock `GRAPH_RUNS`) holds the stream of the last run (at first the capturing stream,
 //! where the graph's blocks were allocated). A run, under the lock: if its stream `s` differs,
@@ -39,19 +47,15 @@
 //! graph dropped after its device was shut down leaks its executable form: shutdown's wait is
 //! bounded, so its last run might still be executing.)
 
-mod capture;
-
-pub(crate) use capture::{alloc, on_use, record, recording, Arena};
-
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, StridedCopy};
-use crate::runtime::{GraphExec, RuntimeObj};
+use crate::runtime::capture::{Arena, Recorder, Recording};
+use crate::runtime::{GraphExec, RuntimeObj, Storage};
 use crate::shape::numel;
-use crate::tensor::storage::Storage;
+use crate::stream::StreamId;
 use crate::tensor::{Out, Tensor};
-use capture::{Recorder, Recording};
 use chorus_sync::{rank, Arc, RankedMutex};
 
 /// A captured function of tensors, run as one unit. See the module docs.
@@ -83,7 +87,7 @@ pub struct Graph {
 
 struct Runs {
     /// Stream of the last run (or of the capture).
-    last: usize,
+    last: StreamId,
     /// Streams the graph has run on (ordered after the external writes), as a bitset.
     seen: Vec<u64>,
 }
@@ -145,7 +149,7 @@ impl Graph {
     /// The graph's input tensors, allocated while recording (so from its arena).
     fn placeholders(
         rt: &Arc<dyn RuntimeObj>,
-        s: usize,
+        s: StreamId,
         inputs: &[(&[usize], DType)],
     ) -> Result<Vec<Tensor>> {
         let mut placeholders = Vec::with_capacity(inputs.len());
@@ -165,7 +169,7 @@ impl Graph {
     /// Checks the outputs and builds the graph from the recording.
     fn finish(
         rt: &Arc<dyn RuntimeObj>,
-        s: usize,
+        s: StreamId,
         mut rec: Recorder,
         placeholders: Vec<Tensor>,
         outputs: Vec<Tensor>,
@@ -244,7 +248,7 @@ impl Graph {
             }
         }
         let rt = &self.rt;
-        if recording(&**rt) {
+        if rt.capturing() {
             return Err(Error::Capture {
                 op: OP,
                 reason: "a graph cannot run inside a capture",
@@ -265,14 +269,14 @@ impl Graph {
 
     /// Enqueues one run on stream `s` under the run lock (module docs): the inputs copied in,
     /// the graph, the outputs copied into `fresh`.
-    fn enqueue_run(&self, s: usize, inputs: &[&Tensor], fresh: &[Out]) -> Result<()> {
+    fn enqueue_run(&self, s: StreamId, inputs: &[&Tensor], fresh: &[Out]) -> Result<()> {
         let rt = &self.rt;
         let mut runs = self.runs.lock();
         if runs.last != s {
             rt.order_after(runs.last, s)?;
             runs.last = s;
         }
-        let (w, bit) = (s / 64, 1u64 << (s % 64));
+        let (w, bit) = s.bit();
         if runs.seen[w] & bit == 0 {
             for e in &self.externals {
                 Storage::use_on(e, s)?;

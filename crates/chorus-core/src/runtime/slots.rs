@@ -17,6 +17,7 @@
 //!   fall between a waiter's check and its wait (no lost wake-up). Releases are rare (thread
 //!   exit), so taking the lock there is free.
 
+use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use chorus_sync::{rank, Condvar, RankedMutex};
 use std::time::{Duration, Instant};
@@ -65,7 +66,7 @@ impl StreamSlots {
     }
 
     /// Pops a free slot without blocking.
-    pub(crate) fn try_acquire(&self) -> Option<usize> {
+    pub(crate) fn try_acquire(&self) -> Option<StreamId> {
         let mut h = self.head.load(Ordering::Acquire);
         loop {
             let top = (h & 0xffff_ffff) as usize;
@@ -78,7 +79,7 @@ impl StreamSlots {
                 .head
                 .compare_exchange_weak(h, new, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Some(self.first + top - 1),
+                Ok(_) => return Some(StreamId::new(self.first + top - 1)),
                 Err(cur) => h = cur,
             }
         }
@@ -86,7 +87,7 @@ impl StreamSlots {
 
     /// Pops a free slot, waiting as `wait` allows (a wait too long to have a deadline waits
     /// forever). `Err` carries how long it waited: the time ran out, or the pool was closed.
-    pub(crate) fn acquire(&self, wait: Wait) -> Result<usize, Duration> {
+    pub(crate) fn acquire(&self, wait: Wait) -> Result<StreamId, Duration> {
         if let Some(s) = self.try_acquire() {
             return Ok(s);
         }
@@ -127,8 +128,8 @@ impl StreamSlots {
     }
 
     /// Pushes an owned slot back and wakes waiters.
-    pub(crate) fn release(&self, slot: usize) {
-        let i = slot - self.first;
+    pub(crate) fn release(&self, slot: StreamId) {
+        let i = slot.index() - self.first;
         debug_assert!(i < self.next.len(), "slot {slot} is not pooled");
         let mut h = self.head.load(Ordering::Relaxed);
         loop {
@@ -156,12 +157,12 @@ mod tests {
     #[test]
     fn pops_every_slot_once_then_empty() {
         let s = StreamSlots::new(1, 4);
-        let mut got: Vec<usize> = (0..4).map(|_| s.try_acquire().unwrap()).collect();
+        let mut got: Vec<usize> = (0..4).map(|_| s.try_acquire().unwrap().index()).collect();
         got.sort_unstable();
         assert_eq!(got, vec![1, 2, 3, 4]);
         assert_eq!(s.try_acquire(), None);
         assert!(s.acquire(Wait::For(Duration::from_millis(5))).is_err());
-        s.release(3);
-        assert_eq!(s.acquire(Wait::No), Ok(3));
+        s.release(StreamId::new(3));
+        assert_eq!(s.acquire(Wait::No), Ok(StreamId::new(3)));
     }
 }
