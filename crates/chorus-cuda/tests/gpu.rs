@@ -274,8 +274,11 @@ fn large_reductions_run_in_two_passes_and_agree() {
 #[test]
 fn lazy_cublas_handles_give_the_same_bits() {
     let Some(eager) = gpu() else { return };
-    let options = chorus_cuda::CudaOptions::default().lazy_blas(true);
-    let lazy = chorus_cuda::device_with(0, chorus_core::Config::default(), options).unwrap();
+    let config = chorus_core::Config::builder()
+        .lazy_blas(true)
+        .build()
+        .unwrap();
+    let lazy = chorus_cuda::device_with(config).unwrap();
     let run = |dev: &Device, seed: u64| {
         let a = Tensor::randn(dev, &[33, 70], seed).unwrap();
         let w = Tensor::randn(dev, &[50, 70], seed + 1).unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use chorus::{DType, Device, Error, Tensor};
+use chorus::{DType, Device, DeviceExt, Error, Tensor};
 use common::on_every_backend;
 
 fn unchanged(dev: &Device, f: impl FnOnce()) {
@@ -119,7 +119,7 @@ fn typed_errors_for_bad_input() {
             });
 
             // Tensors of two devices.
-            let other = Device::builder().build().unwrap();
+            let other = Device::builder().open().unwrap();
             let c = Tensor::randn(&other, &[4, 3], 3).unwrap();
             unchanged(&dev, || match a.matmul(&c) {
                 Err(Error::DeviceMismatch {
@@ -169,16 +169,20 @@ fn typed_errors_for_bad_input() {
 #[test]
 fn invalid_settings_are_typed_errors() {
     assert!(matches!(
-        Device::builder().streams(1).build(),
+        Device::builder().streams(1).open(),
         Err(Error::Config { key: "streams", .. })
     ));
     assert!(matches!(
-        Device::builder().streams(5000).build(),
+        Device::builder().streams(5000).open(),
         Err(Error::Config { .. })
     ));
     assert!(matches!(
         chorus::BackendKind::parse("tpu"),
-        Err(Error::Config { key: "device", .. })
+        Err(Error::Config { key: "backend", .. })
+    ));
+    assert!(matches!(
+        Device::builder().backend("tpu").open(),
+        Err(Error::Config { key: "backend", .. })
     ));
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use chorus::nn::{self, Module};
-use chorus::{DType, Device, Error, Graph, Result, Tensor};
+use chorus::{DType, Device, DeviceExt, Error, Graph, Result, Tensor};
 use common::{bits, on_every_backend, scaled};
 
 /// A random parameter scaled by 1/sqrt(fan_in).
@@ -288,7 +288,7 @@ fn what_cannot_be_captured_fails_with_a_typed_error() {
             let xi = Tensor::zeros(&dev, &[2, 3], DType::I64).unwrap();
             let e = g.run(&[&xi]).unwrap_err();
             assert!(matches!(e, Error::GraphInput { .. }), "{e}");
-            let other = chorus::Device::cpu().unwrap();
+            let other = Device::cpu().unwrap();
             let xo = Tensor::randn(&other, &[2, 3], 5).unwrap();
             assert!(matches!(g.run(&[&xo]), Err(Error::DeviceMismatch { .. })));
             let e = Graph::capture(&dev, &[(&[2], DType::F16)], |_| -> Result<_> { Ok(vec![]) })
@@ -440,7 +440,7 @@ fn captures_while_devices_come_and_go() {
                 sc.spawn(move || {
                     let mut made = 0;
                     while made < 2 || !done.load(std::sync::atomic::Ordering::Relaxed) {
-                        let other = Device::builder().backend(kind).build().unwrap();
+                        let other = Device::builder().backend(kind).open().unwrap();
                         let y = Tensor::randn(&other, &[8, 8], made).unwrap();
                         assert!(y.matmul(&y).unwrap().to_vec::<f32>().is_ok());
                         other.shutdown();

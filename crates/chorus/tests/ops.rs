@@ -2,7 +2,7 @@
 
 mod common;
 
-use chorus::{DType, Tensor};
+use chorus::{DType, Device, DeviceExt, Tensor};
 use common::{bits, on_every_backend};
 
 fn t(dev: &chorus::Device, v: &[f32], shape: &[usize]) -> Tensor {
@@ -518,7 +518,7 @@ fn attention_on_strided_heads_matches_the_decomposition() {
 
 #[test]
 fn squeeze_drops_a_dimension_of_one_only() {
-    let dev = chorus::Device::cpu().unwrap();
+    let dev = Device::cpu().unwrap();
     let t = Tensor::randn(&dev, &[2, 1, 3], 1).unwrap();
     assert_eq!(t.squeeze(1).unwrap().shape(), [2, 3]);
     assert_eq!(t.squeeze(-2).unwrap().shape(), [2, 3]);

@@ -1,17 +1,17 @@
 //! Shared test helpers: every test runs on every compiled-in backend.
 #![allow(dead_code)]
 
-use chorus::{BackendKind, Device, DeviceBuilder};
+use chorus::{BackendKind, ConfigBuilder, Device, DeviceExt};
 
 /// Runs `f` once per compiled-in backend with a device built from `build(builder)`.
-pub(crate) fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f: impl Fn(Device)) {
+pub(crate) fn on_every_backend(build: impl Fn(ConfigBuilder) -> ConfigBuilder, f: impl Fn(Device)) {
     for &kind in BackendKind::available() {
         if !present(kind) {
             skipped_without_gpu(&format!("backend {kind:?} (no hardware on this machine)"));
             continue;
         }
         let device = build(Device::builder().backend(kind))
-            .build()
+            .open()
             .expect("device");
         eprintln!("backend {kind:?}: {}", device.describe());
         f(device);
@@ -21,12 +21,7 @@ pub(crate) fn on_every_backend(build: impl Fn(DeviceBuilder) -> DeviceBuilder, f
 /// Whether the hardware of a compiled-in backend is present (GPU tests print `SKIPPED`
 /// without a GPU).
 pub(crate) fn present(kind: BackendKind) -> bool {
-    #[cfg(feature = "cuda")]
-    if kind == BackendKind::Cuda {
-        return chorus::cuda::is_available();
-    }
-    let _ = kind;
-    true
+    kind.is_present()
 }
 
 /// Says that a GPU test part was skipped for want of a GPU: a `SKIPPED` line, or, with
