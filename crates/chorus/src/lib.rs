@@ -109,6 +109,37 @@ pub mod backend {
     };
 }
 
+// `__if_cpu!`/`__if_cuda!` expand their items only when that backend is compiled in. They are
+// for macros of other crates that must follow this crate's backend features (chorus-testing's
+// `backend_tests!` makes a `_cuda` test only where CUDA is compiled in): a
+// `#[cfg(feature = "cuda")]` in such a macro's expansion would test the features of the crate
+// that calls it, not this crate's. Not part of the API.
+
+#[cfg(feature = "cpu")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_cpu {
+    ($($item:item)*) => { $($item)* };
+}
+#[cfg(not(feature = "cpu"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_cpu {
+    ($($item:item)*) => {};
+}
+#[cfg(feature = "cuda")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_cuda {
+    ($($item:item)*) => { $($item)* };
+}
+#[cfg(not(feature = "cuda"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_cuda {
+    ($($item:item)*) => {};
+}
+
 /// The CUDA backend (`chorus-cuda`): [`cuda::gpus`], [`cuda::is_available`], kernel
 /// compilation counts.
 #[cfg(feature = "cuda")]
