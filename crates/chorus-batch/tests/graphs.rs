@@ -7,7 +7,8 @@ mod common;
 use chorus_batch::{BatchQueue, HostTensor, ShutdownMode};
 use chorus_core::{DType, Device, Tensor};
 use chorus_nn::{Module, NnError};
-use common::{bits, close, config, device, mlp, NEVER};
+use chorus_testing::bits;
+use common::{close, config, device, mlp, NEVER};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 

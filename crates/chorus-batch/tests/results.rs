@@ -6,7 +6,8 @@ mod common;
 use chorus_batch::{BatchInfo, BatchQueue, ShutdownMode};
 use chorus_core::Tensor;
 use chorus_nn::Module;
-use common::{bits, close, config, device, mlp, NEVER};
+use chorus_testing::bits;
+use common::{close, config, device, mlp, NEVER};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

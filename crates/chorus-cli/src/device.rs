@@ -1,7 +1,7 @@
 //! The `--device` option shared by the subcommands, and building the device it names.
 
 use anyhow::Context as _;
-use chorus::{BackendKind, Device};
+use chorus::{BackendKind, ConfigBuilder, Device, DeviceExt};
 
 /// A `--device` value: the name given and the backend it selects.
 #[derive(Debug, Clone)]
@@ -65,14 +65,14 @@ pub(crate) fn build_with_streams(choice: &DeviceChoice, streams: usize) -> anyho
 /// The environment's builder, adjusted by `adjust`, started on the chosen backend.
 fn start(
     choice: &DeviceChoice,
-    adjust: impl FnOnce(chorus::DeviceBuilder) -> chorus::DeviceBuilder,
+    adjust: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
 ) -> anyhow::Result<Device> {
     let builder = Device::builder()
         .from_env()
         .context("reading the CHORUS_* environment variables")?;
     adjust(builder)
         .backend(choice.kind)
-        .build()
+        .open()
         .with_context(|| format!("starting device `{}`", choice.name))
 }
 

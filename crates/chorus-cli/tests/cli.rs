@@ -4,12 +4,16 @@
 use serde_json::Value;
 use std::process::{Command, Output};
 
-const ENV_VARS: [&str; 5] = [
+/// The variables `Config::from_env` reads (on every backend: the CUDA options are parsed, and
+/// an invalid one refused, on the CPU too).
+const ENV_VARS: [&str; 7] = [
     "CHORUS_STREAMS",
     "CHORUS_STREAM_POLICY",
     "CHORUS_STREAM_WAIT_MS",
     "CHORUS_MEMORY_LIMIT",
     "CHORUS_THREAD_CACHE",
+    "CHORUS_CUDA_TF32",
+    "CHORUS_CUDA_LAZY_BLAS",
 ];
 
 /// Runs `chorus args...` with only the given `CHORUS_*` variables set.

@@ -7,11 +7,31 @@
 //! | `CHORUS_STREAM_WAIT_MS` | exclusive pool exhausted: `0` = fail at once, `N` = wait N ms, `forever` | `0` |
 //! | `CHORUS_MEMORY_LIMIT` | bytes, with an optional `K`, `M`, `G` (powers of 1024) suffix, or `none` | `none` |
 //! | `CHORUS_THREAD_CACHE` | bytes of small blocks each thread may cache per device (`0` = off) | `8M` |
+//! | `CHORUS_CUDA_TF32` | `1`/`true` or `0`/`false`: f32 GEMMs may use TF32 (CUDA; others ignore it) | `0` |
+//! | `CHORUS_CUDA_LAZY_BLAS` | `1`/`true` or `0`/`false`: cuBLAS handles made on first use (CUDA; others ignore it) | `0` |
 //!
 //! An invalid value is an [`Error::Config`] naming the variable and the value.
+//!
+//! # Which backend
+//! A `Config` also names the backend a device runs on ([`Config::backend`], `auto` by default)
+//! and the device's ordinal. This crate knows no backend (dependencies point one way: core ←
+//! backends ← facade), so it cannot open one itself: [`ConfigBuilder::open`] calls an
+//! [`Opener`], a function that the facade crate `chorus` installs when it hands out a builder
+//! (`chorus::Device::builder()`) and that maps the name onto a backend compiled into the build.
+//! A builder from [`Config::builder`] has no opener; it builds a `Config` for a backend
+//! crate's own constructor (`chorus_cpu::device_with`, `chorus_cuda::device_with`).
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 use std::time::Duration;
+
+/// Opens a device from a [`Config`]: maps [`Config::backend`] onto a backend and starts it.
+/// The facade crate `chorus` installs its opener on the builders it hands out
+/// ([`ConfigBuilder::opener`]); [`ConfigBuilder::open`] calls it.
+pub type Opener = fn(Config) -> Result<Device>;
+
+/// The backend name that picks the best backend compiled in and present.
+pub const AUTO_BACKEND: &str = "auto";
 
 /// How threads are bound to pooled streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +63,10 @@ pub struct Config {
     pub(crate) memory_limit: Option<usize>,
     pub(crate) thread_cache_bytes: usize,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) backend: String,
+    pub(crate) ordinal: u32,
+    pub(crate) allow_tf32: bool,
+    pub(crate) lazy_blas: bool,
 }
 
 impl Default for Config {
@@ -54,6 +78,10 @@ impl Default for Config {
             memory_limit: None,
             thread_cache_bytes: 8 << 20,
             shutdown_timeout: Duration::from_secs(30),
+            backend: AUTO_BACKEND.to_string(),
+            ordinal: 0,
+            allow_tf32: false,
+            lazy_blas: false,
         }
     }
 }
@@ -70,6 +98,7 @@ impl Config {
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder {
             cfg: Config::default(),
+            opener: None,
         }
     }
 
@@ -86,12 +115,140 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the first invalid variable.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let mut b = Config::builder();
+        Config::builder().lookup(get)?.build()
+    }
+
+    /// Total number of streams (stream 0 is the default stream).
+    pub fn streams(&self) -> usize {
+        self.streams
+    }
+    /// Binding policy.
+    pub fn policy(&self) -> StreamPolicy {
+        self.policy
+    }
+    /// Exhaustion policy of the exclusive pool.
+    pub fn exhaustion(&self) -> Exhaustion {
+        self.exhaustion
+    }
+    /// Memory limit in bytes, if any.
+    pub fn memory_limit(&self) -> Option<usize> {
+        self.memory_limit
+    }
+    /// Bytes of small blocks each thread may cache per device (and each stream may keep of its
+    /// blocks freed on other threads).
+    pub fn thread_cache_bytes(&self) -> usize {
+        self.thread_cache_bytes
+    }
+    /// How long shutdown waits for in-flight work before reporting it and going on.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+    /// The backend to open, by name: [`AUTO_BACKEND`] (`auto`, the default) or a backend's
+    /// lowercase name (`cpu`, `cuda`). Which names are valid depends on the backends compiled
+    /// into the build; the [`Opener`] checks it.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+    /// The device ordinal, for backends with several devices (CUDA); default 0. Backends with
+    /// one device (the CPU) ignore it.
+    pub fn ordinal(&self) -> u32 {
+        self.ordinal
+    }
+    /// Whether f32 GEMMs may use TF32 tensor cores (faster, about 10 mantissa bits in the
+    /// products). Off by default, as in PyTorch. Read by the CUDA backend; backends without
+    /// TF32 ignore it.
+    pub fn allow_tf32(&self) -> bool {
+        self.allow_tf32
+    }
+    /// Whether a stream's cuBLAS handle (and its 8 MiB workspace) is created on the stream's
+    /// first GEMM instead of when the device starts. Off by default: a handle's creation takes
+    /// milliseconds and synchronizes the device (up to ~0.16 s for the last of 64 streams whose
+    /// first GEMMs come at once, measured on the H100), which belongs to start-up, not to the
+    /// first requests. On saves `streams × 8 MiB` of device memory for streams that never
+    /// multiply. Read by the CUDA backend; other backends ignore it.
+    pub fn lazy_blas(&self) -> bool {
+        self.lazy_blas
+    }
+}
+
+const STREAMS: &str = "expected a number of streams from 2 to 1024";
+const STREAM_RANGE: std::ops::RangeInclusive<usize> = 2..=1024;
+const BYTES: &str = "expected bytes, optionally with K, M or G (powers of 1024), or `none`";
+
+fn bad(key: &'static str, value: &str, reason: &'static str) -> Error {
+    Error::Config {
+        key,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// The value `v` of the boolean variable `key` (`1`/`true`/`yes`/`on` or
+/// `0`/`false`/`no`/`off`/empty).
+fn flag(key: &'static str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(bad(key, v, "expected 1/true or 0/false")),
+    }
+}
+
+/// Parses `123`, `64K`, `512M`, `2G`, `2GiB`, `2gb` (all powers of 1024).
+pub(crate) fn parse_bytes(s: &str) -> Option<usize> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mul) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1usize << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mul)
+}
+
+/// Builder of [`Config`], and of a device when it has an [`Opener`] ([`ConfigBuilder::open`]).
+///
+/// # Examples
+/// ```
+/// use chorus_core::{Config, StreamPolicy};
+/// let device = Config::builder()
+///     .streams(8)
+///     .policy(StreamPolicy::Exclusive)
+///     .opener(chorus_cpu::device_with)
+///     .open()?;
+/// assert_eq!(device.config().streams(), 8);
+/// # Ok::<(), chorus_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    cfg: Config,
+    /// Set by the facade (or whoever hands the builder out); `None` from [`Config::builder`].
+    opener: Option<Opener>,
+}
+
+impl ConfigBuilder {
+    /// Applies the `CHORUS_*` environment variables that are set (module docs) over this
+    /// builder's settings; the others keep their values.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid variable.
+    pub fn from_env(self) -> Result<Self> {
+        self.lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Like [`ConfigBuilder::from_env`] with a custom variable lookup.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid variable.
+    pub fn lookup(self, get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut b = self;
         if let Some(v) = get("CHORUS_STREAMS") {
             let n = v
                 .trim()
                 .parse::<usize>()
-                .map_err(|_| bad("CHORUS_STREAMS", &v, STREAMS))?;
+                .ok()
+                .filter(|n| STREAM_RANGE.contains(n))
+                .ok_or_else(|| bad("CHORUS_STREAMS", &v, STREAMS))?;
             b = b.streams(n);
         }
         if let Some(v) = get("CHORUS_STREAM_POLICY") {
@@ -134,67 +291,49 @@ impl Config {
                 parse_bytes(&v).ok_or_else(|| bad("CHORUS_THREAD_CACHE", &v, BYTES))?,
             );
         }
-        b.build_named(true)
+        if let Some(v) = get("CHORUS_CUDA_TF32") {
+            b = b.allow_tf32(flag("CHORUS_CUDA_TF32", &v)?);
+        }
+        if let Some(v) = get("CHORUS_CUDA_LAZY_BLAS") {
+            b = b.lazy_blas(flag("CHORUS_CUDA_LAZY_BLAS", &v)?);
+        }
+        Ok(b)
     }
 
-    /// Total number of streams (stream 0 is the default stream).
-    pub fn streams(&self) -> usize {
-        self.streams
+    /// Takes every setting of `config` (the opener stays).
+    pub fn config(mut self, config: Config) -> Self {
+        self.cfg = config;
+        self
     }
-    /// Binding policy.
-    pub fn policy(&self) -> StreamPolicy {
-        self.policy
+    /// The backend to open, by name: `auto` (the default) or a backend's name (`cpu`,
+    /// `cuda`); the facade's `BackendKind` is one too. See [`Config::backend`].
+    pub fn backend(mut self, name: impl AsRef<str>) -> Self {
+        self.cfg.backend = name.as_ref().trim().to_ascii_lowercase();
+        self
     }
-    /// Exhaustion policy of the exclusive pool.
-    pub fn exhaustion(&self) -> Exhaustion {
-        self.exhaustion
+    /// Device ordinal for backends with several devices (CUDA); default 0.
+    pub fn ordinal(mut self, ordinal: u32) -> Self {
+        self.cfg.ordinal = ordinal;
+        self
     }
-    /// Memory limit in bytes, if any.
-    pub fn memory_limit(&self) -> Option<usize> {
-        self.memory_limit
+    /// Let f32 GEMMs use TF32 tensor cores (CUDA; off by default, as in PyTorch). See
+    /// [`Config::allow_tf32`].
+    pub fn allow_tf32(mut self, allow: bool) -> Self {
+        self.cfg.allow_tf32 = allow;
+        self
     }
-    /// Bytes of small blocks each thread may cache per device (and each stream may keep of its
-    /// blocks freed on other threads).
-    pub fn thread_cache_bytes(&self) -> usize {
-        self.thread_cache_bytes
+    /// Create each stream's cuBLAS handle on its first GEMM rather than with the device (CUDA;
+    /// off by default). See [`Config::lazy_blas`].
+    pub fn lazy_blas(mut self, lazy: bool) -> Self {
+        self.cfg.lazy_blas = lazy;
+        self
     }
-    /// How long shutdown waits for in-flight work before reporting it and going on.
-    pub fn shutdown_timeout(&self) -> Duration {
-        self.shutdown_timeout
+    /// Installs the function [`ConfigBuilder::open`] starts the device with (the facade's
+    /// `Device::builder()` installs its own; a backend crate's `device_with` is one too).
+    pub fn opener(mut self, opener: Opener) -> Self {
+        self.opener = Some(opener);
+        self
     }
-}
-
-const STREAMS: &str = "expected a number of streams from 2 to 1024";
-const BYTES: &str = "expected bytes, optionally with K, M or G (powers of 1024), or `none`";
-
-fn bad(key: &'static str, value: &str, reason: &'static str) -> Error {
-    Error::Config {
-        key,
-        value: value.to_string(),
-        reason,
-    }
-}
-
-/// Parses `123`, `64K`, `512M`, `2G`, `2GiB`, `2gb` (all powers of 1024).
-pub(crate) fn parse_bytes(s: &str) -> Option<usize> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches("ib").trim_end_matches('b');
-    let (num, mul) = match t.chars().last()? {
-        'k' => (&t[..t.len() - 1], 1usize << 10),
-        'm' => (&t[..t.len() - 1], 1 << 20),
-        'g' => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    num.trim().parse::<usize>().ok()?.checked_mul(mul)
-}
-
-/// Builder of [`Config`].
-#[derive(Debug, Clone)]
-pub struct ConfigBuilder {
-    cfg: Config,
-}
-
-impl ConfigBuilder {
     /// Total number of streams, 2..=1024 (stream 0 is the default stream).
     pub fn streams(mut self, n: usize) -> Self {
         self.cfg.streams = n;
@@ -237,15 +376,32 @@ impl ConfigBuilder {
     /// # Errors
     /// [`Error::Config`] when the number of streams is out of range.
     pub fn build(self) -> Result<Config> {
-        self.build_named(false)
-    }
-
-    fn build_named(self, env: bool) -> Result<Config> {
-        if !(2..=1024).contains(&self.cfg.streams) {
-            let key = if env { "CHORUS_STREAMS" } else { "streams" };
-            return Err(bad(key, &self.cfg.streams.to_string(), STREAMS));
+        if !STREAM_RANGE.contains(&self.cfg.streams) {
+            return Err(bad("streams", &self.cfg.streams.to_string(), STREAMS));
         }
         Ok(self.cfg)
+    }
+
+    /// Checks the configuration and starts the device it names, through the builder's
+    /// [`Opener`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] for invalid settings, a backend name the opener does not know, or a
+    /// builder without an opener (one from [`Config::builder`]: the facade's
+    /// `chorus::Device::builder()` has one); what the backend says when it cannot start
+    /// ([`Error::Unavailable`]).
+    pub fn open(self) -> Result<Device> {
+        let opener = self.opener;
+        let config = self.build()?;
+        match opener {
+            Some(open) => open(config),
+            None => Err(Error::Config {
+                key: "backend",
+                value: config.backend,
+                reason: "this builder has no opener: take it from the facade's \
+                         `chorus::Device::builder()`, or set one with `ConfigBuilder::opener`",
+            }),
+        }
     }
 }
 
@@ -276,8 +432,11 @@ mod tests {
             ("CHORUS_STREAM_WAIT_MS", "250"),
             ("CHORUS_MEMORY_LIMIT", "64M"),
             ("CHORUS_THREAD_CACHE", "0"),
+            ("CHORUS_CUDA_TF32", "1"),
+            ("CHORUS_CUDA_LAZY_BLAS", "true"),
         ])
         .unwrap();
+        assert!(c.allow_tf32() && c.lazy_blas());
         assert_eq!(c.streams(), 8);
         assert_eq!(c.policy(), StreamPolicy::Exclusive);
         assert_eq!(c.exhaustion(), Exhaustion::Wait(Duration::from_millis(250)));
@@ -305,11 +464,61 @@ mod tests {
             ("CHORUS_STREAM_POLICY", "lifo"),
             ("CHORUS_STREAM_WAIT_MS", "-3"),
             ("CHORUS_MEMORY_LIMIT", "12X"),
+            ("CHORUS_CUDA_TF32", "maybe"),
+            ("CHORUS_CUDA_LAZY_BLAS", "2"),
         ] {
             match env(&[(k, v)]) {
                 Err(Error::Config { key, value, .. }) => assert_eq!((key, value.as_str()), (k, v)),
                 other => panic!("{k}={v}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn builder_sets_the_backend_and_its_options() {
+        let c = Config::builder()
+            .backend(" CUDA ")
+            .ordinal(1)
+            .allow_tf32(true)
+            .lazy_blas(true)
+            .build()
+            .unwrap();
+        assert_eq!((c.backend(), c.ordinal()), ("cuda", 1));
+        assert!(c.allow_tf32() && c.lazy_blas());
+        assert_eq!(Config::default().backend(), AUTO_BACKEND);
+        // The environment applies over the builder's settings, leaving the others alone.
+        let b = Config::builder().streams(6).backend("cpu");
+        let c = b.lookup(|k| (k == "CHORUS_CUDA_TF32").then(|| "on".to_string()));
+        let c = c.unwrap().build().unwrap();
+        assert_eq!((c.streams(), c.backend(), c.allow_tf32()), (6, "cpu", true));
+    }
+
+    #[test]
+    fn open_without_an_opener_is_a_config_error() {
+        match Config::builder().backend("cpu").open() {
+            Err(Error::Config { key, value, .. }) => {
+                assert_eq!((key, value.as_str()), ("backend", "cpu"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn boolean_variables_parse_or_name_the_variable() {
+        for (v, want) in [
+            ("1", true),
+            (" TRUE ", true),
+            ("on", true),
+            ("0", false),
+            ("", false),
+        ] {
+            assert_eq!(flag("CHORUS_CUDA_LAZY_BLAS", v).unwrap(), want, "{v:?}");
+        }
+        match flag("CHORUS_CUDA_LAZY_BLAS", "banana") {
+            Err(Error::Config { key, value, .. }) => {
+                assert_eq!((key, value.as_str()), ("CHORUS_CUDA_LAZY_BLAS", "banana"));
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -16,7 +16,11 @@ use std::time::Duration;
 /// while tensors, streams or events of it are still alive: those keep the memory they need,
 /// and calls on them that would enqueue work return [`Error::DeviceClosed`](crate::Error::DeviceClosed).
 ///
-/// The facade crate `chorus` has the constructors (`Device::cpu()`, `Device::cuda(i)`, ...).
+/// The facade crate `chorus` has the constructors (`Device::cpu()`, `Device::cuda(i)`,
+/// `Device::builder()`, ... from its `DeviceExt` trait); here, a device is opened from a
+/// [`ConfigBuilder`](crate::ConfigBuilder) with an [`Opener`](crate::Opener)
+/// ([`ConfigBuilder::open`](crate::ConfigBuilder::open)) or by a backend crate
+/// ([`Device::with_backend`]).
 #[derive(Clone)]
 pub struct Device {
     inner: Arc<Owner>,

@@ -33,7 +33,7 @@ mod tests;
 
 pub use alloc::{Block, MemoryStats};
 pub use backend::{Backend, BackendResult, HostCallback};
-pub use config::{Config, ConfigBuilder, Exhaustion, StreamPolicy};
+pub use config::{Config, ConfigBuilder, Exhaustion, Opener, StreamPolicy, AUTO_BACKEND};
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{BackendError, DeviceId, Error, Result};

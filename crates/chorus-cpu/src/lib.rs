@@ -64,7 +64,8 @@ pub fn device() -> chorus_core::Result<chorus_core::Device> {
     device_with(Config::from_env()?)
 }
 
-/// A CPU device with explicit settings.
+/// A CPU device with explicit settings (the runtime's; [`Config::backend`], the ordinal and
+/// the CUDA options are not read). An [`Opener`](chorus_core::Opener).
 ///
 /// # Errors
 /// A worker thread that could not start.

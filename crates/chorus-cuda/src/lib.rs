@@ -8,7 +8,7 @@
 //! | event | a `CUevent` from the core's event pool ([`CudaEvent`]; timing ones without `CU_EVENT_DISABLE_TIMING`) |
 //! | memory | the core's caching allocator over `cuMemAlloc` segments ([`Segment`]): one driver allocation per segment, never per tensor, and no per-allocation events |
 //! | completion handler | `cuLaunchHostFunc` with a trampoline that only runs the runtime's hand-off closure (which queues the user's handler for the completion thread) |
-//! | matmul | `cublasGemmStridedBatchedEx`, f32 compute (TF32 only when [`CudaOptions::allow_tf32`]); `linear`'s bias and ReLU/tanh-GELU fused into the GEMM by a cuBLASLt epilogue, other activations in one extra kernel |
+//! | matmul | `cublasGemmStridedBatchedEx`, f32 compute (TF32 only when [`Config::allow_tf32`]); `linear`'s bias and ReLU/tanh-GELU fused into the GEMM by a cuBLASLt epilogue, other activations in one extra kernel |
 //! | every other op | CUDA C kernels (`kernels/*.cu`, one file per kernel family, one program) compiled by NVRTC once per GPU architecture and process, kept on disk across processes (`module.rs`); loaded when the device starts |
 //! | randn | Philox4x32-10 + Box–Muller with IEEE-rounded intrinsics: the same bits as the CPU backend |
 //!
@@ -42,70 +42,6 @@ use std::time::Duration;
 pub use event::CudaEvent;
 pub use memory::Segment;
 pub use stream::CudaStream;
-
-/// Options of the CUDA backend.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CudaOptions {
-    /// Let f32 GEMMs use TF32 tensor cores (faster, about 10 mantissa bits in the products).
-    /// Off by default, as in PyTorch; `CHORUS_CUDA_TF32=1` turns it on from the environment.
-    pub allow_tf32: bool,
-    /// Create a stream's cuBLAS handle (and its 8 MiB workspace) on the stream's first GEMM
-    /// instead of when the device is created. Off by default: a handle's creation takes
-    /// milliseconds and synchronizes the device (up to ~0.16 s for the last of 64 streams
-    /// whose first GEMMs come at once, measured on the H100), which belongs to start-up, not
-    /// to the first requests. On saves `streams × 8 MiB` of device memory for streams that
-    /// never multiply; `CHORUS_CUDA_LAZY_BLAS=1` turns it on from the environment.
-    pub lazy_blas: bool,
-}
-
-/// A boolean environment variable (`1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`/empty).
-fn env_flag(key: &'static str) -> chorus_core::Result<Option<bool>> {
-    std::env::var(key).ok().map(|v| flag(key, v)).transpose()
-}
-
-/// The value `v` of the boolean variable `key`.
-fn flag(key: &'static str, v: String) -> chorus_core::Result<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err(chorus_core::Error::Config {
-            key,
-            value: v,
-            reason: "expected 1/true or 0/false",
-        }),
-    }
-}
-
-impl CudaOptions {
-    /// The defaults, overridden by `CHORUS_CUDA_TF32` and `CHORUS_CUDA_LAZY_BLAS` (`1`/`true`
-    /// or `0`/`false`).
-    ///
-    /// # Errors
-    /// [`chorus_core::Error::Config`] for another value.
-    pub fn from_env() -> chorus_core::Result<CudaOptions> {
-        let mut o = CudaOptions::default();
-        if let Some(v) = env_flag("CHORUS_CUDA_TF32")? {
-            o.allow_tf32 = v;
-        }
-        if let Some(v) = env_flag("CHORUS_CUDA_LAZY_BLAS")? {
-            o.lazy_blas = v;
-        }
-        Ok(o)
-    }
-
-    /// Sets [`CudaOptions::allow_tf32`].
-    pub fn allow_tf32(mut self, allow: bool) -> Self {
-        self.allow_tf32 = allow;
-        self
-    }
-
-    /// Sets [`CudaOptions::lazy_blas`].
-    pub fn lazy_blas(mut self, lazy: bool) -> Self {
-        self.lazy_blas = lazy;
-        self
-    }
-}
 
 /// One GPU as `chorus info` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,24 +105,24 @@ fn backend_err(ordinal: u32, source: BackendError) -> chorus_core::Error {
     }
 }
 
-/// CUDA device `ordinal` with the settings of the `CHORUS_*` environment variables.
+/// CUDA device `ordinal` with the settings of the `CHORUS_*` environment variables (including
+/// `CHORUS_CUDA_TF32` and `CHORUS_CUDA_LAZY_BLAS`).
 ///
 /// # Errors
 /// No driver or no such device, an invalid environment variable, or a driver failure.
 pub fn device(ordinal: u32) -> chorus_core::Result<chorus_core::Device> {
-    device_with(ordinal, Config::from_env()?, CudaOptions::from_env()?)
+    device_with(Config::builder().from_env()?.ordinal(ordinal).build()?)
 }
 
-/// CUDA device `ordinal` with explicit settings.
+/// CUDA device [`Config::ordinal`] with explicit settings: the runtime's, and the CUDA options
+/// [`Config::allow_tf32`] and [`Config::lazy_blas`] ([`Config::backend`] is not read). An
+/// [`Opener`](chorus_core::Opener).
 ///
 /// # Errors
 /// No driver or no such device, or a driver failure.
-pub fn device_with(
-    ordinal: u32,
-    config: Config,
-    options: CudaOptions,
-) -> chorus_core::Result<chorus_core::Device> {
-    let backend = CudaBackend::new(ordinal, options).map_err(|e| backend_err(ordinal, e))?;
+pub fn device_with(config: Config) -> chorus_core::Result<chorus_core::Device> {
+    let ordinal = config.ordinal();
+    let backend = CudaBackend::new(&config).map_err(|e| backend_err(ordinal, e))?;
     chorus_core::Device::with_backend(backend, config)
 }
 
@@ -195,24 +131,29 @@ pub fn device_with(
 pub struct CudaBackend {
     ctx: Arc<Context>,
     modules: ModuleCache,
-    options: CudaOptions,
+    /// [`Config::allow_tf32`] of the device's config.
+    allow_tf32: bool,
+    /// [`Config::lazy_blas`] of the device's config.
+    lazy_blas: bool,
     name: String,
     graph_streams: Arc<graph::GraphStreams>,
 }
 
 impl CudaBackend {
-    /// The backend of device `ordinal` (retains its primary context).
+    /// The backend of device [`Config::ordinal`] (retains its primary context), with the CUDA
+    /// options of `config` ([`Config::allow_tf32`], [`Config::lazy_blas`]).
     ///
     /// # Errors
     /// No driver, no such device, or a driver failure.
-    pub fn new(ordinal: u32, options: CudaOptions) -> BackendResult<CudaBackend> {
+    pub fn new(config: &Config) -> BackendResult<CudaBackend> {
         kernels::attention::mode()?;
-        let ctx = Arc::new(Context::retain(ordinal)?);
+        let ctx = Arc::new(Context::retain(config.ordinal())?);
         let name = ctx.name();
         let backend = CudaBackend {
             ctx,
             modules: ModuleCache::default(),
-            options,
+            allow_tf32: config.allow_tf32(),
+            lazy_blas: config.lazy_blas(),
             name,
             graph_streams: Arc::default(),
         };
@@ -267,7 +208,7 @@ impl Backend for CudaBackend {
 
     fn create_stream(&self, _id: StreamId) -> BackendResult<CudaStream> {
         let stream = driver::traced("stream", || CudaStream::create(&self.ctx))?;
-        if !self.options.lazy_blas {
+        if !self.lazy_blas {
             stream.blas()?;
         }
         Ok(stream)
@@ -287,7 +228,7 @@ impl Backend for CudaBackend {
         stream.bind()?;
         let module = self.modules.get(&self.ctx)?;
         // SAFETY: forwarded contract of Backend::launch; the context is current.
-        unsafe { kernels::launch(stream, module, &kernel, self.options.allow_tf32) }
+        unsafe { kernels::launch(stream, module, &kernel, self.allow_tf32) }
     }
     unsafe fn build_graph(&self, kernels: &[Kernel]) -> BackendResult<Option<graph::CudaGraph>> {
         self.ctx.bind()?;
@@ -299,7 +240,7 @@ impl Backend for CudaBackend {
                 &self.graph_streams,
                 module,
                 kernels,
-                self.options.allow_tf32,
+                self.allow_tf32,
             )
         }
     }
@@ -397,33 +338,5 @@ impl Backend for CudaBackend {
             drop(unsafe { Box::from_raw(data) });
         }
         stream.track(r, "cuLaunchHostFunc")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn boolean_variables_parse_or_name_the_variable() {
-        for (v, want) in [
-            ("1", true),
-            (" TRUE ", true),
-            ("on", true),
-            ("0", false),
-            ("", false),
-        ] {
-            assert_eq!(
-                flag("CHORUS_CUDA_LAZY_BLAS", v.into()).unwrap(),
-                want,
-                "{v:?}"
-            );
-        }
-        match flag("CHORUS_CUDA_LAZY_BLAS", "banana".into()) {
-            Err(chorus_core::Error::Config { key, value, .. }) => {
-                assert_eq!((key, value.as_str()), ("CHORUS_CUDA_LAZY_BLAS", "banana"));
-            }
-            other => panic!("{other:?}"),
-        }
     }
 }

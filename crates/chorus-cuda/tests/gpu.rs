@@ -2,37 +2,11 @@
 //! only that asking for a device gives a typed error (never a panic). With
 //! `CHORUS_REQUIRE_GPU=1` (the GPU job sets it) a missing GPU fails every test instead.
 
-use chorus_core::{DType, Device, Error, Graph, Tensor, UnaryOp};
-
-/// CUDA device 0, or `None` (with a `SKIPPED` line) without a GPU.
-fn gpu() -> Option<Device> {
-    if !chorus_cuda::is_available() {
-        skipped_without_gpu("no CUDA device on this machine");
-        return None;
-    }
-    Some(chorus_cuda::device(0).expect("cuda device 0"))
-}
-
-/// A `SKIPPED` line, or a panic under `CHORUS_REQUIRE_GPU=1`: a GPU machine that lost its GPU
-/// must not pass every test here without running it.
-fn skipped_without_gpu(what: &str) {
-    assert!(
-        std::env::var("CHORUS_REQUIRE_GPU").as_deref() != Ok("1"),
-        "no GPU, and CHORUS_REQUIRE_GPU=1 requires one: {what}"
-    );
-    eprintln!("SKIPPED: {what}");
-}
+use chorus_core::{Config, DType, Device, Error, Graph, Tensor, UnaryOp};
+use chorus_testing::{bits, gpu, skipped_without_gpu};
 
 fn cpu() -> Device {
     chorus_cpu::device().expect("cpu device")
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
 }
 
 fn close(a: &Tensor, b: &Tensor, tol: f32) {
@@ -274,8 +248,8 @@ fn large_reductions_run_in_two_passes_and_agree() {
 #[test]
 fn lazy_cublas_handles_give_the_same_bits() {
     let Some(eager) = gpu() else { return };
-    let options = chorus_cuda::CudaOptions::default().lazy_blas(true);
-    let lazy = chorus_cuda::device_with(0, chorus_core::Config::default(), options).unwrap();
+    let lazy =
+        chorus_cuda::device_with(Config::builder().lazy_blas(true).build().unwrap()).unwrap();
     let run = |dev: &Device, seed: u64| {
         let a = Tensor::randn(dev, &[33, 70], seed).unwrap();
         let w = Tensor::randn(dev, &[50, 70], seed + 1).unwrap();

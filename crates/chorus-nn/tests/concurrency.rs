@@ -6,18 +6,11 @@ mod common;
 
 use chorus_core::{Device, Tensor};
 use chorus_nn::Module;
-use common::{input_shape, load_model, random_weights, Golden, DEPTHWISE, MLP, TRANSFORMER};
+use chorus_testing::{backend_tests, bits, Golden, TestBackend};
+use common::{input_shape, load_model, random_weights, DEPTHWISE, MLP, TRANSFORMER};
 
 const THREADS: usize = 16;
 const ITERATIONS: usize = 5;
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_vec::<f32>()
-        .expect("read output")
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
-}
 
 /// Thread 0 gets the golden input (when there is one), the others `randn` with their own seed.
 fn inputs(device: &Device, golden: Option<&Golden>, name: &str) -> Vec<Vec<f32>> {
@@ -32,15 +25,8 @@ fn inputs(device: &Device, golden: Option<&Golden>, name: &str) -> Vec<Vec<f32>>
         .collect()
 }
 
-fn check_model(name: &str) {
-    for device in common::devices() {
-        eprintln!("{name} on {}", device.describe());
-        check_model_on(&device, name);
-    }
-}
-
-fn check_model_on(device: &Device, name: &str) {
-    let device = device.clone();
+fn check_model(backend: TestBackend, name: &str) {
+    let device = common::device(backend);
     // Golden inputs and weights where the files are there, random ones otherwise: this test
     // checks threads against one thread, not parity (tests/golden.rs does).
     let golden = Golden::read(&device).ok();
@@ -99,17 +85,20 @@ fn check_model_on(device: &Device, name: &str) {
     assert_eq!(mismatches, 0, "{name}: outputs differ under concurrency");
 }
 
-#[test]
-fn mlp_is_bit_identical_under_concurrency() {
-    check_model(MLP);
+backend_tests!(
+    mlp_is_bit_identical_under_concurrency,
+    transformer_encoder_is_bit_identical_under_concurrency,
+    depthwise_separable_is_bit_identical_under_concurrency,
+);
+
+fn mlp_is_bit_identical_under_concurrency(backend: TestBackend) {
+    check_model(backend, MLP);
 }
 
-#[test]
-fn transformer_encoder_is_bit_identical_under_concurrency() {
-    check_model(TRANSFORMER);
+fn transformer_encoder_is_bit_identical_under_concurrency(backend: TestBackend) {
+    check_model(backend, TRANSFORMER);
 }
 
-#[test]
-fn depthwise_separable_is_bit_identical_under_concurrency() {
-    check_model(DEPTHWISE);
+fn depthwise_separable_is_bit_identical_under_concurrency(backend: TestBackend) {
+    check_model(backend, DEPTHWISE);
 }

@@ -9,18 +9,12 @@ mod common;
 use chorus_nn::{
     AdaptiveAvgPool2d, Conv2d, Conv2dConfig, Embedding, GroupNorm, LayerNorm, Linear, Module, Relu,
 };
-use common::{compare, load_model, Golden, DEPTHWISE, MLP, TRANSFORMER};
+use chorus_testing::{backend_tests, Golden, TestBackend};
+use common::{compare, load_model, DEPTHWISE, MLP, TRANSFORMER};
 
-#[test]
-fn models_match_pytorch() {
-    for device in common::devices() {
-        println!("models_match_pytorch on {}", device.describe());
-        models_match_pytorch_on(&device);
-    }
-}
-
-fn models_match_pytorch_on(device: &chorus_core::Device) {
-    let device = device.clone();
+backend_tests!(models_match_pytorch);
+fn models_match_pytorch(backend: TestBackend) {
+    let device = common::device(backend);
     let Some(golden) = Golden::load(&device) else {
         return;
     };
@@ -54,18 +48,11 @@ fn models_match_pytorch_on(device: &chorus_core::Device) {
     assert!(failed.is_empty(), "models outside tolerance: {failed:?}");
 }
 
+backend_tests!(layers_match_pytorch);
 /// The single-layer golden cases, run through the modules built with `new` from the case's
 /// tensors (the ops themselves are checked by chorus-core's parity tests).
-#[test]
-fn layers_match_pytorch() {
-    for device in common::devices() {
-        println!("layers_match_pytorch on {}", device.describe());
-        layers_match_pytorch_on(&device);
-    }
-}
-
-fn layers_match_pytorch_on(device: &chorus_core::Device) {
-    let device = device.clone();
+fn layers_match_pytorch(backend: TestBackend) {
+    let device = common::device(backend);
     let Some(golden) = Golden::load(&device) else {
         return;
     };

@@ -1,7 +1,5 @@
 //! Loading reports what is wrong with the weights as typed errors naming the full tensor name.
 
-mod common;
-
 use chorus_core::Tensor;
 use chorus_nn::{Linear, Mlp, NnError, TransformerEncoder, Weights};
 use safetensors::tensor::TensorView;
@@ -170,7 +168,7 @@ fn bad_files_are_typed() {
         Weights::from_bytes(&device, b"not a safetensors file"),
         Err(NnError::Safetensors { .. })
     ));
-    let missing = common::golden_dir().join("does-not-exist.safetensors");
+    let missing = chorus_testing::golden_dir().join("does-not-exist.safetensors");
     match Weights::from_file(&device, &missing).unwrap_err() {
         NnError::Io { path, .. } => assert_eq!(path, missing),
         other => panic!("expected Io, got {other:?}"),

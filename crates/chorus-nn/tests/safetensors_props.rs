@@ -37,7 +37,7 @@ fn stored() -> impl Strategy<Value = Stored> {
         prop::collection::vec(0usize..5, 0..4),
     )
         .prop_flat_map(|(name, dtype, shape)| {
-            let len: usize = shape.iter().product::<usize>() * dtype.size();
+            let len: usize = shape.iter().product::<usize>() * dtype.bitsize() / 8;
             prop::collection::vec(any::<u8>(), len).prop_map(move |bytes| Stored {
                 name: name.clone(),
                 dtype,
@@ -163,6 +163,53 @@ proptest! {
             Ok(w) => read_all(&w),
             Err(NnError::Safetensors { .. }) => {}
             Err(e) => prop_assert!(false, "not a safetensors error: {e}"),
+        }
+    }
+
+    /// A well-formed header whose dtype, shape and data offsets are arbitrary (huge, reversed,
+    /// past the data, overflowing when added up): a typed error or a load, never a panic.
+    #[test]
+    fn arbitrary_headers_fail_typed_or_load(
+        dtype in prop_oneof![Just("F32"), Just("I64"), Just("BF16"), Just("U8"), Just("X")],
+        shape in prop::collection::vec(prop_oneof![0u64..4, any::<u64>()], 0..3),
+        offsets in (
+            prop_oneof![0u64..64, any::<u64>(), Just(u64::MAX)],
+            prop_oneof![0u64..64, any::<u64>(), Just(u64::MAX)],
+        ),
+        data in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let header = format!(
+            r#"{{"t":{{"dtype":"{dtype}","shape":{shape:?},"data_offsets":[{},{}]}}}}"#,
+            offsets.0, offsets.1
+        );
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(data);
+        match Weights::from_bytes(&device(), &bytes) {
+            Ok(w) => read_all(&w),
+            Err(NnError::Safetensors { .. }) => {}
+            Err(e) => prop_assert!(false, "not a safetensors error: {e}"),
+        }
+    }
+
+    /// A header that is self-consistent (its one tensor's bytes match its shape and offsets)
+    /// but states more data than any file can hold, up to a data end that overflows 64 bits
+    /// once the header is added: a typed error, never a panic.
+    #[test]
+    fn self_consistent_huge_headers_are_typed_errors(
+        elements in prop_oneof![(u64::MAX / 4 - 64)..=(u64::MAX / 4), 1u64 << 40..1u64 << 61],
+        data in prop::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let header = format!(
+            r#"{{"t":{{"dtype":"F32","shape":[{elements}],"data_offsets":[0,{}]}}}}"#,
+            elements * 4
+        );
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(data);
+        match Weights::from_bytes(&device(), &bytes) {
+            Err(NnError::Safetensors { .. }) => {}
+            other => prop_assert!(false, "{:?}", other.map(|w| w.names())),
         }
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! `cargo bench -p chorus --bench allocator`
 
-use chorus::{DType, Device, Tensor};
+use chorus::{DType, Device, DeviceExt, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::{Duration, Instant};
 
@@ -61,7 +61,7 @@ fn group(c: &mut Criterion, name: &str, caches: [(&str, usize); 2], threads: &[u
     for (label, cache) in caches {
         let device = Device::builder()
             .thread_cache_bytes(cache)
-            .build()
+            .open()
             .expect("device");
         for &n in threads {
             g.throughput(Throughput::Elements(n as u64));

@@ -10,8 +10,8 @@
 //! `cargo run -p chorus --example dynamic_batching`
 
 use chorus::batch::{BatchConfig, BatchQueue, HostTensor, ShutdownMode};
-use chorus::nn::{Linear, Mlp, Module};
-use chorus::{Device, Tensor};
+use chorus::nn::{Linear, Mlp};
+use chorus::prelude::*;
 use std::time::Duration;
 
 /// Client threads, and requests each one sends (one at a time, waiting for each answer).

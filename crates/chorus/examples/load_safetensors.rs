@@ -8,8 +8,8 @@
 //!
 //! `cargo run -p chorus --example load_safetensors`
 
-use chorus::nn::{Mlp, Module, Weights};
-use chorus::{Device, Tensor};
+use chorus::nn::{Mlp, Weights};
+use chorus::prelude::*;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 

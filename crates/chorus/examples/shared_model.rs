@@ -7,8 +7,8 @@
 //!
 //! `cargo run -p chorus --example shared_model`
 
-use chorus::nn::{Linear, Mlp, Module};
-use chorus::{Device, Tensor};
+use chorus::nn::{Linear, Mlp};
+use chorus::prelude::*;
 use std::time::Instant;
 
 /// Threads sharing the model, and forwards each one runs.

@@ -1,9 +1,22 @@
-//! Device constructors over the compiled-in backends.
+//! Opening devices on the compiled-in backends: [`BackendKind`], the opener installed on
+//! [`DeviceExt::builder`]'s builders, and the constructors of [`DeviceExt`].
+//!
+//! There is one device type, core's [`Device`]. Core cannot name a backend (dependencies point
+//! one way: core ← backends ← facade), so it cannot open one: its [`ConfigBuilder`] carries
+//! the backend's name ([`Config::backend`]) and an [`Opener`] function pointer, and
+//! [`ConfigBuilder::open`] calls it. This module is where the facade supplies that function
+//! ([`open`]), and where the names meet the backends compiled into the build.
 
-use chorus_core::{Config, ConfigBuilder, Error, Exhaustion, Result, StreamPolicy};
-use std::time::Duration;
+use chorus_core::{Config, ConfigBuilder, Device, Error, Opener, Result, AUTO_BACKEND};
 
-/// The backends compiled into this build (cargo features `cpu`, and later `cuda`, `wgpu`).
+/// The backends compiled into this build (cargo features `cpu`, default, and `cuda`).
+///
+/// A closed enum, one variant per backend feature: code that matches on it covers every
+/// backend of the build, and a variant exists only when its backend is compiled in. It lives
+/// in the facade, not in `chorus-core`, because only the facade knows which backends are
+/// compiled in (core has no backend features and names no backend). Core's [`Config`] carries
+/// the choice as a name ([`Config::backend`]): a `BackendKind` is one (it is `AsRef<str>`), so
+/// `Device::builder().backend(BackendKind::Cpu)` and `.backend("cpu")` are the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BackendKind {
@@ -39,7 +52,18 @@ impl BackendKind {
         BackendKind::available().first().copied()
     }
 
-    /// The lowercase name (`cpu`, `cuda`).
+    /// Whether the hardware of this backend is present on this machine (a GPU for CUDA; the
+    /// CPU always is).
+    pub fn is_present(self) -> bool {
+        match self {
+            #[cfg(feature = "cpu")]
+            BackendKind::Cpu => true,
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => chorus_cuda::is_available(),
+        }
+    }
+
+    /// The lowercase name (`cpu`, `cuda`), as [`Config::backend`] takes it.
     pub fn name(self) -> &'static str {
         match self {
             #[cfg(feature = "cpu")]
@@ -49,13 +73,22 @@ impl BackendKind {
         }
     }
 
-    /// Parses a backend name (`cpu`, `cuda`; `auto` picks [`BackendKind::best`]).
+    /// Parses a backend name (`cpu`, `cuda`; `auto` picks [`BackendKind::best`]), ignoring case
+    /// and surrounding blanks.
     ///
     /// # Errors
-    /// [`Error::Config`] for a name that is not compiled in.
+    /// [`Error::Config`] (key `backend`) for a name that is not compiled in.
+    ///
+    /// # Examples
+    /// ```
+    /// use chorus::BackendKind;
+    /// assert_eq!(BackendKind::parse(" CPU ")?, BackendKind::Cpu);
+    /// assert!(BackendKind::parse("tpu").is_err());
+    /// # Ok::<(), chorus::Error>(())
+    /// ```
     pub fn parse(name: &str) -> Result<BackendKind> {
         let not_compiled = || Error::Config {
-            key: "device",
+            key: "backend",
             value: name.to_string(),
             reason: "not a backend compiled into this build",
         };
@@ -64,27 +97,64 @@ impl BackendKind {
             "cpu" => Ok(BackendKind::Cpu),
             #[cfg(feature = "cuda")]
             "cuda" => Ok(BackendKind::Cuda),
-            "auto" => BackendKind::best().ok_or_else(not_compiled),
+            AUTO_BACKEND => BackendKind::best().ok_or_else(not_compiled),
             _ => Err(not_compiled()),
         }
     }
 }
 
-/// A handle to one device: [`chorus_core::Device`] plus constructors. Dereferences to it, so
-/// every method of [`chorus_core::Device`] is available and `&Device` can be passed where a
-/// `&chorus_core::Device` is expected.
-#[derive(Clone, Debug)]
-pub struct Device(chorus_core::Device);
+impl AsRef<str> for BackendKind {
+    fn as_ref(&self) -> &str {
+        self.name()
+    }
+}
 
-impl Device {
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The facade's [`Opener`]: starts the backend that [`Config::backend`] names (`auto`: the
+/// [best](BackendKind::best) one) with `config`. Installed on every builder that
+/// [`DeviceExt::builder`] hands out.
+///
+/// # Errors
+/// [`Error::Config`] for a backend name not compiled in; what the backend says when it cannot
+/// start ([`Error::Unavailable`] without a CUDA driver or with no such GPU).
+pub fn open(config: Config) -> Result<Device> {
+    match BackendKind::parse(config.backend())? {
+        #[cfg(feature = "cpu")]
+        BackendKind::Cpu => chorus_cpu::device_with(config),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => chorus_cuda::device_with(config),
+    }
+}
+
+/// The facade's constructors of core's [`Device`]: `Device::cpu()`, `Device::cuda(i)`,
+/// `Device::auto()`, `Device::builder()`. In [`prelude`](crate::prelude).
+///
+/// Sealed: implemented for [`Device`] only.
+///
+/// # Examples
+/// ```
+/// use chorus::{Device, DeviceExt, StreamPolicy};
+/// let cpu = Device::cpu()?;
+/// let configured = Device::builder()
+///     .streams(8)
+///     .policy(StreamPolicy::Exclusive)
+///     .open()?;
+/// assert_eq!(configured.config().streams(), 8);
+/// assert_eq!(cpu.id().backend, "cpu");
+/// # Ok::<(), chorus::Error>(())
+/// ```
+pub trait DeviceExt: sealed::Sealed {
     /// The CPU device, with the settings of the `CHORUS_*` environment variables.
     ///
     /// # Errors
     /// [`Error::Config`] naming an invalid environment variable.
     #[cfg(feature = "cpu")]
-    pub fn cpu() -> Result<Device> {
-        Device::builder().from_env()?.build()
-    }
+    fn cpu() -> Result<Device>;
 
     /// CUDA device `ordinal`, with the settings of the `CHORUS_*` environment variables
     /// (including `CHORUS_CUDA_TF32` and `CHORUS_CUDA_LAZY_BLAS`).
@@ -93,197 +163,64 @@ impl Device {
     /// [`Error::Unavailable`] without a CUDA driver or with no such device;
     /// [`Error::Config`] naming an invalid environment variable.
     #[cfg(feature = "cuda")]
-    pub fn cuda(ordinal: u32) -> Result<Device> {
-        Device::builder()
-            .from_env()?
-            .backend(BackendKind::Cuda)
-            .ordinal(ordinal)
-            .build()
-    }
+    fn cuda(ordinal: u32) -> Result<Device>;
 
     /// The best device compiled in and present (CUDA device 0 when the `cuda` feature is on
     /// and a GPU is there, else the CPU), with the environment's settings.
     ///
     /// # Errors
-    /// As [`Device::cpu`].
-    pub fn auto() -> Result<Device> {
-        Device::builder().from_env()?.build()
-    }
+    /// As [`DeviceExt::cpu`]; [`Error::Config`] when no backend is compiled in.
+    fn auto() -> Result<Device>;
 
-    /// A builder (defaults, environment not read unless [`DeviceBuilder::from_env`]).
+    /// Core's config builder with the facade's [`open`] installed: every runtime setting, the
+    /// backend ([`ConfigBuilder::backend`], `auto` by default), the ordinal and the backend
+    /// options; [`ConfigBuilder::open`] starts the device. Defaults; the environment is read
+    /// only on [`ConfigBuilder::from_env`].
     ///
     /// # Examples
     /// ```
-    /// use chorus::{Device, StreamPolicy};
-    /// let device = Device::builder().streams(8).policy(StreamPolicy::Exclusive).build()?;
+    /// use chorus::{BackendKind, Device, DeviceExt, StreamPolicy};
+    /// let device = Device::builder()
+    ///     .backend(BackendKind::Cpu)
+    ///     .streams(8)
+    ///     .policy(StreamPolicy::Exclusive)
+    ///     .open()?;
     /// assert_eq!(device.config().streams(), 8);
     /// # Ok::<(), chorus::Error>(())
     /// ```
-    pub fn builder() -> DeviceBuilder {
-        DeviceBuilder {
-            kind: BackendKind::best(),
-            config: Config::builder(),
-            ordinal: 0,
-            #[cfg(feature = "cuda")]
-            cuda: chorus_cuda::CudaOptions::default(),
-        }
-    }
+    fn builder() -> ConfigBuilder;
+}
 
-    /// The device with an explicit backend and configuration.
-    ///
-    /// # Errors
-    /// The backend could not start.
-    ///
-    /// CUDA uses device 0 and the options of `CHORUS_CUDA_TF32` and `CHORUS_CUDA_LAZY_BLAS`;
-    /// [`Device::builder`] chooses others.
-    pub fn new(kind: BackendKind, config: Config) -> Result<Device> {
+impl DeviceExt for Device {
+    #[cfg(feature = "cpu")]
+    fn cpu() -> Result<Device> {
         Device::builder()
-            .config(config)
-            .backend(kind)
-            .build_without_env()
+            .from_env()?
+            .backend(BackendKind::Cpu)
+            .open()
     }
 
-    /// The core handle.
-    pub fn inner(&self) -> &chorus_core::Device {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for Device {
-    type Target = chorus_core::Device;
-    fn deref(&self) -> &chorus_core::Device {
-        &self.0
-    }
-}
-
-impl From<Device> for chorus_core::Device {
-    fn from(d: Device) -> Self {
-        d.0
-    }
-}
-
-/// Builder of a [`Device`]: backend and every runtime setting.
-#[derive(Debug, Clone)]
-pub struct DeviceBuilder {
-    kind: Option<BackendKind>,
-    config: ConfigBuilder,
-    ordinal: u32,
     #[cfg(feature = "cuda")]
-    cuda: chorus_cuda::CudaOptions,
+    fn cuda(ordinal: u32) -> Result<Device> {
+        Device::builder()
+            .from_env()?
+            .backend(BackendKind::Cuda)
+            .ordinal(ordinal)
+            .open()
+    }
+
+    fn auto() -> Result<Device> {
+        Device::builder().from_env()?.open()
+    }
+
+    fn builder() -> ConfigBuilder {
+        Config::builder().opener(open as Opener)
+    }
 }
 
-impl DeviceBuilder {
-    /// Starts from the `CHORUS_*` environment variables instead of the defaults.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming an invalid variable.
-    pub fn from_env(self) -> Result<Self> {
-        let c = Config::from_env()?;
-        #[cfg(feature = "cuda")]
-        let this = DeviceBuilder {
-            cuda: chorus_cuda::CudaOptions::from_env()?,
-            ..self
-        };
-        #[cfg(not(feature = "cuda"))]
-        let this = self;
-        Ok(this.config(c))
-    }
-    /// Takes every setting from `c`.
-    pub fn config(mut self, c: Config) -> Self {
-        self.config = Config::builder()
-            .streams(c.streams())
-            .policy(c.policy())
-            .exhaustion(c.exhaustion())
-            .memory_limit(c.memory_limit())
-            .thread_cache_bytes(c.thread_cache_bytes())
-            .shutdown_timeout(c.shutdown_timeout());
-        self
-    }
-    /// Backend to use.
-    pub fn backend(mut self, kind: BackendKind) -> Self {
-        self.kind = Some(kind);
-        self
-    }
-    /// Device ordinal for backends with several devices (CUDA); default 0.
-    pub fn ordinal(mut self, ordinal: u32) -> Self {
-        self.ordinal = ordinal;
-        self
-    }
-    /// Let f32 GEMMs on CUDA use TF32 tensor cores (off by default, as in PyTorch).
-    #[cfg(feature = "cuda")]
-    pub fn allow_tf32(mut self, allow: bool) -> Self {
-        self.cuda = self.cuda.allow_tf32(allow);
-        self
-    }
-    /// On CUDA, create each stream's cuBLAS handle on its first GEMM rather than with the
-    /// device (`chorus_cuda::CudaOptions::lazy_blas`; off by default).
-    #[cfg(feature = "cuda")]
-    pub fn lazy_blas(mut self, lazy: bool) -> Self {
-        self.cuda = self.cuda.lazy_blas(lazy);
-        self
-    }
-    /// Total number of streams (stream 0 is the default stream), 2..=1024.
-    pub fn streams(mut self, n: usize) -> Self {
-        self.config = self.config.streams(n);
-        self
-    }
-    /// Stream binding policy.
-    pub fn policy(mut self, p: StreamPolicy) -> Self {
-        self.config = self.config.policy(p);
-        self
-    }
-    /// What the exclusive policy does when every stream is taken.
-    pub fn exhaustion(mut self, e: Exhaustion) -> Self {
-        self.config = self.config.exhaustion(e);
-        self
-    }
-    /// Memory limit in bytes.
-    pub fn memory_limit(mut self, limit: Option<usize>) -> Self {
-        self.config = self.config.memory_limit(limit);
-        self
-    }
-    /// Bytes of small blocks each thread may cache (0 turns the caches off).
-    pub fn thread_cache_bytes(mut self, bytes: usize) -> Self {
-        self.config = self.config.thread_cache_bytes(bytes);
-        self
-    }
-    /// How long shutdown waits for in-flight work.
-    pub fn shutdown_timeout(mut self, t: Duration) -> Self {
-        self.config = self.config.shutdown_timeout(t);
-        self
-    }
-    /// Starts the device.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for invalid settings or when no backend is compiled in; backend start
-    /// failures.
-    pub fn build(self) -> Result<Device> {
-        self.build_without_env()
-    }
-
-    #[cfg_attr(
-        not(any(feature = "cpu", feature = "cuda")),
-        expect(
-            unused_variables,
-            reason = "with no backend compiled in, `kind` has no value to use `config` with"
-        )
-    )]
-    fn build_without_env(self) -> Result<Device> {
-        let config = self.config.build()?;
-        let kind = self.kind.ok_or(Error::Config {
-            key: "backend",
-            value: String::new(),
-            reason: "no backend compiled in",
-        })?;
-        match kind {
-            #[cfg(feature = "cpu")]
-            BackendKind::Cpu => Ok(Device(chorus_cpu::device_with(config)?)),
-            #[cfg(feature = "cuda")]
-            BackendKind::Cuda => Ok(Device(chorus_cuda::device_with(
-                self.ordinal,
-                config,
-                self.cuda,
-            )?)),
-        }
-    }
+mod sealed {
+    /// Keeps [`DeviceExt`](super::DeviceExt) implemented for core's `Device` only, so that
+    /// constructors can be added to it.
+    pub trait Sealed {}
+    impl Sealed for chorus_core::Device {}
 }

@@ -1,10 +1,8 @@
 //! Bad input gets a typed error naming what was wrong; nothing is enqueued, nothing leaks,
 //! and the process goes on.
 
-mod common;
-
-use chorus::{DType, Device, Error, Tensor};
-use common::on_every_backend;
+use chorus::{DType, Device, DeviceExt, Error, Tensor};
+use chorus_testing::{backend_tests, TestBackend};
 
 fn unchanged(dev: &Device, f: impl FnOnce()) {
     dev.synchronize().unwrap();
@@ -18,9 +16,9 @@ fn unchanged(dev: &Device, f: impl FnOnce()) {
     );
 }
 
-#[test]
-fn typed_errors_for_bad_input() {
-    on_every_backend(
+backend_tests!(typed_errors_for_bad_input);
+fn typed_errors_for_bad_input(backend: TestBackend) {
+    backend.with_device(
         |b| b.memory_limit(Some(64 << 20)),
         |dev| {
             let a = Tensor::randn(&dev, &[3, 4], 1).unwrap();
@@ -119,7 +117,7 @@ fn typed_errors_for_bad_input() {
             });
 
             // Tensors of two devices.
-            let other = Device::builder().build().unwrap();
+            let other = Device::builder().open().unwrap();
             let c = Tensor::randn(&other, &[4, 3], 3).unwrap();
             unchanged(&dev, || match a.matmul(&c) {
                 Err(Error::DeviceMismatch {
@@ -169,25 +167,29 @@ fn typed_errors_for_bad_input() {
 #[test]
 fn invalid_settings_are_typed_errors() {
     assert!(matches!(
-        Device::builder().streams(1).build(),
+        Device::builder().streams(1).open(),
         Err(Error::Config { key: "streams", .. })
     ));
     assert!(matches!(
-        Device::builder().streams(5000).build(),
+        Device::builder().streams(5000).open(),
         Err(Error::Config { .. })
     ));
     assert!(matches!(
         chorus::BackendKind::parse("tpu"),
-        Err(Error::Config { key: "device", .. })
+        Err(Error::Config { key: "backend", .. })
+    ));
+    assert!(matches!(
+        Device::builder().backend("tpu").open(),
+        Err(Error::Config { key: "backend", .. })
     ));
 }
 
+backend_tests!(out_of_range_index_is_a_device_error_on_that_stream_only);
 /// An index that is only known on the device (out of range for an embedding) cannot be caught
 /// before enqueueing: the kernel fails, the stream reports a typed device error naming it at
 /// its next call, and the process, the device and other streams go on.
-#[test]
-fn out_of_range_index_is_a_device_error_on_that_stream_only() {
-    on_every_backend(
+fn out_of_range_index_is_a_device_error_on_that_stream_only(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let weight = Tensor::randn(&dev, &[10, 4], 1).unwrap();
@@ -213,12 +215,12 @@ fn out_of_range_index_is_a_device_error_on_that_stream_only() {
     );
 }
 
+backend_tests!(edge_shapes_and_huge_values_are_not_panics);
 /// Edge shapes and huge values: 0-d tensors, sizes whose arithmetic overflows, a linear layer
 /// without input features, timeouts too long for the clock. Each gets a typed error or
 /// PyTorch's answer, never a panic.
-#[test]
-fn edge_shapes_and_huge_values_are_not_panics() {
-    on_every_backend(
+fn edge_shapes_and_huge_values_are_not_panics(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let scalar = Tensor::from_slice(&dev, &[2.0_f32], &[]).unwrap();

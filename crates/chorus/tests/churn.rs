@@ -1,13 +1,11 @@
 //! Thread churn: many short-lived threads; every slot comes back, every byte is returned.
 
-mod common;
-
 use chorus::{Error, Exhaustion, StreamPolicy, Tensor};
-use common::on_every_backend;
+use chorus_testing::{backend_tests, TestBackend};
 
-#[test]
-fn thousand_short_lived_threads_return_slots_and_memory() {
-    on_every_backend(
+backend_tests!(thousand_short_lived_threads_return_slots_and_memory);
+fn thousand_short_lived_threads_return_slots_and_memory(backend: TestBackend) {
+    backend.with_device(
         |b| {
             b.streams(8)
                 .policy(StreamPolicy::Exclusive)
@@ -67,9 +65,9 @@ fn thousand_short_lived_threads_return_slots_and_memory() {
     );
 }
 
-#[test]
-fn exhausted_pool_with_error_policy_reports_it() {
-    on_every_backend(
+backend_tests!(exhausted_pool_with_error_policy_reports_it);
+fn exhausted_pool_with_error_policy_reports_it(backend: TestBackend) {
+    backend.with_device(
         |b| b.streams(2).policy(StreamPolicy::Exclusive),
         |dev| {
             let _held = dev.current_stream().unwrap();

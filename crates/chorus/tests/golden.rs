@@ -6,47 +6,16 @@
 //! or unreadable folder fails the test (a parity suite that passes without its references
 //! proves nothing); set `CHORUS_GOLDEN_OPTIONAL=1` to skip it instead, with a `SKIPPED` line.
 
-mod common;
-
 use chorus::nn::{self, Module};
 use chorus::{Device, Tensor};
-use common::on_every_backend;
+use chorus_testing::{backend_tests, golden_files, TestBackend};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 /// The golden tensors of one set, decoded to host vectors.
 struct Golden {
     f32s: HashMap<String, (Vec<usize>, Vec<f32>)>,
     i64s: HashMap<String, (Vec<usize>, Vec<i64>)>,
-}
-
-/// `../shared/golden/` next to the workspace, or `CHORUS_GOLDEN_DIR` (test binaries copied to
-/// another machine, such as the GPU machine). `None` only with `CHORUS_GOLDEN_OPTIONAL=1`;
-/// otherwise a missing or unreadable folder panics, naming the path and the error.
-fn golden_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("CHORUS_GOLDEN_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
-        PathBuf::from,
-    );
-    let unreadable = ["public.json", "public.safetensors"]
-        .iter()
-        .find_map(|f| std::fs::File::open(dir.join(f)).err().map(|e| (f, e)));
-    match unreadable {
-        None => Some(dir),
-        Some((f, e)) if std::env::var("CHORUS_GOLDEN_OPTIONAL").as_deref() == Ok("1") => {
-            println!(
-                "SKIPPED: {} ({e}; CHORUS_GOLDEN_OPTIONAL=1)",
-                dir.join(f).display()
-            );
-            None
-        }
-        Some((f, e)) => panic!(
-            "golden file {} cannot be read: {e} (set CHORUS_GOLDEN_DIR to the golden folder, \
-             or CHORUS_GOLDEN_OPTIONAL=1 to skip the parity tests)",
-            dir.join(f).display()
-        ),
-    }
 }
 
 fn load(dir: &std::path::Path) -> (Vec<Value>, Golden) {
@@ -224,12 +193,12 @@ fn run(case: &Value, ins: &[Tensor]) -> chorus::Result<Option<Vec<Tensor>>> {
     }
 }
 
-#[test]
-fn every_golden_case_matches_pytorch() {
-    let Some(dir) = golden_dir() else { return };
+backend_tests!(every_golden_case_matches_pytorch);
+fn every_golden_case_matches_pytorch(backend: TestBackend) {
+    let Some(dir) = golden_files() else { return };
     let (cases, g) = load(&dir);
     assert_eq!(cases.len(), 40);
-    on_every_backend(
+    backend.with_device(
         |b| b,
         |dev| {
             let weights = nn::Weights::from_file(&dev, dir.join("public.safetensors"))

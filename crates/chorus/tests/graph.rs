@@ -2,11 +2,9 @@
 //! calls, from any thread and any number of threads; what cannot be captured fails with a
 //! typed error; memory and the device survive every order of drops.
 
-mod common;
-
 use chorus::nn::{self, Module};
-use chorus::{DType, Device, Error, Graph, Result, Tensor};
-use common::{bits, on_every_backend, scaled};
+use chorus::{DType, Device, DeviceExt, Error, Graph, Result, Tensor};
+use chorus_testing::{backend_tests, bits, scaled, TestBackend};
 
 /// A random parameter scaled by 1/sqrt(fan_in).
 fn param(dev: &Device, shape: &[usize], fan_in: usize, seed: u64) -> Tensor {
@@ -91,9 +89,9 @@ fn mixed(dev: &Device, w: &Tensor, x: &Tensor, y: &Tensor) -> Result<Vec<Tensor>
     Ok(vec![t, s, m, w.clone()])
 }
 
-#[test]
-fn runs_give_the_bits_of_the_direct_calls() {
-    on_every_backend(
+backend_tests!(runs_give_the_bits_of_the_direct_calls);
+fn runs_give_the_bits_of_the_direct_calls(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             // MLP at a few rows and at enough rows for the CPU's packed kernel (which caches
@@ -147,11 +145,11 @@ fn runs_give_the_bits_of_the_direct_calls() {
     );
 }
 
+backend_tests!(a_weight_given_as_input_is_read_at_every_run);
 /// A weight that is a graph *input* changes from run to run: nothing derived from it (the CPU
 /// backend's packed weights) may survive a run.
-#[test]
-fn a_weight_given_as_input_is_read_at_every_run() {
-    on_every_backend(
+fn a_weight_given_as_input_is_read_at_every_run(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let g = Graph::capture(
@@ -170,11 +168,11 @@ fn a_weight_given_as_input_is_read_at_every_run() {
     );
 }
 
+backend_tests!(many_threads_own_and_shared_graphs);
 /// Threads with a graph each and threads sharing one graph, all at once: every result is the
 /// one computed alone.
-#[test]
-fn many_threads_own_and_shared_graphs() {
-    on_every_backend(
+fn many_threads_own_and_shared_graphs(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let m = mlp(&dev, &[64, 256, 256, 32]);
@@ -210,9 +208,9 @@ fn many_threads_own_and_shared_graphs() {
     );
 }
 
-#[test]
-fn what_cannot_be_captured_fails_with_a_typed_error() {
-    on_every_backend(
+backend_tests!(what_cannot_be_captured_fails_with_a_typed_error);
+fn what_cannot_be_captured_fails_with_a_typed_error(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let spec: &[(&[usize], DType)] = &[(&[2, 3], DType::F32)];
@@ -288,7 +286,7 @@ fn what_cannot_be_captured_fails_with_a_typed_error() {
             let xi = Tensor::zeros(&dev, &[2, 3], DType::I64).unwrap();
             let e = g.run(&[&xi]).unwrap_err();
             assert!(matches!(e, Error::GraphInput { .. }), "{e}");
-            let other = chorus::Device::cpu().unwrap();
+            let other = Device::cpu().unwrap();
             let xo = Tensor::randn(&other, &[2, 3], 5).unwrap();
             assert!(matches!(g.run(&[&xo]), Err(Error::DeviceMismatch { .. })));
             let e = Graph::capture(&dev, &[(&[2], DType::F16)], |_| -> Result<_> { Ok(vec![]) })
@@ -334,11 +332,11 @@ fn what_cannot_be_captured_fails_with_a_typed_error() {
     );
 }
 
+backend_tests!(drops_in_any_order_lose_nothing);
 /// Dropping a graph right after its runs were enqueued, and its outputs later; dropping the
 /// device under a live graph; no memory stays allocated.
-#[test]
-fn drops_in_any_order_lose_nothing() {
-    on_every_backend(
+fn drops_in_any_order_lose_nothing(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let m = mlp(&dev, &[64, 128, 64]);
@@ -384,12 +382,12 @@ fn drops_in_any_order_lose_nothing() {
     );
 }
 
+backend_tests!(captures_while_other_threads_compute);
 /// Graphs captured on one thread while other threads run the model directly, each on a stream
 /// used for the first time (on CUDA: a new cuBLAS handle, whose first products synchronize the
 /// device, which a capturing stream would refuse): every result is the one computed alone.
-#[test]
-fn captures_while_other_threads_compute() {
-    on_every_backend(
+fn captures_while_other_threads_compute(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let m = mlp(&dev, &[64, 96, 32]);
@@ -411,15 +409,14 @@ fn captures_while_other_threads_compute() {
     );
 }
 
+backend_tests!(captures_while_devices_come_and_go);
 /// Devices created and dropped on another thread while graphs are captured (what a new device
 /// does, such as loading its kernels, must not break a capture of another device of the same
 /// GPU: on CUDA it once made `cuStreamEndCapture` fail when tests ran in parallel).
-#[test]
-fn captures_while_devices_come_and_go() {
-    on_every_backend(
+fn captures_while_devices_come_and_go(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
-            let kind = chorus::BackendKind::parse(dev.id().backend).unwrap();
             let m = mlp(&dev, &[64, 96, 32]);
             let x = Tensor::randn(&dev, &[3, 64], 8).unwrap();
             let want = bits(&m.forward(&x).unwrap());
@@ -440,7 +437,7 @@ fn captures_while_devices_come_and_go() {
                 sc.spawn(move || {
                     let mut made = 0;
                     while made < 2 || !done.load(std::sync::atomic::Ordering::Relaxed) {
-                        let other = Device::builder().backend(kind).build().unwrap();
+                        let other = backend.builder().open().unwrap();
                         let y = Tensor::randn(&other, &[8, 8], made).unwrap();
                         assert!(y.matmul(&y).unwrap().to_vec::<f32>().is_ok());
                         other.shutdown();
@@ -452,11 +449,11 @@ fn captures_while_devices_come_and_go() {
     );
 }
 
+backend_tests!(a_failing_kernel_in_a_graph_fails_its_stream_only);
 /// A kernel of a graph that fails on its inputs (an index out of range, known only on the
 /// device) fails the stream that ran the graph, as a direct call would, and nothing else.
-#[test]
-fn a_failing_kernel_in_a_graph_fails_its_stream_only() {
-    on_every_backend(
+fn a_failing_kernel_in_a_graph_fails_its_stream_only(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let weight = Tensor::randn(&dev, &[10, 4], 1).unwrap();

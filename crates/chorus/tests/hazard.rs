@@ -4,13 +4,12 @@
 //! The pending reads are held back by a `Stream::gate` (chorus-core's test-only feature
 //! `testing`), so that "still pending" is a fact, not a question of timing.
 
-mod common;
-
 use chorus::Tensor;
-use common::{bits, on_every_backend, scaled};
+use chorus_testing::{backend_tests, bits, scaled, TestBackend};
 
 const N: usize = 160;
 
+backend_tests!(freed_while_read_by_other_stream_is_not_reused_early);
 /// Stream A holds a reader of `x` behind a gate; the host drops `x` (used by A alone: a plain
 /// free, tagged with A); stream B allocates the same size at once and overwrites it. B may reuse
 /// A's block only after a fence on A has completed, which cannot happen while A is held: B must
@@ -20,10 +19,9 @@ const N: usize = 160;
 /// deferral of multi-stream frees (`multi_stream_user_is_deferred`): `x` has no user but A, so
 /// the allocator's `release` never defers it. With a thread cache the block goes to A's
 /// returns, which only A's allocations take from.
-#[test]
-fn freed_while_read_by_other_stream_is_not_reused_early() {
+fn freed_while_read_by_other_stream_is_not_reused_early(backend: TestBackend) {
     for cache in [0, 1 << 20] {
-        on_every_backend(
+        backend.with_device(
             |b| b.thread_cache_bytes(cache),
             |dev| {
                 let (a, b) = (dev.stream(1).unwrap(), dev.stream(2).unwrap());
@@ -67,17 +65,17 @@ fn freed_while_read_by_other_stream_is_not_reused_early() {
     }
 }
 
+backend_tests!(multi_stream_user_is_deferred);
 /// A tensor made on A and read on B while B is held back by a gate, then dropped: the free is
 /// deferred (events on B) until B's read has finished. While it is pending, A's next tensor of
 /// the same size must not get the block (A may reuse its own plain frees at once, so this is
 /// what tells a deferred free from a plain one); once B's read is done, a third stream C, left
 /// no room to grow, gets exactly that block.
-#[test]
-fn multi_stream_user_is_deferred() {
+fn multi_stream_user_is_deferred(backend: TestBackend) {
     const MIB: usize = 1 << 20;
     // 12 MiB of f32: a huge block, one segment of its own.
     const HUGE: usize = 3 << 20;
-    on_every_backend(
+    backend.with_device(
         // Room for two huge segments and a few small ones, never for three.
         |b| b.thread_cache_bytes(0).memory_limit(Some(32 * MIB)),
         |dev| {

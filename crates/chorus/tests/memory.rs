@@ -1,13 +1,11 @@
 //! The caching allocator through the public API: stats, limits, reclaim, cache, peaks.
 
-mod common;
-
 use chorus::{DType, Error, Tensor};
-use common::on_every_backend;
+use chorus_testing::{backend_tests, TestBackend};
 
-#[test]
-fn stats_track_allocations_and_reuse() {
-    on_every_backend(
+backend_tests!(stats_track_allocations_and_reuse);
+fn stats_track_allocations_and_reuse(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let before = dev.memory_stats();
@@ -37,9 +35,9 @@ fn stats_track_allocations_and_reuse() {
     );
 }
 
-#[test]
-fn large_and_huge_blocks_split_and_return() {
-    on_every_backend(
+backend_tests!(large_and_huge_blocks_split_and_return);
+fn large_and_huge_blocks_split_and_return(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let large = Tensor::zeros(&dev, &[1 << 20], DType::F32).unwrap(); // 4 MiB: large class
@@ -54,9 +52,9 @@ fn large_and_huge_blocks_split_and_return() {
     );
 }
 
-#[test]
-fn limit_reclaims_cached_memory_before_failing() {
-    on_every_backend(
+backend_tests!(limit_reclaims_cached_memory_before_failing);
+fn limit_reclaims_cached_memory_before_failing(backend: TestBackend) {
+    backend.with_device(
         |b| b.memory_limit(Some(24 << 20)).thread_cache_bytes(0),
         |dev| {
             // Fill the cache with a freed 16 MiB block, then ask for a different 20 MiB one: the
@@ -80,9 +78,9 @@ fn limit_reclaims_cached_memory_before_failing() {
     );
 }
 
-#[test]
-fn memory_of_another_stream_is_reclaimed_by_synchronizing() {
-    on_every_backend(
+backend_tests!(memory_of_another_stream_is_reclaimed_by_synchronizing);
+fn memory_of_another_stream_is_reclaimed_by_synchronizing(backend: TestBackend) {
+    backend.with_device(
         |b| b.memory_limit(Some(12 << 20)).thread_cache_bytes(0),
         |dev| {
             let (a, b) = (dev.stream(1).unwrap(), dev.stream(2).unwrap());
@@ -102,11 +100,11 @@ fn memory_of_another_stream_is_reclaimed_by_synchronizing() {
     );
 }
 
+backend_tests!(thread_cache_counts_survive_thread_exit);
 /// Allocations and frees served by a thread's cache are counted while the thread lives and
 /// still counted, once, after it exits and its cache is retired.
-#[test]
-fn thread_cache_counts_survive_thread_exit() {
-    on_every_backend(
+fn thread_cache_counts_survive_thread_exit(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let before = dev.memory_stats();
@@ -135,11 +133,11 @@ fn thread_cache_counts_survive_thread_exit() {
     );
 }
 
+backend_tests!(running_out_empties_other_threads_caches);
 /// Memory another (still running) thread keeps in its cache of small blocks is given back when
 /// an allocation would otherwise fail, and that thread then goes on with a new cache.
-#[test]
-fn running_out_empties_other_threads_caches() {
-    on_every_backend(
+fn running_out_empties_other_threads_caches(backend: TestBackend) {
+    backend.with_device(
         |b| b.memory_limit(Some(8 << 20)).thread_cache_bytes(8 << 20),
         |dev| {
             let (cached, go_on) = (std::sync::mpsc::channel(), std::sync::mpsc::channel());
@@ -175,13 +173,13 @@ fn running_out_empties_other_threads_caches() {
     );
 }
 
+backend_tests!(blocks_freed_on_another_thread_return_to_their_stream);
 /// A tensor made on one thread's stream and dropped on another thread (a batching worker's
 /// output dropped by its client, a pipeline stage's hand-off) goes into its stream's returns:
 /// the stream's next allocation of that size takes it back without a new segment, and
 /// `empty_cache` and running out of memory give such blocks back too.
-#[test]
-fn blocks_freed_on_another_thread_return_to_their_stream() {
-    on_every_backend(
+fn blocks_freed_on_another_thread_return_to_their_stream(backend: TestBackend) {
+    backend.with_device(
         |b| b.memory_limit(Some(8 << 20)).thread_cache_bytes(4 << 20),
         |dev| {
             let stream = dev.stream(2).unwrap();
@@ -232,12 +230,12 @@ fn blocks_freed_on_another_thread_return_to_their_stream() {
     );
 }
 
+backend_tests!(finished_deferred_blocks_go_back_to_their_stream);
 /// A tensor of one stream that another stream read waits, once dropped, for that read (a
 /// deferred free); when the allocator then finds it finished while serving another stream, it
 /// goes to its own stream's returns, where that stream's next tensor of its size comes from.
-#[test]
-fn finished_deferred_blocks_go_back_to_their_stream() {
-    on_every_backend(
+fn finished_deferred_blocks_go_back_to_their_stream(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let (s2, s3) = (dev.stream(2).unwrap(), dev.stream(3).unwrap());

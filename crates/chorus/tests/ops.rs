@@ -1,9 +1,7 @@
 //! The op front-end through the public API: shapes, broadcasting, reductions, strided inputs.
 
-mod common;
-
-use chorus::{DType, Tensor};
-use common::{bits, on_every_backend};
+use chorus::{DType, Device, DeviceExt, Tensor};
+use chorus_testing::{backend_tests, bits, TestBackend};
 
 fn t(dev: &chorus::Device, v: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_slice(dev, v, shape).unwrap()
@@ -132,9 +130,9 @@ fn erf(x: f64) -> f64 {
     (1.0 - poly * (-x * x).exp()).copysign(x)
 }
 
-#[test]
-fn matmul_2d_batched_broadcast_and_vectors() {
-    on_every_backend(
+backend_tests!(matmul_2d_batched_broadcast_and_vectors);
+fn matmul_2d_batched_broadcast_and_vectors(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let a: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32 * 0.5 - 3.0).collect();
@@ -198,9 +196,9 @@ fn matmul_2d_batched_broadcast_and_vectors() {
     );
 }
 
-#[test]
-fn elementwise_broadcasting_f32_and_i64() {
-    on_every_backend(
+backend_tests!(elementwise_broadcasting_f32_and_i64);
+fn elementwise_broadcasting_f32_and_i64(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let a = t(&dev, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
@@ -234,9 +232,9 @@ fn elementwise_broadcasting_f32_and_i64() {
     );
 }
 
-#[test]
-fn reductions_over_all_one_and_several_dims() {
-    on_every_backend(
+backend_tests!(reductions_over_all_one_and_several_dims);
+fn reductions_over_all_one_and_several_dims(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let v: Vec<f32> = (0..24).map(|i| i as f32).collect();
@@ -270,9 +268,9 @@ fn reductions_over_all_one_and_several_dims() {
     );
 }
 
-#[test]
-fn constructors_reshape_and_views() {
-    on_every_backend(
+backend_tests!(constructors_reshape_and_views);
+fn constructors_reshape_and_views(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let z = Tensor::zeros(&dev, &[2, 2], DType::I64).unwrap();
@@ -325,9 +323,9 @@ fn constructors_reshape_and_views() {
     );
 }
 
-#[test]
-fn add_layer_norm_is_add_then_layer_norm_bit_for_bit() {
-    on_every_backend(
+backend_tests!(add_layer_norm_is_add_then_layer_norm_bit_for_bit);
+fn add_layer_norm_is_add_then_layer_norm_bit_for_bit(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let (rows, n) = (5, 300);
@@ -363,13 +361,13 @@ fn add_layer_norm_is_add_then_layer_norm_bit_for_bit() {
     );
 }
 
+backend_tests!(linear_gives_the_same_bits_first_later_and_from_many_threads);
 /// `linear` gives the same bits on its first call (when a backend may prepare the weight, e.g.
 /// the CPU's packed copy), on later calls, from many threads at once and for each weight that
 /// is a view into one storage (PyTorch's packed `in_proj_weight`) as for a copy of it; and
 /// what `matmul`, `add` and `relu` give, within rounding.
-#[test]
-fn linear_gives_the_same_bits_first_later_and_from_many_threads() {
-    on_every_backend(
+fn linear_gives_the_same_bits_first_later_and_from_many_threads(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let (rows, d_in, d_out) = (64, 128, 96);
@@ -408,14 +406,14 @@ fn linear_gives_the_same_bits_first_later_and_from_many_threads() {
     );
 }
 
+backend_tests!(attention_on_strided_heads_matches_the_decomposition);
 /// Attention over the strided heads of a packed projection (what `MultiheadAttention` passes),
 /// with a causal mask, a broadcast keep-mask (one batch's keys all dropped: zeros) and keys and
 /// values of other lengths, gives what a naive host computation in f64 gives
 /// (`naive_attention`), within rounding, on every backend (one kernel on CUDA); the same bits
 /// from 8 threads; and heads that merge back into `[B, L, H·Dh]`.
-#[test]
-fn attention_on_strided_heads_matches_the_decomposition() {
-    on_every_backend(
+fn attention_on_strided_heads_matches_the_decomposition(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let (b, l, h, dh) = (2, 5, 3, 8);
@@ -518,7 +516,7 @@ fn attention_on_strided_heads_matches_the_decomposition() {
 
 #[test]
 fn squeeze_drops_a_dimension_of_one_only() {
-    let dev = chorus::Device::cpu().unwrap();
+    let dev = Device::cpu().unwrap();
     let t = Tensor::randn(&dev, &[2, 1, 3], 1).unwrap();
     assert_eq!(t.squeeze(1).unwrap().shape(), [2, 3]);
     assert_eq!(t.squeeze(-2).unwrap().shape(), [2, 3]);
@@ -530,12 +528,12 @@ fn squeeze_drops_a_dimension_of_one_only() {
     assert!(t.squeeze(3).is_err());
 }
 
+backend_tests!(linear_with_few_and_more_rows_matches_a_host_loop);
 /// `linear` with few rows and with more (the CPU's `rowdot` and packed kernels, CUDA's fused
 /// epilogues), every epilogue, a `k` that is no multiple of 32 and a strided input: what a naive
 /// host loop in f64 computes (`naive_linear`), within rounding, and the same bits on every call.
-#[test]
-fn linear_with_few_and_more_rows_matches_a_host_loop() {
-    on_every_backend(
+fn linear_with_few_and_more_rows_matches_a_host_loop(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let (k, n) = (45, 70);

@@ -2,24 +2,22 @@
 //! blocks other threads keep cached, and none fails while memory it could use is in transit
 //! between a retired cache and the pools.
 
-mod common;
-
 use chorus::{DType, Tensor};
-use common::on_every_backend;
+use chorus_testing::{backend_tests, scaled, TestBackend};
 use std::sync::{mpsc, Barrier};
 
+backend_tests!(threads_running_out_together_both_get_memory);
 /// Thread A keeps the whole 4 MiB limit in its cache as 512-byte blocks; threads B and C then
 /// each ask for 1.5 MiB at the same moment. Both fit once A's blocks are back in the pools and
 /// their segments released, so neither may fail: the one that finds A's cache already retired
 /// by the other must not take its snapshot while the other is still handing A's blocks back.
-#[test]
-fn threads_running_out_together_both_get_memory() {
+fn threads_running_out_together_both_get_memory(backend: TestBackend) {
     const LIMIT: usize = 4 << 20;
     const SMALL: usize = 512;
-    on_every_backend(
+    backend.with_device(
         |b| b.memory_limit(Some(LIMIT)).thread_cache_bytes(LIMIT),
         |dev| {
-            for round in 0..common::scaled(20) {
+            for round in 0..scaled(20) {
                 let (filled, done) = (mpsc::channel(), mpsc::channel::<()>());
                 let a = {
                     let dev = dev.clone();

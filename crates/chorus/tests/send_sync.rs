@@ -31,7 +31,8 @@ fn public_handles_are_send_and_sync() {
     send_sync::<chorus::MemoryStats>();
     send_sync::<chorus::HandlerStats>();
     send_sync::<chorus::Error>();
-    send_sync::<chorus::DeviceBuilder>();
+    send_sync::<chorus::ConfigBuilder>();
+    send_sync::<chorus::BackendKind>();
     send_sync::<chorus_cpu::CpuBackend>();
     send_sync::<chorus_cpu::CpuStream>();
     send_sync::<chorus_cpu::CpuEvent>();

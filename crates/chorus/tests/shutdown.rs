@@ -1,11 +1,9 @@
 //! Shutdown with work in flight, pending handlers and thread caches holding blocks.
 
-mod common;
-
 use chorus::{Error, Tensor};
 use chorus_sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use chorus_sync::Arc;
-use common::on_every_backend;
+use chorus_testing::{backend_tests, TestBackend};
 use std::time::{Duration, Instant};
 
 /// Counts handler closures that were destroyed (after running or without running).
@@ -16,9 +14,9 @@ impl Drop for Finished {
     }
 }
 
-#[test]
-fn drop_last_device_handle_while_eight_threads_enqueue() {
-    on_every_backend(
+backend_tests!(drop_last_device_handle_while_eight_threads_enqueue);
+fn drop_last_device_handle_while_eight_threads_enqueue(backend: TestBackend) {
+    backend.with_device(
         |b| b.shutdown_timeout(Duration::from_secs(20)),
         |dev| {
             let registered = Arc::new(AtomicU64::new(0));
@@ -139,9 +137,9 @@ fn drop_last_device_handle_while_eight_threads_enqueue() {
     );
 }
 
-#[test]
-fn explicit_shutdown_then_errors_and_memory_released() {
-    on_every_backend(
+backend_tests!(explicit_shutdown_then_errors_and_memory_released);
+fn explicit_shutdown_then_errors_and_memory_released(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let keep = Tensor::randn(&dev, &[64, 64], 3).unwrap();
@@ -175,10 +173,10 @@ fn explicit_shutdown_then_errors_and_memory_released() {
     );
 }
 
-#[test]
-fn thread_exit_after_shutdown_and_shutdown_after_thread_exit() {
+backend_tests!(thread_exit_after_shutdown_and_shutdown_after_thread_exit);
+fn thread_exit_after_shutdown_and_shutdown_after_thread_exit(backend: TestBackend) {
     for order in 0..2 {
-        on_every_backend(
+        backend.with_device(
             |b| b,
             |dev| {
                 let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -213,12 +211,12 @@ fn thread_exit_after_shutdown_and_shutdown_after_thread_exit() {
     }
 }
 
+backend_tests!(late_handler_owning_the_last_tensor_is_dropped_without_deadlock);
 /// Shutdown gives up waiting after its timeout; the stream's work finishes later, its handler
 /// is then dropped on the stream's own thread, and the tensor it owns is the device's last
 /// reference: freeing it (which waits for the streams) must not wait for that very thread.
-#[test]
-fn late_handler_owning_the_last_tensor_is_dropped_without_deadlock() {
-    on_every_backend(
+fn late_handler_owning_the_last_tensor_is_dropped_without_deadlock(backend: TestBackend) {
+    backend.with_device(
         |b| b.shutdown_timeout(Duration::from_millis(1)),
         |dev| {
             let s = dev.current_stream().unwrap();
@@ -250,11 +248,11 @@ fn late_handler_owning_the_last_tensor_is_dropped_without_deadlock() {
     );
 }
 
+backend_tests!(a_thread_waiting_forever_for_a_stream_gets_device_closed);
 /// A thread waiting forever for an exclusive stream is woken by the device's shutdown with a
 /// clear error, instead of waiting for a slot that will never come back.
-#[test]
-fn a_thread_waiting_forever_for_a_stream_gets_device_closed() {
-    on_every_backend(
+fn a_thread_waiting_forever_for_a_stream_gets_device_closed(backend: TestBackend) {
+    backend.with_device(
         |b| {
             b.streams(2)
                 .policy(chorus::StreamPolicy::Exclusive)
@@ -285,11 +283,11 @@ fn a_thread_waiting_forever_for_a_stream_gets_device_closed() {
     );
 }
 
+backend_tests!(a_second_shutdown_returns_once_the_first_has_finished);
 /// A second `shutdown` that comes while another thread's is running returns only once that one
 /// has finished: the handler it is still running has run by then.
-#[test]
-fn a_second_shutdown_returns_once_the_first_has_finished() {
-    on_every_backend(
+fn a_second_shutdown_returns_once_the_first_has_finished(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let ran = Arc::new(AtomicU64::new(0));
@@ -322,11 +320,11 @@ fn a_second_shutdown_returns_once_the_first_has_finished() {
     );
 }
 
+backend_tests!(shutdown_from_a_handler_during_a_shutdown_returns);
 /// `shutdown` from a completion handler while another thread's shutdown waits for that very
 /// handler returns at once instead of waiting for it (a deadlock).
-#[test]
-fn shutdown_from_a_handler_during_a_shutdown_returns() {
-    on_every_backend(
+fn shutdown_from_a_handler_during_a_shutdown_returns(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let (started_tx, started_rx) = std::sync::mpsc::channel();

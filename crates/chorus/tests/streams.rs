@@ -1,17 +1,15 @@
 //! Streams, binding policies, guards, events and completion handlers through the public API.
 
-mod common;
-
 use chorus::{Error, Exhaustion, StreamPolicy, Tensor};
 use chorus_sync::atomic::{AtomicUsize, Ordering};
 use chorus_sync::Arc;
-use common::on_every_backend;
+use chorus_testing::{backend_tests, TestBackend};
 use std::sync::mpsc;
 use std::time::Duration;
 
-#[test]
-fn shared_policy_round_robins_over_pooled_streams() {
-    on_every_backend(
+backend_tests!(shared_policy_round_robins_over_pooled_streams);
+fn shared_policy_round_robins_over_pooled_streams(backend: TestBackend) {
+    backend.with_device(
         |b| b.streams(4).policy(StreamPolicy::Shared),
         |dev| {
             let got: Vec<usize> = std::thread::scope(|s| {
@@ -37,9 +35,9 @@ fn shared_policy_round_robins_over_pooled_streams() {
     );
 }
 
-#[test]
-fn a_thread_keeps_its_stream() {
-    on_every_backend(
+backend_tests!(a_thread_keeps_its_stream);
+fn a_thread_keeps_its_stream(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let a = dev.current_stream().unwrap();
@@ -54,9 +52,9 @@ fn a_thread_keeps_its_stream() {
     );
 }
 
-#[test]
-fn exclusive_policy_exhaustion_error_wait_and_forever() {
-    on_every_backend(
+backend_tests!(exclusive_policy_exhaustion_error_wait_and_forever);
+fn exclusive_policy_exhaustion_error_wait_and_forever(backend: TestBackend) {
+    backend.with_device(
         |b| {
             b.streams(3)
                 .policy(StreamPolicy::Exclusive)
@@ -110,7 +108,7 @@ fn exclusive_policy_exhaustion_error_wait_and_forever() {
         Exhaustion::Wait(Duration::from_secs(20)),
         Exhaustion::WaitForever,
     ] {
-        on_every_backend(
+        backend.with_device(
             |b| {
                 b.streams(2)
                     .policy(StreamPolicy::Exclusive)
@@ -135,7 +133,7 @@ fn exclusive_policy_exhaustion_error_wait_and_forever() {
         );
     }
     // A timed wait gives up with the time it waited.
-    on_every_backend(
+    backend.with_device(
         |b| {
             b.streams(2)
                 .policy(StreamPolicy::Exclusive)
@@ -158,9 +156,9 @@ fn exclusive_policy_exhaustion_error_wait_and_forever() {
     );
 }
 
-#[test]
-fn guard_switches_and_restores_also_on_panic() {
-    on_every_backend(
+backend_tests!(guard_switches_and_restores_also_on_panic);
+fn guard_switches_and_restores_also_on_panic(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let mine = dev.current_stream().unwrap();
@@ -194,9 +192,9 @@ fn guard_switches_and_restores_also_on_panic() {
     );
 }
 
-#[test]
-fn work_is_asynchronous_and_synchronize_waits() {
-    on_every_backend(
+backend_tests!(work_is_asynchronous_and_synchronize_waits);
+fn work_is_asynchronous_and_synchronize_waits(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let stream = dev.current_stream().unwrap();
@@ -238,9 +236,9 @@ fn work_is_asynchronous_and_synchronize_waits() {
     );
 }
 
-#[test]
-fn events_have_unique_ids_and_time_out_instead_of_hanging() {
-    on_every_backend(
+backend_tests!(events_have_unique_ids_and_time_out_instead_of_hanging);
+fn events_have_unique_ids_and_time_out_instead_of_hanging(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let mut ids = std::collections::HashSet::new();
@@ -283,10 +281,10 @@ fn events_have_unique_ids_and_time_out_instead_of_hanging() {
     );
 }
 
-#[test]
-fn recycled_event_does_not_see_old_record() {
+backend_tests!(recycled_event_does_not_see_old_record);
+fn recycled_event_does_not_see_old_record(backend: TestBackend) {
     const K: usize = 4;
-    on_every_backend(
+    backend.with_device(
         |b| b,
         |dev| {
             let busy = dev.stream(4).unwrap();
@@ -337,9 +335,9 @@ fn recycled_event_does_not_see_old_record() {
     );
 }
 
-#[test]
-fn elapsed_between_timing_events() {
-    on_every_backend(
+backend_tests!(elapsed_between_timing_events);
+fn elapsed_between_timing_events(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let s = dev.current_stream().unwrap();
@@ -359,9 +357,9 @@ fn elapsed_between_timing_events() {
     );
 }
 
-#[test]
-fn completion_handlers_run_once_in_order_off_thread_and_contain_panics() {
-    on_every_backend(
+backend_tests!(completion_handlers_run_once_in_order_off_thread_and_contain_panics);
+fn completion_handlers_run_once_in_order_off_thread_and_contain_panics(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let s = dev.current_stream().unwrap();
@@ -412,9 +410,9 @@ fn completion_handlers_run_once_in_order_off_thread_and_contain_panics() {
     );
 }
 
-#[test]
-fn cross_stream_wait_orders_work() {
-    on_every_backend(
+backend_tests!(cross_stream_wait_orders_work);
+fn cross_stream_wait_orders_work(backend: TestBackend) {
+    backend.with_device(
         |b| b,
         |dev| {
             let (a, b) = (dev.stream(1).unwrap(), dev.stream(2).unwrap());

@@ -5,7 +5,7 @@
 //! `cargo run --release -p chorus-experiments --bin mlp_loop -- [BATCH] [FORWARDS]` (default
 //! 256 400) prints samples/s of each round.
 
-use chorus::{Device, Tensor, UnaryOp};
+use chorus::{Device, DeviceExt, Tensor, UnaryOp};
 
 fn main() -> chorus::Result<()> {
     let device = Device::cpu()?;

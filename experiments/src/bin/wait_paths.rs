@@ -13,7 +13,7 @@
 //! `1,8,16,32,64` and the best backend present; `cpu` or `cuda`) prints forwards/s of each
 //! variant and thread count.
 
-use chorus::{BackendKind, DType, Device, Graph, Tensor, UnaryOp};
+use chorus::{BackendKind, DType, Device, DeviceExt, Graph, Tensor, UnaryOp};
 use std::sync::Barrier;
 use std::time::Instant;
 
@@ -133,7 +133,7 @@ fn main() -> chorus::Result<()> {
         None => BackendKind::best().expect("a compiled-in backend"),
     };
     let streams = threads.iter().max().copied().unwrap_or(1) + 2;
-    let device = Device::builder().streams(streams).backend(kind).build()?;
+    let device = Device::builder().streams(streams).backend(kind).open()?;
     let big = layers(&device, &[512, 1024, 1024, 512])?;
     let tiny = layers(&device, &[64, 64, 64, 64])?;
     for mode in modes {

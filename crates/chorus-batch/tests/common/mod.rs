@@ -78,15 +78,6 @@ pub fn exact_linear_host(x: [f32; 4]) -> [f32; 3] {
     y
 }
 
-/// The bits of a tensor's f32 values.
-pub fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_vec::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f32::to_bits)
-        .collect()
-}
-
 /// Whether `got` is within the op tolerance of the golden MLP cases (rtol = atol = 1e-4).
 pub fn close(got: &[f32], want: &[f32]) -> bool {
     got.len() == want.len()

@@ -258,6 +258,7 @@ pub(super) fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chorus::DeviceExt;
 
     #[test]
     fn a_repeated_row_is_the_median_run_with_every_run_listed() {

@@ -253,6 +253,7 @@ pub(crate) fn read(t: &Tensor) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chorus::DeviceExt;
 
     #[test]
     fn names_round_trip() {
@@ -272,7 +273,7 @@ mod tests {
 
     #[test]
     fn matmul_round_is_reproducible() {
-        let device = Device::builder().streams(4).build().unwrap();
+        let device = Device::builder().streams(4).open().unwrap();
         let p = Params {
             size: 8,
             seed: 3,

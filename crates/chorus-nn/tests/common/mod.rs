@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests: the PyTorch golden files and the three reference
-//! models (the golden cases' weights, or random weights of the same shapes when the golden
-//! files are absent).
+//! Helpers shared by this crate's integration tests: the three reference models (the golden
+//! cases' weights, or random weights of the same shapes when the golden files are absent).
+//! The golden files, the backend tests and GPU presence are chorus-testing's.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,110 +8,11 @@ use chorus_core::{Device, Tensor, UnaryOp};
 use chorus_nn::{
     depthwise_separable, Mlp, Module, Sequential, TransformerConfig, TransformerEncoder, Weights,
 };
-use std::path::PathBuf;
+use chorus_testing::TestBackend;
 
-/// A device of every backend this machine can run: the CPU, and CUDA device 0 when a GPU
-/// is there (a `SKIPPED` line says when it is not; a failure under `CHORUS_REQUIRE_GPU=1`).
-pub fn devices() -> Vec<Device> {
-    let mut all = vec![chorus_cpu::device().expect("cpu device")];
-    if chorus_cuda::is_available() {
-        all.push(chorus_cuda::device(0).expect("cuda device"));
-    } else {
-        skipped_without_gpu("backend cuda (no GPU on this machine)");
-    }
-    all
-}
-
-/// Says that a GPU test part was skipped for want of a GPU: a `SKIPPED` line, or, with
-/// `CHORUS_REQUIRE_GPU=1` (the GPU job sets it), a panic, so that a GPU machine whose GPU
-/// went missing fails instead of passing every GPU test without running it.
-pub fn skipped_without_gpu(what: &str) {
-    assert!(
-        std::env::var("CHORUS_REQUIRE_GPU").as_deref() != Ok("1"),
-        "no GPU, and CHORUS_REQUIRE_GPU=1 requires one: {what}"
-    );
-    eprintln!("SKIPPED: {what}");
-}
-
-/// The golden folder, `../shared/golden/` next to the workspace, or `CHORUS_GOLDEN_DIR` (test
-/// binaries copied to another machine, such as the GPU machine).
-pub fn golden_dir() -> PathBuf {
-    std::env::var_os("CHORUS_GOLDEN_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"),
-        PathBuf::from,
-    )
-}
-
-/// The golden cases and their tensors.
-pub struct Golden {
-    /// All tensors of `public.safetensors`.
-    pub weights: Weights,
-    /// The `cases` list of `public.json`.
-    pub cases: Vec<serde_json::Value>,
-}
-
-impl Golden {
-    /// Loads `public.json` and `public.safetensors` onto `device`. A missing or unreadable
-    /// file panics, naming it, unless `CHORUS_GOLDEN_OPTIONAL=1`: then `None` (with a
-    /// `SKIPPED` line).
-    pub fn load(device: &Device) -> Option<Golden> {
-        match Golden::read(device) {
-            Ok(g) => Some(g),
-            Err(e) if std::env::var("CHORUS_GOLDEN_OPTIONAL").as_deref() == Ok("1") => {
-                println!("SKIPPED: {e} (CHORUS_GOLDEN_OPTIONAL=1)");
-                None
-            }
-            Err(e) => panic!(
-                "{e} (set CHORUS_GOLDEN_DIR to the golden folder, or CHORUS_GOLDEN_OPTIONAL=1 \
-                 to skip the parity tests)"
-            ),
-        }
-    }
-
-    /// Like [`Golden::load`], but an unreadable folder is an `Err` naming the file: for tests
-    /// that use the golden tensors as inputs when they are there and random ones otherwise.
-    pub fn read(device: &Device) -> Result<Golden, String> {
-        let dir = golden_dir();
-        let json_path = dir.join("public.json");
-        let json = std::fs::read_to_string(&json_path)
-            .map_err(|e| format!("golden file {} cannot be read: {e}", json_path.display()))?;
-        let file = dir.join("public.safetensors");
-        std::fs::File::open(&file)
-            .map_err(|e| format!("golden file {} cannot be read: {e}", file.display()))?;
-        let doc: serde_json::Value = serde_json::from_str(&json).expect("public.json parses");
-        let cases = doc["cases"].as_array().expect("cases is a list").clone();
-        let weights = Weights::from_file(device, &file).expect("public.safetensors loads");
-        Ok(Golden { weights, cases })
-    }
-
-    /// The case named `name`.
-    pub fn case(&self, name: &str) -> &serde_json::Value {
-        self.cases
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no golden case {name}"))
-    }
-
-    /// The case's `i`-th input tensor.
-    pub fn input(&self, name: &str, i: usize) -> Tensor {
-        let key = self.case(name)["inputs"][i].as_str().expect("input key");
-        self.weights.get_any(key).expect("input tensor")
-    }
-
-    /// The case's `i`-th output tensor.
-    pub fn output(&self, name: &str, i: usize) -> Tensor {
-        let key = self.case(name)["outputs"][i].as_str().expect("output key");
-        self.weights.get_any(key).expect("output tensor")
-    }
-
-    /// The case's `(rtol, atol)`.
-    pub fn tolerance(&self, name: &str) -> (f32, f32) {
-        let c = self.case(name);
-        (
-            c["rtol"].as_f64().expect("rtol") as f32,
-            c["atol"].as_f64().expect("atol") as f32,
-        )
-    }
+/// A device of `backend` with the settings of the `CHORUS_*` environment variables.
+pub fn device(backend: TestBackend) -> Device {
+    backend.open(|b| b.from_env().expect("CHORUS_* variables"))
 }
 
 /// The three reference models.
