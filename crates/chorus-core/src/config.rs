@@ -7,8 +7,8 @@
 //! | `CHORUS_STREAM_WAIT_MS` | exclusive pool exhausted: `0` = fail at once, `N` = wait N ms, `forever` | `0` |
 //! | `CHORUS_MEMORY_LIMIT` | bytes, with an optional `K`, `M`, `G` (powers of 1024) suffix, or `none` | `none` |
 //! | `CHORUS_THREAD_CACHE` | bytes of small blocks each thread may cache per device (`0` = off) | `8M` |
-//! | `CHORUS_CUDA_TF32` | `1`/`true` or `0`/`false`: f32 GEMMs may use TF32 (CUDA; others ignore it) | `0` |
-//! | `CHORUS_CUDA_LAZY_BLAS` | `1`/`true` or `0`/`false`: cuBLAS handles made on first use (CUDA; others ignore it) | `0` |
+//! | `CHORUS_CUDA_TF32` | `1`/`true` or `0`/`false`: f32 GEMMs may use TF32 (CUDA; others ignore the value, but an invalid one is an error on every backend) | `0` |
+//! | `CHORUS_CUDA_LAZY_BLAS` | `1`/`true` or `0`/`false`: cuBLAS handles made on first use (CUDA; others ignore the value, but an invalid one is an error on every backend) | `0` |
 //!
 //! An invalid value is an [`Error::Config`] naming the variable and the value.
 //!

@@ -182,7 +182,9 @@ impl Device {
     /// enqueue work or allocate fail with [`Error::DeviceClosed`](crate::Error::DeviceClosed).
     /// A call while another thread's shutdown is in progress returns once that one has
     /// finished; from a completion handler it returns at once (the shutdown in progress waits
-    /// for the handlers).
+    /// for the handlers). So a handler must not wait for a thread that calls `shutdown` while
+    /// another shutdown runs: that shutdown waits for the handler, the thread for that
+    /// shutdown.
     pub fn shutdown(&self) {
         self.rt().shutdown();
     }

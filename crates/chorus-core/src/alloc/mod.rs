@@ -68,8 +68,9 @@ pub(crate) trait MemoryDevice {
     fn drop_fence(&self, fence: Self::Fence);
     /// Waits for all streams (called with no lock held).
     fn synchronize_all(&self);
-    /// Gives back (`Allocator::release`) the blocks every thread keeps in its cache, retiring
-    /// the caches (called with no lock held).
+    /// Gives back ([`Allocator::give_back`]) the blocks every thread keeps in its cache and the
+    /// streams' returns keep, retiring the caches; holds the registry lock until they are all
+    /// in the pools (called with no lock held).
     fn reclaim_thread_caches(&self);
     /// Offers a free small block, reusable by its stream at once, to that stream's returns
     /// (`returns`); called under the allocator's lock. `Err` hands it back. None kept by default.

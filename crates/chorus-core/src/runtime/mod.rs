@@ -186,6 +186,17 @@ impl Drop for LeakUnlessTaken {
     }
 }
 
+/// Sets a shutdown's `shut_down` flag and wakes its waiters when dropped: at the end of the
+/// shutdown that closed the device, also when it unwinds.
+struct Finished<'a>(&'a RankedMutex<bool>, &'a Condvar);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = true;
+        self.1.notify_all();
+    }
+}
+
 /// The runtime of one device over backend `B`.
 pub(crate) struct Runtime<B: Backend> {
     id: DeviceId,
@@ -661,6 +672,9 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             }
             return;
         }
+        // Marks this shutdown finished however the call ends, a panic included, so that a later
+        // caller (`Drop` among them) never waits for a flag nobody will set.
+        let _finished = Finished(&self.shut_down, &self.shut_down_cv);
         // Threads waiting for an exclusive stream get `DeviceClosed` instead.
         self.slots.close();
         let busy = self.wait_all(Some(self.config.shutdown_timeout));
@@ -694,8 +708,6 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         let upto = self.alloc.free_seq();
         let idle = busy.is_empty() && self.wait_all(Some(self.config.shutdown_timeout)).is_empty();
         self.alloc.close(self, idle.then_some(upto));
-        *self.shut_down.lock() = true;
-        self.shut_down_cv.notify_all();
     }
 
     fn thread_exit(
@@ -770,5 +782,23 @@ impl<B: Backend> Runtime<B> {
             reg.push(Arc::downgrade(&c));
             c
         })
+    }
+}
+
+#[cfg(all(test, not(chorus_loom)))]
+mod tests {
+    use super::*;
+
+    /// A shutdown that unwinds still marks itself finished, so later callers do not wait
+    /// forever for it.
+    #[test]
+    fn a_shutdown_that_panics_is_still_marked_finished() {
+        let (done, cv) = (RankedMutex::new(rank::SHUTDOWN_DONE, false), Condvar::new());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _finished = Finished(&done, &cv);
+            panic!("a shutdown step failed");
+        }));
+        assert!(unwound.is_err());
+        assert!(*done.lock(), "a waiter would wait forever");
     }
 }

@@ -28,7 +28,9 @@
 //! The callback blocks on the backend's thread holding no runtime lock, and it takes none, nor
 //! calls the runtime in any way: it only waits on its channel. On CUDA the driver may run the
 //! host functions of every stream of the context on one thread, so while a gate is closed the
-//! completion handlers of *other* streams may be held back too (their kernels are not).
+//! host functions of *other* streams may be held back too, and with them the work those streams
+//! enqueued after one (a completion handler, a thread's slot hand-back): do not synchronize
+//! another stream that has such work while a gate is held.
 
 use super::{Stream, StreamId};
 use crate::error::{DeviceId, Result};
