@@ -356,3 +356,27 @@ fn shutdown_from_a_handler_during_a_shutdown_returns(backend: TestBackend) {
         },
     );
 }
+
+backend_tests!(a_free_after_shutdown_returns_while_a_stream_never_finishes);
+/// A tensor dropped after a shutdown that gave up on a stream (its work held behind a gate)
+/// comes back at once: its block stays for the teardown instead of the free waiting for that
+/// stream without bound.
+fn a_free_after_shutdown_returns_while_a_stream_never_finishes(backend: TestBackend) {
+    let dev = backend.open(|b| b.shutdown_timeout(Duration::from_millis(50)));
+    let s = dev.stream(3).unwrap();
+    let gate = s.gate().unwrap();
+    let x = dev.with_stream(&s, || Tensor::full(&dev, &[1024], 1.0).unwrap());
+    dev.shutdown(); // gives up on stream 3 after 50 ms
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let dropper = std::thread::spawn(move || {
+        drop(x);
+        done_tx.send(()).unwrap();
+    });
+    let returned = done_rx.recv_timeout(Duration::from_secs(10));
+    gate.open();
+    dropper.join().unwrap();
+    assert!(
+        returned.is_ok(),
+        "a free after shutdown waited for a stream that never finished"
+    );
+}

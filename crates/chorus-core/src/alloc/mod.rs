@@ -68,6 +68,12 @@ pub(crate) trait MemoryDevice {
     fn drop_fence(&self, fence: Self::Fence);
     /// Waits for all streams (called with no lock held).
     fn synchronize_all(&self);
+    /// After shutdown: waits for all streams, within the device's shutdown timeout; whether
+    /// they are all idle (called with no lock held). Without a bound by default.
+    fn settle(&self) -> bool {
+        self.synchronize_all();
+        true
+    }
     /// Gives back ([`Allocator::give_back`]) the blocks every thread keeps in its cache and the
     /// streams' returns keep, retiring the caches; holds the registry lock until they are all
     /// in the pools (called with no lock held).
@@ -137,6 +143,8 @@ pub(crate) struct Allocator<S, F> {
     pools: RankedMutex<Pools<S, F>>,
     limit: Option<usize>,
     closed: AtomicBool,
+    /// Set when a free after shutdown found a stream still busy past the shutdown timeout.
+    unsettled: AtomicBool,
     c: Counters,
 }
 
@@ -147,6 +155,7 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
             pools: RankedMutex::new(rank::ALLOCATOR, Pools::new(streams)),
             limit,
             closed: AtomicBool::new(false),
+            unsettled: AtomicBool::new(false),
             c: Counters::default(),
         }
     }
@@ -296,17 +305,21 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
             });
             self.c.deferred_frees.fetch_add(1, Relaxed);
         }
-        if self.closed.load(Relaxed) {
+        if self.closed.load(Relaxed) && !self.unsettled.load(Relaxed) {
             // After shutdown no new work is accepted and shutdown already waited for the streams,
-            // so this wait is usually immediate (if shutdown gave up on a stream, it waits for
-            // that stream's remaining work, which finishes on its own). It makes the block's last
-            // uses complete, so its segment goes back to the device now rather than at teardown.
+            // so this wait is usually immediate. It makes the block's last uses complete, so its
+            // segment goes back to the device now rather than at teardown. If a stream does not
+            // finish within the shutdown timeout (shutdown gave up on it too), the block stays
+            // for the teardown, and later frees do not wait again.
             let upto = p.free_seq.clone();
             drop(p);
-            dev.synchronize_all();
-            let mut p = self.pools.lock();
-            p.all_complete(&upto);
-            self.release_cached(&mut p, dev);
+            if dev.settle() {
+                let mut p = self.pools.lock();
+                p.all_complete(&upto);
+                self.release_cached(&mut p, dev);
+            } else {
+                self.unsettled.store(true, Relaxed);
+            }
         }
     }
 

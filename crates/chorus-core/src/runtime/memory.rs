@@ -57,4 +57,8 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
     fn synchronize_all(&self) {
         self.wait_all(None);
     }
+
+    fn settle(&self) -> bool {
+        self.wait_all(Some(self.config.shutdown_timeout)).is_empty()
+    }
 }
