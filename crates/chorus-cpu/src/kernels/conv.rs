@@ -38,13 +38,13 @@ pub(super) unsafe fn conv2d(c: &Conv2d) {
     // SAFETY: caller's contract: the inputs are readable for these lengths and not written.
     let (x, wt, bias) = unsafe {
         (
-            slice::<f32>(src, c.batch * c.c_in * h * w),
-            slice::<f32>(weight, c.c_out * k_len),
+            slice::<f32>(src, c.in_len()),
+            slice::<f32>(weight, c.weight_len()),
             bias.map(|b| slice::<f32>(b, c.c_out)),
         )
     };
     // SAFETY: caller's contract: `batch * c_out * oh * ow` writable, unaliased f32.
-    let y = unsafe { slice_mut::<f32>(out, c.batch * c.c_out * oh * ow) };
+    let y = unsafe { slice_mut::<f32>(out, c.out_len()) };
     if y.is_empty() {
         return;
     }

@@ -11,10 +11,13 @@
 use super::mem::{slice, slice_mut};
 use chorus_core::kernel::AdaptiveAvgPool2d;
 
-/// The input range `⌊i n / out⌋ .. ⌈(i + 1) n / out⌉` of each of the `out` bins over `n`.
+/// The input range of each of the `out` bins over `n` ([`AdaptiveAvgPool2d::window`]).
 fn bins(n: usize, out: usize) -> Vec<(usize, usize)> {
     (0..out)
-        .map(|i| (i * n / out, ((i + 1) * n).div_ceil(out)))
+        .map(|i| {
+            let r = AdaptiveAvgPool2d::window(i, n, out);
+            (r.start, r.end)
+        })
         .collect()
 }
 

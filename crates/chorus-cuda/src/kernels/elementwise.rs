@@ -66,7 +66,7 @@ pub(super) unsafe fn randn(stream: &CudaStream, module: &Module, k: &Randn) -> B
             stream,
             module,
             Func::RandnF32,
-            grid(n.div_ceil(4)),
+            grid(k.blocks() as u64),
             &mut [arg(&mut o), arg(&mut n), arg(&mut s)],
         )
     }
