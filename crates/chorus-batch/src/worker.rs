@@ -19,12 +19,22 @@
 //!    (which waits for the stream), then cut it into one host tensor per request. Either way
 //!    each request gets exactly its rows, computed when its ticket completes, and a device
 //!    error of the batch's kernels fails this batch (and no other request).
+//!    A poisoned output (a kernel failed on the device, say on an index out of range,
+//!    `Tensor::check`) is a device error of the batch too ([`chorus_core::Error::Kernel`]).
 //! 5. Count the batch in the statistics, then complete every request of the batch: all with
 //!    their rows, or all with the batch's error. A request completed with its rows also gets its
 //!    input back, which the ticket drops on the thread that takes the result: freeing a device
 //!    input that the worker's stream also read is a deferred free under the allocator's shared
 //!    lock (an event recorded, the block queued), and the submitting threads, many and
 //!    otherwise waiting, pay that instead of the worker, whose thread every batch waits for.
+//!
+//! 6. Except when the output was poisoned, the batch had several requests and the model's
+//!    rows are independent (`Module::rows_independent`): then steps 1 to 5 run again for each
+//!    request alone, as a batch of its own, so that only the requests whose rows fail on their
+//!    own fail (with the original error), and the others get their rows. (A request that
+//!    fails alone was the cause; with dependent rows no request can be cleared, and the whole
+//!    batch fails.) The worker's stream goes on either way: a poisoned output is no stream
+//!    error.
 //!
 //! The time of each step goes into the statistics ([`Phases`]), along with how
 //! long the batch's requests waited before the worker took them.
@@ -126,7 +136,6 @@ fn run(
     graphs: &mut WorkerGraphs,
     batch: Vec<Queued<Request>>,
 ) {
-    let number = shared.batches.fetch_add(1, Ordering::Relaxed) + 1;
     let start = Instant::now();
     let mut phases = Phases {
         queued: batch
@@ -139,6 +148,7 @@ fn run(
     let total: usize = rows.iter().sum();
     let mut inputs = Vec::with_capacity(batch.len());
     let mut pending = Vec::with_capacity(batch.len());
+    let ids: Vec<u64> = batch.iter().map(|q| q.id).collect();
     for q in batch {
         inputs.push(q.item.input);
         pending.push((q.enqueued, q.item.done));
@@ -152,6 +162,24 @@ fn run(
             message: panic_message(panic.as_ref()),
         })
     });
+    if matches!(&outcome, Err(e) if poisoned(e))
+        && pending.len() > 1
+        && shared.model.rows_independent()
+    {
+        // Step 6 (module docs): each request again, alone.
+        let each = pending.into_iter().zip(inputs).zip(rows).zip(ids);
+        for ((((enqueued, done), input), rows), id) in each {
+            let item = Request { input, done };
+            let alone = Queued {
+                id,
+                rows,
+                enqueued,
+                item,
+            };
+            run(shared, worker, stream, graphs, vec![alone]);
+        }
+        return;
+    }
     let done = Instant::now();
     match outcome {
         Ok(Ran {
@@ -166,6 +194,7 @@ fn run(
             shared
                 .stats
                 .batch(total, pending.len(), Some(&latencies), &phases, graph);
+            let number = shared.batches.fetch_add(1, Ordering::Relaxed) + 1;
             let mut info = BatchInfo {
                 batch: number,
                 offset: 0,
@@ -269,11 +298,13 @@ fn forward(
         scatter_host(&y, rows).map_err(device)?
     } else {
         let parts = if rows.len() == 1 {
-            vec![y]
+            vec![y.clone()]
         } else {
             y.split(rows, 0).map_err(device)?
         };
         stream.synchronize().map_err(device)?;
+        // A poisoned output fails here, not when a request reads its rows (step 6).
+        y.check().map_err(device)?;
         parts.into_iter().map(Input::Device).collect()
     };
     phases.finish = next_lap();
@@ -335,6 +366,18 @@ fn scatter_host(y: &Tensor, rows: &[usize]) -> chorus_core::Result<Vec<Input>> {
         out.push(Input::Host(HostTensor::from_rows(part, &shape, y.dtype())));
     }
     Ok(out)
+}
+
+/// Whether `e` is a kernel's failure on the device that poisoned the batch's output (an index
+/// out of range), as opposed to a failure of the whole device or stream.
+fn poisoned(e: &BatchError) -> bool {
+    matches!(
+        e,
+        BatchError::Device {
+            source: chorus_core::Error::Kernel { .. },
+            ..
+        }
+    )
 }
 
 /// The message of a contained panic.

@@ -206,16 +206,113 @@ fn a_device_error_of_the_batch_kernels_fails_that_batch() {
     )
     .unwrap();
     // Index 99 of a 10-row table fails inside the kernel, after the forward returned: the
-    // worker's wait for its stream reports it, and the batch's request gets it.
+    // worker finds the output poisoned, and the batch's request gets the original error.
     let bad = Tensor::from_slice(&device, &[99_i64, 0], &[1, 2]).unwrap();
     match queue.infer(bad) {
-        Err(BatchError::Device { rows: 1, source }) => {
-            assert!(
-                matches!(source, chorus_core::Error::Device { .. }),
-                "{source}"
-            )
-        }
+        Err(BatchError::Device { rows: 1, source }) => match source {
+            chorus_core::Error::Kernel { message, .. } => {
+                assert_eq!(message, "index 99 out of range for 10 rows")
+            }
+            other => panic!("{other}"),
+        },
         other => panic!("{other:?}"),
+    }
+    // The worker's stream goes on.
+    let good = Tensor::from_slice(&device, &[1_i64, 0], &[1, 2]).unwrap();
+    assert_eq!(queue.infer(good).unwrap().shape(), &[1, 2, 4]);
+}
+
+/// An embedding whose rows are mixed across the batch (each row minus the batch's mean), so
+/// that rows are not independent.
+#[derive(Debug)]
+struct Centered(Embedding);
+
+impl Module for Centered {
+    fn forward(&self, x: &Tensor) -> chorus_nn::Result<Tensor> {
+        let y = self.0.forward(x)?;
+        let mean = y.mean(&[0], true)?;
+        Ok(y.sub(&mean)?)
+    }
+}
+
+/// Three requests of one batch, the middle one with an index out of range, as device or host
+/// inputs; each result as (bits of its rows, or the error's message).
+fn one_poisoned_batch<M: Module + 'static>(
+    device: &chorus_core::Device,
+    model: M,
+    host: bool,
+) -> Vec<Result<Vec<u32>, String>> {
+    let queue = BatchQueue::new(model, config(device, 3, NEVER).workers(1).build().unwrap())
+        .unwrap();
+    let ids: [[i64; 2]; 3] = [[1, 2], [3, 77], [4, 5]];
+    let message = |e: BatchError| match e {
+        BatchError::Device {
+            source: chorus_core::Error::Kernel { message, .. },
+            ..
+        } => message,
+        other => panic!("{other:?}"),
+    };
+    let results: Vec<Result<Vec<u32>, String>> = if host {
+        let tickets: Vec<_> = ids
+            .iter()
+            .map(|i| queue.submit(chorus_batch::HostTensor::new(i, &[1, 2]).unwrap()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let rows = |h: chorus_batch::HostTensor| h.to_vec::<f32>().unwrap();
+        tickets
+            .into_iter()
+            .map(|t| t.wait().map(rows).map_err(message))
+            .map(|r| r.map(|v| v.iter().map(|x| x.to_bits()).collect()))
+            .collect()
+    } else {
+        let tickets: Vec<_> = ids
+            .iter()
+            .map(|i| queue.submit(Tensor::from_slice(device, i, &[1, 2]).unwrap()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        tickets
+            .into_iter()
+            .map(|t| t.wait().map(|y| y.to_vec::<f32>().unwrap()).map_err(message))
+            .map(|r| r.map(|v| v.iter().map(|x| x.to_bits()).collect()))
+            .collect()
+    };
+    // The worker's stream goes on: a good batch after the poisoned one.
+    let good: Vec<_> = (0..3)
+        .map(|_| queue.submit(Tensor::from_slice(device, &[0_i64, 1], &[1, 2]).unwrap()))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for t in good {
+        assert_eq!(t.wait().unwrap().shape(), &[1, 2, 4]);
+    }
+    results
+}
+
+#[test]
+fn a_poisoned_batch_fails_only_the_poisoned_requests_when_rows_are_independent() {
+    let device = device();
+    let weight = Tensor::randn(&device, &[10, 4], 1).unwrap();
+    let table = weight.to_vec::<f32>().unwrap();
+    let row = |i: usize| table[i * 4..][..4].iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for host in [false, true] {
+        let got = one_poisoned_batch(&device, Embedding::new(weight.clone()).unwrap(), host);
+        assert_eq!(got[0], Ok([row(1), row(2)].concat()), "host {host}");
+        assert_eq!(
+            got[1],
+            Err("index 77 out of range for 10 rows".to_string()),
+            "host {host}"
+        );
+        assert_eq!(got[2], Ok([row(4), row(5)].concat()), "host {host}");
+    }
+}
+
+#[test]
+fn a_poisoned_batch_fails_every_request_when_rows_are_mixed() {
+    let device = device();
+    let weight = Tensor::randn(&device, &[10, 4], 1).unwrap();
+    for host in [false, true] {
+        let got = one_poisoned_batch(&device, Centered(Embedding::new(weight.clone()).unwrap()), host);
+        let bad = Err("index 77 out of range for 10 rows".to_string());
+        assert_eq!(got, vec![bad.clone(), bad.clone(), bad], "host {host}");
     }
 }
 

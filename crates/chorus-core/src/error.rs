@@ -213,6 +213,33 @@ pub enum Error {
         #[source]
         source: BackendError,
     },
+    /// A kernel failed on the device (an index out of range, say), reported when a tensor it
+    /// poisoned is read back: by that tensor and by everything computed from it, on any stream
+    /// or thread. The stream it ran on keeps working, and other tensors are unaffected.
+    #[error("{op} on {device}, {stream}: kernel `{kernel}` failed: {message}")]
+    Kernel {
+        /// The device.
+        device: DeviceId,
+        /// The stream the failing kernel ran on.
+        stream: StreamId,
+        /// The op that launched it (`index_select`; `embedding` goes through it).
+        op: &'static str,
+        /// The failing kernel.
+        kernel: &'static str,
+        /// What was wrong, e.g. "index 31000 out of range for 30522 rows".
+        message: String,
+    },
+    /// The device hit a fault it cannot recover from (on CUDA an illegal address, an ECC
+    /// error, or a launch failure that broke the context; on the CPU a kernel that panicked,
+    /// a bug). Every later call on it returns this; waiting threads wake with it; a new
+    /// `Device` for the same hardware can be opened (models must be loaded again).
+    #[error("device {device} is lost: {cause}")]
+    DeviceLost {
+        /// The device.
+        device: DeviceId,
+        /// The first fault that lost it.
+        cause: String,
+    },
     /// A backend could not start: no driver, no such device, or a driver failure at start.
     #[error("{backend} device {ordinal} is not available: {source}")]
     Unavailable {

@@ -41,6 +41,15 @@
 //! enqueues the copies in, the graph and the copies out, and notes `s`. So runs use the
 //! graph's memory one after another in device order, whatever the interleaving of threads.
 //!
+//! # Poison
+//! A fallible kernel recorded in the graph (`index_select`) has its fault word in the graph's
+//! memory, zeroed by a recorded fill before it in every run (`crate::runtime::poison`). A run
+//! copies each such word, after the graph, into a fresh word of its own, and poisons its fresh
+//! outputs with the faults their capture-time outputs carried, each moved onto the run's copy
+//! of its word, plus the run's inputs' faults. Reading a run's output back thus reports that
+//! run's failure alone; the graph and the stream go on. A run whose inputs are known to have
+//! failed enqueues nothing and returns poisoned outputs.
+//!
 //! Dropping the graph hands the backend's executable form to the completion thread once the
 //! work enqueued on the last run's stream has completed (which, by the order above, includes
 //! every run); its blocks go back to the allocator with every stream it ran on as users. (A
@@ -52,6 +61,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::{Kernel, StridedCopy};
 use crate::runtime::capture::{Arena, Recorder, Recording};
+use crate::runtime::poison::{self, Fault, Poison};
 use crate::runtime::{GraphExec, RuntimeObj, Storage};
 use crate::shape::numel;
 use crate::stream::StreamId;
@@ -78,6 +88,8 @@ pub struct Graph {
     inputs: Vec<Tensor>,
     outputs: Vec<Tensor>,
     externals: Vec<Arc<Storage>>,
+    /// The faults whose words are the graph's memory (module docs, "Poison").
+    faults: Vec<Arc<Fault>>,
     exec: Option<GraphExec>,
     kernels: usize,
     runs: RankedMutex<Runs>,
@@ -196,11 +208,18 @@ impl Graph {
         // earlier uses by the allocator's other owners were enqueued before the call).
         let exec = unsafe { rt.build_graph(s, rec.kernels)? };
         let words = rt.num_streams().div_ceil(64);
+        let mut faults: Vec<Arc<Fault>> = Vec::new();
+        for f in outputs.iter().filter_map(|o| o.storage().poison()).flat_map(|p| p.iter()) {
+            if f.word().in_graph() && !faults.iter().any(|g| Arc::ptr_eq(f, g)) {
+                faults.push(Arc::clone(f));
+            }
+        }
         Ok(Graph {
             rt: Arc::clone(rt),
             inputs: placeholders,
             outputs,
             externals: rec.externals,
+            faults,
             exec: Some(exec),
             kernels,
             runs: RankedMutex::new(
@@ -261,15 +280,48 @@ impl Graph {
         let fresh = (self.outputs.iter())
             .map(|o| Tensor::empty_on(rt, s, o.shape(), o.dtype(), OP))
             .collect::<Result<Vec<_>>>()?;
+        let inputs_poison = poison::union(inputs.iter().filter_map(|x| x.storage().poison()));
+        if let Some(p) = inputs_poison.as_ref().filter(|p| poison::known_failed(p)) {
+            // Known to fail: nothing is computed (module docs, "Poison").
+            for out in &fresh {
+                out.tensor.storage().set_poison(Arc::clone(p));
+            }
+            return Ok(fresh.into_iter().map(|out| out.tensor).collect());
+        }
+        let words = (self.faults.iter())
+            .map(|_| Tensor::empty_on(rt, s, &[2], DType::I64, OP))
+            .collect::<Result<Vec<_>>>()?;
         // Everything of this run is enqueued under the run lock; the tensors made above are
         // dropped (on an error) only after it is released: a drop may call the device.
-        self.enqueue_run(s, inputs, &fresh)?;
+        self.enqueue_run(s, inputs, &fresh, &words)?;
+        let moved: Vec<Arc<Fault>> = (self.faults.iter().zip(&words))
+            .map(|(f, w)| f.rebound(Arc::clone(w.tensor.storage()), s))
+            .collect();
+        for (o, out) in self.outputs.iter().zip(&fresh) {
+            let own: Option<Poison> = o.storage().poison().map(|p| {
+                p.iter()
+                    .map(|f| match self.faults.iter().position(|g| Arc::ptr_eq(f, g)) {
+                        Some(i) => Arc::clone(&moved[i]),
+                        None => Arc::clone(f),
+                    })
+                    .collect()
+            });
+            if let Some(p) = poison::union(inputs_poison.iter().chain(own.as_ref())) {
+                out.tensor.storage().set_poison(p);
+            }
+        }
         Ok(fresh.into_iter().map(|out| out.tensor).collect())
     }
 
     /// Enqueues one run on stream `s` under the run lock (module docs): the inputs copied in,
-    /// the graph, the outputs copied into `fresh`.
-    fn enqueue_run(&self, s: StreamId, inputs: &[&Tensor], fresh: &[Out]) -> Result<()> {
+    /// the graph, the outputs copied into `fresh` and the graph's fault words into `words`.
+    fn enqueue_run(
+        &self,
+        s: StreamId,
+        inputs: &[&Tensor],
+        fresh: &[Out],
+        words: &[Out],
+    ) -> Result<()> {
         let rt = &self.rt;
         let mut runs = self.runs.lock();
         if runs.last != s {
@@ -311,6 +363,21 @@ impl Graph {
             // inside the graph's memory or an external storage, written by the graph before
             // this copy in stream order and not rewritten before the next run, which is
             // ordered after it (module docs).
+            unsafe { rt.launch(s, k)? };
+        }
+        for (f, word) in self.faults.iter().zip(words) {
+            let src = f.word();
+            let k = Kernel::Copy(StridedCopy::to_contiguous(
+                crate::kernel::View {
+                    ptr: src.ptr(),
+                    shape: vec![2],
+                    strides: vec![1],
+                },
+                word.tensor.ptr(),
+                DType::I64,
+            ));
+            // SAFETY: as the outputs' copies: `word` is a fresh block of two i64; the source is
+            // a fault word in the graph's memory, written by this run before the copy.
             unsafe { rt.launch(s, k)? };
         }
         Ok(())

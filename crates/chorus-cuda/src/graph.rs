@@ -10,9 +10,9 @@
 //! stream at a time, in order). When the graph is dropped (its launches complete), its stream
 //! goes back to the device's idle graph streams ([`GraphStreams`]) and the next build takes
 //! it: a build does not create a cuBLAS handle each time (nor a drop destroy one), each of
-//! which synchronizes the device. A graph with `index_select`, whose kernel reports a bad index
-//! through the error word of the stream it was launched on, is not built (the runtime then
-//! launches its kernels one by one on the running stream, where the error is seen).
+//! which synchronizes the device. (A graph with `index_select` is built like any other: its
+//! fault word is graph memory, zeroed by a recorded fill before the kernel in every run, and
+//! copied out of each run by the runtime.)
 //!
 //! # What may not happen during a capture
 //! A cuBLAS handle's first products synchronize the device, and a device synchronization
@@ -166,11 +166,7 @@ pub(crate) unsafe fn build(
     kernels: &[Kernel],
     tf32: bool,
 ) -> BackendResult<Option<CudaGraph>> {
-    if kernels.is_empty()
-        || kernels
-            .iter()
-            .any(|k| matches!(k, Kernel::IndexSelect { .. }))
-    {
+    if kernels.is_empty() {
         return Ok(None);
     }
     // The stream is taken before the lock is, so that an early return drops (and destroys the

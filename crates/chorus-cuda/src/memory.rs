@@ -1,5 +1,5 @@
 //! Device segments (`cuMemAlloc`, split by the core's caching allocator) and page-locked host
-//! buffers (`cuMemHostAlloc`) for staging reads and for the per-stream device-error word.
+//! buffers (`cuMemHostAlloc`) for staging reads.
 
 use crate::driver::{check, Context};
 use chorus_core::{BackendError, BackendResult, DevicePtr};
@@ -59,7 +59,7 @@ impl Drop for Segment {
     }
 }
 
-/// Page-locked host memory, optionally mapped into the device's address space.
+/// Page-locked host memory (a stream's staging buffer for reads).
 #[derive(Debug)]
 pub(crate) struct Pinned {
     host: *mut u8,
@@ -68,21 +68,17 @@ pub(crate) struct Pinned {
 }
 
 // SAFETY: the buffer is plain host memory owned by this value; every access goes through
-// `&mut self` or (for the error word) through volatile reads of data written by the device.
+// its owner's lock (a stream's staging buffer).
 unsafe impl Send for Pinned {}
 // SAFETY: as above.
 unsafe impl Sync for Pinned {}
 
 impl Pinned {
-    /// Allocates `bytes` of zeroed page-locked memory; `mapped` also maps it for the device.
-    pub(crate) fn alloc(ctx: &Arc<Context>, bytes: usize, mapped: bool) -> BackendResult<Pinned> {
+    /// Allocates `bytes` of zeroed page-locked memory.
+    pub(crate) fn alloc(ctx: &Arc<Context>, bytes: usize) -> BackendResult<Pinned> {
         ctx.bind()?;
         let mut host = std::ptr::null_mut();
-        let flags = if mapped {
-            sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE
-        } else {
-            sys::CU_MEMHOSTALLOC_PORTABLE
-        };
+        let flags = sys::CU_MEMHOSTALLOC_PORTABLE;
         check(
             // SAFETY: the context is current; writes one host pointer to `bytes` bytes.
             unsafe { sys::cuMemHostAlloc(&mut host, bytes.max(1), flags) },
@@ -106,18 +102,6 @@ impl Pinned {
     /// The host address.
     pub(crate) fn host(&self) -> *mut u8 {
         self.host
-    }
-
-    /// The device address of a mapped buffer.
-    pub(crate) fn device_ptr(&self) -> BackendResult<sys::CUdeviceptr> {
-        let mut d = 0;
-        check(
-            // SAFETY: `host` was allocated with CU_MEMHOSTALLOC_DEVICEMAP (callers only ask for
-            // mapped buffers); writes one device pointer.
-            unsafe { sys::cuMemHostGetDevicePointer_v2(&mut d, self.host.cast(), 0) },
-            "cuMemHostGetDevicePointer",
-        )?;
-        Ok(d)
     }
 }
 

@@ -9,14 +9,12 @@
 //! threads that launch work. (Another thread recording the event again before this one waits
 //! only makes this one wait for more work of the same stream, never less.)
 //!
-//! Errors: a failed driver call on the stream, or a kernel that reports bad input through the
-//! stream's *error word* (page-locked host memory mapped into the device, written by a kernel
-//! such as `index_select` when an index is out of range: `[state, index]`, the state 0 → 1 when a
-//! kernel claims it, → 2 once the index is written; the host, which may look while the kernel
-//! runs, believes only 2), make the stream's error sticky: every
-//! later call on this stream returns it; other streams are unaffected. (A fault that corrupts
-//! the CUDA context itself, such as an illegal address, is reported by the driver on every
-//! stream, because CUDA poisons the whole context.)
+//! Errors: a failed driver call on the stream makes the stream's error sticky: every later call
+//! on this stream returns it; other streams are unaffected. (A fault that corrupts the CUDA
+//! context itself, such as an illegal address, is reported by the driver on every stream,
+//! because CUDA poisons the whole context.) Bad input a kernel finds on the device (an index out
+//! of range) is not a stream error: the kernel reports it in its launch's fault word, which
+//! the runtime reads back to poison the outputs (`chorus_core::kernel::FaultWord`).
 
 use crate::blas::Blas;
 use crate::driver::{check, Context};
@@ -59,9 +57,6 @@ pub struct CudaStream {
     blas: std::sync::OnceLock<Blas>,
     /// Held while the handle is made (one attempt at a time; a failed one is tried again).
     blas_init: RankedMutex<()>,
-    /// Device error word: `[state, payload]`, written by kernels, read by the host (module docs).
-    err_word: Pinned,
-    pub(crate) err_dev: sys::CUdeviceptr,
     staging: RankedMutex<Option<Pinned>>,
     /// Device scratch memory for multi-pass kernels, used in stream order only.
     scratch: RankedMutex<Option<Segment>>,
@@ -78,7 +73,7 @@ pub struct CudaStream {
 
 // SAFETY: a CUstream handle may be used from any thread with its context current; the driver
 // serializes concurrent submissions to one stream. Every other field is Send + Sync or is
-// only touched through locks (staging) / volatile reads (err_word).
+// only touched through locks (staging, scratch).
 unsafe impl Send for CudaStream {}
 // SAFETY: as above.
 unsafe impl Sync for CudaStream {}
@@ -104,17 +99,15 @@ impl CudaStream {
         )?;
         // The stream's other parts; should one fail, the stream is destroyed (once, here).
         let parts = || -> BackendResult<_> {
-            let err_word = Pinned::alloc(ctx, 16, true)?;
-            let err_dev = err_word.device_ptr()?;
             let mut sleep_event = std::ptr::null_mut();
             let flags = sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC as u32
                 | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
             // SAFETY: the context is current; writes one event handle, destroyed in Drop.
             let r = unsafe { sys::cuEventCreate(&mut sleep_event, flags) };
             check(r, "cuEventCreate")?;
-            Ok((err_word, err_dev, sleep_event))
+            Ok(sleep_event)
         };
-        let (err_word, err_dev, sleep_event) = match parts() {
+        let sleep_event = match parts() {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: created above, nothing enqueued yet.
@@ -127,8 +120,6 @@ impl CudaStream {
             ctx: Arc::clone(ctx),
             blas: std::sync::OnceLock::new(), // sync-shim: allowed (see the field)
             blas_init: RankedMutex::new(rank::BACKEND_BLAS_INIT, ()),
-            err_word,
-            err_dev,
             staging: RankedMutex::new(rank::BACKEND_STAGING, None),
             scratch: RankedMutex::new(rank::BACKEND_SCRATCH, None),
             for_graph: false,
@@ -175,29 +166,12 @@ impl CudaStream {
         self.failed.store(false, Ordering::Release);
     }
 
-    /// The sticky error, if the stream has one (including one a kernel reported through the
-    /// error word since the last check).
+    /// The sticky error, if the stream has one.
     pub(crate) fn error(&self) -> Option<BackendError> {
         if self.failed.load(Ordering::Acquire) {
             return self.sticky.lock().clone();
         }
-        let word = self.err_word.host().cast::<u64>();
-        // SAFETY: the error word is 16 bytes of page-locked memory owned by this stream, 8-byte
-        // aligned; the device writes it, so it is read volatile.
-        let flag = unsafe { word.read_volatile() };
-        // 1: a kernel has claimed the word and is writing the index; it publishes 2 before it
-        // completes, so a check after the stream's work (a synchronization) sees 2.
-        if flag != 2 {
-            return None;
-        }
-        // The index was written before the flag (the kernel fenced in between): read after it.
-        chorus_sync::atomic::fence(Ordering::Acquire);
-        // SAFETY: as above, second word.
-        let index = unsafe { word.add(1).read_volatile() } as i64;
-        Some(self.fail(BackendError::Kernel {
-            kernel: "index_select",
-            message: format!("index {index} is out of range for the indexed dimension"),
-        }))
+        None
     }
 
     /// Makes `e` the stream's sticky error (the first one wins) and returns the sticky error.
@@ -320,7 +294,6 @@ impl CudaStream {
             *staging = Some(Pinned::alloc(
                 &self.ctx,
                 len.next_power_of_two().max(4096),
-                false,
             )?);
         }
         let buf = staging.as_ref().expect("allocated above");

@@ -322,4 +322,7 @@ impl Module for MultiheadAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_masked(x, None, false)
     }
+    fn rows_independent(&self) -> bool {
+        true
+    }
 }

@@ -204,4 +204,7 @@ impl Module for Conv2d {
             c.groups,
         )?)
     }
+    fn rows_independent(&self) -> bool {
+        true
+    }
 }

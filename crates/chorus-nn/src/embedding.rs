@@ -91,4 +91,7 @@ impl Module for Embedding {
         }
         Ok(Tensor::embedding(indices, &self.weight)?)
     }
+    fn rows_independent(&self) -> bool {
+        true
+    }
 }

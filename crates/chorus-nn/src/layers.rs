@@ -26,6 +26,9 @@ impl Module for Relu {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.relu()?)
     }
+    fn rows_independent(&self) -> bool {
+        true
+    }
 }
 
 /// Merges the dimensions from `start_dim` on into one (PyTorch's `nn.Flatten`, whose default
@@ -80,6 +83,10 @@ impl Module for Flatten {
         new.push(shape[self.start_dim..].iter().product::<usize>() as isize);
         Ok(x.reshape(&new)?)
     }
+    /// Unless it flattens from dimension 0 (which mixes the rows).
+    fn rows_independent(&self) -> bool {
+        self.start_dim > 0
+    }
 }
 
 /// Average pooling of `[.., H, W]` to a fixed `[oh, ow]` (PyTorch's `nn.AdaptiveAvgPool2d`).
@@ -113,5 +120,8 @@ impl AdaptiveAvgPool2d {
 impl Module for AdaptiveAvgPool2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.adaptive_avg_pool2d(self.output_size)?)
+    }
+    fn rows_independent(&self) -> bool {
+        true
     }
 }

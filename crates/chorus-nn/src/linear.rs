@@ -116,4 +116,7 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.linear_act(&self.weight, self.bias.as_ref(), self.act)?)
     }
+    fn rows_independent(&self) -> bool {
+        true
+    }
 }

@@ -110,4 +110,7 @@ impl Module for Mlp {
         }
         Ok(y)
     }
+    fn rows_independent(&self) -> bool {
+        true
+    }
 }

@@ -46,6 +46,17 @@ pub trait Module: Send + Sync {
     fn name(&self) -> &'static str {
         std::any::type_name::<Self>()
     }
+
+    /// Whether each row of the output along dimension 0 depends only on the same row of the
+    /// input, for the batched input a batching queue gives it (`[batch, ...]`): a batch of
+    /// independent samples. `false` by default; every `chorus-nn` layer but a
+    /// [`Flatten`](crate::Flatten) from dimension 0 says `true`. The batching queue uses it when
+    /// a batch's output is poisoned (a kernel failed on one request's rows, an index out of
+    /// range): with independent rows it fails only the requests whose rows fail on their own,
+    /// else the whole batch.
+    fn rows_independent(&self) -> bool {
+        false
+    }
 }
 
 impl<M: Module + ?Sized> Module for Box<M> {
@@ -54,6 +65,9 @@ impl<M: Module + ?Sized> Module for Box<M> {
     }
     fn name(&self) -> &'static str {
         (**self).name()
+    }
+    fn rows_independent(&self) -> bool {
+        (**self).rows_independent()
     }
 }
 
@@ -64,6 +78,9 @@ impl<M: Module + ?Sized> Module for chorus_sync::Arc<M> {
     fn name(&self) -> &'static str {
         (**self).name()
     }
+    fn rows_independent(&self) -> bool {
+        (**self).rows_independent()
+    }
 }
 
 impl<M: Module + ?Sized> Module for &M {
@@ -72,5 +89,8 @@ impl<M: Module + ?Sized> Module for &M {
     }
     fn name(&self) -> &'static str {
         (**self).name()
+    }
+    fn rows_independent(&self) -> bool {
+        (**self).rows_independent()
     }
 }

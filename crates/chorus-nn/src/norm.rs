@@ -119,6 +119,9 @@ impl Module for LayerNorm {
         self.check(x)?;
         Ok(x.layer_norm(self.weight.as_ref(), self.bias.as_ref(), self.eps)?)
     }
+    fn rows_independent(&self) -> bool {
+        true
+    }
 }
 
 /// Group norm of `[N, C, *]`: statistics over each group of `C / groups` channels and all
@@ -223,5 +226,8 @@ impl Module for GroupNorm {
             self.bias.as_ref(),
             self.eps,
         )?)
+    }
+    fn rows_independent(&self) -> bool {
+        true
     }
 }

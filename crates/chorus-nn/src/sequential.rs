@@ -81,4 +81,8 @@ impl Module for Sequential {
         }
         Ok(y)
     }
+    /// When every layer's are.
+    fn rows_independent(&self) -> bool {
+        self.layers.iter().all(|l| l.rows_independent())
+    }
 }

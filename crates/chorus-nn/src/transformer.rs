@@ -242,6 +242,9 @@ impl Module for TransformerEncoderLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_masked(x, None, false)
     }
+    fn rows_independent(&self) -> bool {
+        true
+    }
 }
 
 /// A stack of encoder layers with an optional final layer norm.
@@ -347,5 +350,8 @@ impl TransformerEncoder {
 impl Module for TransformerEncoder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_masked(x, None, false)
+    }
+    fn rows_independent(&self) -> bool {
+        true
     }
 }

@@ -184,33 +184,63 @@ fn invalid_settings_are_typed_errors() {
     ));
 }
 
-backend_tests!(out_of_range_index_is_a_device_error_on_that_stream_only);
+backend_tests!(out_of_range_index_poisons_only_what_it_touched);
 /// An index that is only known on the device (out of range for an embedding) cannot be caught
-/// before enqueueing: the kernel fails, the stream reports a typed device error naming it at
-/// its next call, and the process, the device and other streams go on.
-fn out_of_range_index_is_a_device_error_on_that_stream_only(backend: TestBackend) {
+/// before enqueueing: the kernel fails and poisons its output. Reading it, or anything computed
+/// from it, on any stream, returns the original error naming the op, the stream and the
+/// index; the failing stream, the device and other tensors go on.
+fn out_of_range_index_poisons_only_what_it_touched(backend: TestBackend) {
     backend.with_device(
         |b| b,
         |dev| {
             let weight = Tensor::randn(&dev, &[10, 4], 1).unwrap();
+            let w = weight.to_vec::<f32>().unwrap();
             let bad = Tensor::from_slice(&dev, &[3_i64, 999], &[2]).unwrap();
             let stream = dev.stream(5).unwrap();
-            let r = dev.with_stream(&stream, || {
-                Tensor::embedding(&bad, &weight).and_then(|t| t.to_vec::<f32>())
+            let rows = dev.with_stream(&stream, || Tensor::embedding(&bad, &weight).unwrap());
+            let expect = |r: Result<Vec<f32>, Error>| match r {
+                Err(Error::Kernel {
+                    stream,
+                    op: "index_select",
+                    kernel: "index_select",
+                    message,
+                    ..
+                }) if stream.index() == 5 => {
+                    assert_eq!(message, "index 999 out of range for 10 rows")
+                }
+                other => panic!("{other:?}"),
+            };
+            // Something computed from it on the failing stream before anyone looked.
+            let derived = dev.with_stream(&stream, || rows.relu().unwrap().sum(&[], false).unwrap());
+            expect(dev.with_stream(&stream, || rows.to_vec::<f32>()));
+            // On another stream, and computed after the failure is known (not computed at all).
+            let other = dev.stream(7).unwrap();
+            expect(dev.with_stream(&other, || rows.to_vec::<f32>()));
+            expect(dev.with_stream(&other, || derived.to_vec::<f32>()));
+            expect(dev.with_stream(&other, || rows.mul(&rows).unwrap().to_vec::<f32>()));
+            let joined = Tensor::cat(&[&weight, &rows.reshape(&[2, 4]).unwrap()], 0).unwrap();
+            expect(joined.to_vec::<f32>());
+            match derived.item::<f32>() {
+                Err(Error::Kernel { .. }) => {}
+                other => panic!("{other:?}"),
+            }
+            // The failing stream keeps working, and tensors the failure did not touch are fine.
+            let good = Tensor::from_slice(&dev, &[3_i64, 9], &[2]).unwrap();
+            dev.with_stream(&stream, || {
+                let rows = Tensor::embedding(&good, &weight).unwrap();
+                assert_eq!(rows.to_vec::<f32>().unwrap()[..4], w[12..16]);
+                assert_eq!(weight.to_vec::<f32>().unwrap(), w);
+                assert_eq!(bad.to_vec::<i64>().unwrap(), vec![3, 999]);
             });
-            match r {
-                Err(Error::Device { stream, source, .. }) if stream.index() == 5 => {
-                    assert!(source.to_string().contains("999"), "{source}")
+            // A negative index too.
+            let neg = Tensor::from_slice(&dev, &[-1_i64], &[1]).unwrap();
+            match weight.index_select(0, &neg).unwrap().to_vec::<f32>() {
+                Err(Error::Kernel { message, .. }) => {
+                    assert_eq!(message, "index -1 out of range for 10 rows")
                 }
                 other => panic!("{other:?}"),
             }
-            // Other streams are unaffected.
-            let good = Tensor::from_slice(&dev, &[3_i64, 9], &[2]).unwrap();
-            let rows = Tensor::embedding(&good, &weight)
-                .unwrap()
-                .to_vec::<f32>()
-                .unwrap();
-            assert_eq!(rows[..4], weight.to_vec::<f32>().unwrap()[12..16]);
+            dev.synchronize().unwrap();
         },
     );
 }

@@ -449,10 +449,11 @@ fn captures_while_devices_come_and_go(backend: TestBackend) {
     );
 }
 
-backend_tests!(a_failing_kernel_in_a_graph_fails_its_stream_only);
+backend_tests!(a_failing_kernel_in_a_graph_poisons_that_run_only);
 /// A kernel of a graph that fails on its inputs (an index out of range, known only on the
-/// device) fails the stream that ran the graph, as a direct call would, and nothing else.
-fn a_failing_kernel_in_a_graph_fails_its_stream_only(backend: TestBackend) {
+/// device) poisons that run's outputs, as a direct call would, and nothing else: earlier and
+/// later runs, on the same stream or another, give their values.
+fn a_failing_kernel_in_a_graph_poisons_that_run_only(backend: TestBackend) {
     backend.with_device(
         |b| b,
         |dev| {
@@ -466,17 +467,22 @@ fn a_failing_kernel_in_a_graph_fails_its_stream_only(backend: TestBackend) {
             assert!(bits(&g.run(&[&good]).unwrap()[0]) == want);
             let bad = Tensor::from_slice(&dev, &[3_i64, 999], &[2]).unwrap();
             let stream = dev.stream(5).unwrap();
-            let r = dev.with_stream(&stream, || {
-                g.run(&[&bad]).and_then(|o| o[0].to_vec::<f32>())
+            let (before, failed, after) = dev.with_stream(&stream, || {
+                let before = g.run(&[&good]).unwrap();
+                let failed = g.run(&[&bad]).unwrap();
+                (before, failed, g.run(&[&good]).unwrap())
             });
-            match r {
-                Err(Error::Device { stream, source, .. }) if stream.index() == 5 => {
-                    assert!(source.to_string().contains("999"), "{source}")
+            match failed[0].to_vec::<f32>() {
+                Err(Error::Kernel { stream, message, .. }) if stream.index() == 5 => {
+                    assert_eq!(message, "index 999 out of range for 10 rows")
                 }
                 other => panic!("{other:?}"),
             }
-            // The graph and other streams go on.
+            // The runs around it, the graph and other streams go on.
+            assert!(bits(&before[0]) == want);
+            assert!(bits(&after[0]) == want);
             assert!(bits(&g.run(&[&good]).unwrap()[0]) == want);
+            assert!(dev.with_stream(&stream, || bits(&g.run(&[&good]).unwrap()[0])) == want);
         },
     );
 }

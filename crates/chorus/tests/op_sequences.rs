@@ -12,7 +12,7 @@
 //! another size or with two inferred sizes, a cat of mismatched shapes, mixed dtypes, the mean
 //! of integers, relu of integers, an index tensor that is f32 or 2-D.
 //!
-//! Properties, each over [`cases`] programs (64 by default, `CHORUS_PROPTEST_CASES` for more):
+//! Properties, each over [`cases`] programs (256 by default, `CHORUS_PROPTEST_CASES` for more):
 //! - [`steps_match_the_host_or_fail_typed`]: run op by op on one thread, every valid step
 //!   gives what a naive host computation gives from the values its inputs read back as
 //!   (exactly, or within a stated bound for sums, means and matmuls: see [`host`]), and every
@@ -28,10 +28,14 @@
 //! - Both: no panic, and every case finishes within [`DEADLINE`] (else the case fails as a
 //!   hang; nextest's `terminate-after` is the backstop).
 //!
-//! Not generated yet: indices out of range for `index_select`/`embedding`. Today that fails
-//! the kernel on the device and makes the stream's error sticky (`tests/bad_input.rs` covers
-//! it); issue 19 changes it to poisoned tensors, and such steps will be added when poisoning
-//! lands.
+//! Poison: a quarter of the valid `index_select` steps get an index out of range (past the
+//! end, or negative), which only the device can find. The op returns a value that is
+//! *poisoned*: reading it back gives `Error::Kernel`, and so does every value computed from it
+//! (views, copies, sums, products, cats), on every thread, whether it was computed before the
+//! failure was known (the kernels run on the zeroed rows) or after (nothing is computed). The
+//! reference run knows which values are poisoned from the host data (an index out of range
+//! that selects at least one element, or a poisoned operand); values it does not poison must
+//! still match the host. The stream keeps working throughout.
 
 // The crate root of an integration test looks for modules beside it, not in a folder of its name.
 #[path = "op_sequences/host.rs"]
@@ -54,7 +58,7 @@ fn cases() -> u32 {
     std::env::var("CHORUS_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
+        .unwrap_or(256)
 }
 
 /// The most one case may take (a few milliseconds normally) before it counts as a hang.
@@ -77,31 +81,48 @@ fn variant(e: &Error) -> String {
         Error::InvalidDim { .. } => "InvalidDim".into(),
         Error::DTypeMismatch { .. } => "DTypeMismatch".into(),
         Error::UnsupportedDType { .. } => "UnsupportedDType".into(),
+        Error::Kernel { .. } => "Kernel".into(),
         other => format!("another error: {other}"),
     }
 }
 
+/// What an op gave, read back: a poisoned value counts as its error.
 fn outcome(r: &Result<Tensor, Error>) -> Outcome {
+    let read = |t: &Tensor| -> Result<Vec<u64>, Error> {
+        Ok(match t.dtype() {
+            DType::I64 => t.to_vec::<i64>()?.iter().map(|&v| v as u64).collect(),
+            _ => (t.to_vec::<f32>()?.iter())
+                .map(|v| u64::from(v.to_bits()))
+                .collect(),
+        })
+    };
     match r {
         Err(e) => Outcome::Err(variant(e)),
-        Ok(t) => {
-            let bits = match t.dtype() {
-                DType::I64 => t
-                    .to_vec::<i64>()
-                    .unwrap()
-                    .iter()
-                    .map(|&v| v as u64)
-                    .collect(),
-                _ => t
-                    .to_vec::<f32>()
-                    .unwrap()
-                    .iter()
-                    .map(|v| u64::from(v.to_bits()))
-                    .collect(),
-            };
-            Outcome::Ok(t.dtype(), t.shape().to_vec(), bits)
-        }
+        Ok(t) => match read(t) {
+            Err(e) => Outcome::Err(variant(&e)),
+            Ok(bits) => Outcome::Ok(t.dtype(), t.shape().to_vec(), bits),
+        },
     }
+}
+
+/// Whether `op` gives a poisoned value (module docs): a poisoned operand, or an index out of
+/// range that selects at least one element.
+fn poisons(op: &Op, vals: &[Tensor], hosts: &[Host], poisoned: &[bool]) -> bool {
+    if operands(op).iter().any(|&i| poisoned[i]) {
+        return true;
+    }
+    let Op::IndexSelect { x, dim, indices } = op else {
+        return false;
+    };
+    let shape = vals[*x].shape();
+    let d = dim.rem_euclid(shape.len() as isize) as usize;
+    let host::Data::I64(idx) = &hosts[*indices].data else {
+        return false;
+    };
+    let selected: usize = (shape.iter().enumerate())
+        .map(|(i, &n)| if i == d { idx.len() } else { n })
+        .product();
+    selected > 0 && idx.iter().any(|&i| i < 0 || i as usize >= shape[d])
 }
 
 fn input(dev: &Device, i: &lang::Input) -> Result<Tensor, Error> {
@@ -167,6 +188,7 @@ fn reference_run(
 ) -> Result<Vec<Outcome>, TestCaseError> {
     let mut vals = inputs.to_vec();
     let mut hosts: Vec<Host> = vals.iter().map(host::read).collect();
+    let mut poisoned = vec![false; vals.len()];
     let mut outcomes = vec![];
     for (n, step) in p.steps.iter().enumerate() {
         for (op, expect) in resolve::resolve(step, &metas(&vals)) {
@@ -192,6 +214,17 @@ fn reference_run(
                 (Expect::Ok, Err(e)) => {
                     return Err(TestCaseError::fail(format!("{at}: unexpected {e:?}")))
                 }
+                (Expect::Ok, Ok(t)) if poisons(&op, &vals, &hosts, &poisoned) => {
+                    if got != Outcome::Err("Kernel".into()) {
+                        return Err(TestCaseError::fail(format!(
+                            "{at}: expected a poisoned value, got {got:?}"
+                        )));
+                    }
+                    // A stand-in the host reference never reads: every op over it is poisoned.
+                    hosts.push(host::zeros(&t));
+                    vals.push(t);
+                    poisoned.push(true);
+                }
                 (Expect::Ok, Ok(t)) => {
                     let value = host::read(&t);
                     if let Some(want) = host::reference(&op, &hosts) {
@@ -200,6 +233,7 @@ fn reference_run(
                     }
                     vals.push(t);
                     hosts.push(value);
+                    poisoned.push(false);
                 }
             }
             outcomes.push(got);
@@ -211,18 +245,23 @@ fn reference_run(
 /// The shapes of an op's operands, for failure messages.
 fn shapes(vals: &[Tensor], op: &Op) -> Vec<Vec<usize>> {
     let of = |i: &usize| vals.get(*i).map_or(vec![], |t| t.shape().to_vec());
+    operands(op).iter().map(of).collect()
+}
+
+/// An op's operands, by position among the values.
+fn operands(op: &Op) -> Vec<usize> {
     match op {
         Op::Input(_) => vec![],
-        Op::Binary(_, a, b) | Op::Matmul(a, b) => vec![of(a), of(b)],
-        Op::IndexSelect { x, indices, .. } => vec![of(x), of(indices)],
-        Op::Cat(parts, _) => parts.iter().map(of).collect(),
+        Op::Binary(_, a, b) | Op::Matmul(a, b) => vec![*a, *b],
+        Op::IndexSelect { x, indices, .. } => vec![*x, *indices],
+        Op::Cat(parts, _) => parts.clone(),
         Op::Reduce { x, .. }
         | Op::Transpose(x, ..)
         | Op::Permute(x, _)
         | Op::Narrow { x, .. }
         | Op::Reshape(x, _)
         | Op::Contiguous(x)
-        | Op::Relu(x) => vec![of(x)],
+        | Op::Relu(x) => vec![*x],
     }
 }
 

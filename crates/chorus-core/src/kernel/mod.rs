@@ -33,7 +33,7 @@ mod view;
 pub use crate::derived::Derived;
 pub use attention::Attention;
 pub use conv::{AdaptiveAvgPool2d, ColSpan, Conv2d};
-pub use copy::{IndexSelect, StridedCopy};
+pub use copy::{FaultWord, IndexSelect, StridedCopy};
 pub use elementwise::{Binary, Fill, Randn, Unary};
 pub use matmul::{Epilogue, MatOperand, Matmul};
 pub use norm::{GroupNorm, LayerNorm};

@@ -48,6 +48,7 @@ pub(crate) mod capture;
 mod events;
 pub(crate) mod local;
 mod memory;
+pub(crate) mod poison;
 pub(crate) mod slots;
 mod storage;
 

@@ -33,6 +33,7 @@
 //! arena when it drops.
 
 use super::capture::{self, Arena};
+use super::poison::{self, Poison};
 use super::RuntimeObj;
 use crate::alloc::Block;
 use crate::derived::Derived;
@@ -54,6 +55,9 @@ pub(crate) struct Storage {
     derived: Once<Derived>,
     /// The graph whose memory this is (module docs).
     arena: Option<Arc<Arena>>,
+    /// The faults of the kernels this storage's contents depend on (`super::poison`), set by
+    /// the op that writes it, before it is shared.
+    poison: Once<Poison>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -102,6 +106,7 @@ impl Storage {
             users,
             derived: Once::new(),
             arena: None,
+            poison: Once::new(),
         }
     }
 
@@ -125,8 +130,33 @@ impl Storage {
         self.arena.as_ref()
     }
 
+    /// Whether this is a graph's memory (module docs).
+    pub(crate) fn in_graph(&self) -> bool {
+        self.arena.is_some()
+    }
+
     pub(crate) fn rt(&self) -> &Arc<dyn RuntimeObj> {
         &self.rt
+    }
+
+    /// The faults this storage carries (`super::poison`).
+    pub(crate) fn poison(&self) -> Option<&Poison> {
+        self.poison.get()
+    }
+
+    /// Poisons this storage with `p` (by the op writing it, once; a second call keeps the
+    /// first).
+    pub(crate) fn set_poison(&self, p: Poison) {
+        let _ = self.poison.set(p);
+    }
+
+    /// Resolves this storage's faults on stream `s` before its contents are read back
+    /// (`super::poison`, "Reading back").
+    ///
+    /// # Errors
+    /// The original [`Error::Kernel`] of a failed fault; device errors of the read.
+    pub(crate) fn check_poison(&self, s: StreamId) -> Result<()> {
+        self.poison().map_or(Ok(()), |p| poison::check(p, s))
     }
 
     pub(crate) fn ptr(&self) -> DevicePtr {

@@ -7,6 +7,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::kernel::row_major_strides;
 use crate::kernel::{self, ArgOp, Kernel, ReduceOp, View};
+use crate::runtime::poison;
 use crate::shape::{axis, dim};
 
 impl Tensor {
@@ -161,6 +162,7 @@ impl Tensor {
         let s = rt.current_stream()?;
         let out = Tensor::empty_on(rt, s, &shape, first.dtype, OP)?;
         let strides = row_major_strides(&shape);
+        let poison = poison::union(tensors.iter().filter_map(|t| t.storage.poison()));
         let mut at = 0;
         let mut last = Ok(());
         for t in tensors {
@@ -182,10 +184,10 @@ impl Tensor {
                 dst: region,
                 dtype: first.dtype,
             });
-            // SAFETY: `region` lies inside `out`'s fresh block (its extent along `dd` is the
-            // part's slot, the other extents equal `out`'s), regions of different parts are
-            // disjoint, and `t` is a live tensor ordered on `s`; see `Tensor::launch`.
-            last = unsafe { rt.launch(s, k) };
+            // `region` lies inside `out`'s fresh block (its extent along `dd` is the part's
+            // slot, the other extents equal `out`'s), regions of different parts are disjoint,
+            // and `t` is a live tensor ordered on `s`, as `Tensor::launch_poisoned` requires.
+            last = Tensor::launch_poisoned(rt, s, k, &[&out.tensor], poison.clone());
             if last.is_err() {
                 break;
             }
@@ -194,7 +196,9 @@ impl Tensor {
     }
 
     /// Rows (along `d`) picked by the 1-D i64 `indices`, like PyTorch's `index_select`. An
-    /// index out of range fails the kernel: the stream reports it at its next call.
+    /// index out of range fails the kernel on the device: the result is *poisoned*, and reading
+    /// it (or anything computed from it) back returns [`Error::Kernel`] naming the index and
+    /// the number of rows; the stream goes on working (`crate::runtime::poison`).
     ///
     /// # Errors
     /// [`Error::DTypeMismatch`] for non-i64 indices; [`Error::InvalidShape`] unless 1-D.
@@ -218,17 +222,22 @@ impl Tensor {
         let mut shape = self.shape.clone();
         shape[dd] = indices.len();
         let out = Tensor::empty_on(rt, s, &shape, self.dtype, OP)?;
-        let k = Kernel::IndexSelect(kernel::IndexSelect {
-            src: src.ptr(),
-            indices: idx.ptr(),
-            out: out.tensor.ptr(),
-            outer,
-            n,
-            inner,
-            count: indices.len(),
-            dtype: self.dtype,
-        });
-        Tensor::launch(rt, s, k, out)
+        let dst = out.tensor.ptr();
+        let k = |fault| {
+            Kernel::IndexSelect(kernel::IndexSelect {
+                src: src.ptr(),
+                indices: idx.ptr(),
+                out: dst,
+                outer,
+                n,
+                inner,
+                count: indices.len(),
+                dtype: self.dtype,
+                fault,
+            })
+        };
+        let inputs = [self, indices];
+        Tensor::launch_fallible(rt, s, k, out, inputs, (OP, OP, n))
     }
 
     /// Embedding lookup: rows of `weight` (`[vocab, dim]`) for i64 `indices` of any shape;
@@ -335,9 +344,9 @@ impl Tensor {
             inner,
             dtype: self.dtype,
         });
-        let keep = indices.tensor.clone();
-        let values = Tensor::launch(rt, s, k, values)?;
-        Ok((values, keep))
+        let poison = poison::union(self.storage.poison());
+        Tensor::launch_poisoned(rt, s, k, &[&values.tensor, &indices.tensor], poison)?;
+        Ok((values.tensor, indices.tensor))
     }
 
     /// Largest values along `d` and their i64 indices (the first among equals), like

@@ -16,6 +16,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{DeviceId, Error, Result};
 use crate::kernel::row_major_strides;
 use crate::kernel::{self, Kernel, Scalar, View};
+use crate::runtime::poison::{self, Fault, Poison};
 use crate::runtime::{RuntimeObj, Storage};
 use crate::shape::numel;
 use crate::stream::StreamId;
@@ -88,23 +89,81 @@ impl Tensor {
         }
     }
 
-    /// Runs `kernel` writing `out` on stream `s`. On failure the output is dropped (its block
-    /// goes back to the allocator) and the error returned.
-    pub(crate) fn launch(
+    /// Runs `kernel`, which reads `inputs`, writing `out` on stream `s`. On failure the output
+    /// is dropped (its block goes back to the allocator) and the error returned.
+    pub(crate) fn launch<'a>(
         rt: &Arc<dyn RuntimeObj>,
         s: StreamId,
         kernel: Kernel,
         out: Out,
+        inputs: impl IntoIterator<Item = &'a Tensor>,
     ) -> Result<Tensor> {
-        // SAFETY: every op builds `kernel` from (a) `out`'s fresh block, sized by `empty_on` for
-        // its contiguous shape and written by nothing else, and (b) inputs that are live
-        // tensors of this device whose views lie inside their storages (checked at view
-        // creation) and that were ordered on `s` by `Storage::use_on`. The `Arc`s of inputs and
-        // output are held until after the enqueue, and a storage's block is only reused after
-        // its users' work has completed (allocator protocol), so the memory stays valid until
-        // the stream has run the kernel.
+        let poison = poison::union(inputs.into_iter().filter_map(|t| t.storage.poison()));
+        Tensor::launch_poisoned(rt, s, kernel, &[&out.tensor], poison)?;
+        Ok(out.tensor)
+    }
+
+    /// Runs `kernel` writing `outs` on stream `s`, poisoning them with `poison` (its inputs'
+    /// faults, `crate::runtime::poison`); when one of those is known to have failed, nothing
+    /// is computed.
+    pub(crate) fn launch_poisoned(
+        rt: &Arc<dyn RuntimeObj>,
+        s: StreamId,
+        kernel: Kernel,
+        outs: &[&Tensor],
+        poison: Option<Poison>,
+    ) -> Result<()> {
+        if let Some(p) = poison {
+            let failed = poison::known_failed(&p);
+            for o in outs {
+                o.storage.set_poison(Arc::clone(&p));
+            }
+            if failed {
+                return Ok(());
+            }
+        }
+        // SAFETY: every op builds `kernel` from (a) its outputs' fresh blocks, sized by
+        // `empty_on` for their contiguous shapes and written by nothing else, and (b) inputs
+        // that are live tensors of this device whose views lie inside their storages (checked
+        // at view creation) and that were ordered on `s` by `Storage::use_on`. The `Arc`s of
+        // inputs and outputs are held until after the enqueue, and a storage's block is only
+        // reused after its users' work has completed (allocator protocol), so the memory stays
+        // valid until the stream has run the kernel. A fault word (a fallible kernel's) is a
+        // fresh 16-byte block of its own, zeroed on `s` before the kernel.
         // (While the thread records a graph, the runtime appends it to the recording instead.)
-        unsafe { rt.launch(s, kernel)? };
+        unsafe { rt.launch(s, kernel) }
+    }
+
+    /// Runs the fallible kernel `make(fault word)`, which reads `inputs`, writing `out` on
+    /// stream `s`: allocates the launch's fault word, zeroes it on `s`, and poisons `out` with
+    /// its fault (named `op`, `kernel`, `bound`) besides the inputs' (`crate::runtime::poison`).
+    pub(crate) fn launch_fallible<'a>(
+        rt: &Arc<dyn RuntimeObj>,
+        s: StreamId,
+        make: impl FnOnce(kernel::DevicePtr) -> Kernel,
+        out: Out,
+        inputs: impl IntoIterator<Item = &'a Tensor>,
+        (op, name, bound): (&'static str, &'static str, usize),
+    ) -> Result<Tensor> {
+        let word = Tensor::empty_on(rt, s, &[2], DType::I64, op)?.tensor;
+        let zero = Kernel::Fill(kernel::Fill {
+            out: word.storage.ptr(),
+            len: 2,
+            value: Scalar::I64(0),
+        });
+        // SAFETY: `word` is a fresh block of two i64, written only by this fill (and then by
+        // the fallible kernel, after it in stream order).
+        unsafe { rt.launch(s, zero)? };
+        let fault = Fault::new(Arc::clone(&word.storage), s, op, name, bound);
+        let own: Poison = Arc::new([fault]);
+        let poison = poison::union(
+            inputs
+                .into_iter()
+                .filter_map(|t| t.storage.poison())
+                .chain([&own]),
+        );
+        let k = make(word.storage.ptr());
+        Tensor::launch_poisoned(rt, s, k, &[&out.tensor], poison)?;
         Ok(out.tensor)
     }
 
@@ -222,7 +281,7 @@ impl Tensor {
             len: out.tensor.len(),
             value,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [])
     }
 
     /// Standard normal f32 numbers from the counter-based generator keyed by `seed`: element
@@ -241,7 +300,7 @@ impl Tensor {
             seed,
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [])
     }
 
     /// Shape.
@@ -342,8 +401,8 @@ impl Tensor {
     /// the device on the current stream, after making a strided view contiguous there.
     ///
     /// # Errors
-    /// A device error (this also reports an earlier failure of the current stream);
-    /// [`Error::Capture`] while capturing a graph of this device; [`Error::GraphTensor`] for a
+    /// [`Error::Kernel`], the original error, when a kernel this tensor depends on failed on
+    /// the device (the tensor is poisoned); a device error; [`Error::Capture`] while capturing a graph of this device; [`Error::GraphTensor`] for a
     /// tensor made during a capture.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let rt = self.rt();
@@ -354,6 +413,8 @@ impl Tensor {
             });
         }
         let s = rt.current_stream()?;
+        // A poisoned tensor gives its original error, never values (`crate::runtime::poison`).
+        self.storage.check_poison(s)?;
         let t = self.contiguous_on(s)?;
         t.use_on(s)?;
         let bytes = t.len() * t.dtype.size();
@@ -361,6 +422,44 @@ impl Tensor {
         // inside its storage, which `t` keeps alive during this blocking read; `use_on`
         // ordered `s` after the write.
         unsafe { rt.read(s, t.view().ptr, bytes) }
+    }
+
+    /// Whether this tensor is sound: waits until the device has run the kernels that can fail
+    /// (an `index_select` and what uses it) that this tensor depends on, and returns the
+    /// original error of one that failed, which makes the tensor *poisoned*: reading it back
+    /// would return that error. `Ok` at once for a tensor that depends on none. Reads nothing
+    /// but the kernels' 16-byte fault words.
+    ///
+    /// # Errors
+    /// [`Error::Kernel`] for a poisoned tensor; device errors of the read.
+    ///
+    /// # Examples
+    /// ```
+    /// use chorus_core::{Error, Tensor};
+    /// # let device = chorus_cpu::device()?;
+    /// let table = Tensor::from_slice(&device, &[1.0_f32, 2.0, 3.0], &[3, 1])?;
+    /// let ids = Tensor::from_slice(&device, &[2_i64, 7], &[2])?;
+    /// let rows = Tensor::embedding(&ids, &table)?; // returns before the kernel runs
+    /// match rows.check() {
+    ///     Err(Error::Kernel { message, .. }) => {
+    ///         assert_eq!(message, "index 7 out of range for 3 rows")
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), chorus_core::Error>(())
+    /// ```
+    pub fn check(&self) -> Result<()> {
+        let Some(poison) = self.storage.poison() else {
+            return Ok(());
+        };
+        let rt = self.rt();
+        if rt.capturing() {
+            return Err(Error::Capture {
+                op: "check",
+                reason: "nothing runs during a capture, so there is nothing to check",
+            });
+        }
+        poison::check(poison, rt.current_stream()?)
     }
 
     /// The single value of a one-element tensor.

@@ -43,7 +43,7 @@ impl Tensor {
             len: self.len(),
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [self])
     }
 
     /// `max(x, 0)`.
@@ -145,7 +145,7 @@ impl Tensor {
             rhs_derived: rt.prepares_weights().then(|| w.storage.derived()).flatten(),
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [Some(self), Some(weight), bias].into_iter().flatten())
     }
 
     /// PyTorch's `linear`: `x @ weight^T + bias`.
@@ -176,7 +176,7 @@ impl Tensor {
             mask: None,
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [self])
     }
 
     /// Softmax along `d`.
@@ -277,7 +277,7 @@ impl Tensor {
             eps,
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [Some(self), residual, weight, bias].into_iter().flatten())
     }
 
     /// Group norm of `[N, C, *]` with `groups` groups and optional `[C]` weight and bias.
@@ -321,7 +321,7 @@ impl Tensor {
             eps,
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [Some(self), weight, bias].into_iter().flatten())
     }
 
     /// 2-D convolution of `[N, C, H, W]` with `weight` `[O, C / groups, kh, kw]` and optional
@@ -396,7 +396,7 @@ impl Tensor {
             out_hw,
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [Some(self), Some(weight), bias].into_iter().flatten())
     }
 
     /// Adaptive average pooling of `[.., H, W]` to `[.., oh, ow]` (PyTorch's bins).
@@ -432,6 +432,6 @@ impl Tensor {
             out_hw,
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [self])
     }
 }

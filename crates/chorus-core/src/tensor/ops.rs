@@ -41,7 +41,7 @@ impl Tensor {
             out.tensor.storage.ptr(),
             self.dtype,
         ));
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [self])
     }
 
     /// The same elements with another shape; one entry may be `-1` (inferred). A view when the
@@ -175,7 +175,7 @@ impl Tensor {
             rhs_derived: None,
             dtype: DType::F32,
         });
-        let t = Tensor::launch(rt, s, k, out)?;
+        let t = Tensor::launch(rt, s, k, out, [self, rhs])?;
         drop((a.1, b.1));
         // Remove the promoted dimensions.
         let mut final_shape = out_shape;
@@ -212,7 +212,7 @@ impl Tensor {
             out: out.tensor.storage.ptr(),
             dtype: self.dtype,
         });
-        Tensor::launch(rt, s, k, out)
+        Tensor::launch(rt, s, k, out, [self, rhs])
     }
 
     /// Elementwise sum with broadcasting.
@@ -277,7 +277,7 @@ impl Tensor {
             out: out.tensor.storage.ptr(),
             dtype: self.dtype,
         });
-        let t = Tensor::launch(rt, s, k, out)?;
+        let t = Tensor::launch(rt, s, k, out, [self])?;
         if keepdim {
             let shape: Vec<usize> = (0..self.rank())
                 .map(|d| if ds.contains(&d) { 1 } else { self.shape[d] })

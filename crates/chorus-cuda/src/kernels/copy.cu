@@ -39,10 +39,10 @@ extern "C" __global__ void copy_strided_u64(const u64* src, const __grid_constan
 // index_select_u16/_u32/_u64 (ELEMENTWISE over outer * count * inner outputs):
 // out[(o count + k) inner + i] = src[(o n + idx[k]) inner + i]. An index outside 0..n is never
 // read through: that output gets 0, and the first thread to find a bad index records it in the
-// host-mapped err: it claims err[0] (0 -> 1 by compare-and-swap), writes err[1] = the index,
-// fences and then publishes (err[0] = 2), so that a host reading err[0] == 2 (the only state it
-// trusts) reads the complete index (the host may look while the kernel still runs); which bad
-// index is recorded when there are several depends on timing, the outputs do not.
+// launch's fault word err (device memory, FaultWord in chorus-core): it claims err[0] (0 -> 1 by
+// compare-and-swap), writes err[1] = the index, fences and then publishes (err[0] = 2); the host
+// reads the word back after the kernel and trusts only 2. Which bad index is recorded when
+// there are several depends on timing, the outputs do not.
 
 template <typename T>
 __device__ __forceinline__ void index_select(const T* __restrict__ src, const i64* __restrict__ idx,
@@ -57,7 +57,7 @@ __device__ __forceinline__ void index_select(const T* __restrict__ src, const i6
             out[e] = (T)0;
             if (atomicCAS(&err[0], 0ULL, 1ULL) == 0ULL) {
                 atomicExch(&err[1], (u64)r);
-                __threadfence_system();
+                __threadfence();
                 atomicExch(&err[0], 2ULL);
             }
         } else {

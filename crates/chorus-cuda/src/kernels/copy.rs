@@ -5,7 +5,7 @@
 //! | kernel | launch | computes |
 //! |---|---|---|
 //! | `copy_strided_u16/_u32/_u64` | ELEMENTWISE over `src.len()` | `dst[off_d(k)] = src[off_s(k)]` over coalesced [`Dims`] |
-//! | `index_select_u16/_u32/_u64` | ELEMENTWISE over `outer * count * inner` | `out[(o count + k) inner + i] = src[(o n + idx[k]) inner + i]`; a bad index gives 0 and is recorded in the stream's error word |
+//! | `index_select_u16/_u32/_u64` | ELEMENTWISE over `outer * count * inner` | `out[(o count + k) inner + i] = src[(o n + idx[k]) inner + i]`; a bad index gives 0 and is recorded in the launch's fault word |
 //!
 //! Launch shapes as in [`super::common`]; an empty output launches nothing.
 
@@ -54,12 +54,13 @@ pub(super) unsafe fn copy(
     }
 }
 
-/// Enqueues `Kernel::IndexSelect`; a bad index is recorded in the stream's error word
-/// (`err_dev`), which makes the stream's error sticky (`stream.rs`).
+/// Enqueues `Kernel::IndexSelect`; a bad index is recorded in the launch's fault word
+/// (`FaultWord`), which the runtime reads back to poison the output.
 ///
 /// # Safety
 /// As `kernels::launch`: `src` readable for `outer * n * inner` elements of `dtype`, `indices`
-/// for `count` i64, `out` writable for `outer * count * inner` elements, no overlap.
+/// for `count` i64, `out` writable for `outer * count * inner` elements, no overlap; `fault`
+/// a zeroed fault word (16 bytes, 8-byte aligned device memory) of this launch alone.
 pub(super) unsafe fn index_select(
     stream: &CudaStream,
     module: &Module,
@@ -74,6 +75,7 @@ pub(super) unsafe fn index_select(
         inner,
         count,
         dtype,
+        fault,
     } = *k;
     let f = word(
         "index_select",
@@ -88,11 +90,11 @@ pub(super) unsafe fn index_select(
     if total == 0 {
         return Ok(());
     }
-    let (mut s, mut i, mut o, mut e) = (src.0, indices.0, out.0, stream.err_dev);
+    let (mut s, mut i, mut o, mut e) = (src.0, indices.0, out.0, fault.0);
     let mut v = [outer, n, inner, count].map(|x| x as u64);
     let [a0, a1, a2, a3] = &mut v;
-    // SAFETY: caller's contract; parameters as `index_select_*` in copy.cu; `err_dev` is the
-    // stream's host-mapped error word.
+    // SAFETY: caller's contract; parameters as `index_select_*` in copy.cu; `fault` is
+    // the launch's fault word.
     unsafe {
         raw(
             stream,

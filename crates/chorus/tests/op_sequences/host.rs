@@ -48,7 +48,18 @@ pub(crate) fn values(i: &Input) -> Data {
     };
     match (i.dtype, i.index_below) {
         (DType::I64, Some(below)) => {
-            Data::I64((0..n).map(|_| (next() % below as u64) as i64).collect())
+            let mut v: Vec<i64> = (0..n)
+                .map(|_| (next() % below.max(1) as u64) as i64)
+                .collect();
+            if i.out_of_range && n > 0 {
+                let at = (next() % n as u64) as usize;
+                v[at] = if next() % 2 == 0 {
+                    below as i64
+                } else {
+                    -1 - (next() % 3) as i64
+                };
+            }
+            Data::I64(v)
         }
         (DType::I64, None) => Data::I64((0..n).map(|_| (next() % 40) as i64 - 20).collect()),
         _ => Data::F32(
@@ -56,6 +67,19 @@ pub(crate) fn values(i: &Input) -> Data {
                 .map(|_| ((next() >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32)
                 .collect(),
         ),
+    }
+}
+
+/// Zeros of `t`'s shape and dtype (a stand-in for a poisoned value, which cannot be read).
+pub(crate) fn zeros(t: &Tensor) -> Host {
+    let n = t.shape().iter().product();
+    let data = match t.dtype() {
+        DType::I64 => Data::I64(vec![0; n]),
+        _ => Data::F32(vec![0.0; n]),
+    };
+    Host {
+        shape: t.shape().to_vec(),
+        data,
     }
 }
 

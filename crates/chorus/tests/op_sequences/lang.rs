@@ -21,7 +21,7 @@ pub(crate) enum Bin {
 }
 
 /// A fresh tensor made from host data: f32 in `[-2, 2)`, i64 in `-20..20`, or, for indices,
-/// i64 in `0..index_below`; when `reversed`, stored with its dims in reverse order and seen
+/// i64 in `0..index_below` (but for one, when `out_of_range`); when `reversed`, stored with its dims in reverse order and seen
 /// through a permuted view (so not contiguous).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Input {
@@ -29,6 +29,8 @@ pub(crate) struct Input {
     pub(crate) shape: Vec<usize>,
     pub(crate) seed: u64,
     pub(crate) index_below: Option<usize>,
+    /// For indices: one of them is out of range (`index_below` itself, or negative).
+    pub(crate) out_of_range: bool,
     pub(crate) reversed: bool,
 }
 
@@ -122,6 +124,7 @@ fn input_strategy() -> impl Strategy<Value = Input> {
             shape,
             seed,
             index_below: None,
+            out_of_range: false,
             reversed,
         },
     )
@@ -169,6 +172,7 @@ pub(crate) fn program() -> impl Strategy<Value = Program> {
                 shape,
                 seed,
                 index_below: None,
+                out_of_range: false,
                 reversed,
             };
             inputs.insert(0, first);

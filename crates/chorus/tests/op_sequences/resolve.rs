@@ -86,16 +86,25 @@ impl Out {
             shape,
             seed,
             index_below: None,
+            out_of_range: false,
             reversed,
         }))
     }
     fn indices(&mut self, shape: Vec<usize>, below: usize) -> usize {
+        self.some_indices(shape, below, false)
+    }
+    /// Indices of which one is out of range (`below`, or negative).
+    fn bad_indices(&mut self, shape: Vec<usize>, below: usize) -> usize {
+        self.some_indices(shape, below, true)
+    }
+    fn some_indices(&mut self, shape: Vec<usize>, below: usize, out_of_range: bool) -> usize {
         let seed = self.knobs.next();
         self.push_ok(Op::Input(Input {
             dtype: DType::I64,
             shape,
             seed,
             index_below: Some(below),
+            out_of_range,
             reversed: false,
         }))
     }
@@ -468,9 +477,12 @@ pub(crate) fn resolve(step: &Step, vals: &[Meta]) -> Vec<(Op, Expect)> {
             let n = shape[d];
             let count = if n == 0 { 0 } else { o.knobs.below(5) };
             let mut dim = o.knobs.signed(d, r);
-            // Valid indices only, even in an invalid step: an index out of range is a
-            // device-side failure today (see the crate docs).
-            let (indices, expect) = if !bad {
+            // An index out of range is no invalid step: the op returns a poisoned value (a
+            // device-side failure; the crate docs), so it is made in valid steps, a quarter of
+            // them, with at least one index (even into an empty dimension).
+            let (indices, expect) = if !bad && o.knobs.below(4) == 0 {
+                (o.bad_indices(vec![count.max(1)], n), Expect::Ok)
+            } else if !bad {
                 (o.indices(vec![count], n.max(1)), Expect::Ok)
             } else {
                 match o.knobs.below(3) {
