@@ -242,8 +242,8 @@ fn one_poisoned_batch<M: Module + 'static>(
     model: M,
     host: bool,
 ) -> Vec<Result<Vec<u32>, String>> {
-    let queue = BatchQueue::new(model, config(device, 3, NEVER).workers(1).build().unwrap())
-        .unwrap();
+    let queue =
+        BatchQueue::new(model, config(device, 3, NEVER).workers(1).build().unwrap()).unwrap();
     let ids: [[i64; 2]; 3] = [[1, 2], [3, 77], [4, 5]];
     let message = |e: BatchError| match e {
         BatchError::Device {
@@ -272,7 +272,11 @@ fn one_poisoned_batch<M: Module + 'static>(
             .unwrap();
         tickets
             .into_iter()
-            .map(|t| t.wait().map(|y| y.to_vec::<f32>().unwrap()).map_err(message))
+            .map(|t| {
+                t.wait()
+                    .map(|y| y.to_vec::<f32>().unwrap())
+                    .map_err(message)
+            })
             .map(|r| r.map(|v| v.iter().map(|x| x.to_bits()).collect()))
             .collect()
     };
@@ -292,7 +296,12 @@ fn a_poisoned_batch_fails_only_the_poisoned_requests_when_rows_are_independent()
     let device = device();
     let weight = Tensor::randn(&device, &[10, 4], 1).unwrap();
     let table = weight.to_vec::<f32>().unwrap();
-    let row = |i: usize| table[i * 4..][..4].iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let row = |i: usize| {
+        table[i * 4..][..4]
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>()
+    };
     for host in [false, true] {
         let got = one_poisoned_batch(&device, Embedding::new(weight.clone()).unwrap(), host);
         assert_eq!(got[0], Ok([row(1), row(2)].concat()), "host {host}");
@@ -310,7 +319,11 @@ fn a_poisoned_batch_fails_every_request_when_rows_are_mixed() {
     let device = device();
     let weight = Tensor::randn(&device, &[10, 4], 1).unwrap();
     for host in [false, true] {
-        let got = one_poisoned_batch(&device, Centered(Embedding::new(weight.clone()).unwrap()), host);
+        let got = one_poisoned_batch(
+            &device,
+            Centered(Embedding::new(weight.clone()).unwrap()),
+            host,
+        );
         let bad = Err("index 77 out of range for 10 rows".to_string());
         assert_eq!(got, vec![bad.clone(), bad.clone(), bad], "host {host}");
     }

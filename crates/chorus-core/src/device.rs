@@ -5,7 +5,9 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::{DeviceId, Result};
 use crate::event::Event;
-use crate::runtime::{HandlerStats, Runtime, RuntimeObj};
+#[cfg(any(debug_assertions, feature = "fault-injection"))]
+use crate::faults::{FaultPlan, FaultSite};
+use crate::runtime::{HandlerStats, Health, Runtime, RuntimeObj};
 use crate::stream::{Stream, StreamGuard, StreamId};
 use chorus_sync::Arc;
 use std::time::Duration;
@@ -78,7 +80,34 @@ impl Device {
     pub fn total_memory(&self) -> Option<usize> {
         self.inner.rt.total_memory()
     }
-    /// Whether the device has been shut down.
+    /// The device's state: working, shut down, or lost to a fatal fault (with its cause).
+    ///
+    /// A device is *lost* when the backend reports a fault it cannot recover from (on CUDA an
+    /// illegal address, an ECC error, a launch failure that broke the context). From then on
+    /// every call on it and on its tensors, streams and events returns
+    /// [`Error::DeviceLost`](crate::Error::DeviceLost) naming the cause, waiting threads wake
+    /// with it, and memory accounting stays consistent (dropped tensors free their bytes). The
+    /// device cannot be repaired: open a new `Device` for the same hardware and load the
+    /// models again onto it (their weights live in the lost device's memory).
+    pub fn health(&self) -> Health {
+        self.inner.rt.health()
+    }
+
+    /// Sets the fault-injection plan of this device, replacing the last one and restarting
+    /// its counts (`FaultPlan::new()`: no faults). Debug builds and the `fault-injection`
+    /// feature only; see [`FaultPlan`] for what fails and how.
+    #[cfg(any(debug_assertions, feature = "fault-injection"))]
+    pub fn inject_faults(&self, plan: FaultPlan) {
+        self.inner.rt.inject_faults(plan);
+    }
+
+    /// How many failures the plan injected at each site since it was set.
+    #[cfg(any(debug_assertions, feature = "fault-injection"))]
+    pub fn injected_faults(&self) -> Vec<(FaultSite, u64)> {
+        self.inner.rt.injected_faults()
+    }
+
+    /// Whether the device was shut down.
     pub fn is_closed(&self) -> bool {
         self.inner.rt.is_closed()
     }

@@ -59,6 +59,22 @@ pub enum BackendError {
         /// What went wrong.
         message: String,
     },
+    /// The device hit a fault it cannot recover from; the runtime puts it in the `Lost` state
+    /// ([`Error::DeviceLost`]).
+    #[error("the device is lost: {cause}")]
+    Lost {
+        /// What the backend saw (an illegal address, an ECC error, ...).
+        cause: String,
+    },
+    /// A failure injected by a fault plan (`crate::faults`, debug builds and the
+    /// `fault-injection` feature): the call was not made.
+    #[error("injected fault: {site} #{call} failed")]
+    Injected {
+        /// The kind of call.
+        site: crate::faults::FaultSite,
+        /// Its number among that site's calls since the plan was set.
+        call: u64,
+    },
 }
 
 /// Everything that can go wrong in chorus-core. Errors carry the data needed to act on them.

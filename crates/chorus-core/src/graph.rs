@@ -209,7 +209,11 @@ impl Graph {
         let exec = unsafe { rt.build_graph(s, rec.kernels)? };
         let words = rt.num_streams().div_ceil(64);
         let mut faults: Vec<Arc<Fault>> = Vec::new();
-        for f in outputs.iter().filter_map(|o| o.storage().poison()).flat_map(|p| p.iter()) {
+        for f in outputs
+            .iter()
+            .filter_map(|o| o.storage().poison())
+            .flat_map(|p| p.iter())
+        {
             if f.word().in_graph() && !faults.iter().any(|g| Arc::ptr_eq(f, g)) {
                 faults.push(Arc::clone(f));
             }
@@ -300,10 +304,12 @@ impl Graph {
         for (o, out) in self.outputs.iter().zip(&fresh) {
             let own: Option<Poison> = o.storage().poison().map(|p| {
                 p.iter()
-                    .map(|f| match self.faults.iter().position(|g| Arc::ptr_eq(f, g)) {
-                        Some(i) => Arc::clone(&moved[i]),
-                        None => Arc::clone(f),
-                    })
+                    .map(
+                        |f| match self.faults.iter().position(|g| Arc::ptr_eq(f, g)) {
+                            Some(i) => Arc::clone(&moved[i]),
+                            None => Arc::clone(f),
+                        },
+                    )
                     .collect()
             });
             if let Some(p) = poison::union(inputs_poison.iter().chain(own.as_ref())) {

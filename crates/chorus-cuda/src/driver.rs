@@ -40,11 +40,36 @@ pub(crate) fn check(result: CUresult, api: &'static str) -> BackendResult<()> {
     match result {
         CUresult::CUDA_SUCCESS => Ok(()),
         CUresult::CUDA_ERROR_OUT_OF_MEMORY => Err(BackendError::OutOfMemory { bytes: 0 }),
+        other if fatal(other) => Err(BackendError::Lost {
+            cause: format!("{api}: {}", describe(other)),
+        }),
         other => Err(BackendError::Call {
             api,
             message: describe(other),
         }),
     }
+}
+
+/// Whether `result` says the context is broken for good ("sticky" errors in CUDA's terms: every
+/// later call in the context returns one; only a new context recovers), which loses the device.
+fn fatal(result: CUresult) -> bool {
+    use CUresult::*;
+    matches!(
+        result,
+        CUDA_ERROR_ILLEGAL_ADDRESS
+            | CUDA_ERROR_LAUNCH_FAILED
+            | CUDA_ERROR_ECC_UNCORRECTABLE
+            | CUDA_ERROR_NVLINK_UNCORRECTABLE
+            | CUDA_ERROR_HARDWARE_STACK_ERROR
+            | CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | CUDA_ERROR_MISALIGNED_ADDRESS
+            | CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | CUDA_ERROR_INVALID_PC
+            | CUDA_ERROR_ASSERT
+            | CUDA_ERROR_LAUNCH_TIMEOUT
+            | CUDA_ERROR_CONTEXT_IS_DESTROYED
+            | CUDA_ERROR_EXTERNAL_DEVICE
+    )
 }
 
 /// The driver's name and description of an error code.
@@ -135,19 +160,52 @@ impl Context {
             unsafe { sys::cuDevicePrimaryCtxSetFlags_v2(device, flags) },
             "cuDevicePrimaryCtxSetFlags",
         )?;
-        let mut raw = std::ptr::null_mut();
-        check(
-            // SAFETY: `device` is a valid device handle; writes one context handle, which we
-            // release in Drop.
-            unsafe { sys::cuDevicePrimaryCtxRetain(&mut raw, device) },
-            "cuDevicePrimaryCtxRetain",
-        )?;
+        let mut raw = Self::retain_primary(device)?;
+        // A fatal fault (an illegal address, ...) broke the primary context for good: every
+        // Device on it is lost. A new one resets it (the lost Devices' memory and streams in it
+        // are gone; their later calls fail, as they already did) and starts afresh. The probe
+        // waits for the work of the context's other Devices, if any (open is rare).
+        // A context synchronization breaks another thread's graph capture: not during one
+        // (`crate::graph::building`).
+        let no_capture = crate::graph::building().shared();
+        // SAFETY: `raw` is a retained context; setting it current and synchronizing it touch
+        // nothing of ours.
+        let probe = unsafe {
+            match sys::cuCtxSetCurrent(raw) {
+                CUresult::CUDA_SUCCESS => sys::cuCtxSynchronize(),
+                r => r,
+            }
+        };
+        drop(no_capture);
+        if fatal(probe) {
+            // SAFETY: releases the retain above, then resets the primary context of a valid
+            // device (its state is unusable anyway) and retains the fresh one.
+            unsafe {
+                let _ = sys::cuDevicePrimaryCtxRelease_v2(device);
+                check(
+                    sys::cuDevicePrimaryCtxReset_v2(device),
+                    "cuDevicePrimaryCtxReset",
+                )?;
+            }
+            raw = Self::retain_primary(device)?;
+        }
         Ok(Context {
             device,
             raw,
             ordinal,
             gemm_algos: crate::lt::Algos::default(),
         })
+    }
+
+    /// Retains the primary context of `device` (released by the caller, or in Drop).
+    fn retain_primary(device: sys::CUdevice) -> BackendResult<sys::CUcontext> {
+        let mut raw = std::ptr::null_mut();
+        check(
+            // SAFETY: `device` is a valid device handle; writes one context handle.
+            unsafe { sys::cuDevicePrimaryCtxRetain(&mut raw, device) },
+            "cuDevicePrimaryCtxRetain",
+        )?;
+        Ok(raw)
     }
 
     /// Makes the context current on the calling thread (a no-op when it already is).

@@ -291,10 +291,7 @@ impl CudaStream {
         }
         let mut staging = self.staging.lock();
         if staging.as_ref().is_none_or(|p| p.len() < len) {
-            *staging = Some(Pinned::alloc(
-                &self.ctx,
-                len.next_power_of_two().max(4096),
-            )?);
+            *staging = Some(Pinned::alloc(&self.ctx, len.next_power_of_two().max(4096))?);
         }
         let buf = staging.as_ref().expect("allocated above");
         self.track(

@@ -19,7 +19,7 @@
 //!   record, query);
 //! - the completion queue is taken by backend callbacks and the completion thread, alone;
 //! - backend-internal locks come next: they never call back into the runtime;
-//! - leaves last: a graph's arena, a storage's derived-data cache.
+//! - leaves last: a graph's arena, a storage's derived-data cache, the fault-injection plan.
 
 /// A lock's place in the global order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -95,6 +95,9 @@ pub const GRAPH_ARENA: LockRank = r(94, "graph arena");
 /// A storage's cache of derived data (held while a backend makes an entry, e.g. packs a weight;
 /// a leaf lock).
 pub const DERIVED_ENTRIES: LockRank = r(96, "Derived::entries");
+/// A device's fault-injection plan (debug builds, `fault-injection`): read by the wrapper
+/// around every backend call of a site, which may hold any lock above; a leaf lock.
+pub const FAULT_PLAN: LockRank = r(98, "Faults::plan");
 /// Test-only ranks for checking the checker.
 pub const TEST_LOW: LockRank = r(1000, "test low");
 /// Test-only ranks for checking the checker.

@@ -77,9 +77,9 @@ struct ReadmeDoctests;
 #[cfg(feature = "testing")]
 pub use chorus_core::Gate;
 pub use chorus_core::{
-    Config, ConfigBuilder, DType, Device, DeviceId, Element, Error, Event, Exhaustion, Graph,
-    HandlerStats, MemoryStats, Result, Stream, StreamGuard, StreamId, StreamPolicy, Tensor,
-    UnaryOp,
+    Config, ConfigBuilder, DType, Device, DeviceId, Element, Error, Event, Exhaustion, FaultPlan,
+    FaultSite, Graph, HandlerStats, Health, MemoryStats, Result, Stream, StreamGuard, StreamId,
+    StreamPolicy, Tensor, UnaryOp,
 };
 pub use device::{BackendKind, DeviceExt};
 

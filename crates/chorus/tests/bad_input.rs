@@ -211,7 +211,8 @@ fn out_of_range_index_poisons_only_what_it_touched(backend: TestBackend) {
                 other => panic!("{other:?}"),
             };
             // Something computed from it on the failing stream before anyone looked.
-            let derived = dev.with_stream(&stream, || rows.relu().unwrap().sum(&[], false).unwrap());
+            let derived =
+                dev.with_stream(&stream, || rows.relu().unwrap().sum(&[], false).unwrap());
             expect(dev.with_stream(&stream, || rows.to_vec::<f32>()));
             // On another stream, and computed after the failure is known (not computed at all).
             let other = dev.stream(7).unwrap();

@@ -473,7 +473,9 @@ fn a_failing_kernel_in_a_graph_poisons_that_run_only(backend: TestBackend) {
                 (before, failed, g.run(&[&good]).unwrap())
             });
             match failed[0].to_vec::<f32>() {
-                Err(Error::Kernel { stream, message, .. }) if stream.index() == 5 => {
+                Err(Error::Kernel {
+                    stream, message, ..
+                }) if stream.index() == 5 => {
                     assert_eq!(message, "index 999 out of range for 10 rows")
                 }
                 other => panic!("{other:?}"),

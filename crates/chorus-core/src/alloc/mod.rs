@@ -69,8 +69,11 @@ pub(crate) trait MemoryDevice {
     /// # Safety
     /// No enqueued or running work uses the segment.
     unsafe fn free_segment(&self, seg: Self::Segment);
-    /// Records a fence at the current end of `stream`; `None` if the stream is broken.
+    /// Records a fence at the current end of `stream`; `None` if it could not be recorded.
     fn record_fence(&self, stream: StreamId) -> Option<Self::Fence>;
+    /// Waits for `stream`'s work so far (a fence could not be recorded), bounded; whether it
+    /// completed (called with no lock held).
+    fn wait_stream(&self, stream: StreamId) -> bool;
     fn fence_done(&self, fence: &Self::Fence) -> bool;
     fn drop_fence(&self, fence: Self::Fence);
     /// Waits for all streams (called with no lock held).
@@ -289,23 +292,24 @@ impl<S: Send + Sync, F: Send + Sync> Allocator<S, F> {
         let owner = b.stream;
         let others: Vec<StreamId> = others.iter().copied().filter(|&s| s != owner).collect();
         // Driver calls, so before the lock (module docs). A stream whose fence cannot be
-        // recorded is broken: the block then never becomes free again before teardown (`NEVER`),
+        // recorded is waited for here instead (its uses so far are then complete); one that
+        // does not finish within the wait's bound keeps the block until teardown (`NEVER`),
         // which is safe.
-        let events: Vec<(StreamId, F)> = others
-            .iter()
-            .filter_map(|&s| dev.record_fence(s).map(|f| (s, f)))
-            .collect();
+        let mut events: Vec<(StreamId, F)> = Vec::with_capacity(others.len());
+        let mut unfinished = false;
+        for &s in &others {
+            match dev.record_fence(s) {
+                Some(f) => events.push((s, f)),
+                None => unfinished |= !dev.wait_stream(s),
+            }
+        }
         let mut p = self.pools.lock();
         p.free_seq[owner.index()] += 1;
         let seq = p.free_seq[owner.index()];
-        if others.is_empty() {
+        if events.is_empty() && !unfinished {
             p.release(b.seg, b.offset, owner, seq);
         } else {
-            let seq = if events.len() == others.len() {
-                seq
-            } else {
-                NEVER
-            };
+            let seq = if unfinished { NEVER } else { seq };
             p.defer(b.seg, b.offset);
             p.deferred.push(Deferred {
                 seg: b.seg,
@@ -595,6 +599,10 @@ mod tests {
         done: [AtomicU64; 3],
         asked: AtomicUsize,
         keeps: bool,
+        /// Every fence fails to record.
+        no_fences: bool,
+        /// With `no_fences`: no stream ever finishes when waited for.
+        stuck: bool,
         kept: chorus_sync::Mutex<Vec<Block>>,
         /// Segments given back, in order.
         freed: chorus_sync::Mutex<Vec<u64>>,
@@ -611,6 +619,9 @@ mod tests {
             self.freed.lock().unwrap().push(s);
         }
         fn record_fence(&self, s: StreamId) -> Option<(StreamId, u64)> {
+            if self.no_fences {
+                return None;
+            }
             Some((s, self.enqueued[s.index()].load(Relaxed)))
         }
         fn fence_done(&self, f: &(StreamId, u64)) -> bool {
@@ -618,6 +629,13 @@ mod tests {
             self.done[f.0.index()].load(Relaxed) >= f.1
         }
         fn drop_fence(&self, _: (StreamId, u64)) {}
+        fn wait_stream(&self, s: StreamId) -> bool {
+            if self.stuck {
+                return false;
+            }
+            self.done[s.index()].store(self.enqueued[s.index()].load(Relaxed), Relaxed);
+            true
+        }
         fn synchronize_all(&self) {
             for s in 0..3 {
                 self.done[s].store(self.enqueued[s].load(Relaxed), Relaxed);
@@ -653,6 +671,39 @@ mod tests {
             alloc.count_free();
             alloc.release(dev, b, &[A, B]);
         }
+    }
+
+    #[test]
+    fn a_free_whose_fence_cannot_be_recorded_waits_for_the_stream_instead() {
+        let dev = Dev {
+            no_fences: true,
+            ..Dev::default()
+        };
+        let alloc: Allocator<u64, (StreamId, u64)> = Allocator::new(id(), 3, None);
+        defer_on_b(&alloc, &dev, 3);
+        // B was waited for at each free: every block is free at once, none deferred.
+        let p = alloc.pools.lock();
+        assert!(p.deferred.is_empty());
+        drop(p);
+        assert_eq!(dev.done[B.index()].load(Relaxed), 3);
+        let stats = alloc.stats((0, 0));
+        assert_eq!((stats.allocated_bytes, stats.deferred_frees), (0, 0));
+        // The memory is reused: three more blocks come from the same segment.
+        for _ in 0..3 {
+            let _ = alloc.alloc(&dev, 4096, A).unwrap();
+        }
+        assert_eq!(dev.segments.load(Relaxed), 1);
+        // A stream that never finishes keeps its block until teardown, as before.
+        let dev = Dev {
+            no_fences: true,
+            stuck: true,
+            ..Dev::default()
+        };
+        let alloc: Allocator<u64, (StreamId, u64)> = Allocator::new(id(), 3, None);
+        defer_on_b(&alloc, &dev, 1);
+        let p = alloc.pools.lock();
+        assert_eq!(p.deferred.len(), 1);
+        assert_eq!(p.deferred[0].seq, NEVER);
     }
 
     #[test]

@@ -69,9 +69,9 @@ impl<B: Backend> EventObj for Lease<B> {
     }
     fn record(&self, stream: StreamId) -> Result<()> {
         self.rt.check_open()?;
-        self.rt
-            .backend
-            .record(self.raw(), self.rt.stream(stream)?)
+        let s = self.rt.stream(stream)?;
+        (self.rt.inject(crate::faults::FaultSite::Record))
+            .and_then(|()| self.rt.backend.record(self.raw(), s))
             .map_err(self.rt.dev_err(stream))
     }
     fn wait_on(&self, stream: StreamId) -> Result<()> {

@@ -4,6 +4,7 @@ use super::Runtime;
 use crate::alloc::MemoryDevice;
 use crate::backend::Backend;
 use crate::error::BackendError;
+use crate::faults::FaultSite;
 use crate::kernel::DevicePtr;
 use crate::stream::StreamId;
 
@@ -21,6 +22,11 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
     }
 
     fn alloc_segment(&self, bytes: usize) -> Result<(B::Segment, DevicePtr), BackendError> {
+        // An injected failure is what a device allocation that fails says: out of memory.
+        self.inject(FaultSite::Alloc).map_err(|e| match e {
+            BackendError::Injected { .. } => BackendError::OutOfMemory { bytes },
+            e => e,
+        })?;
         self.backend.alloc_segment(bytes)
     }
 
@@ -35,13 +41,20 @@ impl<B: Backend> MemoryDevice for Runtime<B> {
             .events
             .acquire(false, || self.backend.create_event(false))
             .ok()?;
-        match self.backend.record(&ev, s) {
+        match (self.inject(FaultSite::Record)).and_then(|()| self.backend.record(&ev, s)) {
             Ok(()) => Some(ev),
-            Err(_) => {
+            Err(e) => {
+                if let BackendError::Lost { cause } = e {
+                    self.lose(cause);
+                }
                 self.drop_fence(ev);
                 None
             }
         }
+    }
+
+    fn wait_stream(&self, stream: StreamId) -> bool {
+        self.settle_stream(stream)
     }
 
     fn fence_done(&self, fence: &B::Event) -> bool {

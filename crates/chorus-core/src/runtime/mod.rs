@@ -60,6 +60,7 @@ use crate::completion::{Completion, Handler};
 use crate::config::{Config, Exhaustion, StreamPolicy};
 use crate::error::{BackendError, DeviceId, Error, Result};
 use crate::event_pool::EventPool;
+use crate::faults::FaultSite;
 use crate::kernel::{DevicePtr, Kernel};
 use crate::stream::StreamId;
 use chorus_sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -74,6 +75,23 @@ pub(crate) use storage::Storage;
 /// protocol, and loom atomics cannot live in a `static`.
 // sync-shim: allowed (a static counter outside every loom model)
 static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// What state a device is in ([`crate::Device::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Health {
+    /// Working.
+    Ok,
+    /// Shut down (`Device::shutdown`, or its last handle dropped): calls get
+    /// [`Error::DeviceClosed`].
+    Closed,
+    /// Lost to a fault it cannot recover from: calls get [`Error::DeviceLost`] naming `cause`.
+    /// Open a new `Device` for the same hardware to go on (models must be loaded again).
+    Lost {
+        /// The first fatal fault.
+        cause: String,
+    },
+}
 
 /// Counters of completion handlers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,7 +114,13 @@ pub(crate) trait RuntimeObj: Send + Sync + 'static {
     fn fuses_attention(&self, s: usize, e: usize, ev: usize) -> bool;
     fn prepares_weights(&self) -> bool;
     fn is_closed(&self) -> bool;
+    /// `Err(DeviceLost)` once lost, `Err(DeviceClosed)` once shut down.
     fn check_open(&self) -> Result<()>;
+    fn health(&self) -> Health;
+    #[cfg(any(debug_assertions, feature = "fault-injection"))]
+    fn inject_faults(&self, plan: crate::faults::FaultPlan);
+    #[cfg(any(debug_assertions, feature = "fault-injection"))]
+    fn injected_faults(&self) -> Vec<(crate::faults::FaultSite, u64)>;
     fn num_streams(&self) -> usize;
     /// The calling thread's current stream on this device (binding it on first use).
     fn current_stream(&self) -> Result<StreamId>;
@@ -221,7 +245,16 @@ pub(crate) struct Runtime<B: Backend> {
     /// Set when the shutdown that closed the device has finished; later callers wait for it.
     shut_down: RankedMutex<bool>,
     shut_down_cv: Condvar,
+    /// The cause of the fault that lost the device, set once (module docs, "Lost").
+    lost: Once<String>,
+    /// The fault-injection plan (`crate::faults`).
+    #[cfg(any(debug_assertions, feature = "fault-injection"))]
+    faults: crate::faults::Faults,
 }
+
+/// A create-once cell read without a lock (std's: it is no part of any loom model).
+// sync-shim: allowed (see above)
+type Once<T> = std::sync::OnceLock<T>;
 
 impl<B: Backend> std::fmt::Debug for Runtime<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,6 +308,9 @@ impl<B: Backend> Runtime<B> {
             closed: AtomicBool::new(false),
             shut_down: RankedMutex::new(rank::SHUTDOWN_DONE, false),
             shut_down_cv: Condvar::new(),
+            lost: Once::new(),
+            #[cfg(any(debug_assertions, feature = "fault-injection"))]
+            faults: crate::faults::Faults::new(),
             me: me.clone(),
             streams,
             backend,
@@ -290,12 +326,62 @@ impl<B: Backend> Runtime<B> {
         })
     }
 
+    /// The error of a failed backend call on `stream`: a fault that lost the device loses it
+    /// (module docs, "Lost") and is `Error::DeviceLost`; any other is `Error::Device`.
     fn dev_err(&self, stream: StreamId) -> impl FnOnce(BackendError) -> Error + '_ {
-        move |source| Error::Device {
-            device: self.id,
-            stream,
-            source,
+        move |source| match source {
+            BackendError::Lost { cause } => self.lose(cause),
+            source => Error::Device {
+                device: self.id,
+                stream,
+                source,
+            },
         }
+    }
+
+    /// Puts the device in the `Lost` state (once; the first cause is kept) and returns the
+    /// error every call now gets. Threads waiting for an exclusive stream wake with it.
+    fn lose(&self, cause: String) -> Error {
+        let cause = self.lost.get_or_init(|| cause).clone();
+        self.slots.close();
+        Error::DeviceLost {
+            device: self.id,
+            cause,
+        }
+    }
+
+    /// The fault injection of a call of `site` (`crate::faults`): `Err` when the plan fails it.
+    #[cfg(any(debug_assertions, feature = "fault-injection"))]
+    fn inject(&self, site: crate::faults::FaultSite) -> Result<(), BackendError> {
+        use crate::faults::Injected;
+        match self.faults.hit(site) {
+            None => Ok(()),
+            Some(Injected::Fail(call)) => Err(BackendError::Injected { site, call }),
+            Some(Injected::Lose(call)) => Err(BackendError::Lost {
+                cause: format!("injected fatal fault at {site} #{call}"),
+            }),
+        }
+    }
+
+    /// Without fault injection: never fails.
+    #[cfg(not(any(debug_assertions, feature = "fault-injection")))]
+    #[inline(always)]
+    fn inject(&self, _site: crate::faults::FaultSite) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Waits for stream `s` at most the shutdown timeout, when a host callback or a fence that
+    /// would have waited for it device-side could not be enqueued; whether it is idle.
+    fn settle_stream(&self, s: StreamId) -> bool {
+        let Ok(stream) = self.stream(s) else {
+            return false;
+        };
+        // A stream with an error has run (or dropped) its work: idle.
+        !matches!(
+            self.backend
+                .synchronize(stream, Some(self.config.shutdown_timeout)),
+            Ok(false)
+        )
     }
 
     /// Binds a pooled stream to the calling thread by policy.
@@ -406,11 +492,36 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         self.closed.load(Ordering::Acquire)
     }
     fn check_open(&self) -> Result<()> {
+        if let Some(cause) = self.lost.get() {
+            return Err(Error::DeviceLost {
+                device: self.id,
+                cause: cause.clone(),
+            });
+        }
         if self.is_closed() {
             Err(Error::DeviceClosed { device: self.id })
         } else {
             Ok(())
         }
+    }
+    fn health(&self) -> Health {
+        if let Some(cause) = self.lost.get() {
+            Health::Lost {
+                cause: cause.clone(),
+            }
+        } else if self.is_closed() {
+            Health::Closed
+        } else {
+            Health::Ok
+        }
+    }
+    #[cfg(any(debug_assertions, feature = "fault-injection"))]
+    fn inject_faults(&self, plan: crate::faults::FaultPlan) {
+        self.faults.set(plan);
+    }
+    #[cfg(any(debug_assertions, feature = "fault-injection"))]
+    fn injected_faults(&self) -> Vec<(crate::faults::FaultSite, u64)> {
+        self.faults.fired()
     }
     fn num_streams(&self) -> usize {
         self.streams.len()
@@ -428,11 +539,15 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
 
     fn synchronize_stream(&self, s: StreamId, timeout: Option<Duration>) -> Result<()> {
-        match self
-            .backend
-            .synchronize(self.stream(s)?, timeout)
-            .map_err(self.dev_err(s))?
-        {
+        let done = (self.backend.synchronize(self.stream(s)?, timeout)).map_err(self.dev_err(s))?;
+        // A device lost meanwhile: the wait is over, and so is the device.
+        if let Some(cause) = self.lost.get() {
+            return Err(Error::DeviceLost {
+                device: self.id,
+                cause: cause.clone(),
+            });
+        }
+        match done {
             true => Ok(()),
             false => Err(Error::Timeout {
                 device: self.id,
@@ -461,10 +576,13 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
 
     fn on_complete(&self, s: StreamId, f: Handler) -> Result<()> {
         self.check_open()?;
+        let stream = self.stream(s)?;
+        self.inject(FaultSite::HostCallback)
+            .map_err(self.dev_err(s))?;
         let completion = Arc::clone(&self.completion);
         let cb = Box::new(move || completion.push(f));
         self.backend
-            .host_callback(self.stream(s)?, cb)
+            .host_callback(stream, cb)
             .map_err(self.dev_err(s))
     }
 
@@ -577,8 +695,10 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             return capture::record(self, k);
         }
         self.check_open()?;
+        let stream = self.stream(s)?;
+        self.inject(FaultSite::Launch).map_err(self.dev_err(s))?;
         // SAFETY: forwarded from the caller.
-        unsafe { self.backend.launch(self.stream(s)?, k) }.map_err(self.dev_err(s))
+        unsafe { self.backend.launch(stream, k) }.map_err(self.dev_err(s))
     }
     unsafe fn write(&self, s: StreamId, dst: DevicePtr, data: Vec<u8>) -> Result<()> {
         self.check_open()?;
@@ -587,8 +707,10 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     }
     unsafe fn read(&self, s: StreamId, src: DevicePtr, len: usize) -> Result<Vec<u8>> {
         self.check_open()?;
+        let stream = self.stream(s)?;
+        self.inject(FaultSite::Read).map_err(self.dev_err(s))?;
         // SAFETY: forwarded from the caller.
-        unsafe { self.backend.read(self.stream(s)?, src, len) }.map_err(self.dev_err(s))
+        unsafe { self.backend.read(stream, src, len) }.map_err(self.dev_err(s))
     }
 
     fn order_after(&self, producer: StreamId, consumer: StreamId) -> Result<()> {
@@ -600,9 +722,8 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             .map_err(self.dev_err(producer))?;
         // The wait captures the record as it is now (backend contract), so the event can go
         // back to the pool at once.
-        let res = self
-            .backend
-            .record(&ev, p)
+        let res = (self.inject(FaultSite::Record))
+            .and_then(|()| self.backend.record(&ev, p))
             .map_err(self.dev_err(producer))
             .and_then(|()| self.backend.wait(c, &ev).map_err(self.dev_err(consumer)));
         self.events
@@ -622,6 +743,7 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
     unsafe fn launch_graph(&self, s: StreamId, exec: &GraphExec) -> Result<()> {
         self.check_open()?;
         let stream = self.stream(s)?;
+        self.inject(FaultSite::Launch).map_err(self.dev_err(s))?;
         let exec = exec
             .downcast_ref::<Exec<B::Graph>>()
             .expect("a graph runs on the runtime that built it");
@@ -647,6 +769,18 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
         if self.is_closed() {
             return std::mem::forget(exec);
         }
+        if let Err(e) = self.inject(FaultSite::HostCallback) {
+            if let BackendError::Lost { cause } = e {
+                self.lose(cause);
+            }
+            // No callback: wait for the stream here, and drop the form once it is idle.
+            if self.settle_stream(s) {
+                drop(exec);
+            } else {
+                std::mem::forget(exec);
+            }
+            return;
+        }
         let completion = Arc::clone(&self.completion);
         let mut payload = LeakUnlessTaken(Some(exec));
         let cb = Box::new(move || {
@@ -656,8 +790,11 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
                 completion.push(Box::new(move || drop(exec)));
             }
         });
-        // On failure the callback is dropped without running and leaks the executable form.
-        let _ = self.backend.host_callback(stream, cb);
+        // On failure the callback is dropped without running and leaks the executable form
+        // (`LeakUnlessTaken`): the stream is broken, and its work may still use it.
+        if let Err(BackendError::Lost { cause }) = self.backend.host_callback(stream, cb) {
+            self.lose(cause);
+        }
     }
 
     fn shutdown(&self) {
@@ -724,12 +861,16 @@ impl<B: Backend> RuntimeObj for Runtime<B> {
             // The slot goes back once the work this thread enqueued on it has completed.
             let slots = Arc::clone(&self.slots);
             let give = Box::new(move || slots.release(s));
-            if self
-                .backend
-                .host_callback(&self.streams[s.index()], give)
-                .is_err()
-            {
-                // Broken stream: its work has stopped; hand the slot back now.
+            let enqueued = (self.inject(FaultSite::HostCallback))
+                .and_then(|()| self.backend.host_callback(&self.streams[s.index()], give));
+            if let Err(e) = enqueued {
+                if let BackendError::Lost { cause } = e {
+                    self.lose(cause);
+                }
+                // The callback could not be enqueued: wait for the stream's work here (a broken
+                // stream's has stopped), then hand the slot back (after the timeout at most: a
+                // slot is never lost).
+                self.settle_stream(s);
                 self.slots.release(s);
             }
         }

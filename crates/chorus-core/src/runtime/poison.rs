@@ -162,7 +162,10 @@ pub(crate) fn known_failed(poison: &Poison) -> bool {
 /// the first failure.
 pub(crate) fn check(poison: &Poison, s: StreamId) -> Result<()> {
     // A failure the host already knows first: it needs no read.
-    if let Some(e) = poison.iter().find_map(|f| f.resolved.get().cloned().flatten()) {
+    if let Some(e) = poison
+        .iter()
+        .find_map(|f| f.resolved.get().cloned().flatten())
+    {
         return Err(e);
     }
     poison.iter().try_for_each(|f| f.resolve(s))

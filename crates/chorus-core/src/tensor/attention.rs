@@ -78,7 +78,13 @@ impl Tensor {
             }),
             dtype: DType::F32,
         });
-        let probs = Tensor::launch(rt, s, kern, probs, [Some(&src), mask.as_ref()].into_iter().flatten())?;
+        let probs = Tensor::launch(
+            rt,
+            s,
+            kern,
+            probs,
+            [Some(&src), mask.as_ref()].into_iter().flatten(),
+        )?;
         probs.matmul(v)
     }
 }
@@ -166,6 +172,14 @@ fn fused(
         mask: mask.as_ref().map(Tensor::view),
         dtype: DType::F32,
     }));
-    let out = Tensor::launch(rt, s, kernel, out, [Some(q), Some(k), Some(v), mask.as_ref()].into_iter().flatten())?;
+    let out = Tensor::launch(
+        rt,
+        s,
+        kernel,
+        out,
+        [Some(q), Some(k), Some(v), mask.as_ref()]
+            .into_iter()
+            .flatten(),
+    )?;
     Ok(Some(out.restride(shape, strides)))
 }

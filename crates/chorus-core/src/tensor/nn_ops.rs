@@ -145,7 +145,13 @@ impl Tensor {
             rhs_derived: rt.prepares_weights().then(|| w.storage.derived()).flatten(),
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out, [Some(self), Some(weight), bias].into_iter().flatten())
+        Tensor::launch(
+            rt,
+            s,
+            k,
+            out,
+            [Some(self), Some(weight), bias].into_iter().flatten(),
+        )
     }
 
     /// PyTorch's `linear`: `x @ weight^T + bias`.
@@ -277,7 +283,13 @@ impl Tensor {
             eps,
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out, [Some(self), residual, weight, bias].into_iter().flatten())
+        Tensor::launch(
+            rt,
+            s,
+            k,
+            out,
+            [Some(self), residual, weight, bias].into_iter().flatten(),
+        )
     }
 
     /// Group norm of `[N, C, *]` with `groups` groups and optional `[C]` weight and bias.
@@ -321,7 +333,13 @@ impl Tensor {
             eps,
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out, [Some(self), weight, bias].into_iter().flatten())
+        Tensor::launch(
+            rt,
+            s,
+            k,
+            out,
+            [Some(self), weight, bias].into_iter().flatten(),
+        )
     }
 
     /// 2-D convolution of `[N, C, H, W]` with `weight` `[O, C / groups, kh, kw]` and optional
@@ -396,7 +414,13 @@ impl Tensor {
             out_hw,
             dtype: DType::F32,
         });
-        Tensor::launch(rt, s, k, out, [Some(self), Some(weight), bias].into_iter().flatten())
+        Tensor::launch(
+            rt,
+            s,
+            k,
+            out,
+            [Some(self), Some(weight), bias].into_iter().flatten(),
+        )
     }
 
     /// Adaptive average pooling of `[.., H, W]` to `[.., oh, ow]` (PyTorch's bins).

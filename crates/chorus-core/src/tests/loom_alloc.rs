@@ -65,6 +65,14 @@ impl MemoryDevice for Dev {
         self.done[f.0.index()].load(Ordering::Acquire) >= f.1
     }
     fn drop_fence(&self, _: (StreamId, u64)) {}
+    fn wait_stream(&self, s: StreamId) -> bool {
+        while self.done[s.index()].load(Ordering::Acquire)
+            < self.enqueued[s.index()].load(Ordering::Acquire)
+        {
+            thread::yield_now();
+        }
+        true
+    }
     fn keep(&self, block: Block) -> Result<(), Block> {
         self.kept.lock().unwrap().push(block);
         Ok(())
