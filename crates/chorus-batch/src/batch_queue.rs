@@ -18,7 +18,7 @@ use crate::slot::{self, Abandon, Completer, Take};
 use crate::stats::{BatchStats, Stats};
 use crate::ticket::{Outcome, Ticket};
 use crate::worker;
-use chorus_core::{DType, StreamId};
+use chorus_core::{DType, Health, StreamId};
 use chorus_nn::Module;
 use chorus_sync::atomic::AtomicU64;
 use chorus_sync::{rank, thread, Arc, RankedMutex};
@@ -228,6 +228,16 @@ impl BatchQueue {
                 });
             }
         }
+        // A lost device runs nothing again: say so now rather than from a batch.
+        if let Health::Lost { cause } = cfg.device.health() {
+            return Err(BatchError::Device {
+                rows,
+                source: chorus_core::Error::DeviceLost {
+                    device: cfg.device.id(),
+                    cause,
+                },
+            });
+        }
         Ok(())
     }
 
@@ -243,7 +253,9 @@ impl BatchQueue {
     /// Rejected at once, nothing queued: [`BatchError::QueueFull`] and
     /// [`BatchError::Shutdown`] hand the input back; [`BatchError::DeviceMismatch`],
     /// [`BatchError::InvalidInput`] (0-d, or no rows), [`BatchError::TooManyRows`],
-    /// [`BatchError::ShapeMismatch`] (against [`BatchConfig::input_shape`]) name the problem.
+    /// [`BatchError::ShapeMismatch`] (against [`BatchConfig::input_shape`]) name the problem;
+    /// [`BatchError::Device`] with `DeviceLost` once the device is lost
+    /// ([`BatchQueue::health`]).
     pub fn submit<I: BatchInput>(&self, input: I) -> Result<Ticket<I::Output>> {
         let input: Input = input.into();
         if let Err(e) = self.check(&input) {
@@ -308,6 +320,14 @@ impl BatchQueue {
             }
         }
         failed
+    }
+
+    /// The state of the queue's device: `Health::Lost` once a fatal fault lost it. Then every
+    /// waiting request fails with [`BatchError::Device`] carrying `DeviceLost` (the workers'
+    /// batches fail at once, running nothing), new ones are rejected with it, and the queue
+    /// serves nothing again: make a new device, load the model onto it and start a new queue.
+    pub fn health(&self) -> Health {
+        self.shared.config.device.health()
     }
 
     /// Whether [`BatchQueue::shutdown`] has been called.

@@ -57,8 +57,14 @@
 //! queue and the slot (`src/tests/`) check that no wake-up is lost, that each request is
 //! completed exactly once, and shutdown racing submission.
 //!
-//! A device error breaks a stream for good (the runtime's sticky-error rule), so after one, the
-//! batches of that worker keep failing with it; build a new queue (or device) to recover.
+//! A kernel that fails on the device (an index out of range in an embedding) poisons the
+//! batch's output: with a model whose rows are independent (`Module::rows_independent`) the
+//! worker runs each request of the batch again alone, so that only the requests whose rows
+//! fail on their own fail, with the original error; otherwise the batch fails. Either way the
+//! worker's stream goes on. A lost device fails every waiting request with `DeviceLost`,
+//! rejects new ones and shows in [`BatchQueue::health`]: make a new device and a new queue.
+//! (Any other device error breaks its stream for good, the runtime's sticky-error rule: that
+//! worker's batches keep failing with it.)
 //!
 //! # Statistics
 //! [`BatchQueue::stats`]: batches run, requests, mean and histogram of batch sizes, queue

@@ -265,9 +265,18 @@ fn forward(
     let padded = graphs.rows(shared.config.max_batch, row, dtype, total);
     let x = gather(shared, inputs, total, padded).map_err(device)?;
     phases.gather = next_lap();
-    let model_error = |e| BatchError::Model {
-        rows: total,
-        source: Arc::new(e),
+    let model_error = |e| match e {
+        // The device is gone, not the model: the same error as every other call gets.
+        chorus_nn::NnError::Core(source @ chorus_core::Error::DeviceLost { .. }) => {
+            BatchError::Device {
+                rows: total,
+                source,
+            }
+        }
+        e => BatchError::Model {
+            rows: total,
+            source: Arc::new(e),
+        },
     };
     let (y, graph, ran) = match graphs.run(&shared.config.device, shared.model.as_ref(), &x) {
         Some(y) => (y.map_err(model_error)?, true, padded),

@@ -515,3 +515,57 @@ fn invalid_settings_are_typed_errors() {
     let ok = b().preferred_batch_sizes([16, 4, 16]).build().unwrap();
     assert_eq!(ok.preferred_batch_sizes(), &[4, 16]);
 }
+
+#[test]
+fn a_lost_device_fails_every_waiting_request_and_rejects_new_ones() {
+    use chorus_core::{FaultPlan, FaultSite, Health};
+    let device = device();
+    let queue = BatchQueue::new(
+        Double,
+        config(&device, 64, Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let x = Tensor::full(&device, &[1, 2], 1.0).unwrap();
+    // Requests wait for the batch's delay; the device is lost meanwhile.
+    let waiting: Vec<_> = (0..5).map(|_| queue.submit(x.clone()).unwrap()).collect();
+    device.inject_faults(FaultPlan::new().lose_at(FaultSite::Launch, 1));
+    assert!(x.relu().is_err());
+    let lost = |e: BatchError| match e {
+        BatchError::Device {
+            source: chorus_core::Error::DeviceLost { cause, .. },
+            ..
+        } => assert!(cause.contains("launch #1"), "{cause}"),
+        other => panic!("{other:?}"),
+    };
+    for t in waiting {
+        lost(t.wait().unwrap_err());
+    }
+    // Starting workers binds streams, which a lost device refuses.
+    assert!(matches!(
+        BatchQueue::new(Double, config(&device, 1, NEVER).build().unwrap()),
+        Err(BatchError::WorkerStart { .. })
+    ));
+    assert!(matches!(queue.health(), Health::Lost { .. }));
+    lost(queue.submit(x.clone()).unwrap_err());
+    assert_eq!(queue.shutdown(ShutdownMode::Fail), 0);
+}
+
+#[test]
+fn a_model_call_that_finds_the_device_lost_fails_as_the_device() {
+    use chorus_core::{FaultPlan, FaultSite};
+    let device = device();
+    let queue = BatchQueue::new(Double, config(&device, 1, NEVER).build().unwrap()).unwrap();
+    let x = Tensor::full(&device, &[1, 2], 1.0).unwrap();
+    // A batch of one request runs the model on its input as it is: the model's first launch
+    // loses the device.
+    device.inject_faults(FaultPlan::new().lose_at(FaultSite::Launch, 1));
+    match queue.infer(x) {
+        Err(BatchError::Device {
+            rows: 1,
+            source: chorus_core::Error::DeviceLost { .. },
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
