@@ -7,8 +7,7 @@
 //! - the batching queue's locks (chorus-batch) rank below every runtime lock: each is held
 //!   only for a few field updates, never while another lock is held, a model runs, the runtime
 //!   is called or a ticket's waker fires;
-//! - the stream pool's exhaustion lock is only held to wait for a free slot, never nested; the
-//!   shutdown-done flag is a leaf, waited on alone;
+//! - the shutdown-done flag is a leaf, waited on alone;
 //! - a graph's run lock is held while the run orders and enqueues its work (event pool,
 //!   allocator fences, backend);
 //! - the thread-cache registry is held by every reclaim of cached blocks (shutdown, an
@@ -19,7 +18,9 @@
 //!   record, query);
 //! - the completion queue is taken by backend callbacks and the completion thread, alone;
 //! - backend-internal locks come next: they never call back into the runtime;
-//! - leaves last: a graph's arena, a storage's derived-data cache, the fault-injection plan.
+//! - leaves last: a graph's arena, a storage's derived-data cache, the stream pool's
+//!   exhaustion lock (held only to wait for a free slot or to wake waiters, never nested), the
+//!   fault-injection plan.
 
 /// A lock's place in the global order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,8 +43,6 @@ pub const BATCH_QUEUE: LockRank = r(4, "BatchQueue::state");
 pub const BATCH_TICKET: LockRank = r(6, "Ticket::slot");
 /// A batch queue's statistics (workers record each batch, readers copy them).
 pub const BATCH_STATS: LockRank = r(8, "BatchQueue::stats");
-/// Exclusive stream-slot pool: waiting for a slot when all are taken.
-pub const STREAM_SLOT_WAIT: LockRank = r(10, "StreamSlots::wait");
 /// Whether a device's shutdown has finished (a second caller waits for the first; a leaf,
 /// waited on with no other lock held).
 pub const SHUTDOWN_DONE: LockRank = r(12, "Runtime::shut_down");
@@ -95,6 +94,10 @@ pub const GRAPH_ARENA: LockRank = r(94, "graph arena");
 /// A storage's cache of derived data (held while a backend makes an entry, e.g. packs a weight;
 /// a leaf lock).
 pub const DERIVED_ENTRIES: LockRank = r(96, "Derived::entries");
+/// Exclusive stream-slot pool: waiting for a slot when all are taken; releasers notifying;
+/// shutdown and a lost device closing it (a leaf, so that a device found lost under any lock,
+/// a graph's run lock say, can close it).
+pub const STREAM_SLOT_WAIT: LockRank = r(97, "StreamSlots::wait");
 /// A device's fault-injection plan (debug builds, `fault-injection`): read by the wrapper
 /// around every backend call of a site, which may hold any lock above; a leaf lock.
 pub const FAULT_PLAN: LockRank = r(98, "Faults::plan");

@@ -397,3 +397,29 @@ fn a_batching_round_under_faults_gives_the_reference_or_typed_errors(backend: Te
     dev.synchronize().unwrap();
     assert_eq!(dev.memory_stats().allocated_bytes, 0);
 }
+
+backend_tests!(a_device_lost_during_a_graph_run_is_reported);
+/// A graph run enqueues its work under the graph's run lock: a device lost there is reported
+/// like anywhere else (the slot pool it closes ranks as a leaf).
+fn a_device_lost_during_a_graph_run_is_reported(backend: TestBackend) {
+    backend.with_device(
+        |b| b,
+        |dev| {
+            let g = chorus::Graph::capture(&dev, &[(&[4], DType::F32)], |x| -> Result<_, Error> {
+                Ok(vec![x[0].relu()?.add(&x[0])?])
+            })
+            .unwrap();
+            let x = Tensor::full(&dev, &[4], 1.0).unwrap();
+            assert_eq!(
+                g.run(&[&x]).unwrap()[0].to_vec::<f32>().unwrap(),
+                vec![2.0; 4]
+            );
+            dev.inject_faults(FaultPlan::new().lose_at(FaultSite::Launch, 2));
+            match g.run(&[&x]) {
+                Err(Error::DeviceLost { .. }) => {}
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(dev.health(), Health::Lost { .. }));
+        },
+    );
+}

@@ -19,6 +19,21 @@
 //! every segment (or, if a stream never finishes within the timeout, leaks them all, since its
 //! work may still use any) and joins its threads (never its own thread).
 //!
+//! # Lost
+//! Besides that, a device may be *lost*: a backend call that reports a fault the device
+//! cannot recover from (`BackendError::Lost`, mapped in `dev_err`) sets `lost` once, with its
+//! cause, and closes the exclusive slot pool (waiters wake). From then on `check_open`, which
+//! every entry point calls first, returns `Error::DeviceLost`, and so does a stream
+//! synchronization that was waiting; frees and thread exits keep working, so the memory
+//! accounting stays consistent. Shutdown and drop proceed as for an open device.
+//!
+//! # Fault injection
+//! In debug builds and with the `fault-injection` feature, `faults` holds a plan
+//! (`crate::faults`) that the wrapper around each backend call of a site consults (`inject`)
+//! before calling the backend. Where a failed callback or fence would leave something behind,
+//! the runtime waits for the stream instead (`settle_stream`): a thread's slot release, a
+//! graph's drop, an allocator fence (`MemoryDevice::wait_stream`).
+//!
 //! # Fields
 //! - `streams`, `backend`, `config`, `id`: immutable after construction.
 //! - `slots`: the exclusive pool (`slots`, lock-free; `STREAM_SLOT_WAIT` to wait for a slot);
@@ -30,6 +45,8 @@
 //!   the streams' returns') holds it until those blocks are in the pools (`flush_caches`).
 //! - `shut_down` (`SHUTDOWN_DONE`, with `shut_down_cv`): set by the shutdown that closed the
 //!   device when it finishes.
+//! - `lost`: a create-once cell (no lock); `faults`: its own leaf lock (`FAULT_PLAN`), read
+//!   only while a plan is set.
 //!
 //! # Graph capture
 //! A graph's recording (`capture`) is per thread and device and sits below the tensor layer, in
