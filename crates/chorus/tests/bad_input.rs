@@ -199,15 +199,19 @@ fn out_of_range_index_poisons_only_what_it_touched(backend: TestBackend) {
             let stream = dev.stream(5).unwrap();
             let rows = dev.with_stream(&stream, || Tensor::embedding(&bad, &weight).unwrap());
             let expect = |r: Result<Vec<f32>, Error>| match r {
-                Err(Error::Kernel {
+                Err(e @ Error::Kernel {
                     stream,
-                    op: "index_select",
+                    op: "embedding",
                     kernel: "index_select",
-                    message,
                     ..
-                }) if stream.index() == 5 => {
-                    assert_eq!(message, "index 999 out of range for 10 rows")
-                }
+                }) if stream.index() == 5 => assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "embedding on {}, stream 5: kernel `index_select` failed: index 999 out \
+                         of range for 10 rows",
+                        dev.id()
+                    )
+                ),
                 other => panic!("{other:?}"),
             };
             // Something computed from it on the failing stream before anyone looked.
@@ -236,7 +240,11 @@ fn out_of_range_index_poisons_only_what_it_touched(backend: TestBackend) {
             // A negative index too.
             let neg = Tensor::from_slice(&dev, &[-1_i64], &[1]).unwrap();
             match weight.index_select(0, &neg).unwrap().to_vec::<f32>() {
-                Err(Error::Kernel { message, .. }) => {
+                Err(Error::Kernel {
+                    op: "index_select",
+                    message,
+                    ..
+                }) => {
                     assert_eq!(message, "index -1 out of range for 10 rows")
                 }
                 other => panic!("{other:?}"),

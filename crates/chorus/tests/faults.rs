@@ -115,13 +115,15 @@ fn a_free_whose_fence_fails_and_an_exit_whose_callback_fails_leak_nothing(backen
             assert!(count(&dev, FaultSite::Record) >= 1);
             assert!(count(&dev, FaultSite::HostCallback) >= 1);
             dev.inject_faults(FaultPlan::new());
-            // The one pooled stream is free again for a new thread.
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let z = Tensor::full(&dev, &[4], 1.0).unwrap();
-                    assert_eq!(z.to_vec::<f32>().unwrap(), vec![1.0; 4]);
-                });
-            });
+            // The one pooled stream is free again for a new thread. (Joined, not scoped: a
+            // joined thread has run its exit, which gives its cached blocks back.)
+            let d = dev.clone();
+            std::thread::spawn(move || {
+                let z = Tensor::full(&d, &[4], 1.0).unwrap();
+                assert_eq!(z.to_vec::<f32>().unwrap(), vec![1.0; 4]);
+            })
+            .join()
+            .unwrap();
             let after = dev.memory_stats();
             assert_eq!(after.allocated_bytes, before.allocated_bytes);
             // Nothing waits for a fence that will never come: the free was completed by the wait.

@@ -203,17 +203,22 @@ impl Tensor {
     /// # Errors
     /// [`Error::DTypeMismatch`] for non-i64 indices; [`Error::InvalidShape`] unless 1-D.
     pub fn index_select(&self, d: isize, indices: &Tensor) -> Result<Tensor> {
-        const OP: &str = "index_select";
-        let dd = axis(OP, d, self.rank())?;
-        need_dtype(OP, indices, DType::I64)?;
+        self.select_rows("index_select", d, indices)
+    }
+
+    /// [`Tensor::index_select`] as op `op` (which its errors name).
+    fn select_rows(&self, op: &'static str, d: isize, indices: &Tensor) -> Result<Tensor> {
+        const KERNEL: &str = "index_select";
+        let dd = axis(op, d, self.rank())?;
+        need_dtype(op, indices, DType::I64)?;
         if indices.rank() != 1 {
             return Err(Error::InvalidShape {
-                op: OP,
+                op,
                 shape: indices.shape.clone(),
                 reason: "indices must be 1-D".into(),
             });
         }
-        same_device(OP, self, indices)?;
+        same_device(op, self, indices)?;
         let rt = self.rt();
         let s = rt.current_stream()?;
         let src = self.input_on(s)?;
@@ -221,7 +226,7 @@ impl Tensor {
         let (outer, n, inner) = split_at(&self.shape, dd);
         let mut shape = self.shape.clone();
         shape[dd] = indices.len();
-        let out = Tensor::empty_on(rt, s, &shape, self.dtype, OP)?;
+        let out = Tensor::empty_on(rt, s, &shape, self.dtype, op)?;
         let dst = out.tensor.ptr();
         let k = |fault| {
             Kernel::IndexSelect(kernel::IndexSelect {
@@ -237,7 +242,7 @@ impl Tensor {
             })
         };
         let inputs = [self, indices];
-        Tensor::launch_fallible(rt, s, k, out, inputs, (OP, OP, n))
+        Tensor::launch_fallible(rt, s, k, out, inputs, (op, KERNEL, n))
     }
 
     /// Embedding lookup: rows of `weight` (`[vocab, dim]`) for i64 `indices` of any shape;
@@ -254,7 +259,7 @@ impl Tensor {
             });
         }
         let flat = indices.reshape(&[-1])?;
-        let rows = weight.index_select(0, &flat)?;
+        let rows = weight.select_rows("embedding", 0, &flat)?;
         let mut shape = indices.shape.clone();
         shape.push(weight.shape[1]);
         let strides = row_major_strides(&shape);
