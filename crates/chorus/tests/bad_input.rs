@@ -199,12 +199,14 @@ fn out_of_range_index_poisons_only_what_it_touched(backend: TestBackend) {
             let stream = dev.stream(5).unwrap();
             let rows = dev.with_stream(&stream, || Tensor::embedding(&bad, &weight).unwrap());
             let expect = |r: Result<Vec<f32>, Error>| match r {
-                Err(e @ Error::Kernel {
-                    stream,
-                    op: "embedding",
-                    kernel: "index_select",
-                    ..
-                }) if stream.index() == 5 => assert_eq!(
+                Err(
+                    e @ Error::Kernel {
+                        stream,
+                        op: "embedding",
+                        kernel: "index_select",
+                        ..
+                    },
+                ) if stream.index() == 5 => assert_eq!(
                     e.to_string(),
                     format!(
                         "embedding on {}, stream 5: kernel `index_select` failed: index 999 out \
