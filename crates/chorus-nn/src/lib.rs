@@ -32,6 +32,7 @@
 //! ```
 
 mod attention;
+mod bert;
 mod check;
 mod conv;
 mod embedding;
@@ -47,6 +48,7 @@ mod transformer;
 mod weights;
 
 pub use attention::MultiheadAttention;
+pub use bert::{BertConfig, BertModel};
 pub use conv::{Conv2d, Conv2dConfig};
 pub use embedding::Embedding;
 pub use error::{NnError, Result};

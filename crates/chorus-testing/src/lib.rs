@@ -17,8 +17,10 @@
 //! of the crate that calls it. This crate's own `cuda` feature turns the facade's on.
 
 mod golden;
+mod models;
 
 pub use golden::{golden_dir, golden_files, Golden};
+pub use models::minilm_dir;
 
 use chorus::{BackendKind, ConfigBuilder, Device, DeviceExt, Tensor};
 

@@ -152,3 +152,7 @@ pub use chorus_nn as nn;
 
 /// Dynamic batching across threads (`BatchQueue`): the `chorus-batch` crate.
 pub use chorus_batch as batch;
+
+/// Sentence encoders (`SentenceEncoder`: BERT-family models from a sentence-transformers
+/// folder, with their tokenizer): the `chorus-text` crate.
+pub use chorus_text as text;

@@ -1,0 +1,94 @@
+//! The sentence encoder against sentence-transformers: all-MiniLM-L6-v2's embeddings of the
+//! public sentences (`../shared/golden/minilm_public.json`, one of them empty, one truncated),
+//! each with cosine >= 0.9999 to its reference, called directly and from 64 threads, on every
+//! backend; and the threads' bits equal the direct call's.
+
+use chorus::text::SentenceEncoder;
+use chorus::Device;
+use chorus_testing::{backend_tests, golden_dir, minilm_dir, TestBackend};
+
+/// The public sentences and sentence-transformers' embeddings of them.
+fn reference() -> (Vec<String>, Vec<Vec<f32>>) {
+    let path = golden_dir().join("minilm_public.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (the golden folder is required)", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let sentences = (v["sentences"].as_array().unwrap().iter())
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let embeddings = (v["embeddings"].as_array().unwrap().iter())
+        .map(|e| {
+            (e.as_array().unwrap().iter())
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    (sentences, embeddings)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn check(what: &str, got: &[Vec<f32>], want: &[Vec<f32>]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let c = cosine(g, w);
+        assert!(c >= 0.9999, "{what}: sentence {i}: cosine {c}");
+    }
+}
+
+fn encoder(dev: &Device) -> SentenceEncoder {
+    SentenceEncoder::from_dir(dev, minilm_dir()).expect("load all-MiniLM-L6-v2")
+}
+
+backend_tests!(minilm_matches_sentence_transformers);
+/// All twelve sentences in one batch, and each alone.
+fn minilm_matches_sentence_transformers(backend: TestBackend) {
+    let dev = backend.device();
+    let enc = encoder(&dev);
+    let (sentences, want) = reference();
+    let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
+    check("one batch", &enc.encode(&texts).unwrap(), &want);
+    let alone: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| enc.encode(&[t]).unwrap().remove(0))
+        .collect();
+    check("alone", &alone, &want);
+    assert!(enc.encode(&[]).unwrap().is_empty());
+}
+
+backend_tests!(minilm_from_64_threads_gives_the_bits_of_one);
+/// 64 threads share one encoder with no lock, each encoding one sentence: every result has the
+/// bits of the same sentence encoded on one thread, and matches the reference.
+fn minilm_from_64_threads_gives_the_bits_of_one(backend: TestBackend) {
+    let dev = backend.device();
+    let enc = encoder(&dev);
+    let (sentences, want) = reference();
+    let alone: Vec<Vec<f32>> = (sentences.iter())
+        .map(|s| enc.encode(&[s]).unwrap().remove(0))
+        .collect();
+    let got: Vec<(usize, Vec<f32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..64)
+            .map(|t| {
+                let (enc, sentences) = (&enc, &sentences);
+                s.spawn(move || {
+                    let i = t % sentences.len();
+                    (i, enc.encode(&[&sentences[i]]).unwrap().remove(0))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, e) in &got {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(e), bits(&alone[*i]), "sentence {i}");
+        assert!(cosine(e, &want[*i]) >= 0.9999, "sentence {i}");
+    }
+}
