@@ -70,6 +70,11 @@ impl SentenceEncoder {
         })
     }
 
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The folder's configuration.
     pub fn config(&self) -> &SentenceConfig {
         &self.config
