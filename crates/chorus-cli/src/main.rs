@@ -8,13 +8,16 @@
 //!   measures it), the GPU suite with `--device cuda`, and `chorus bench batching` (the batch
 //!   queue against direct calls).
 //!
-//! The workloads both run are defined once, in `workload/`.
+//! - `chorus embed`: sentence embeddings of a text file with a sentence-transformers folder.
+//!
+//! The workloads `stress` and `bench` run are defined once, in `workload/`.
 //!
 //! Exit status: 0 on success, 1 on an error (or when a stress run found errors), 2 for a
 //! command-line usage error (from clap).
 
 mod bench;
 mod device;
+mod embed;
 mod human;
 mod info;
 mod stress;
@@ -41,6 +44,8 @@ enum Command {
     /// Benchmark the MLP 512→1024→1024→512 (batch sweep, thread sweep) like the PyTorch
     /// baseline script, for a side-by-side ratio.
     Bench(bench::BenchArgs),
+    /// Embed sentences (one per line) with a sentence-transformers model folder.
+    Embed(embed::EmbedArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::Stress(args) => stress::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Embed(args) => embed::run(args),
     };
     match outcome {
         Ok(code) => code,

@@ -582,3 +582,97 @@ fn bench_rejects_an_unknown_suite() {
         &["nope", "mlp", "batching"],
     );
 }
+
+/// `chorus embed` on the public sentences (one empty), in jsonl and npy: each line's embedding
+/// reaches cosine >= 0.9999 with sentence-transformers', and both formats hold the same
+/// numbers for the same batches. A line that is not UTF-8 fails the run, naming the line.
+#[test]
+fn embed_writes_the_reference_embeddings() {
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(chorus_testing::golden_dir().join("minilm_public.json")).unwrap(),
+    )
+    .unwrap();
+    let sentences: Vec<&str> = (golden["sentences"].as_array().unwrap().iter())
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let dir = std::env::temp_dir().join(format!("chorus-embed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.txt");
+    std::fs::write(&input, sentences.join("\n") + "\n").unwrap();
+    let model = chorus_testing::minilm_dir();
+    let (model, input_s) = (model.to_str().unwrap(), input.to_str().unwrap());
+    let o = chorus(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--input",
+            input_s,
+            "--batch-size",
+            "5",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("embedded 12 sentences"),
+        "{}",
+        stderr(&o)
+    );
+    let rows: Vec<Vec<f32>> = (stdout(&o).lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), sentences.len());
+    for (i, (row, want)) in rows
+        .iter()
+        .zip(golden["embeddings"].as_array().unwrap())
+        .enumerate()
+    {
+        let want: Vec<f64> = (want.as_array().unwrap().iter())
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let dot: f64 = row.iter().zip(&want).map(|(a, b)| f64::from(*a) * b).sum();
+        let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+        let c =
+            dot / (norm(&mut row.iter().map(|&x| f64::from(x))) * norm(&mut want.iter().copied()));
+        assert!(c >= 0.9999, "sentence {i}: cosine {c}");
+    }
+    let npy = dir.join("out.npy");
+    let o = chorus(
+        &[
+            "embed",
+            "--model",
+            model,
+            "--input",
+            input_s,
+            "--batch-size",
+            "5",
+            "--format",
+            "npy",
+            "--output",
+            npy.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&npy).unwrap();
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(std::str::from_utf8(&bytes[10..10 + len])
+        .unwrap()
+        .contains("'shape': (12, 384)"));
+    let floats: Vec<f32> = (bytes[10 + len..].chunks_exact(4))
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    // The same batches (of 5): the same bits.
+    let flat = rows.concat();
+    let differ: Vec<(usize, f32, f32)> = (floats.iter().zip(&flat).enumerate())
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| (i, *a, *b))
+        .take(5)
+        .collect();
+    assert!(differ.is_empty(), "npy and jsonl differ at {differ:?}");
+    std::fs::write(&input, b"fine\n\xc3\x28 broken\nfine\n").unwrap();
+    let o = chorus(&["embed", "--model", model, "--input", input_s], &[]);
+    fails_naming(&o, &["line 2 is not valid UTF-8"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

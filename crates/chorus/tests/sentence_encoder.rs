@@ -92,3 +92,20 @@ fn minilm_from_64_threads_gives_the_bits_of_one(backend: TestBackend) {
         assert!(cosine(e, &want[*i]) >= 0.9999, "sentence {i}");
     }
 }
+
+backend_tests!(the_first_call_gives_the_bits_of_later_ones);
+/// A fresh encoder's first call (weights not yet prepared for the backend) and later calls give
+/// the same bits.
+fn the_first_call_gives_the_bits_of_later_ones(backend: TestBackend) {
+    let dev = backend.device();
+    let enc = encoder(&dev);
+    let (sentences, _) = reference();
+    let texts: Vec<&str> = sentences.iter().take(5).map(String::as_str).collect();
+    let first = enc.encode(&texts).unwrap();
+    let second = enc.encode(&texts).unwrap();
+    let bits = |v: &[Vec<f32>]| v.concat().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(
+        bits(&first) == bits(&second),
+        "first and second call differ"
+    );
+}
