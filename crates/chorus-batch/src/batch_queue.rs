@@ -220,8 +220,26 @@ impl BatchQueue {
                 max_batch: cfg.max_batch,
             });
         }
+        if let Some(d) = cfg.pad_dim {
+            if d >= shape.len() {
+                return Err(BatchError::InvalidInput {
+                    shape: shape.to_vec(),
+                    reason: "no dimension pad_dim to pad along",
+                });
+            }
+            if shape[d] == 0 {
+                return Err(BatchError::InvalidInput {
+                    shape: shape.to_vec(),
+                    reason: "the padded dimension is empty",
+                });
+            }
+        }
         if let Some(want) = &cfg.input_shape {
-            if want.as_slice() != row_shape {
+            // The padded dimension may differ.
+            let fits = want.len() == row_shape.len()
+                && (want.iter().zip(row_shape).enumerate())
+                    .all(|(i, (w, r))| w == r || cfg.pad_dim == Some(i + 1));
+            if !fits {
                 return Err(BatchError::ShapeMismatch {
                     expected: want.clone(),
                     got: shape.to_vec(),
@@ -264,13 +282,25 @@ impl BatchQueue {
         }
         let shape = input.shape();
         let rows = shape[0];
-        let key = (
-            shape[1..].to_vec(),
-            input.dtype(),
-            matches!(input, Input::Host(_)),
-        );
+        // With a padded dimension, requests of one length class (module docs of
+        // `BatchConfigBuilder::pad_dim`) share a key, and a token budget limits its batches.
+        let mut row_shape = shape[1..].to_vec();
+        let cfg = &self.shared.config;
+        let mut limit = cfg.max_batch;
+        if let Some(d) = cfg.pad_dim {
+            let class = row_shape[d - 1].next_power_of_two();
+            row_shape[d - 1] = class;
+            if let Some(tokens) = cfg.max_batch_tokens {
+                limit = (tokens / class).max(1);
+            }
+        }
+        let key = (row_shape, input.dtype(), matches!(input, Input::Host(_)));
         let (done, rx) = slot::channel();
-        match self.shared.queue.push(key, rows, Request { input, done }) {
+        match self
+            .shared
+            .queue
+            .push(key, rows, limit, Request { input, done })
+        {
             Push::Queued { id, enqueued } => Ok(Ticket::new(
                 rx,
                 Arc::clone(&self.shared),

@@ -45,6 +45,8 @@ pub struct BatchConfig {
     pub(crate) timeout: Option<Duration>,
     pub(crate) input_shape: Option<Vec<usize>>,
     pub(crate) graphs: bool,
+    pub(crate) pad_dim: Option<usize>,
+    pub(crate) max_batch_tokens: Option<usize>,
 }
 
 /// Most workers a queue may have (each holds a thread and a stream).
@@ -65,6 +67,8 @@ impl BatchConfig {
                 timeout: None,
                 input_shape: None,
                 graphs: false,
+                pad_dim: None,
+                max_batch_tokens: None,
             },
         }
     }
@@ -104,6 +108,14 @@ impl BatchConfig {
     /// Whether workers run batches through graphs of the model.
     pub fn graphs(&self) -> bool {
         self.graphs
+    }
+    /// The dimension along which requests may differ and are padded with zeros.
+    pub fn pad_dim(&self) -> Option<usize> {
+        self.pad_dim
+    }
+    /// Most rows × padded length in one batch.
+    pub fn max_batch_tokens(&self) -> Option<usize> {
+        self.max_batch_tokens
     }
 }
 
@@ -177,12 +189,35 @@ impl BatchConfigBuilder {
         self
     }
 
+    /// Requests may differ in dimension `dim` (a dimension of the input after the batch
+    /// dimension 0: a sequence's length, say): a batch is then padded with zeros along it to its
+    /// longest request, and the model must treat the padding as absent (a sequence model's
+    /// attention mask, itself padded with zeros, does). To keep the padding small, requests are
+    /// batched with requests of the same length class: lengths in `(2^(k-1), 2^k]` go together,
+    /// so a batch is padded by less than half. Outputs are split by rows as usual (a model whose
+    /// output still has the padded dimension gets it padded). `None` (the default): every
+    /// dimension must match within a batch.
+    pub fn pad_dim(mut self, dim: Option<usize>) -> Self {
+        self.cfg.pad_dim = dim;
+        self
+    }
+
+    /// A budget of rows × padded length (along [`pad_dim`](Self::pad_dim)) per batch, on top of
+    /// `max_batch`: a batch of requests of length class `2^k` takes at most
+    /// `max_batch_tokens / 2^k` rows (at least one request). `None` (the default): rows alone
+    /// count.
+    pub fn max_batch_tokens(mut self, tokens: Option<usize>) -> Self {
+        self.cfg.max_batch_tokens = tokens;
+        self
+    }
+
     /// Checks and returns the settings.
     ///
     /// # Errors
     /// [`BatchError::Config`] naming the first invalid setting: a zero `max_batch` or
     /// `max_queue`, workers outside 1..=[`MAX_WORKERS`], a preferred size of 0 or above
-    /// `max_batch`, a zero timeout.
+    /// `max_batch`, a zero timeout, a `pad_dim` of 0, a zero `max_batch_tokens` or one without
+    /// `pad_dim`.
     pub fn build(self) -> Result<BatchConfig> {
         let c = &self.cfg;
         let bad = |setting, value: String, reason| {
@@ -218,6 +253,27 @@ impl BatchConfigBuilder {
                 } else {
                     "a preferred size must not exceed max_batch"
                 },
+            );
+        }
+        if c.pad_dim == Some(0) {
+            return bad(
+                "pad_dim",
+                "0".into(),
+                "dimension 0 is the batch: pad a dimension after it",
+            );
+        }
+        if c.max_batch_tokens == Some(0) {
+            return bad(
+                "max_batch_tokens",
+                "0".into(),
+                "a batch needs at least one token",
+            );
+        }
+        if c.max_batch_tokens.is_some() && c.pad_dim.is_none() {
+            return bad(
+                "max_batch_tokens",
+                format!("{:?}", c.max_batch_tokens),
+                "a token budget counts the padded dimension: set pad_dim too",
             );
         }
         if c.timeout == Some(Duration::ZERO) {

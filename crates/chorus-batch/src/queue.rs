@@ -17,12 +17,14 @@
 //! takes it completes it (outside the lock).
 //!
 //! # Batches
-//! Items are grouped by key (the per-row shape and dtype), first in, first out within a group;
-//! a batch is a run of items from the front of one group. A group is *ready* when it holds at
-//! least `max_batch` rows, or at least the largest preferred size, or its oldest item has
-//! waited `max_delay`, or the queue is draining. A worker takes the ready group whose front is
-//! oldest: up to `max_batch` rows if it has that many, else the largest preferred size it
-//! holds, else everything; a batch always takes at least one item.
+//! Items are grouped by key (the per-row shape and dtype, or its length class along a padded
+//! dimension), first in, first out within a group; a batch is a run of items from the front of
+//! one group. Each group has a row limit, `max_batch` or less (a token budget, set by the
+//! caller with the group's first push). A group is *ready* when it holds at least its limit in
+//! rows, or at least the largest preferred size, or its oldest item has waited `max_delay`, or
+//! the queue is draining. A worker takes the ready group whose front is oldest: up to the
+//! limit if it has that many rows, else the largest preferred size it holds, else everything;
+//! a batch always takes at least one item.
 //!
 //! # Fields
 //! Everything is in [`State`] under one lock (`BATCH_QUEUE`), held for bookkeeping only: no
@@ -84,6 +86,8 @@ pub(crate) struct Queued<T> {
 struct Group<K, T> {
     key: K,
     rows: usize,
+    /// Most rows of one batch of this group (`max_batch`, or less under a token budget).
+    limit: usize,
     items: VecDeque<Queued<T>>,
 }
 
@@ -178,13 +182,15 @@ impl<K: PartialEq, T> Queue<K, T> {
     }
 
     /// Whether `rows` rows in a group are enough to run without waiting for the delay.
-    fn full_enough(&self, rows: usize) -> bool {
-        rows >= self.policy.max_batch || self.policy.preferred.last().is_some_and(|&p| rows >= p)
+    fn full_enough(&self, rows: usize, limit: usize) -> bool {
+        rows >= limit || self.policy.preferred.last().is_some_and(|&p| rows >= p)
     }
 
-    /// Adds `item` (of `rows` rows) to the group of `key`, unless the queue is full or shut
-    /// down; wakes an idle worker if that may change its plan (module docs).
-    pub(crate) fn push(&self, key: K, rows: usize, item: T) -> Push<T> {
+    /// Adds `item` (of `rows` rows) to the group of `key`, whose batches take at most `limit`
+    /// rows (`max_batch`, or less: a token budget; the same for every push of a key), unless
+    /// the queue is full or shut down; wakes an idle worker if that may change its plan
+    /// (module docs).
+    pub(crate) fn push(&self, key: K, rows: usize, limit: usize, item: T) -> Push<T> {
         let mut st = self.state.lock();
         if st.phase != Phase::Open {
             return Push::Closed(item);
@@ -202,6 +208,7 @@ impl<K: PartialEq, T> Queue<K, T> {
                 st.groups.push(Group {
                     key,
                     rows: 0,
+                    limit: limit.clamp(1, self.policy.max_batch),
                     items: VecDeque::new(),
                 });
                 st.groups.len() - 1
@@ -215,7 +222,7 @@ impl<K: PartialEq, T> Queue<K, T> {
             item,
         });
         group.rows += rows;
-        let ready = self.policy.max_delay.is_zero() || self.full_enough(group.rows);
+        let ready = self.policy.max_delay.is_zero() || self.full_enough(group.rows, group.limit);
         st.len += 1;
         st.peak = st.peak.max(st.len);
         let wake = st.idle > 0 && (was_empty || ready);
@@ -340,7 +347,7 @@ impl<K: PartialEq, T> Queue<K, T> {
             .filter_map(|(i, g)| {
                 let front = g.items.front()?;
                 let ready = draining
-                    || self.full_enough(g.rows)
+                    || self.full_enough(g.rows, g.limit)
                     || now.saturating_duration_since(front.enqueued) >= self.policy.max_delay;
                 ready.then_some((i, front.id))
             })
@@ -351,8 +358,8 @@ impl<K: PartialEq, T> Queue<K, T> {
     /// Takes a batch from the front of group `g` (module docs: how many rows).
     fn take(&self, st: &mut State<K, T>, g: usize) -> Vec<Queued<T>> {
         let group = &mut st.groups[g];
-        let limit = if group.rows >= self.policy.max_batch {
-            self.policy.max_batch
+        let limit = if group.rows >= group.limit {
+            group.limit
         } else {
             let waiting = group.rows;
             self.policy

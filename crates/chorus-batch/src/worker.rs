@@ -258,12 +258,13 @@ fn forward(
         lap = now;
         d
     };
-    let (row, dtype) = match &inputs[0] {
-        Input::Host(h) => (&h.shape()[1..], h.dtype()),
-        Input::Device(t) => (&t.shape()[1..], t.dtype()),
+    let row = batch_row(shared, inputs);
+    let dtype = match &inputs[0] {
+        Input::Host(h) => h.dtype(),
+        Input::Device(t) => t.dtype(),
     };
-    let padded = graphs.rows(shared.config.max_batch, row, dtype, total);
-    let x = gather(shared, inputs, total, padded).map_err(device)?;
+    let padded = graphs.rows(shared.config.max_batch, &row, dtype, total);
+    let x = gather(shared, inputs, &row, total, padded).map_err(device)?;
     phases.gather = next_lap();
     let model_error = |e| match e {
         // The device is gone, not the model: the same error as every other call gets.
@@ -324,38 +325,74 @@ fn forward(
     })
 }
 
-/// Step 1: the batch's input on the worker's stream, `total` rows followed by zero rows up to
-/// `padded`. (Every input of a batch is of the kind of its first: the queue's key says which.)
+/// The shape of one row of the batch: the first input's, with the padded dimension
+/// (`BatchConfig::pad_dim`) as long as the longest input's.
+fn batch_row(shared: &Shared, inputs: &[Input]) -> Vec<usize> {
+    let shape = |i: &Input| match i {
+        Input::Host(h) => h.shape().to_vec(),
+        Input::Device(t) => t.shape().to_vec(),
+    };
+    let mut row = shape(&inputs[0])[1..].to_vec();
+    if let Some(d) = shared.config.pad_dim {
+        row[d - 1] = inputs.iter().map(|i| shape(i)[d]).max().unwrap_or(0);
+    }
+    row
+}
+
+/// Step 1: the batch's input on the worker's stream, each request padded with zeros along the
+/// padded dimension to `row` (`BatchConfig::pad_dim`), `total` rows followed by zero rows up
+/// to `padded`. (Every input of a batch is of the kind of its first: the queue's key says
+/// which.)
 fn gather(
     shared: &Shared,
     inputs: &[Input],
+    row: &[usize],
     total: usize,
     padded: usize,
 ) -> chorus_core::Result<Tensor> {
     let device = &shared.config.device;
+    let mut shape = vec![padded];
+    shape.extend_from_slice(row);
     if let Some(Input::Host(first)) = inputs.first() {
-        let hosts = || inputs.iter().filter_map(Input::as_host);
-        let size: usize = hosts().map(|h| h.as_bytes().len()).sum();
-        let mut bytes = Vec::with_capacity(size / total * padded);
-        for h in hosts() {
-            bytes.extend_from_slice(h.as_bytes());
+        let size = first.dtype().size();
+        let row_bytes = row.iter().product::<usize>() * size;
+        let mut bytes = Vec::with_capacity(row_bytes * padded);
+        for h in inputs.iter().filter_map(Input::as_host) {
+            match shared.config.pad_dim {
+                Some(d) if h.shape()[d] < row[d - 1] => {
+                    // Each slab before `d` copies its `len` entries of `inner` bytes, then zeros.
+                    let inner = h.shape()[d + 1..].iter().product::<usize>() * size;
+                    let (len, to) = (h.shape()[d], row[d - 1]);
+                    for slab in h.as_bytes().chunks_exact(len * inner) {
+                        bytes.extend_from_slice(slab);
+                        bytes.resize(bytes.len() + (to - len) * inner, 0);
+                    }
+                }
+                _ => bytes.extend_from_slice(h.as_bytes()),
+            }
         }
-        bytes.resize(size / total * padded, 0);
-        let mut shape = first.shape().to_vec();
-        shape[0] = padded;
+        bytes.resize(row_bytes * padded, 0);
         return Tensor::from_bytes(device, bytes, &shape, first.dtype());
     }
-    let mut parts: Vec<&Tensor> = inputs.iter().filter_map(Input::as_tensor).collect();
-    let padding;
+    let mut parts: Vec<Tensor> = Vec::with_capacity(inputs.len() + 1);
+    for t in inputs.iter().filter_map(Input::as_tensor) {
+        match shared.config.pad_dim {
+            Some(d) if t.shape()[d] < row[d - 1] => {
+                let mut zeros = t.shape().to_vec();
+                zeros[d] = row[d - 1] - t.shape()[d];
+                let zeros = Tensor::zeros(device, &zeros, t.dtype())?;
+                parts.push(Tensor::cat(&[t, &zeros], d as isize)?);
+            }
+            _ => parts.push(t.clone()),
+        }
+    }
     if padded > total {
-        let mut shape = parts[0].shape().to_vec();
         shape[0] = padded - total;
-        padding = Tensor::zeros(device, &shape, parts[0].dtype())?;
-        parts.push(&padding);
+        parts.push(Tensor::zeros(device, &shape, parts[0].dtype())?);
     }
     match parts.as_slice() {
-        [one] => Ok((*one).clone()),
-        many => Tensor::cat(many, 0),
+        [one] => Ok(one.clone()),
+        many => Tensor::cat(&many.iter().collect::<Vec<_>>(), 0),
     }
 }
 

@@ -7,9 +7,18 @@
 //!    current stream: hidden states `[B, L, H]`.
 //! 3. Pool as configured, on the device: `Mean` sums the states of the real tokens (the mask,
 //!    as f32, zeroes the padding's) and divides by their number; `Cls` takes the first token's;
-//!    `Max` takes the element-wise maximum after pushing the padding's states to -1e9.
+//!    `Max` takes the element-wise maximum after pushing the padding's states to -1e9. (The
+//!    mask becomes f32 through an embedding lookup in a two-row table: row 0 for padding, row
+//!    1 for a token.)
 //! 4. Read the pooled `[B, H]` back and, with a `Normalize` module, divide each row by its L2
 //!    norm (at least 1e-12), as `torch.nn.functional.normalize`.
+//!
+//! # As a module
+//! The encoder is also a [`Module`] (steps 2 and 3): its input is the packed i64 tensor
+//! `[B, 3, L]` of ids, mask and token types ([`SentenceEncoder::pack`]), its output the pooled
+//! `[B, H]`, before normalisation. Padding a packed batch with zeros along `L` changes
+//! nothing: a zero mask excludes a position. That is how a batching queue runs it
+//! (`crate::SentenceQueue`).
 //!
 //! # Threads
 //! The encoder is immutable: `encode` takes `&self`, holds no lock, and one encoder (behind an
@@ -19,8 +28,8 @@
 use crate::config::{Pooling, SentenceConfig};
 use crate::error::Result;
 use crate::tokenize::{TextTokenizer, TokenBatch};
-use chorus_core::{Device, Tensor};
-use chorus_nn::{BertModel, Weights};
+use chorus_core::{DType, Device, Tensor};
+use chorus_nn::{BertModel, Module, NnError, Weights};
 use std::path::Path;
 
 /// A sentence encoder. See the module docs.
@@ -40,6 +49,10 @@ pub struct SentenceEncoder {
     config: SentenceConfig,
     tokenizer: TextTokenizer,
     model: BertModel,
+    /// `[[0], [1]]`: the mask as f32 (module docs, step 3).
+    keep: Tensor,
+    /// `[[-1e9], [0]]`: what max pooling adds (module docs, step 3).
+    away: Tensor,
 }
 
 impl SentenceEncoder {
@@ -63,6 +76,8 @@ impl SentenceEncoder {
         };
         let model = BertModel::load(&weights, &config.bert)?;
         Ok(SentenceEncoder {
+            keep: Tensor::from_slice(device, &[0.0f32, 1.0], &[2, 1])?,
+            away: Tensor::from_slice(device, &[-1e9f32, 0.0], &[2, 1])?,
             device: device.clone(),
             config,
             tokenizer,
@@ -122,34 +137,77 @@ impl SentenceEncoder {
         let (b, l) = (batch.lengths.len(), batch.width);
         let up = |v: &[i64]| Tensor::from_slice(&self.device, v, &[b, l]);
         let (ids, mask, types) = (up(&batch.ids)?, up(&batch.mask)?, up(&batch.types)?);
-        let h = self.model.forward_inputs(&ids, &mask, Some(&types))?;
-        let keep: Vec<f32> = batch.mask.iter().map(|&m| m as f32).collect();
+        Ok(self.pool(&ids, &mask, &types)?)
+    }
+
+    /// Steps 2 and 3 on device tensors `[B, L]`.
+    fn pool(&self, ids: &Tensor, mask: &Tensor, types: &Tensor) -> chorus_nn::Result<Tensor> {
+        let h = self.model.forward_inputs(ids, mask, Some(types))?;
+        // [B, L, 1] f32: 1 for a token, 0 for padding.
+        let keep = Tensor::embedding(mask, &self.keep)?;
         let pooled = match self.config.pooling {
-            Pooling::Cls => h.narrow(1, 0, 1)?.reshape(&[b as isize, -1])?,
+            Pooling::Cls => {
+                let b = h.shape()[0] as isize;
+                h.narrow(1, 0, 1)?.reshape(&[b, -1])?
+            }
             Pooling::Mean => {
-                let keep = Tensor::from_slice(&self.device, &keep, &[b, l, 1])?;
-                let counts: Vec<f32> = (batch.lengths.iter())
-                    .map(|&n| (n as f32).max(1e-9))
-                    .collect();
-                let counts = Tensor::from_slice(&self.device, &counts, &[b, 1])?;
+                // At least 1e-9 tokens, as sentence-transformers clamps (a row of padding only).
+                let tiny = Tensor::full(&self.device, &[1], 1e-9)?;
+                let counts = keep.sum(&[1], false)?.add(&tiny)?;
                 h.mul(&keep)?.sum(&[1], false)?.div(&counts)?
             }
             Pooling::Max => {
-                let away: Vec<f32> = keep.iter().map(|&k| (k - 1.0) * 1e9).collect();
-                let keep = Tensor::from_slice(&self.device, &keep, &[b, l, 1])?;
-                let away = Tensor::from_slice(&self.device, &away, &[b, l, 1])?;
+                let away = Tensor::embedding(mask, &self.away)?;
                 h.mul(&keep)?.add(&away)?.amax(&[1], false)?
             }
         };
         Ok(pooled)
     }
 
-    /// Step 4 for one pooled row (module docs).
-    fn finish(&self, row: &[f32]) -> Vec<f32> {
+    /// The packed input of the encoder as a [`Module`] (module docs): `[ids, mask, types]` of
+    /// `text`, `3 × L` i64 values, and `L`.
+    ///
+    /// # Errors
+    /// [`crate::TextError::Tokenizer`] for a text the tokenizer cannot encode.
+    pub fn pack(&self, text: &str) -> Result<(Vec<i64>, usize)> {
+        let batch = self.tokenizer.encode(&[text])?;
+        let mut packed = batch.ids;
+        packed.extend(batch.mask);
+        packed.extend(batch.types);
+        Ok((packed, batch.width))
+    }
+
+    /// The embedding of a pooled row as [`SentenceEncoder::encode`] returns it (normalised
+    /// when the folder says so; module docs, step 4).
+    pub fn finish(&self, row: &[f32]) -> Vec<f32> {
         if !self.config.normalize {
             return row.to_vec();
         }
         let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         row.iter().map(|x| x / norm).collect()
+    }
+}
+
+impl Module for SentenceEncoder {
+    /// Steps 2 and 3 on a packed `[B, 3, L]` i64 input (module docs, "As a module").
+    fn forward(&self, x: &Tensor) -> chorus_nn::Result<Tensor> {
+        if x.rank() != 3 || x.shape()[1] != 3 || x.dtype() != DType::I64 {
+            return Err(NnError::InvalidInput {
+                module: "SentenceEncoder",
+                shape: x.shape().to_vec(),
+                reason: format!(
+                    "expected packed i64 [batch, 3, length] (ids, mask, types), got {:?}",
+                    x.dtype()
+                ),
+            });
+        }
+        let part = |i: usize| -> chorus_nn::Result<Tensor> {
+            Ok(x.narrow(1, i, 1)?.squeeze(1)?.contiguous()?)
+        };
+        self.pool(&part(0)?, &part(1)?, &part(2)?)
+    }
+
+    fn rows_independent(&self) -> bool {
+        true
     }
 }

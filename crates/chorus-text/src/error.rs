@@ -41,6 +41,9 @@ pub enum TextError {
     /// An op or device error.
     #[error(transparent)]
     Core(#[from] chorus_core::Error),
+    /// The batching queue's error (`crate::SentenceQueue`).
+    #[error(transparent)]
+    Batch(Box<chorus_batch::BatchError>),
 }
 
 /// Result with [`TextError`].

@@ -109,3 +109,53 @@ fn the_first_call_gives_the_bits_of_later_ones(backend: TestBackend) {
         "first and second call differ"
     );
 }
+
+backend_tests!(minilm_through_the_batch_queue_from_64_threads);
+/// 64 threads each embed one public sentence through a `SentenceQueue`: requests of different
+/// lengths share padded batches, and every embedding reaches the reference (cosine >= 0.9999)
+/// and the direct call (cosine >= 1 - 1e-6) whatever batch it landed in.
+fn minilm_through_the_batch_queue_from_64_threads(backend: TestBackend) {
+    use chorus::batch::BatchConfig;
+    use chorus::text::SentenceQueue;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dev = backend.device();
+    let enc = Arc::new(encoder(&dev));
+    let (sentences, want) = reference();
+    let direct: Vec<Vec<f32>> = (sentences.iter())
+        .map(|s| enc.encode(&[s]).unwrap().remove(0))
+        .collect();
+    let config = BatchConfig::builder(&dev)
+        .max_batch(16)
+        .max_delay(Duration::from_millis(20))
+        .max_batch_tokens(Some(512))
+        .workers(2);
+    let queue = SentenceQueue::new(Arc::clone(&enc), config).unwrap();
+    let got: Vec<(usize, Vec<f32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..64)
+            .map(|t| {
+                let (queue, sentences) = (&queue, &sentences);
+                s.spawn(move || {
+                    let i = t % sentences.len();
+                    (i, queue.embed(&sentences[i]).unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, e) in &got {
+        let c = cosine(e, &want[*i]);
+        assert!(c >= 0.9999, "sentence {i}: cosine {c} with the reference");
+        let c = cosine(e, &direct[*i]);
+        assert!(
+            c >= 1.0 - 1e-6,
+            "sentence {i}: cosine {c} with the direct call"
+        );
+    }
+    let stats = queue.queue().stats();
+    assert_eq!(stats.requests, 64);
+    assert!(
+        stats.batches < 64,
+        "no two requests shared a batch: {stats:?}"
+    );
+}

@@ -101,7 +101,7 @@ fn serve(q: &Q) -> usize {
 /// the item handed back and checked).
 fn submit(q: &Q, key: u8, v: u32) -> Option<(u64, Receiver<u32>)> {
     let (done, rx) = channel();
-    match q.push(key, 1, (v, done)) {
+    match q.push(key, 1, usize::MAX, (v, done)) {
         Push::Queued { id, .. } => Some((id, rx)),
         Push::Full((back, done)) | Push::Closed((back, done)) => {
             assert_eq!(back, v, "the refused item is handed back");
