@@ -2,7 +2,9 @@
 //!
 //! - `mlp` (the default) on the CPU: `cpu.rs`, measured as `../shared/bench/torch_cpu_baseline.py`;
 //! - `mlp` on a GPU: `cuda.rs`, measured as `torch_cuda_baseline.py`;
-//! - `batching`: the dynamic batching queue against direct calls (`batching/`).
+//! - `batching`: the dynamic batching queue against direct calls (`batching/`);
+//! - `embed`: the sentence encoder, as `torch_minilm_baseline.py` measures
+//!   sentence-transformers (`embed.rs`).
 //!
 //! The models are the workloads' (`crate::workload`): the MLP 512→1024→1024→512 and, on a
 //! GPU, the transformer encoder.
@@ -10,6 +12,7 @@
 mod batching;
 mod cpu;
 mod cuda;
+mod embed;
 
 use crate::device::{self, DeviceChoice};
 use clap::Args;
@@ -42,6 +45,8 @@ pub(crate) struct BenchArgs {
     seconds: Option<f64>,
     #[command(flatten)]
     batching: batching::BatchingArgs,
+    #[command(flatten)]
+    embed: embed::EmbedBenchArgs,
 }
 
 /// The benchmarks of `chorus bench`.
@@ -51,6 +56,8 @@ pub(crate) enum Suite {
     Mlp,
     /// The dynamic batching queue (`bench/batching/`).
     Batching,
+    /// The sentence encoder: offline, online (direct and queued), forward (`bench/embed.rs`).
+    Embed,
 }
 
 /// The index of the median of `rates` (the upper one of an even count); `rates` is not empty.
@@ -76,6 +83,11 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let repeat = usize::try_from(args.repeat)?;
     if args.suite == Suite::Batching {
         return batching::run(&args.device, args.json, repeat, &args.batching);
+    }
+    if args.suite == Suite::Embed {
+        let out = embed::run(&args.device, &args.embed)?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
     }
     if device::is_gpu(args.device.kind) {
         let out = cuda::run(&args.device, args.json, repeat, args.seconds)?;

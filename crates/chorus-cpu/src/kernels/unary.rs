@@ -2,9 +2,11 @@
 //! matmul epilogue.
 //!
 //! Every op is dispatched once per call to a monomorphised loop, so the per-element function is
-//! inlined: Relu is a compare-and-select the compiler vectorizes; the transcendental ops call
-//! libm per element. GELU (exact and tanh) is evaluated in f64 and rounded once, which keeps it
-//! within an ulp or so of PyTorch's f32 formula; Tanh and Exp use the f32 functions of `std`.
+//! inlined: Relu is a compare-and-select the compiler vectorizes. Exact GELU uses [`erf`], an
+//! f32 rational approximation without branches, so that it vectorizes too (libm's f64 `erf`
+//! took 10 ns an element: 80% of a MiniLM forward at batch 32); its error is at most 8e-7 in
+//! GELU's value. The tanh GELU is evaluated in f64 and rounded once; Tanh and Exp use the f32
+//! functions of `std`.
 
 use super::mem::{slice, slice_mut};
 use chorus_core::kernel::{Unary, UnaryOp};
@@ -19,11 +21,43 @@ fn relu(x: f32) -> f32 {
     }
 }
 
-/// `x Φ(x) = 0.5 x (1 + erf(x / √2))`, in f64.
+/// `erf(x)` in f32: `x P(x²) / Q(x²)` on `[-4, 4]` (beyond, erf is ±1 to f32 precision), `P` of
+/// degree 6 and `Q` of degree 4 in `x²`. The coefficients were fitted for this crate (least
+/// squares on the relative error over `[0, 4]`, reweighted towards the worst points); measured
+/// over 400,001 points of `[-6, 6]` in f32 arithmetic: relative error at most 4.2e-7. Plain
+/// multiplies and adds in a fixed order (no fused multiply-add): the same bits on every x86
+/// machine, and the loop vectorizes. The result is clamped to `[-1, 1]`. NaN stays NaN.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    const P: [f32; 7] = [
+        1.128_379_1,
+        0.207_195_92,
+        0.051_534_723,
+        0.003_993_814_3,
+        0.000_147_379_64,
+        -1.942_983_3e-6,
+        1.911_467_1e-8,
+    ];
+    const Q: [f32; 4] = [0.516_953_83, 0.118_000_4, 0.014_964_459, 0.001_021_949_1];
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = P[6];
+    for &c in P[..6].iter().rev() {
+        p = p * x2 + c;
+    }
+    let mut q = Q[3];
+    for &c in Q[..3].iter().rev() {
+        q = q * x2 + c;
+    }
+    // At ±4 the quotient overshoots ±1 by about 1e-7: clamped, so that GELU's far negative
+    // tail is 0 rather than a wrong-signed 1e-7 times x.
+    (x * p / (q * x2 + 1.0)).clamp(-1.0, 1.0)
+}
+
+/// `x Φ(x) = 0.5 x (1 + erf(x / √2))`, with [`erf`].
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
-    let x = f64::from(x);
-    (0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))) as f32
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, in f64.
