@@ -42,7 +42,8 @@ pub(crate) struct Done {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct BatchInfo {
-    /// The batch's number in its queue: from 1, in the order the batches started.
+    /// The batch's number in its queue: from 1, in the order the batches started (a poisoned
+    /// batch whose requests ran again alone leaves its number unused).
     pub batch: u64,
     /// The request's first row in the batch.
     pub offset: usize,

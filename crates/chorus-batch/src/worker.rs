@@ -136,6 +136,7 @@ fn run(
     graphs: &mut WorkerGraphs,
     batch: Vec<Queued<Request>>,
 ) {
+    let number = shared.batches.fetch_add(1, Ordering::Relaxed) + 1;
     let start = Instant::now();
     let mut phases = Phases {
         queued: batch
@@ -194,7 +195,6 @@ fn run(
             shared
                 .stats
                 .batch(total, pending.len(), Some(&latencies), &phases, graph);
-            let number = shared.batches.fetch_add(1, Ordering::Relaxed) + 1;
             let mut info = BatchInfo {
                 batch: number,
                 offset: 0,

@@ -402,8 +402,8 @@ impl Tensor {
     ///
     /// # Errors
     /// [`Error::Kernel`], the original error, when a kernel this tensor depends on failed on
-    /// the device (the tensor is poisoned); a device error; [`Error::Capture`] while capturing a graph of this device; [`Error::GraphTensor`] for a
-    /// tensor made during a capture.
+    /// the device (the tensor is poisoned); a device error; [`Error::Capture`] while capturing
+    /// a graph of this device; [`Error::GraphTensor`] for a tensor made during a capture.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let rt = self.rt();
         if rt.capturing() {
