@@ -151,7 +151,8 @@ impl SentenceEncoder {
                 h.narrow(1, 0, 1)?.reshape(&[b, -1])?
             }
             Pooling::Mean => {
-                // At least 1e-9 tokens, as sentence-transformers clamps (a row of padding only).
+                // sentence-transformers clamps the count at 1e-9 (a row of padding only);
+                // adding 1e-9 is the same to f32 for any count of at least one token.
                 let tiny = Tensor::full(&self.device, &[1], 1e-9)?;
                 let counts = keep.sum(&[1], false)?.add(&tiny)?;
                 h.mul(&keep)?.sum(&[1], false)?.div(&counts)?
