@@ -9,6 +9,7 @@ use crate::kernel::row_major_strides;
 use crate::kernel::{self, ArgOp, Kernel, ReduceOp, View};
 use crate::runtime::poison;
 use crate::shape::{axis, dim};
+use chorus_sync::Arc;
 
 impl Tensor {
     /// Reorders the dimensions (a view): dimension `i` of the result is dimension `dims[i]`.
@@ -163,6 +164,10 @@ impl Tensor {
         let out = Tensor::empty_on(rt, s, &shape, first.dtype, OP)?;
         let strides = row_major_strides(&shape);
         let poison = poison::union(tensors.iter().filter_map(|t| t.storage.poison()));
+        // Poisoned even when no part has an element to copy (no launch below).
+        if let Some(p) = &poison {
+            out.tensor.storage.set_poison(Arc::clone(p));
+        }
         let mut at = 0;
         let mut last = Ok(());
         for t in tensors {
