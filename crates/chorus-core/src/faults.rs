@@ -54,7 +54,8 @@ pub enum FaultSite {
 }
 
 impl FaultSite {
-    const ALL: [FaultSite; 5] = [
+    /// Every site.
+    pub const ALL: [FaultSite; 5] = [
         FaultSite::Launch,
         FaultSite::Alloc,
         FaultSite::Record,

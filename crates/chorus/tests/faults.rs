@@ -242,15 +242,7 @@ fn a_stream_round_under_faults(backend: TestBackend, exclusive: bool) {
             .map(|i| round(&dev, 2 * i as u64).unwrap())
             .collect()
     });
-    let plan = [
-        FaultSite::Launch,
-        FaultSite::Alloc,
-        FaultSite::Record,
-        FaultSite::HostCallback,
-        FaultSite::Read,
-    ]
-    .into_iter()
-    .fold(FaultPlan::new(), |p, site| p.one_in(site, 25, 7));
+    let plan = (FaultSite::ALL.into_iter()).fold(FaultPlan::new(), |p, site| p.one_in(site, 25, 7));
     dev.inject_faults(plan);
     let outcomes: Vec<Vec<Result<Vec<u32>, Error>>> = (0..THREADS)
         .map(|t| {
@@ -341,15 +333,7 @@ fn a_batching_round_under_faults_gives_the_reference_or_typed_errors(backend: Te
         .build()
         .unwrap();
     let queue = BatchQueue::new(model, config).unwrap();
-    let plan = [
-        FaultSite::Launch,
-        FaultSite::Alloc,
-        FaultSite::Record,
-        FaultSite::HostCallback,
-        FaultSite::Read,
-    ]
-    .into_iter()
-    .fold(FaultPlan::new(), |p, site| p.one_in(site, 20, 3));
+    let plan = (FaultSite::ALL.into_iter()).fold(FaultPlan::new(), |p, site| p.one_in(site, 20, 3));
     dev.inject_faults(plan);
     let results: Vec<Result<Vec<u32>, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (inputs.iter())
