@@ -46,5 +46,11 @@ pub enum TextError {
     Batch(Box<chorus_batch::BatchError>),
 }
 
+impl From<chorus_batch::BatchError> for TextError {
+    fn from(e: chorus_batch::BatchError) -> TextError {
+        TextError::Batch(Box::new(e))
+    }
+}
+
 /// Result with [`TextError`].
 pub type Result<T, E = TextError> = std::result::Result<T, E>;

@@ -13,8 +13,8 @@
 //! products change with the batch): cosine with the direct call >= 1 − 1e-6.
 
 use crate::encoder::SentenceEncoder;
-use crate::error::{Result, TextError};
-use chorus_batch::{BatchConfigBuilder, BatchError, BatchQueue, HostTensor};
+use crate::error::Result;
+use chorus_batch::{BatchConfigBuilder, BatchQueue, HostTensor};
 use chorus_sync::Arc;
 
 /// A batching queue of sentences. See the module docs.
@@ -29,7 +29,7 @@ impl SentenceQueue {
     /// here: the packed input's length).
     ///
     /// # Errors
-    /// [`TextError::Batch`] for invalid settings or workers that cannot start.
+    /// [`TextError::Batch`](crate::TextError::Batch) for invalid settings or workers that cannot start.
     pub fn new(encoder: Arc<SentenceEncoder>, config: BatchConfigBuilder) -> Result<SentenceQueue> {
         let config = config.pad_dim(Some(2)).input_shape(None).build()?;
         let queue = BatchQueue::new(Arc::clone(&encoder), config)?;
@@ -40,7 +40,7 @@ impl SentenceQueue {
     /// there.
     ///
     /// # Errors
-    /// [`TextError::Tokenizer`]; [`TextError::Batch`] for the queue's errors (full, shut down,
+    /// [`TextError::Tokenizer`](crate::TextError::Tokenizer); [`TextError::Batch`](crate::TextError::Batch) for the queue's errors (full, shut down,
     /// a failed batch).
     pub fn embed(&self, text: &str) -> Result<Vec<f32>> {
         let (packed, len) = self.encoder.pack(text)?;
@@ -52,11 +52,5 @@ impl SentenceQueue {
     /// The queue (statistics, shutdown).
     pub fn queue(&self) -> &BatchQueue {
         &self.queue
-    }
-}
-
-impl From<BatchError> for TextError {
-    fn from(e: BatchError) -> TextError {
-        TextError::Batch(Box::new(e))
     }
 }

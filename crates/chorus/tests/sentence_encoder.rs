@@ -144,6 +144,9 @@ fn minilm_through_the_batch_queue_from_64_threads(backend: TestBackend) {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for (i, e) in &got {
+        // Normalised as the folder says (cosine alone cannot tell).
+        let norm = e.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "sentence {i}: norm {norm}");
         let c = cosine(e, &want[*i]);
         assert!(c >= 0.9999, "sentence {i}: cosine {c} with the reference");
         let c = cosine(e, &direct[*i]);
